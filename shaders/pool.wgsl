@@ -1,0 +1,97 @@
+// Pooling over NHWC activations: 3×3/2 max-pool (padding 1), global average pool and its
+// backward (broadcast of ∂L/∂pooled over H×W, optionally through a ReLU mask and a BN scale).
+
+struct Params {
+    batch: u32,
+    in_h: u32,
+    in_w: u32,
+    channels: u32,
+    out_h: u32,
+    out_w: u32,
+    total: u32,
+    flags: u32,
+}
+
+const FLAG_MASK: u32 = 1u;
+const FLAG_SCALE: u32 = 2u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> aux_a: array<f32>;
+@group(0) @binding(3) var<storage, read> aux_b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+
+fn flat_index(lid: vec3<u32>, wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return (wid.y * groups.x + wid.x) * 256u + lid.x;
+}
+
+// PyTorch semantics: padding is −∞, so a window always has at least one real pixel.
+@compute @workgroup_size(256)
+fn max_pool(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    let c = i % p.channels;
+    let pixel = i / p.channels;
+    let ohw = p.out_h * p.out_w;
+    let b = pixel / ohw;
+    let r = pixel - b * ohw;
+    let oy = r / p.out_w;
+    let ox = r - oy * p.out_w;
+    var best = -3.4028235e38;
+    for (var ky = 0u; ky < 3u; ky++) {
+        let iy = i32(oy * 2u + ky) - 1;
+        if (iy < 0 || iy >= i32(p.in_h)) {
+            continue;
+        }
+        for (var kx = 0u; kx < 3u; kx++) {
+            let ix = i32(ox * 2u + kx) - 1;
+            if (ix < 0 || ix >= i32(p.in_w)) {
+                continue;
+            }
+            best = max(best, src[((b * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.channels + c]);
+        }
+    }
+    dst[i] = best;
+}
+
+// One thread per (sample, channel): mean over H×W.
+@compute @workgroup_size(256)
+fn avg_pool(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    let c = i % p.channels;
+    let b = i / p.channels;
+    let hw = p.in_h * p.in_w;
+    var sum = 0.0;
+    for (var j = 0u; j < hw; j++) {
+        sum += src[(b * hw + j) * p.channels + c];
+    }
+    dst[i] = sum / f32(hw);
+}
+
+// One thread per input element: ∂L/∂x[b, y, x, c] = ∂L/∂pooled[b, c] / (H·W) (· mask · scale).
+@compute @workgroup_size(256)
+fn avg_pool_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    let c = i % p.channels;
+    let hw = p.in_h * p.in_w;
+    let b = i / (p.channels * hw);
+    var v = src[b * p.channels + c] / f32(hw);
+    if ((p.flags & FLAG_MASK) != 0u && !(aux_a[i] > 0.0)) {
+        v = 0.0;
+    }
+    if ((p.flags & FLAG_SCALE) != 0u) {
+        v *= aux_b[c];
+    }
+    dst[i] = v;
+}

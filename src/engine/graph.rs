@@ -1,0 +1,416 @@
+//! The static graph of one forward + backward-to-layer pass: a list of kernel calls over
+//! symbolic tensors (NHWC, per-sample shapes). Built once per (input size, requested layers).
+
+use crate::kernels::{
+    conv_flags, pool_flags, ConvParams, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
+};
+
+use super::weights::{GpuBody, GpuConv, GpuHead, GpuScaleShift, GpuWeights};
+
+pub type TensorId = usize;
+
+/// Per-sample shape of an activation, NHWC (`h = w = 1` for pooled features and logits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorShape {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl TensorShape {
+    pub fn elements(&self) -> usize {
+        self.h * self.w * self.c
+    }
+}
+
+/// What a read binding of a kernel call refers to.
+#[derive(Clone, Debug)]
+pub enum Input {
+    Tensor(TensorId),
+    Weight(wgpu::Buffer),
+    Unused,
+}
+
+/// Parameters of a call with the batch left open; `per_sample` is the thread count per sample
+/// for flat kernels.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamTemplate {
+    Conv { p: ConvParams, backward: bool },
+    Elementwise { p: ElementwiseParams, per_sample: u32 },
+    Pool { p: PoolParams, per_sample: u32 },
+    Linear { p: LinearParams, per_sample: u32 },
+}
+
+impl ParamTemplate {
+    /// The parameter bytes and thread count for `batch` samples; conv calls return their
+    /// GEMM size `(m, n)` instead of a thread count.
+    pub fn at_batch(&self, batch: u32) -> (Vec<u8>, Dispatch) {
+        match *self {
+            ParamTemplate::Conv { mut p, backward } => {
+                p.batch = batch;
+                p.m_total = batch * if backward { p.in_h * p.in_w } else { p.out_h * p.out_w };
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Gemm { m: p.m_total, n: p.n_total })
+            }
+            ParamTemplate::Elementwise { mut p, per_sample } => {
+                p.batch = batch;
+                p.total = batch * per_sample;
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
+            }
+            ParamTemplate::Pool { mut p, per_sample } => {
+                p.batch = batch;
+                p.total = batch * per_sample;
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
+            }
+            ParamTemplate::Linear { mut p, per_sample } => {
+                p.batch = batch;
+                p.total = batch * per_sample;
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Dispatch {
+    Gemm { m: u32, n: u32 },
+    Flat(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub kernel: Kernel,
+    pub params: ParamTemplate,
+    pub reads: Vec<Input>,
+    pub output: TensorId,
+}
+
+/// A requested layer: its activation and gradient tensors.
+#[derive(Clone, Debug)]
+pub struct LayerTensors {
+    pub name: String,
+    pub z: TensorId,
+    pub g: TensorId,
+}
+
+#[derive(Default)]
+pub struct Graph {
+    pub tensors: Vec<TensorShape>,
+    pub calls: Vec<Call>,
+    /// The NCHW input written by the host.
+    pub input: TensorId,
+    pub logits: TensorId,
+    pub layers: Vec<LayerTensors>,
+}
+
+impl Graph {
+    fn tensor(&mut self, shape: TensorShape) -> TensorId {
+        self.tensors.push(shape);
+        self.tensors.len() - 1
+    }
+
+    fn push(&mut self, kernel: Kernel, params: ParamTemplate, reads: Vec<Input>, out: TensorShape) -> TensorId {
+        let output = self.tensor(out);
+        self.calls.push(Call { kernel, params, reads, output });
+        output
+    }
+
+    fn tensor_or_unused(t: Option<TensorId>) -> Input {
+        t.map(Input::Tensor).unwrap_or(Input::Unused)
+    }
+
+    /// Forward conv with its folded bias, optional residual add and optional ReLU.
+    fn conv(&mut self, conv: &GpuConv, x: TensorId, residual: Option<TensorId>, relu: bool) -> TensorId {
+        let g = conv.geometry;
+        let s = self.tensors[x];
+        let (oh, ow) = g.out_size(s.h, s.w);
+        let mut flags = 0;
+        if conv.bias.is_some() {
+            flags |= conv_flags::BIAS;
+        }
+        if residual.is_some() {
+            flags |= conv_flags::RESIDUAL;
+        }
+        if relu {
+            flags |= conv_flags::RELU;
+        }
+        let p = ConvParams {
+            in_h: s.h as u32,
+            in_w: s.w as u32,
+            in_c: g.in_c as u32,
+            out_h: oh as u32,
+            out_w: ow as u32,
+            out_c: g.out_c as u32,
+            kernel: g.kernel as u32,
+            stride: g.stride as u32,
+            pad: g.pad as u32,
+            n_total: g.out_c as u32,
+            k_total: (g.kernel * g.kernel * g.in_c) as u32,
+            flags,
+            ..Default::default()
+        };
+        let reads = vec![
+            Input::Tensor(x),
+            Input::Weight(conv.forward.clone()),
+            conv.bias.clone().map(Input::Weight).unwrap_or(Input::Unused),
+            Self::tensor_or_unused(residual),
+            Input::Unused,
+        ];
+        self.push(Kernel::ConvForward, ParamTemplate::Conv { p, backward: false }, reads, TensorShape { h: oh, w: ow, c: g.out_c })
+    }
+
+    /// Data gradient of a conv: from `dy` (shape of the conv output) to the conv input of
+    /// shape `input`, with the epilogue of `flags` (mask, scale, residual).
+    fn conv_backward(
+        &mut self,
+        conv: &GpuConv,
+        dy: TensorId,
+        input: TensorShape,
+        residual: Option<(TensorId, bool)>,
+        mask: Option<TensorId>,
+        scale: Option<&wgpu::Buffer>,
+    ) -> TensorId {
+        let g = conv.geometry;
+        let s = self.tensors[dy];
+        let mut flags = 0;
+        if let Some((_, last)) = residual {
+            flags |= conv_flags::RESIDUAL | if last { conv_flags::RESIDUAL_LAST } else { 0 };
+        }
+        if mask.is_some() {
+            flags |= conv_flags::MASK;
+        }
+        if scale.is_some() {
+            flags |= conv_flags::SCALE;
+        }
+        let p = ConvParams {
+            in_h: input.h as u32,
+            in_w: input.w as u32,
+            in_c: g.in_c as u32,
+            out_h: s.h as u32,
+            out_w: s.w as u32,
+            out_c: g.out_c as u32,
+            kernel: g.kernel as u32,
+            stride: g.stride as u32,
+            pad: g.pad as u32,
+            n_total: g.in_c as u32,
+            k_total: (g.kernel * g.kernel * g.out_c) as u32,
+            flags,
+            ..Default::default()
+        };
+        let weights = conv.backward.clone().expect("data-gradient weights are packed for every conv after the stem");
+        let reads = vec![
+            Input::Tensor(dy),
+            Input::Weight(weights),
+            scale.cloned().map(Input::Weight).unwrap_or(Input::Unused),
+            Self::tensor_or_unused(residual.map(|r| r.0)),
+            Self::tensor_or_unused(mask),
+        ];
+        self.push(Kernel::ConvBackwardData, ParamTemplate::Conv { p, backward: true }, reads, input)
+    }
+
+    fn elementwise(&mut self, kernel: Kernel, reads: Vec<Input>, shape: TensorShape, flags: u32) -> TensorId {
+        let p = ElementwiseParams {
+            channels: shape.c as u32,
+            height: shape.h as u32,
+            width: shape.w as u32,
+            flags,
+            ..Default::default()
+        };
+        self.push(kernel, ParamTemplate::Elementwise { p, per_sample: shape.elements() as u32 }, reads, shape)
+    }
+
+    fn scale_shift(&mut self, x: TensorId, bn: &GpuScaleShift, relu: bool) -> TensorId {
+        let shape = self.tensors[x];
+        let reads = vec![Input::Tensor(x), Input::Weight(bn.scale.clone()), Input::Weight(bn.shift.clone())];
+        self.elementwise(Kernel::ScaleShift, reads, shape, if relu { ELEMENTWISE_RELU } else { 0 })
+    }
+
+    fn relu_mask(&mut self, g: TensorId, z: TensorId) -> TensorId {
+        let shape = self.tensors[g];
+        self.elementwise(Kernel::ReluMask, vec![Input::Tensor(g), Input::Tensor(z), Input::Unused], shape, 0)
+    }
+
+    fn pool(&mut self, kernel: Kernel, reads: Vec<Input>, input: TensorShape, out: TensorShape, flags: u32, per_sample: usize) -> TensorId {
+        let p = PoolParams {
+            in_h: input.h as u32,
+            in_w: input.w as u32,
+            channels: input.c as u32,
+            out_h: out.h as u32,
+            out_w: out.w as u32,
+            flags,
+            ..Default::default()
+        };
+        self.push(kernel, ParamTemplate::Pool { p, per_sample: per_sample as u32 }, reads, out)
+    }
+
+    fn max_pool(&mut self, x: TensorId) -> TensorId {
+        let s = self.tensors[x];
+        let out = TensorShape { h: (s.h - 1) / 2 + 1, w: (s.w - 1) / 2 + 1, c: s.c };
+        self.pool(Kernel::MaxPool, vec![Input::Tensor(x), Input::Unused, Input::Unused], s, out, 0, out.elements())
+    }
+
+    fn avg_pool(&mut self, x: TensorId) -> TensorId {
+        let s = self.tensors[x];
+        let out = TensorShape { h: 1, w: 1, c: s.c };
+        self.pool(Kernel::AvgPool, vec![Input::Tensor(x), Input::Unused, Input::Unused], s, out, 0, s.c)
+    }
+
+    /// ∂L/∂x for x pooled into `dfeat`, optionally through `relu(scale·x + shift)`.
+    fn avg_pool_backward(&mut self, dfeat: TensorId, x: TensorShape, mask: Option<TensorId>, scale: Option<&wgpu::Buffer>) -> TensorId {
+        let mut flags = 0;
+        if mask.is_some() {
+            flags |= pool_flags::MASK;
+        }
+        if scale.is_some() {
+            flags |= pool_flags::SCALE;
+        }
+        let reads = vec![
+            Input::Tensor(dfeat),
+            Self::tensor_or_unused(mask),
+            scale.cloned().map(Input::Weight).unwrap_or(Input::Unused),
+        ];
+        self.pool(Kernel::AvgPoolBackward, reads, x, x, flags, x.elements())
+    }
+
+    fn linear_call(&mut self, kernel: Kernel, x: TensorId, head: &GpuHead, out_c: usize, per_sample: usize) -> TensorId {
+        let p = LinearParams { in_features: head.in_features as u32, out_features: head.classes as u32, ..Default::default() };
+        let reads = vec![Input::Tensor(x), Input::Weight(head.weight.clone()), Input::Weight(head.bias.clone())];
+        self.push(kernel, ParamTemplate::Linear { p, per_sample: per_sample as u32 }, reads, TensorShape { h: 1, w: 1, c: out_c })
+    }
+
+    /// Builds the pass for one input size. `deepest` is the index in `layer_names` of the
+    /// shallowest layer whose gradient is needed (None: forward only); `wanted` are the
+    /// layers whose z and g are kept.
+    pub fn build(weights: &GpuWeights, in_shape: TensorShape, layer_names: &[String], wanted: &[usize]) -> Graph {
+        let mut g = Graph::default();
+        g.input = g.tensor(in_shape);
+        let nhwc = g.elementwise(Kernel::NchwToNhwc, vec![Input::Tensor(g.input), Input::Unused, Input::Unused], in_shape, 0);
+        let head = &weights.head;
+        let pooled_index = layer_names.len() - 1;
+        let shallowest = wanted.iter().copied().min();
+        // Stages whose blocks must be differentiated: those after the shallowest wanted stage.
+        let first_backward_stage = shallowest.map(|s| s + 1);
+
+        match &weights.body {
+            GpuBody::ResNet { stem, max_pool, stages } => {
+                let mut x = g.conv(stem, nhwc, None, true);
+                if *max_pool {
+                    x = g.max_pool(x);
+                }
+                // Per block: input, inner activations (ReLU outputs feeding convs 2..), output.
+                let mut saved: Vec<Vec<(TensorId, Vec<TensorId>, TensorId)>> = Vec::new();
+                let mut stage_out = Vec::new();
+                for stage in stages {
+                    let mut blocks = Vec::new();
+                    for block in stage {
+                        let input = x;
+                        let mut h = x;
+                        let mut inner = Vec::new();
+                        for conv in &block.convs[..block.convs.len() - 1] {
+                            h = g.conv(conv, h, None, true);
+                            inner.push(h);
+                        }
+                        let shortcut = match &block.projection {
+                            Some(p) => g.conv(p, input, None, false),
+                            None => input,
+                        };
+                        x = g.conv(block.convs.last().unwrap(), h, Some(shortcut), true);
+                        blocks.push((input, inner, x));
+                    }
+                    saved.push(blocks);
+                    stage_out.push(x);
+                }
+                let feat = g.avg_pool(x);
+                g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
+                let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
+                if shallowest.is_some() {
+                    let dlogits = g.linear_call(Kernel::UniformCeGrad, g.logits, head, head.classes, 1);
+                    let dfeat = g.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features);
+                    grads[pooled_index] = Some(dfeat);
+                    let last = stages.len() - 1;
+                    if shallowest.unwrap() < pooled_index {
+                        let last_shape = g.tensors[stage_out[last]];
+                        let mut grad = g.avg_pool_backward(dfeat, last_shape, None, None);
+                        grads[last] = Some(grad);
+                        for s in (first_backward_stage.unwrap()..stages.len()).rev() {
+                            for (block, (input, inner, out)) in stages[s].iter().zip(&saved[s]).rev() {
+                                let d_pre = g.relu_mask(grad, *out);
+                                let mut d = d_pre;
+                                for i in (1..block.convs.len()).rev() {
+                                    let act = inner[i - 1];
+                                    d = g.conv_backward(&block.convs[i], d, g.tensors[act], None, Some(act), None);
+                                }
+                                let shortcut_grad = match &block.projection {
+                                    Some(p) => g.conv_backward(p, d_pre, g.tensors[*input], None, None, None),
+                                    None => d_pre,
+                                };
+                                grad = g.conv_backward(&block.convs[0], d, g.tensors[*input], Some((shortcut_grad, false)), None, None);
+                            }
+                            grads[s - 1] = Some(grad);
+                        }
+                    }
+                }
+                g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
+            }
+            GpuBody::WideResNet { stem, stages, final_bn } => {
+                let mut x = g.conv(stem, nhwc, None, false);
+                // Per block: pre-activation a = relu(bn1(x)), inner h, input shape.
+                let mut saved: Vec<Vec<(TensorId, TensorId, TensorShape)>> = Vec::new();
+                let mut stage_out = Vec::new();
+                for stage in stages {
+                    let mut blocks = Vec::new();
+                    for block in stage {
+                        let input_shape = g.tensors[x];
+                        let a = g.scale_shift(x, &block.bn1, true);
+                        let h = g.conv(&block.conv1, a, None, true);
+                        let shortcut = match &block.shortcut {
+                            Some(sc) => g.conv(sc, a, None, false),
+                            None => x,
+                        };
+                        x = g.conv(&block.conv2, h, Some(shortcut), false);
+                        blocks.push((a, h, input_shape));
+                    }
+                    saved.push(blocks);
+                    stage_out.push(x);
+                }
+                let f = g.scale_shift(x, final_bn, true);
+                let feat = g.avg_pool(f);
+                g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
+                let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
+                if shallowest.is_some() {
+                    let dlogits = g.linear_call(Kernel::UniformCeGrad, g.logits, head, head.classes, 1);
+                    let dfeat = g.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features);
+                    grads[pooled_index] = Some(dfeat);
+                    let last = stages.len() - 1;
+                    if shallowest.unwrap() < pooled_index {
+                        let last_shape = g.tensors[stage_out[last]];
+                        let mut grad = g.avg_pool_backward(dfeat, last_shape, Some(f), Some(&final_bn.scale));
+                        grads[last] = Some(grad);
+                        for s in (first_backward_stage.unwrap()..stages.len()).rev() {
+                            for (block, (a, h, input_shape)) in stages[s].iter().zip(&saved[s]).rev() {
+                                let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some(*h), None);
+                                grad = match &block.shortcut {
+                                    Some(sc) => {
+                                        let sc_grad = g.conv_backward(sc, grad, *input_shape, None, None, None);
+                                        g.conv_backward(&block.conv1, dh, *input_shape, Some((sc_grad, false)), Some(*a), Some(&block.bn1.scale))
+                                    }
+                                    None => g.conv_backward(&block.conv1, dh, *input_shape, Some((grad, true)), Some(*a), Some(&block.bn1.scale)),
+                                };
+                            }
+                            grads[s - 1] = Some(grad);
+                        }
+                    }
+                }
+                g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
+            }
+        }
+        g
+    }
+
+    fn finish_layers(&mut self, names: &[String], wanted: &[usize], stage_out: &[TensorId], feat: TensorId, grads: &[Option<TensorId>]) {
+        for &i in wanted {
+            let z = if i == names.len() - 1 { feat } else { stage_out[i] };
+            let g = grads[i].expect("the backward pass reaches every wanted layer");
+            self.layers.push(LayerTensors { name: names[i].clone(), z, g });
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The engine: a device with its kernels, models uploaded to it, and the forward +
+//! backward-to-layer pass run in chunks that respect the adapter's limits.
+
+mod graph;
+mod plan;
+mod weights;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::kernels::Kernels;
+use crate::model::{self, ArchSpec, Network};
+
+pub use graph::TensorShape;
+pub use weights::{pack_backward, pack_forward};
+use graph::Graph;
+use plan::Plan;
+use weights::GpuWeights;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub gpu: GpuOptions,
+    /// Most samples per submission; larger batches are chunked.
+    pub max_batch: usize,
+    /// Caps the storage binding size below the adapter's (to test chunking, or to bound
+    /// memory per buffer).
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { gpu: GpuOptions::from_env(), max_batch: 64, max_binding_bytes: None }
+    }
+}
+
+pub struct Engine {
+    pub gpu: Gpu,
+    kernels: Kernels,
+    options: EngineOptions,
+}
+
+/// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
+pub struct Model {
+    pub network: Network,
+    weights: GpuWeights,
+    plans: HashMap<(usize, usize, Vec<usize>), Plan>,
+}
+
+/// Activation and gradient of one requested layer, NCHW (`[B, C, 1, 1]` for `avgpool`).
+#[derive(Clone, Debug)]
+pub struct LayerOutput {
+    pub name: String,
+    pub shape: [usize; 4],
+    pub z: Vec<f32>,
+    pub g: Vec<f32>,
+}
+
+/// What one pass returns: logits `[B, classes]` row-major, and the requested layers in the
+/// order they were asked for.
+#[derive(Clone, Debug)]
+pub struct PassOutput {
+    pub classes: usize,
+    pub logits: Vec<f32>,
+    pub layers: Vec<LayerOutput>,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> Result<Self> {
+        let gpu = Gpu::new(&options.gpu)?;
+        let kernels = Kernels::new(&gpu)?;
+        Ok(Engine { gpu, kernels, options })
+    }
+
+    /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
+    pub fn load_model(&self, path: &Path, arch: Option<ArchSpec>) -> Result<Model> {
+        Ok(self.upload(model::load(path, arch)?))
+    }
+
+    pub fn upload(&self, network: Network) -> Model {
+        let weights = GpuWeights::upload(&self.gpu, &network);
+        Model { network, weights, plans: HashMap::new() }
+    }
+
+    fn binding_limit(&self) -> u64 {
+        let adapter = self.gpu.max_binding_bytes();
+        self.options.max_binding_bytes.map_or(adapter, |cap| cap.min(adapter))
+    }
+
+    /// Logits for an NCHW batch.
+    pub fn predict(&self, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+        Ok(self.forward_backward(model, input, shape, &[])?.logits)
+    }
+
+    /// Runs the forward pass and, if `layers` is not empty, one backward pass of the NAC loss
+    /// down to the shallowest of them; returns logits and each layer's z and g.
+    pub fn forward_backward(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<PassOutput> {
+        let [batch, channels, h, w] = shape;
+        let net = &model.network;
+        if channels != net.in_channels() || h == 0 || w == 0 || batch == 0 {
+            return Err(Error::Input(format!(
+                "input shape {shape:?}: expected [N ≥ 1, {}, H ≥ 1, W ≥ 1] for {}",
+                net.in_channels(),
+                net.spec
+            )));
+        }
+        if input.len() != batch * channels * h * w {
+            return Err(Error::Input(format!("input has {} values, but shape {shape:?} needs {}", input.len(), batch * channels * h * w)));
+        }
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Input(format!("input value {i} is {} (inputs must be finite)", input[i])));
+        }
+        let names = net.layer_names();
+        let wanted = layers.iter().map(|l| net.layer_index(l)).collect::<Result<Vec<_>>>()?;
+        if let Some(dup) = wanted.iter().enumerate().find(|(i, x)| wanted[..*i].contains(x)) {
+            return Err(Error::Input(format!("layer `{}` is requested twice", names[*dup.1])));
+        }
+        let classes = net.num_classes();
+
+        let key = (h, w, wanted.clone());
+        let graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
+        let limit_cap = plan::max_capacity(&graph, self.binding_limit(), self.gpu.max_workgroups_per_dim());
+        if limit_cap == 0 {
+            return Err(Error::Input(format!(
+                "input size {h}×{w} is too large for this adapter: one sample's largest activation exceeds the {} byte storage binding limit",
+                self.binding_limit()
+            )));
+        }
+        let capacity = limit_cap.min(self.options.max_batch).min(batch);
+        if model.plans.get(&key).is_none_or(|p| p.capacity < capacity) {
+            let keep: Vec<usize> = std::iter::once(graph.logits).chain(graph.layers.iter().flat_map(|l| [l.z, l.g])).collect();
+            model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, &keep)?);
+        }
+        let plan = model.plans.get_mut(&key).unwrap();
+
+        let per_sample_in = channels * h * w;
+        let mut out = PassOutput { classes, logits: Vec::with_capacity(batch * classes), layers: Vec::new() };
+        for l in &plan.graph.layers {
+            let s = plan.graph.tensors[l.z];
+            out.layers.push(LayerOutput { name: l.name.clone(), shape: [batch, s.c, s.h, s.w], z: Vec::new(), g: Vec::new() });
+        }
+        // Readback targets: logits, then z and g of each layer.
+        let targets: Vec<usize> =
+            std::iter::once(plan.graph.logits).chain(plan.graph.layers.iter().flat_map(|l| [l.z, l.g])).collect();
+        let staging: Vec<wgpu::Buffer> = targets
+            .iter()
+            .map(|&t| self.gpu.readback_buffer((plan.graph.tensors[t].elements() * plan.capacity * 4) as u64))
+            .collect();
+        for start in (0..batch).step_by(plan.capacity) {
+            let n = plan.capacity.min(batch - start);
+            plan.set_batch(&self.gpu, n);
+            let chunk = &input[start * per_sample_in..(start + n) * per_sample_in];
+            self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
+            plan.encode(&self.kernels, &mut encoder);
+            let lens: Vec<usize> = targets.iter().map(|&t| plan.graph.tensors[t].elements() * n).collect();
+            for ((&t, buf), &len) in targets.iter().zip(&staging).zip(&lens) {
+                encoder.copy_buffer_to_buffer(plan.buffer(t), 0, buf, 0, (len * 4) as u64);
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            let reads: Vec<(&wgpu::Buffer, usize)> = staging.iter().zip(&lens).map(|(b, &l)| (b, l)).collect();
+            let mut values = self.gpu.read_back(&reads)?.into_iter();
+            out.logits.extend(values.next().unwrap());
+            for layer in out.layers.iter_mut() {
+                let [_, c, lh, lw] = layer.shape;
+                layer.z.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
+                layer.g.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for b in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for ch in 0..c {
+                    out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,155 @@
+//! A graph bound to GPU memory: tensors mapped to pooled buffers by lifetime, one uniform and
+//! one bind group per call, all created once; running a batch is a few buffer writes, one
+//! encoder, one submit.
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{conv_workgroups, flat_workgroups, Kernels};
+
+use super::graph::{Dispatch, Graph, Input, TensorId};
+
+pub struct Plan {
+    pub graph: Graph,
+    /// Samples the buffers hold; larger batches are run in chunks of this size.
+    pub capacity: usize,
+    /// Physical buffer of each tensor.
+    tensor_buffer: Vec<usize>,
+    buffers: Vec<wgpu::Buffer>,
+    params: Vec<wgpu::Buffer>,
+    bind_groups: Vec<wgpu::BindGroup>,
+    /// Batch size the parameter buffers currently describe.
+    params_batch: usize,
+    workgroups: Vec<[u32; 3]>,
+}
+
+/// Largest batch whose every tensor fits one storage binding and whose every dispatch fits the
+/// per-dimension workgroup limit.
+pub fn max_capacity(graph: &Graph, max_binding_bytes: u64, max_per_dim: u32) -> usize {
+    let largest = graph.tensors.iter().map(|t| t.elements()).max().unwrap_or(1).max(1) as u64;
+    let mut cap = (max_binding_bytes / (4 * largest)) as usize;
+    for call in &graph.calls {
+        if let (_, Dispatch::Gemm { m, .. }) = call.params.at_batch(1) {
+            let rows_per_sample = m as u64;
+            cap = cap.min(((max_per_dim as u64 * crate::kernels::CONV_TILE as u64) / rows_per_sample) as usize);
+        }
+    }
+    cap
+}
+
+impl Plan {
+    pub fn new(gpu: &Gpu, kernels: &Kernels, graph: Graph, capacity: usize, keep: &[TensorId]) -> Result<Self> {
+        let n_calls = graph.calls.len();
+        // Lifetime of each tensor in call indices: [first write, last read].
+        let mut first = vec![0usize; graph.tensors.len()];
+        let mut last = vec![0usize; graph.tensors.len()];
+        for (i, call) in graph.calls.iter().enumerate() {
+            first[call.output] = i;
+            last[call.output] = last[call.output].max(i);
+            for r in &call.reads {
+                if let Input::Tensor(t) = r {
+                    last[*t] = last[*t].max(i);
+                }
+            }
+        }
+        for &t in keep {
+            last[t] = n_calls;
+        }
+        // Greedy best-fit reuse of freed buffers, in call order.
+        let bytes = |t: TensorId| (graph.tensors[t].elements() * capacity * 4) as u64;
+        let mut buffers: Vec<wgpu::Buffer> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut tensor_buffer = vec![usize::MAX; graph.tensors.len()];
+        let allocate = |t: TensorId, buffers: &mut Vec<wgpu::Buffer>, free: &mut Vec<usize>| -> usize {
+            let need = bytes(t);
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| buffers[b].size() >= need)
+                .min_by_key(|(_, &b)| buffers[b].size())
+                .map(|(i, _)| i);
+            match best {
+                Some(i) => free.swap_remove(i),
+                None => {
+                    buffers.push(gpu.storage_buffer(&format!("activation{}", buffers.len()), need));
+                    buffers.len() - 1
+                }
+            }
+        };
+        tensor_buffer[graph.input] = allocate(graph.input, &mut buffers, &mut free);
+        let mut ends_at: Vec<Vec<TensorId>> = vec![Vec::new(); n_calls + 1];
+        for t in 0..graph.tensors.len() {
+            ends_at[last[t]].push(t);
+        }
+        for (i, call) in graph.calls.iter().enumerate() {
+            tensor_buffer[call.output] = allocate(call.output, &mut buffers, &mut free);
+            for &t in &ends_at[i] {
+                free.push(tensor_buffer[t]);
+            }
+        }
+        if buffers.iter().any(|b| b.size() > gpu.max_binding_bytes()) {
+            return Err(Error::Gpu(format!("a plan buffer exceeds the binding limit of {} bytes", gpu.max_binding_bytes())));
+        }
+
+        let dummy = gpu.storage_buffer("unused", 16);
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut params = Vec::with_capacity(n_calls);
+        let mut bind_groups = Vec::with_capacity(n_calls);
+        let mut workgroups = Vec::with_capacity(n_calls);
+        for call in &graph.calls {
+            let (bytes, dispatch) = call.params.at_batch(capacity as u32);
+            let uniform = gpu.uniform_buffer(&format!("{:?} params", call.kernel), &bytes);
+            let reads: Vec<&wgpu::Buffer> = call
+                .reads
+                .iter()
+                .map(|r| match r {
+                    Input::Tensor(t) => &buffers[tensor_buffer[*t]],
+                    Input::Weight(b) => b,
+                    Input::Unused => &dummy,
+                })
+                .collect();
+            bind_groups.push(kernels.bind_group(gpu, call.kernel, &uniform, &reads, &buffers[tensor_buffer[call.output]]));
+            params.push(uniform);
+            workgroups.push(Self::workgroups(gpu, dispatch));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("binding the plan: {e}")));
+        }
+        Ok(Plan { graph, capacity, tensor_buffer, buffers, params, bind_groups, params_batch: capacity, workgroups })
+    }
+
+    fn workgroups(gpu: &Gpu, dispatch: Dispatch) -> [u32; 3] {
+        match dispatch {
+            Dispatch::Gemm { m, n } => conv_workgroups(m, n),
+            Dispatch::Flat(threads) => flat_workgroups(threads, gpu.max_workgroups_per_dim()),
+        }
+    }
+
+    pub fn buffer(&self, t: TensorId) -> &wgpu::Buffer {
+        &self.buffers[self.tensor_buffer[t]]
+    }
+
+    /// Rewrites the call parameters for a batch of `batch` samples (≤ capacity).
+    pub fn set_batch(&mut self, gpu: &Gpu, batch: usize) {
+        assert!(batch >= 1 && batch <= self.capacity);
+        if batch == self.params_batch {
+            return;
+        }
+        for (i, call) in self.graph.calls.iter().enumerate() {
+            let (bytes, dispatch) = call.params.at_batch(batch as u32);
+            gpu.queue.write_buffer(&self.params[i], 0, &bytes);
+            self.workgroups[i] = Self::workgroups(gpu, dispatch);
+        }
+        self.params_batch = batch;
+    }
+
+    /// Records every call of the pass into one compute pass.
+    pub fn encode(&self, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac pass"), timestamp_writes: None });
+        for (i, call) in self.graph.calls.iter().enumerate() {
+            let [x, y, z] = self.workgroups[i];
+            pass.set_pipeline(kernels.pipeline(call.kernel));
+            pass.set_bind_group(0, &self.bind_groups[i], &[]);
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+}

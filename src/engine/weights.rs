@@ -1,0 +1,171 @@
+//! A network's parameters on the GPU: BatchNorm folded into the preceding convolution where
+//! that is exact, conv weights re-packed once for the forward and the data-gradient GEMMs.
+
+use crate::gpu::Gpu;
+use crate::model::arch::{BatchNorm, Body, Conv, Network};
+
+/// Shape of a convolution, as the kernels see it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvGeometry {
+    pub in_c: usize,
+    pub out_c: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeometry {
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        ((h + 2 * self.pad - self.kernel) / self.stride + 1, (w + 2 * self.pad - self.kernel) / self.stride + 1)
+    }
+}
+
+/// A convolution on the GPU. `forward` is `[(ky, kx, ci)][co]`, `backward` is
+/// `[(ky, kx, co)][ci]`; both carry the folded BatchNorm scale. `bias` is the folded shift.
+pub struct GpuConv {
+    pub geometry: ConvGeometry,
+    pub forward: wgpu::Buffer,
+    pub backward: Option<wgpu::Buffer>,
+    pub bias: Option<wgpu::Buffer>,
+}
+
+/// Eval-mode BatchNorm that cannot be folded (it precedes a ReLU on a residual sum).
+pub struct GpuScaleShift {
+    pub scale: wgpu::Buffer,
+    pub shift: wgpu::Buffer,
+}
+
+pub struct GpuResBlock {
+    pub convs: Vec<GpuConv>,
+    pub projection: Option<GpuConv>,
+}
+
+pub struct GpuWrnBlock {
+    pub bn1: GpuScaleShift,
+    /// conv1 with bn2 folded in (its ReLU follows).
+    pub conv1: GpuConv,
+    pub conv2: GpuConv,
+    pub shortcut: Option<GpuConv>,
+}
+
+pub enum GpuBody {
+    ResNet { stem: GpuConv, max_pool: bool, stages: Vec<Vec<GpuResBlock>> },
+    WideResNet { stem: GpuConv, stages: Vec<Vec<GpuWrnBlock>>, final_bn: GpuScaleShift },
+}
+
+pub struct GpuHead {
+    pub in_features: usize,
+    pub classes: usize,
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+}
+
+pub struct GpuWeights {
+    pub body: GpuBody,
+    pub head: GpuHead,
+}
+
+/// Packs conv weights `[co][ci][ky][kx]`, each output channel multiplied by `scale[co]`, for the
+/// forward GEMM: `[(ky, kx, ci)][co]`.
+pub fn pack_forward(conv: &Conv, scale: &[f64]) -> Vec<f32> {
+    pack(conv, scale, |tap, ci, co| (tap * conv.in_channels + ci) * conv.out_channels + co)
+}
+
+/// Packs conv weights (scaled as in [`pack_forward`]) for the data-gradient GEMM:
+/// `[(ky, kx, co)][ci]`.
+pub fn pack_backward(conv: &Conv, scale: &[f64]) -> Vec<f32> {
+    pack(conv, scale, |tap, ci, co| (tap * conv.out_channels + co) * conv.in_channels + ci)
+}
+
+fn pack(conv: &Conv, scale: &[f64], index: impl Fn(usize, usize, usize) -> usize) -> Vec<f32> {
+    let (cout, cin, k) = (conv.out_channels, conv.in_channels, conv.kernel);
+    let mut packed = vec![0f32; cout * cin * k * k];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for tap in 0..k * k {
+                packed[index(tap, ci, co)] = (conv.weight[(co * cin + ci) * k * k + tap] as f64 * scale[co]) as f32;
+            }
+        }
+    }
+    packed
+}
+
+/// Folds `bn` (if any) into `conv` in f64 and packs the weights for both GEMM directions.
+fn upload_conv(gpu: &Gpu, conv: &Conv, bn: Option<&BatchNorm>, with_backward: bool) -> GpuConv {
+    let (scale, shift) = match bn {
+        Some(bn) => bn.scale_shift(),
+        None => (vec![1.0; conv.out_channels], vec![0.0; conv.out_channels]),
+    };
+    let bias: Vec<f32> = shift.iter().map(|&b| b as f32).collect();
+    GpuConv {
+        geometry: ConvGeometry {
+            in_c: conv.in_channels,
+            out_c: conv.out_channels,
+            kernel: conv.kernel,
+            stride: conv.stride,
+            pad: conv.padding,
+        },
+        forward: gpu.upload_f32(&format!("{}.forward", conv.name), &pack_forward(conv, &scale)),
+        backward: with_backward.then(|| gpu.upload_f32(&format!("{}.backward", conv.name), &pack_backward(conv, &scale))),
+        bias: bn.map(|_| gpu.upload_f32(&format!("{}.bias", conv.name), &bias)),
+    }
+}
+
+fn upload_scale_shift(gpu: &Gpu, bn: &BatchNorm) -> GpuScaleShift {
+    let (scale, shift) = bn.scale_shift();
+    let to_f32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    GpuScaleShift {
+        scale: gpu.upload_f32(&format!("{}.scale", bn.name), &to_f32(scale)),
+        shift: gpu.upload_f32(&format!("{}.shift", bn.name), &to_f32(shift)),
+    }
+}
+
+impl GpuWeights {
+    /// Uploads every parameter. Data-gradient weights are packed for all convolutions after
+    /// the stem (the backward pass never goes further than the first stage's output).
+    pub fn upload(gpu: &Gpu, net: &Network) -> Self {
+        let body = match &net.body {
+            Body::ResNet { stem, max_pool, stages } => {
+                let stem = upload_conv(gpu, &stem.0, Some(&stem.1), false);
+                let stages = stages
+                    .iter()
+                    .map(|stage| {
+                        stage
+                            .iter()
+                            .map(|b| GpuResBlock {
+                                convs: b.convs.iter().map(|(c, bn)| upload_conv(gpu, c, Some(bn), true)).collect(),
+                                projection: b.projection.as_ref().map(|(c, bn)| upload_conv(gpu, c, Some(bn), true)),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                GpuBody::ResNet { stem, max_pool: *max_pool, stages }
+            }
+            Body::WideResNet { stem, stages, final_bn } => {
+                let stem = upload_conv(gpu, stem, None, false);
+                let stages = stages
+                    .iter()
+                    .map(|stage| {
+                        stage
+                            .iter()
+                            .map(|b| GpuWrnBlock {
+                                bn1: upload_scale_shift(gpu, &b.bn1),
+                                conv1: upload_conv(gpu, &b.conv1, Some(&b.bn2), true),
+                                conv2: upload_conv(gpu, &b.conv2, None, true),
+                                shortcut: b.shortcut.as_ref().map(|c| upload_conv(gpu, c, None, true)),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                GpuBody::WideResNet { stem, stages, final_bn: upload_scale_shift(gpu, final_bn) }
+            }
+        };
+        let head = GpuHead {
+            in_features: net.fc.in_features,
+            classes: net.fc.out_features,
+            weight: gpu.upload_f32("fc.weight", &net.fc.weight),
+            bias: gpu.upload_f32("fc.bias", &net.fc.bias),
+        };
+        GpuWeights { body, head }
+    }
+}

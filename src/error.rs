@@ -1,0 +1,66 @@
+//! One error type for the whole crate: every variant says what was expected and what was found.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum Error {
+    /// No usable GPU adapter, or the requested one does not exist.
+    NoAdapter(String),
+    /// Device creation or a GPU operation failed.
+    Gpu(String),
+    /// A file could not be read or written.
+    Io { path: PathBuf, source: std::io::Error },
+    /// A weights file is malformed or does not match the architecture.
+    Weights { path: PathBuf, message: String },
+    /// Bad input data (shape, dtype, value) or a bad argument.
+    Input(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoAdapter(m) => write!(f, "no GPU adapter: {m}"),
+            Error::Gpu(m) => write!(f, "GPU error: {m}"),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Weights { path, message } => write!(f, "{}: {message}", path.display()),
+            Error::Input(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename,
+/// so a crash never leaves a half-written output.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}

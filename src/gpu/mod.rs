@@ -1,0 +1,251 @@
+//! GPU runtime: adapter choice, device creation, buffers and readback.
+
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// How to choose the adapter. Empty fields mean "best available".
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backend list as in `WGPU_BACKEND`: `vulkan`, `metal`, `dx12`, `gl` (comma-separated).
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name (e.g. `nvidia`, `llvmpipe`).
+    pub adapter: Option<String>,
+}
+
+impl GpuOptions {
+    /// Reads `NAC_BACKEND` and `NAC_ADAPTER`.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        GpuOptions { backend: var("NAC_BACKEND"), adapter: var("NAC_ADAPTER") }
+    }
+
+    /// Flags given on the command line win over the environment.
+    pub fn with_overrides(mut self, backend: Option<String>, adapter: Option<String>) -> Self {
+        if backend.is_some() {
+            self.backend = backend;
+        }
+        if adapter.is_some() {
+            self.adapter = adapter;
+        }
+        self
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends> {
+        match &self.backend {
+            None => Ok(wgpu::Backends::all() - wgpu::Backends::BROWSER_WEBGPU),
+            Some(list) => {
+                let b = wgpu::Backends::from_comma_list(list);
+                if b.is_empty() {
+                    Err(Error::Input(format!("unknown backend `{list}`; expected vulkan, metal, dx12 or gl")))
+                } else {
+                    Ok(b)
+                }
+            }
+        }
+    }
+}
+
+const NO_ADAPTER_HELP: &str = "install a GPU driver with Vulkan, Metal or DX12 support; on a headless Linux \
+box without a GPU, `apt-get install mesa-vulkan-drivers` provides lavapipe, a software Vulkan device";
+
+/// Optional features used when present: timestamps for benchmarks, subgroups and f16 for
+/// faster kernel variants.
+fn wanted_features() -> wgpu::Features {
+    wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16
+}
+
+/// Preference order: discrete, integrated, virtual, CPU.
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn instance(options: &GpuOptions) -> Result<wgpu::Instance> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = options.backends()?;
+    Ok(wgpu::Instance::new(desc))
+}
+
+/// Every adapter the instance sees, best first.
+pub fn list_adapters(options: &GpuOptions) -> Result<Vec<wgpu::Adapter>> {
+    let inst = instance(options)?;
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(options.backends()?));
+    adapters.sort_by_key(|a| type_rank(a.get_info().device_type));
+    Ok(adapters)
+}
+
+/// A human-readable description of one adapter: backend, type, driver, limits and features.
+pub fn describe_adapter(adapter: &wgpu::Adapter) -> String {
+    let info = adapter.get_info();
+    let l = adapter.limits();
+    let f = adapter.features();
+    let mut s = String::new();
+    s.push_str(&format!("{}\n", info.name));
+    s.push_str(&format!("  backend: {:?}, type: {:?}\n", info.backend, info.device_type));
+    s.push_str(&format!("  driver: {} ({})\n", info.driver, info.driver_info));
+    s.push_str(&format!("  vendor: 0x{:04x}, device: 0x{:04x}\n", info.vendor, info.device));
+    s.push_str(&format!(
+        "  limits: max_storage_buffer_binding_size {} MiB, max_buffer_size {} MiB, max_compute_workgroups_per_dimension {}, \
+max_compute_invocations_per_workgroup {}, max_compute_workgroup_storage_size {} KiB, max_storage_buffers_per_shader_stage {}\n",
+        l.max_storage_buffer_binding_size >> 20,
+        l.max_buffer_size >> 20,
+        l.max_compute_workgroups_per_dimension,
+        l.max_compute_invocations_per_workgroup,
+        l.max_compute_workgroup_storage_size >> 10,
+        l.max_storage_buffers_per_shader_stage,
+    ));
+    let names: Vec<String> = f.iter_names().map(|(n, _)| n.to_string()).collect();
+    s.push_str(&format!("  features: {}\n", if names.is_empty() { "(none)".to_string() } else { names.join(", ") }));
+    s
+}
+
+/// The device and queue everything runs on, with the adapter's facts.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gpu {
+    /// Opens the best adapter (or the one `options` names) with its own limits and the
+    /// optional features it has.
+    pub fn new(options: &GpuOptions) -> Result<Self> {
+        let adapters = list_adapters(options)?;
+        if adapters.is_empty() {
+            let what = options.backend.as_deref().map(|b| format!(" for backend `{b}`")).unwrap_or_default();
+            return Err(Error::NoAdapter(format!("wgpu found no adapter{what}; {NO_ADAPTER_HELP}")));
+        }
+        let adapter = match &options.adapter {
+            None => adapters.into_iter().next().unwrap(),
+            Some(want) => {
+                let lower = want.to_lowercase();
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&lower)).ok_or_else(|| {
+                    Error::NoAdapter(format!("no adapter name contains `{want}`; available: {}", names.join(", ")))
+                })?
+            }
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wanted_features();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("nac"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
+        // Validation errors are collected instead of panicking, and surfaced by `check`.
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        Ok(Gpu { device, queue, info, limits, features, errors })
+    }
+
+    /// Returns the first GPU error recorded since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut errors = self.errors.lock().unwrap();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors.remove(0);
+        errors.clear();
+        Err(Error::Gpu(first))
+    }
+
+    /// Largest single storage binding, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// A storage buffer of `bytes` (at least 16), usable as copy source and destination.
+    pub fn storage_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data` (padded to at least 16 bytes).
+    pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+        bytes.resize(bytes.len().max(16), 0);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    pub fn uniform_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// A mappable buffer to copy results into for reading back.
+    pub fn readback_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.max(16).next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Waits for all submitted work, maps the readback buffers and returns their first
+    /// `len` f32 values each.
+    pub fn read_back(&self, buffers: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let status = Arc::new(Mutex::new(Vec::new()));
+        for (buffer, _) in buffers {
+            let s = status.clone();
+            buffer.map_async(wgpu::MapMode::Read, .., move |r| s.lock().unwrap().push(r));
+        }
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()?;
+        for r in status.lock().unwrap().iter() {
+            r.clone().map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
+        }
+        let mut out = Vec::with_capacity(buffers.len());
+        for (buffer, len) in buffers {
+            {
+                let view = buffer.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+                out.push(bytemuck::cast_slice::<u8, f32>(&view[..len * 4]).to_vec());
+            }
+            buffer.unmap();
+        }
+        Ok(out)
+    }
+
+    /// Copies `len` f32 values of a storage buffer to the host (one submit, one wait).
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+        let staging = self.readback_buffer(len as u64 * 4);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, (len as u64 * 4).next_multiple_of(4).max(4));
+        self.queue.submit([enc.finish()]);
+        Ok(self.read_back(&[(&staging, len)])?.remove(0))
+    }
+}

@@ -1,0 +1,282 @@
+//! Compute kernels: one WGSL file per family under `shaders/`, compiled once per device into
+//! pipelines with explicit bind group layouts, plus the parameter blocks each one reads.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+const CONV_WGSL: &str = include_str!("../../shaders/conv.wgsl");
+const ELEMENTWISE_WGSL: &str = include_str!("../../shaders/elementwise.wgsl");
+const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
+const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
+
+/// Every kernel the engine dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    ConvForward,
+    ConvBackwardData,
+    NchwToNhwc,
+    ScaleShift,
+    ReluMask,
+    MaxPool,
+    AvgPool,
+    AvgPoolBackward,
+    LinearForward,
+    UniformCeGrad,
+    LinearBackward,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 11] = [
+        Kernel::ConvForward,
+        Kernel::ConvBackwardData,
+        Kernel::NchwToNhwc,
+        Kernel::ScaleShift,
+        Kernel::ReluMask,
+        Kernel::MaxPool,
+        Kernel::AvgPool,
+        Kernel::AvgPoolBackward,
+        Kernel::LinearForward,
+        Kernel::UniformCeGrad,
+        Kernel::LinearBackward,
+    ];
+
+    /// (source, entry point, pipeline-overridable constants).
+    fn source(self) -> (&'static str, &'static str, &'static [(&'static str, f64)]) {
+        match self {
+            Kernel::ConvForward => (CONV_WGSL, "main", &[("BACKWARD", 0.0)]),
+            Kernel::ConvBackwardData => (CONV_WGSL, "main", &[("BACKWARD", 1.0)]),
+            Kernel::NchwToNhwc => (ELEMENTWISE_WGSL, "nchw_to_nhwc", &[]),
+            Kernel::ScaleShift => (ELEMENTWISE_WGSL, "scale_shift", &[]),
+            Kernel::ReluMask => (ELEMENTWISE_WGSL, "relu_mask", &[]),
+            Kernel::MaxPool => (POOL_WGSL, "max_pool", &[]),
+            Kernel::AvgPool => (POOL_WGSL, "avg_pool", &[]),
+            Kernel::AvgPoolBackward => (POOL_WGSL, "avg_pool_backward", &[]),
+            Kernel::LinearForward => (LINEAR_WGSL, "linear_forward", &[]),
+            Kernel::UniformCeGrad => (LINEAR_WGSL, "uniform_ce_grad", &[]),
+            Kernel::LinearBackward => (LINEAR_WGSL, "linear_backward", &[]),
+        }
+    }
+
+    /// Read-only storage bindings after the uniform; one read-write output follows them.
+    pub fn read_bindings(self) -> usize {
+        match self {
+            Kernel::ConvForward | Kernel::ConvBackwardData => 5,
+            _ => 3,
+        }
+    }
+}
+
+/// Conv epilogue flags; see `shaders/conv.wgsl` for the order they apply in.
+pub mod conv_flags {
+    pub const BIAS: u32 = 1;
+    pub const RESIDUAL: u32 = 2;
+    pub const RELU: u32 = 4;
+    pub const MASK: u32 = 8;
+    pub const SCALE: u32 = 16;
+    pub const RESIDUAL_LAST: u32 = 32;
+}
+
+/// Pool-backward flags.
+pub mod pool_flags {
+    pub const MASK: u32 = 1;
+    pub const SCALE: u32 = 2;
+}
+
+pub const ELEMENTWISE_RELU: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ConvParams {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub in_c: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub out_c: u32,
+    pub kernel: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub m_total: u32,
+    pub n_total: u32,
+    pub k_total: u32,
+    pub flags: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub total: u32,
+    pub batch: u32,
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub flags: u32,
+    pub _pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PoolParams {
+    pub batch: u32,
+    pub in_h: u32,
+    pub in_w: u32,
+    pub channels: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub total: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct LinearParams {
+    pub batch: u32,
+    pub in_features: u32,
+    pub out_features: u32,
+    pub total: u32,
+}
+
+/// Tile edge of the conv GEMM in both M and N (see `shaders/conv.wgsl`).
+pub const CONV_TILE: u32 = 64;
+/// Threads per workgroup of the flat (one thread per element) kernels.
+pub const FLAT_WORKGROUP: u32 = 256;
+
+/// Workgroup counts for a conv GEMM of `m × n` outputs.
+pub fn conv_workgroups(m: u32, n: u32) -> [u32; 3] {
+    [n.div_ceil(CONV_TILE), m.div_ceil(CONV_TILE), 1]
+}
+
+/// Workgroup counts for `threads` flat threads, folded into 2-D to respect `max_per_dim`.
+pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
+    let groups = threads.div_ceil(FLAT_WORKGROUP).max(1);
+    let x = groups.min(max_per_dim);
+    [x, groups.div_ceil(x), 1]
+}
+
+/// All pipelines, built once per device.
+pub struct Kernels {
+    pipelines: Vec<(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+}
+
+fn layout_for(gpu: &Gpu, reads: usize) -> wgpu::BindGroupLayout {
+    let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    }];
+    for i in 0..reads {
+        entries.push(storage(1 + i as u32, true));
+    }
+    entries.push(storage(1 + reads as u32, false));
+    gpu.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+}
+
+impl Kernels {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules: Vec<(&'static str, wgpu::ShaderModule)> = Vec::new();
+        let mut pipelines = Vec::new();
+        for kernel in Kernel::ALL {
+            let (source, entry, constants) = kernel.source();
+            if !modules.iter().any(|(s, _)| std::ptr::eq(*s, source)) {
+                let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(entry),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                modules.push((source, module));
+            }
+            let module = &modules.iter().find(|(s, _)| std::ptr::eq(*s, source)).unwrap().1;
+            let bgl = layout_for(gpu, kernel.read_bindings());
+            let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+            let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&layout),
+                module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: false },
+                cache: None,
+            });
+            pipelines.push((kernel, pipeline, bgl));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("compiling kernels: {e}")));
+        }
+        Ok(Kernels { pipelines })
+    }
+
+    fn entry(&self, kernel: Kernel) -> &(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+        self.pipelines.iter().find(|(k, _, _)| *k == kernel).expect("every kernel is built")
+    }
+
+    pub fn pipeline(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
+        &self.entry(kernel).1
+    }
+
+    /// Binds `params`, the read-only inputs (in binding order) and the output.
+    pub fn bind_group(
+        &self,
+        gpu: &Gpu,
+        kernel: Kernel,
+        params: &wgpu::Buffer,
+        reads: &[&wgpu::Buffer],
+        output: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        assert_eq!(reads.len(), kernel.read_bindings(), "{kernel:?} takes {} inputs", kernel.read_bindings());
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() }];
+        for (i, b) in reads.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.as_entire_binding() });
+        }
+        entries.push(wgpu::BindGroupEntry { binding: 1 + reads.len() as u32, resource: output.as_entire_binding() });
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &self.entry(kernel).2, entries: &entries })
+    }
+}
+
+impl Kernels {
+    /// Runs one call of `kernel` on host data and returns its output: for kernel tests and
+    /// micro-benchmarks. The output buffer is filled with NaN first, so an element the kernel
+    /// fails to write can never pass for a result. `None` inputs bind a placeholder.
+    pub fn run_single(
+        &self,
+        gpu: &Gpu,
+        kernel: Kernel,
+        params: &[u8],
+        workgroups: [u32; 3],
+        reads: &[Option<&[f32]>],
+        output_len: usize,
+    ) -> Result<Vec<f32>> {
+        let uniform = gpu.uniform_buffer("params", params);
+        let inputs: Vec<wgpu::Buffer> = reads.iter().map(|r| gpu.upload_f32("input", r.unwrap_or(&[0.0; 4]))).collect();
+        let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
+        let refs: Vec<&wgpu::Buffer> = inputs.iter().collect();
+        let bind_group = self.bind_group(gpu, kernel, &uniform, &refs, &output);
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(self.pipeline(kernel));
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        gpu.queue.submit([encoder.finish()]);
+        gpu.check()?;
+        gpu.read_f32(&output, output_len)
+    }
+}

@@ -1,0 +1,19 @@
+//! Neuron Activation Coverage on any GPU.
+//!
+//! The crate loads ResNet / WideResNet checkpoints from safetensors, runs the forward pass and
+//! the data-gradient backward pass of the NAC loss (cross-entropy to the uniform distribution)
+//! in hand-written WGSL kernels through wgpu, and exposes the activations `z` and gradients
+//! `g = ∂L/∂z` at named block boundaries. [`reference`] is an independent f64 CPU
+//! implementation used to check every GPU number.
+
+pub mod engine;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod model;
+pub mod npy;
+pub mod reference;
+pub mod rng;
+
+pub use engine::{Engine, EngineOptions, LayerOutput, Model, PassOutput};
+pub use error::{Error, Result};

@@ -1,0 +1,448 @@
+//! Architectures: detection from tensor names, and the typed network description that both the
+//! GPU plan and the CPU reference are built from. Parameters stay exactly as in the checkpoint
+//! (BatchNorm unfolded); each executor decides how to apply them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::weights::TensorStore;
+use crate::error::{Error, Result};
+
+/// Which network a checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchSpec {
+    /// OpenOOD / CIFAR ResNet-18: 3×3 stem, no max-pool, projections named `shortcut.0/1`.
+    ResNet18_32x32,
+    /// torchvision ResNet (18, 34, 50, 101, 152): 7×7/2 stem + 3×3/2 max-pool, `downsample.0/1`.
+    TorchResNet { depth: usize },
+    /// WideResNet-depth-k with RobustBench naming (pre-activation blocks).
+    WideResNet { depth: usize, width: usize },
+}
+
+impl fmt::Display for ArchSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArchSpec::ResNet18_32x32 => write!(f, "resnet18_32x32"),
+            ArchSpec::TorchResNet { depth } => write!(f, "resnet{depth}"),
+            ArchSpec::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ArchSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        let bad = || {
+            Error::Input(format!(
+                "unknown architecture `{s}`; expected resnet18_32x32, resnet18, resnet34, resnet50, resnet101, resnet152 or wrn-DEPTH-WIDTH (e.g. wrn-28-10)"
+            ))
+        };
+        if lower == "resnet18_32x32" {
+            return Ok(ArchSpec::ResNet18_32x32);
+        }
+        if let Some(d) = lower.strip_prefix("resnet") {
+            let depth: usize = d.parse().map_err(|_| bad())?;
+            torch_resnet_layout(depth).ok_or_else(bad)?;
+            return Ok(ArchSpec::TorchResNet { depth });
+        }
+        if let Some(rest) = lower.strip_prefix("wrn-") {
+            let (d, w) = rest.split_once('-').ok_or_else(bad)?;
+            let (depth, width): (usize, usize) = (d.parse().map_err(|_| bad())?, w.parse().map_err(|_| bad())?);
+            if depth < 10 || (depth - 4) % 6 != 0 || width == 0 {
+                return Err(Error::Input(format!("WideResNet depth must be 6n+4 (n ≥ 1) and width ≥ 1, got wrn-{depth}-{width}")));
+            }
+            return Ok(ArchSpec::WideResNet { depth, width });
+        }
+        Err(bad())
+    }
+}
+
+/// Blocks per stage and whether blocks are Bottlenecks, for torchvision depths.
+fn torch_resnet_layout(depth: usize) -> Option<([usize; 4], bool)> {
+    Some(match depth {
+        18 => ([2, 2, 2, 2], false),
+        34 => ([3, 4, 6, 3], false),
+        50 => ([3, 4, 6, 3], true),
+        101 => ([3, 4, 23, 3], true),
+        152 => ([3, 8, 36, 3], true),
+        _ => return None,
+    })
+}
+
+/// A 2-D convolution without bias, weight in PyTorch layout `[out, in, kh, kw]`.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    pub name: String,
+    pub out_channels: usize,
+    pub in_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub weight: Vec<f32>,
+}
+
+/// BatchNorm in eval mode (running statistics, eps 1e-5).
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    pub name: String,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+}
+
+pub const BN_EPS: f64 = 1e-5;
+
+impl BatchNorm {
+    /// Per-channel `(scale, shift)` such that `bn(x) = scale·x + shift`, computed in f64.
+    pub fn scale_shift(&self) -> (Vec<f64>, Vec<f64>) {
+        let scale: Vec<f64> =
+            self.gamma.iter().zip(&self.var).map(|(&g, &v)| g as f64 / (v as f64 + BN_EPS).sqrt()).collect();
+        let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
+        (scale, shift)
+    }
+}
+
+/// Fully connected layer, weight `[out, in]` row-major.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub out_features: usize,
+    pub in_features: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A post-activation residual block (ResNet BasicBlock or Bottleneck):
+/// `out = relu(bn_k(conv_k(… relu(bn_1(conv_1(x))) …)) + shortcut(x))`.
+#[derive(Clone, Debug)]
+pub struct ResBlock {
+    /// Two (BasicBlock) or three (Bottleneck) conv+bn pairs; ReLU between them.
+    pub convs: Vec<(Conv, BatchNorm)>,
+    /// Projection shortcut (1×1 conv + bn); identity when absent.
+    pub projection: Option<(Conv, BatchNorm)>,
+}
+
+/// A RobustBench WideResNet pre-activation block. With `shortcut == None` (in == out):
+/// `out = x + conv2(relu(bn2(conv1(relu(bn1(x))))))`; otherwise with `a = relu(bn1(x))`:
+/// `out = shortcut(a) + conv2(relu(bn2(conv1(a))))`.
+#[derive(Clone, Debug)]
+pub struct WrnBlock {
+    pub bn1: BatchNorm,
+    pub conv1: Conv,
+    pub bn2: BatchNorm,
+    pub conv2: Conv,
+    pub shortcut: Option<Conv>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// Stem conv+bn+ReLU (+ max-pool 3×3/2 for torchvision), then stages `layer1..layerK`.
+    ResNet { stem: (Conv, BatchNorm), max_pool: bool, stages: Vec<Vec<ResBlock>> },
+    /// Stem conv, stages `block1..block3`, then final bn + ReLU.
+    WideResNet { stem: Conv, stages: Vec<Vec<WrnBlock>>, final_bn: BatchNorm },
+}
+
+/// A whole classifier: body, global average pool, fully connected head.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub spec: ArchSpec,
+    pub body: Body,
+    pub fc: Linear,
+}
+
+/// Name of the pooled-feature layer (input of `fc`), for every architecture.
+pub const POOLED_LAYER: &str = "avgpool";
+
+impl Network {
+    pub fn num_classes(&self) -> usize {
+        self.fc.out_features
+    }
+
+    /// Names of the stage outputs, shallow to deep (`layer1..4` or `block1..3`).
+    pub fn stage_names(&self) -> Vec<String> {
+        match &self.body {
+            Body::ResNet { stages, .. } => (1..=stages.len()).map(|i| format!("layer{i}")).collect(),
+            Body::WideResNet { stages, .. } => (1..=stages.len()).map(|i| format!("block{i}")).collect(),
+        }
+    }
+
+    /// Every layer NAC can hook, shallow to deep: the stage outputs, then `avgpool`.
+    pub fn layer_names(&self) -> Vec<String> {
+        let mut names = self.stage_names();
+        names.push(POOLED_LAYER.to_string());
+        names
+    }
+
+    /// Position of a layer name in `layer_names()`, or an error listing the valid names.
+    pub fn layer_index(&self, name: &str) -> Result<usize> {
+        let names = self.layer_names();
+        names.iter().position(|n| n == name).ok_or_else(|| {
+            Error::Input(format!("unknown layer `{name}` for {}; expected one of {}", self.spec, names.join(", ")))
+        })
+    }
+
+    /// Channels of each stage's output.
+    pub fn stage_channels(&self) -> Vec<usize> {
+        match &self.body {
+            Body::ResNet { stages, .. } => stages.iter().map(|s| s.last().unwrap().convs.last().unwrap().0.out_channels).collect(),
+            Body::WideResNet { stages, .. } => stages.iter().map(|s| s.last().unwrap().conv2.out_channels).collect(),
+        }
+    }
+
+    /// Input channels the stem expects.
+    pub fn in_channels(&self) -> usize {
+        match &self.body {
+            Body::ResNet { stem, .. } => stem.0.in_channels,
+            Body::WideResNet { stem, .. } => stem.in_channels,
+        }
+    }
+}
+
+/// What kind of parameter a tensor is: lets a synthetic source draw sensible random values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamKind {
+    ConvWeight { fan_in: usize },
+    BnWeight,
+    BnBias,
+    BnMean,
+    BnVar,
+    FcWeight { fan_in: usize },
+    FcBias,
+}
+
+/// Where the builder takes tensors from: a checkpoint, or a random generator.
+pub trait TensorSource {
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>>;
+}
+
+/// Takes tensors from a loaded checkpoint, checking names and shapes and remembering what was used.
+pub struct StoreSource<'a> {
+    store: &'a TensorStore,
+    used: BTreeSet<String>,
+}
+
+impl<'a> StoreSource<'a> {
+    pub fn new(store: &'a TensorStore) -> Self {
+        StoreSource { store, used: BTreeSet::new() }
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Weights { path: self.store.path.clone(), message }
+    }
+
+    /// Fails on any tensor the architecture did not read (RobustBench's unused `sub_block1` aside).
+    pub fn check_all_used(&self, spec: ArchSpec) -> Result<()> {
+        let extra: Vec<&String> = self
+            .store
+            .tensors
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .filter(|k| !(matches!(spec, ArchSpec::WideResNet { .. }) && k.starts_with("sub_block1.")))
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<&str> = extra.iter().take(5).map(|s| s.as_str()).collect();
+        Err(self.error(format!(
+            "unexpected tensor `{}` for architecture {spec}{}",
+            shown.join("`, `"),
+            if extra.len() > 5 { format!(" (and {} more)", extra.len() - 5) } else { String::new() }
+        )))
+    }
+}
+
+impl TensorSource for StoreSource<'_> {
+    fn take(&mut self, name: &str, shape: &[usize], _kind: ParamKind) -> Result<Vec<f32>> {
+        let t = self.store.tensors.get(name).ok_or_else(|| {
+            self.error(format!("missing tensor `{name}` (expected shape {shape:?})"))
+        })?;
+        if t.shape != shape {
+            return Err(self.error(format!("tensor `{name}`: expected shape {shape:?}, found {:?}", t.shape)));
+        }
+        self.used.insert(name.to_string());
+        Ok(t.data.clone())
+    }
+}
+
+/// Guesses the architecture from tensor names and shapes.
+pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
+    let t = &store.tensors;
+    let err = |message: String| Error::Weights { path: store.path.clone(), message };
+    let count_blocks = |prefix: &str| (0..).take_while(|i| t.contains_key(&format!("{prefix}.{i}.conv1.weight"))).count();
+    if t.contains_key("block1.layer.0.conv1.weight") {
+        let n = count_blocks("block1.layer");
+        let out = t["block1.layer.0.conv1.weight"].shape[0];
+        if out % 16 != 0 {
+            return Err(err(format!("tensor `block1.layer.0.conv1.weight`: {out} output channels is not 16·k as WideResNet requires")));
+        }
+        return Ok(ArchSpec::WideResNet { depth: 6 * n + 4, width: out / 16 });
+    }
+    let stem = t.get("conv1.weight").ok_or_else(|| {
+        let names: Vec<&str> = t.keys().take(6).map(|s| s.as_str()).collect();
+        err(format!(
+            "unknown architecture: no `conv1.weight` or `block1.layer.0.conv1.weight` (first tensors: {}); pass the architecture explicitly",
+            names.join(", ")
+        ))
+    })?;
+    let blocks: Vec<usize> = (1..=4).map(|i| count_blocks(&format!("layer{i}"))).collect();
+    match stem.shape.get(2) {
+        Some(3) if blocks == [2, 2, 2, 2] => Ok(ArchSpec::ResNet18_32x32),
+        Some(7) => {
+            let bottleneck = t.contains_key("layer1.0.conv3.weight");
+            [18, 34, 50, 101, 152]
+                .into_iter()
+                .find(|&d| torch_resnet_layout(d).map(|(b, bn)| b.as_slice() == blocks && bn == bottleneck) == Some(true))
+                .map(|depth| ArchSpec::TorchResNet { depth })
+                .ok_or_else(|| err(format!("unknown architecture: 7×7 stem with blocks per stage {blocks:?} (bottleneck: {bottleneck}) matches no torchvision ResNet")))
+        }
+        _ => Err(err(format!(
+            "unknown architecture: stem `conv1.weight` has shape {:?} and blocks per stage {blocks:?}",
+            stem.shape
+        ))),
+    }
+}
+
+struct Builder<'s> {
+    src: &'s mut dyn TensorSource,
+}
+
+impl Builder<'_> {
+    fn conv(&mut self, name: &str, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Conv> {
+        let weight = self.src.take(
+            &format!("{name}.weight"),
+            &[cout, cin, kernel, kernel],
+            ParamKind::ConvWeight { fan_in: cin * kernel * kernel },
+        )?;
+        Ok(Conv { name: name.to_string(), out_channels: cout, in_channels: cin, kernel, stride, padding, weight })
+    }
+
+    fn bn(&mut self, name: &str, c: usize) -> Result<BatchNorm> {
+        Ok(BatchNorm {
+            name: name.to_string(),
+            gamma: self.src.take(&format!("{name}.weight"), &[c], ParamKind::BnWeight)?,
+            beta: self.src.take(&format!("{name}.bias"), &[c], ParamKind::BnBias)?,
+            mean: self.src.take(&format!("{name}.running_mean"), &[c], ParamKind::BnMean)?,
+            var: self.src.take(&format!("{name}.running_var"), &[c], ParamKind::BnVar)?,
+        })
+    }
+
+    fn linear(&mut self, name: &str, fin: usize, fout: usize) -> Result<Linear> {
+        Ok(Linear {
+            out_features: fout,
+            in_features: fin,
+            weight: self.src.take(&format!("{name}.weight"), &[fout, fin], ParamKind::FcWeight { fan_in: fin })?,
+            bias: self.src.take(&format!("{name}.bias"), &[fout], ParamKind::FcBias)?,
+        })
+    }
+
+    fn resnet(&mut self, spec: ArchSpec, num_classes: usize) -> Result<Network> {
+        let (torchvision, blocks, bottleneck) = match spec {
+            ArchSpec::ResNet18_32x32 => (false, [2, 2, 2, 2], false),
+            ArchSpec::TorchResNet { depth } => {
+                let (b, bn) = torch_resnet_layout(depth).expect("validated depth");
+                (true, b, bn)
+            }
+            ArchSpec::WideResNet { .. } => unreachable!(),
+        };
+        let stem = if torchvision { self.conv("conv1", 3, 64, 7, 2, 3)? } else { self.conv("conv1", 3, 64, 3, 1, 1)? };
+        let stem = (stem, self.bn("bn1", 64)?);
+        let proj_name = if torchvision { "downsample" } else { "shortcut" };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let mut in_planes = 64;
+        let mut stages = Vec::new();
+        for (s, &n) in blocks.iter().enumerate() {
+            let planes = 64 << s;
+            let mut stage = Vec::new();
+            for b in 0..n {
+                let stride = if b == 0 && s > 0 { 2 } else { 1 };
+                let p = format!("layer{}.{b}", s + 1);
+                let mut convs = Vec::new();
+                if bottleneck {
+                    convs.push((self.conv(&format!("{p}.conv1"), in_planes, planes, 1, 1, 0)?, self.bn(&format!("{p}.bn1"), planes)?));
+                    convs.push((self.conv(&format!("{p}.conv2"), planes, planes, 3, stride, 1)?, self.bn(&format!("{p}.bn2"), planes)?));
+                    convs.push((
+                        self.conv(&format!("{p}.conv3"), planes, planes * 4, 1, 1, 0)?,
+                        self.bn(&format!("{p}.bn3"), planes * 4)?,
+                    ));
+                } else {
+                    convs.push((self.conv(&format!("{p}.conv1"), in_planes, planes, 3, stride, 1)?, self.bn(&format!("{p}.bn1"), planes)?));
+                    convs.push((self.conv(&format!("{p}.conv2"), planes, planes, 3, 1, 1)?, self.bn(&format!("{p}.bn2"), planes)?));
+                }
+                let out = planes * expansion;
+                let projection = if stride != 1 || in_planes != out {
+                    Some((
+                        self.conv(&format!("{p}.{proj_name}.0"), in_planes, out, 1, stride, 0)?,
+                        self.bn(&format!("{p}.{proj_name}.1"), out)?,
+                    ))
+                } else {
+                    None
+                };
+                stage.push(ResBlock { convs, projection });
+                in_planes = out;
+            }
+            stages.push(stage);
+        }
+        let fc = self.linear("fc", in_planes, num_classes)?;
+        Ok(Network { spec, body: Body::ResNet { stem, max_pool: torchvision, stages }, fc })
+    }
+
+    fn wide_resnet(&mut self, spec: ArchSpec, depth: usize, width: usize, num_classes: usize) -> Result<Network> {
+        let n = (depth - 4) / 6;
+        let channels = [16, 16 * width, 32 * width, 64 * width];
+        let stem = self.conv("conv1", 3, channels[0], 3, 1, 1)?;
+        let mut stages = Vec::new();
+        for s in 0..3 {
+            let mut stage = Vec::new();
+            for i in 0..n {
+                let (cin, cout) = (if i == 0 { channels[s] } else { channels[s + 1] }, channels[s + 1]);
+                let stride = if i == 0 && s > 0 { 2 } else { 1 };
+                let p = format!("block{}.layer.{i}", s + 1);
+                stage.push(WrnBlock {
+                    bn1: self.bn(&format!("{p}.bn1"), cin)?,
+                    conv1: self.conv(&format!("{p}.conv1"), cin, cout, 3, stride, 1)?,
+                    bn2: self.bn(&format!("{p}.bn2"), cout)?,
+                    conv2: self.conv(&format!("{p}.conv2"), cout, cout, 3, 1, 1)?,
+                    shortcut: if cin != cout { Some(self.conv(&format!("{p}.convShortcut"), cin, cout, 1, stride, 0)?) } else { None },
+                });
+            }
+            stages.push(stage);
+        }
+        let final_bn = self.bn("bn1", channels[3])?;
+        let fc = self.linear("fc", channels[3], num_classes)?;
+        Ok(Network { spec, body: Body::WideResNet { stem, stages, final_bn }, fc })
+    }
+}
+
+/// Builds the typed network for `spec`, taking every parameter from `src` in the public naming.
+pub fn build(spec: ArchSpec, num_classes: usize, src: &mut dyn TensorSource) -> Result<Network> {
+    let mut b = Builder { src };
+    match spec {
+        ArchSpec::ResNet18_32x32 | ArchSpec::TorchResNet { .. } => b.resnet(spec, num_classes),
+        ArchSpec::WideResNet { depth, width } => b.wide_resnet(spec, depth, width, num_classes),
+    }
+}
+
+/// Builds a network from a checkpoint: detects (or checks) the architecture, reads the class
+/// count from `fc.weight`, and rejects missing, misshapen or extra tensors.
+pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Result<Network> {
+    let spec = match spec_override {
+        Some(s) => s,
+        None => detect(store)?,
+    };
+    let fc = store.tensors.get("fc.weight").ok_or_else(|| Error::Weights {
+        path: store.path.clone(),
+        message: format!("missing tensor `fc.weight` (the classifier head of {spec})"),
+    })?;
+    if fc.shape.len() != 2 {
+        return Err(Error::Weights {
+            path: store.path.clone(),
+            message: format!("tensor `fc.weight`: expected 2 dimensions [classes, features], found {:?}", fc.shape),
+        });
+    }
+    let num_classes = fc.shape[0];
+    let mut src = StoreSource::new(store);
+    let net = build(spec, num_classes, &mut src)?;
+    src.check_all_used(spec)?;
+    Ok(net)
+}

@@ -1,0 +1,18 @@
+//! Models: checkpoint reading, architecture detection, synthetic checkpoints.
+
+pub mod arch;
+pub mod synthetic;
+pub mod weights;
+
+pub use arch::{ArchSpec, Network, POOLED_LAYER};
+pub use weights::TensorStore;
+
+use std::path::Path;
+
+use crate::error::Result;
+
+/// Loads a checkpoint and builds its network (architecture detected unless given).
+pub fn load(path: &Path, spec_override: Option<ArchSpec>) -> Result<Network> {
+    let store = TensorStore::open(path)?;
+    arch::from_store(&store, spec_override)
+}

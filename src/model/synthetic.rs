@@ -1,0 +1,60 @@
+//! Synthetic checkpoints with random weights in the public naming: for tests, `nac selfcheck`
+//! and benchmarks. Deterministic for a given seed.
+
+use std::path::Path;
+
+use super::arch::{self, ArchSpec, Network, ParamKind, TensorSource};
+use super::weights::{serialize_tensors, StorageDtype};
+use crate::error::{write_atomic, Result};
+use crate::rng::Rng;
+
+/// Draws each parameter from a distribution that keeps activations of deep networks in range
+/// (He-scaled conv weights, BatchNorm statistics near identity), and records what it drew.
+struct RandomSource {
+    rng: Rng,
+    drawn: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl TensorSource for RandomSource {
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        let rng = &mut self.rng;
+        let data: Vec<f32> = (0..n)
+            .map(|_| match kind {
+                ParamKind::ConvWeight { fan_in } => rng.normal() * (2.0 / fan_in as f32).sqrt(),
+                ParamKind::BnWeight => rng.uniform(0.4, 1.0),
+                ParamKind::BnBias => rng.uniform(-0.2, 0.2),
+                ParamKind::BnMean => rng.uniform(-0.2, 0.2),
+                ParamKind::BnVar => rng.uniform(0.5, 2.0),
+                ParamKind::FcWeight { fan_in } => rng.normal() * (1.0 / fan_in as f32).sqrt(),
+                ParamKind::FcBias => rng.uniform(-0.1, 0.1),
+            })
+            .collect();
+        self.drawn.push((name.to_string(), shape.to_vec(), data.clone()));
+        Ok(data)
+    }
+}
+
+/// A random network and its tensors in checkpoint naming (in the order they were drawn).
+pub struct SyntheticModel {
+    pub network: Network,
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl SyntheticModel {
+    pub fn new(spec: ArchSpec, num_classes: usize, seed: u64) -> Result<Self> {
+        let mut src = RandomSource { rng: Rng::new(seed), drawn: Vec::new() };
+        let network = arch::build(spec, num_classes, &mut src)?;
+        Ok(SyntheticModel { network, tensors: src.drawn })
+    }
+
+    /// Serialises the checkpoint; the network keeps the f32 values, so a lossy `dtype` makes
+    /// the file differ from `self.network` by the rounding.
+    pub fn to_safetensors(&self, dtype: StorageDtype) -> Result<Vec<u8>> {
+        serialize_tensors(&self.tensors, dtype, None)
+    }
+
+    pub fn save(&self, path: &Path, dtype: StorageDtype) -> Result<()> {
+        write_atomic(path, &self.to_safetensors(dtype)?)
+    }
+}

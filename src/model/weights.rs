@@ -1,0 +1,124 @@
+//! Reading checkpoints: safetensors files, memory-mapped, f32/f16/bf16 converted to f32 on load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// One tensor of a checkpoint, converted to f32.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub data: Vec<f32>,
+}
+
+/// All tensors of one checkpoint file, by name. A `module.` prefix (DataParallel checkpoints)
+/// is stripped when every name carries it.
+#[derive(Debug)]
+pub struct TensorStore {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+/// Tensors whose dtype is not a float and that the architectures never read.
+fn is_ignorable_counter(name: &str) -> bool {
+    name.ends_with("num_batches_tracked")
+}
+
+impl TensorStore {
+    /// Memory-maps and parses a safetensors file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and dropped before this function returns; a file changed
+        // underneath us while loading can at worst produce wrong numbers, never unsoundness
+        // in our code (we copy out of the map immediately).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, &map)
+    }
+
+    /// Parses safetensors bytes; `path` is only used in error messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let err = |message: String| Error::Weights { path: path.to_path_buf(), message };
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| err(format!("not a valid safetensors file ({} bytes): {e}", bytes.len())))?;
+        let names = st.names();
+        let strip_module = !names.is_empty() && names.iter().all(|n| n.starts_with("module."));
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.iter() {
+            let key = if strip_module { &name["module.".len()..] } else { name };
+            if is_ignorable_counter(key) {
+                continue;
+            }
+            let data = convert_to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                err(format!(
+                    "tensor `{key}`: dtype {:?} is not supported; expected F32, F16 or BF16",
+                    view.dtype()
+                ))
+            })?;
+            tensors.insert(
+                key.to_string(),
+                RawTensor { shape: view.shape().to_vec(), dtype: view.dtype(), data },
+            );
+        }
+        Ok(TensorStore { path: path.to_path_buf(), tensors })
+    }
+}
+
+fn convert_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    // Copy out byte-wise: the tensor's offset in the file need not be aligned for f32 reads.
+    Some(match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Storage precision for writing checkpoints (synthetic models, exported weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Serialises named f32 tensors to safetensors bytes in the requested precision.
+pub fn serialize_tensors(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: StorageDtype,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let encoded: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let (dt, bytes): (Dtype, Vec<u8>) = match dtype {
+                StorageDtype::F32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                StorageDtype::F16 => {
+                    (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+                }
+                StorageDtype::BF16 => {
+                    (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect())
+                }
+            };
+            (name.clone(), dt, shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = encoded
+        .iter()
+        .map(|(n, dt, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Input(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, metadata).map_err(|e| Error::Input(format!("serialising safetensors: {e}")))
+}

@@ -1,0 +1,1138 @@
+//! An independent, plain f64 CPU reference of the NAC forward pass and data-gradient backward
+//! pass, used to validate the GPU kernels.
+//!
+//! Everything here is NCHW `f64`, written as straightforward loops, and shares no code with the
+//! GPU path: only the typed [`Network`] description from `model::arch` is read. BatchNorm is
+//! applied literally as `(x − mean)/sqrt(var + eps)·gamma + beta` (never folded into convs), max
+//! pooling pads with −∞, and every layer follows PyTorch eval-mode semantics.
+//!
+//! The loss is `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c`; `g = ∂L/∂z` is the gradient with
+//! respect to a stage output `z` (after the block's final ReLU for ResNet, the residual sum for
+//! WideResNet blocks, the pooled feature for `avgpool`).
+//!
+//! Besides [`run`], the per-op building blocks are public so per-kernel GPU tests can compare
+//! against them, and [`loss_from_layer`] / [`logits_from_layer`] continue the forward pass from
+//! a given stage output (for finite-difference checks).
+
+use crate::error::{Error, Result};
+use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBlock, BN_EPS, POOLED_LAYER};
+
+/// Activation `z` and gradient `g = ∂L/∂z` at one named layer.
+#[derive(Clone, Debug)]
+pub struct LayerTensors {
+    /// Layer name as requested (`layer1`…, `block1`…, or `avgpool`).
+    pub name: String,
+    /// `[B, C, H, W]`; `[B, C, 1, 1]` for `avgpool`.
+    pub shape: [usize; 4],
+    /// Stage output, NCHW.
+    pub z: Vec<f64>,
+    /// `∂L/∂z`, NCHW, same shape as `z`.
+    pub g: Vec<f64>,
+}
+
+/// Result of a reference run.
+#[derive(Clone, Debug)]
+pub struct ReferenceOutput {
+    /// Logits, `B × classes` row-major.
+    pub logits: Vec<f64>,
+    /// `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c`, summed over the batch.
+    pub loss: f64,
+    /// One entry per requested layer, in the order requested.
+    pub layers: Vec<LayerTensors>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-op building blocks
+// ---------------------------------------------------------------------------------------------
+
+/// Output length of a convolution / pooling along one axis: `(n + 2p − k)/s + 1` (floor).
+/// Panics when the padded input is smaller than the kernel or the stride is 0.
+pub fn conv_out_size(n: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    assert!(stride > 0, "stride must be positive");
+    assert!(
+        n + 2 * padding >= kernel,
+        "input length {n} with padding {padding} is smaller than the kernel {kernel}"
+    );
+    (n + 2 * padding - kernel) / stride + 1
+}
+
+/// Output positions `o` in `0..out_len` for which the input position `o·stride + off` lies in
+/// `0..in_len`, as a half-open range `lo..hi` (empty when none).
+fn valid_range(off: isize, stride: usize, in_len: usize, out_len: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if off < 0 { (-off + s - 1) / s } else { 0 };
+    let top = in_len as isize - 1 - off;
+    if top < 0 {
+        return (0, 0);
+    }
+    let hi = (top / s + 1).min(out_len as isize);
+    if lo >= hi {
+        (0, 0)
+    } else {
+        (lo as usize, hi as usize)
+    }
+}
+
+/// Calls `f(plane_index, plane)` for every `plane_len`-sized chunk of `out`, on several threads
+/// when `work` (a rough multiply-add count) makes it worthwhile.
+fn for_each_plane<F>(out: &mut [f64], plane_len: usize, work: usize, f: F)
+where
+    F: Fn(usize, &mut [f64]) + Sync,
+{
+    if plane_len == 0 || out.is_empty() {
+        return;
+    }
+    let planes = out.len() / plane_len;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(planes);
+    if threads <= 1 || work < (1 << 18) {
+        for (i, p) in out.chunks_mut(plane_len).enumerate() {
+            f(i, p);
+        }
+        return;
+    }
+    let per = planes.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (t, chunk) in out.chunks_mut(per * plane_len).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                for (i, p) in chunk.chunks_mut(plane_len).enumerate() {
+                    f(t * per + i, p);
+                }
+            });
+        }
+    });
+}
+
+fn check_len(x: &[f64], shape: [usize; 4], what: &str) {
+    let n: usize = shape.iter().product();
+    assert_eq!(x.len(), n, "{what}: data has {} elements but shape {shape:?} needs {n}", x.len());
+}
+
+fn conv_weight_f64(conv: &Conv) -> Vec<f64> {
+    let k = conv.kernel;
+    assert_eq!(
+        conv.weight.len(),
+        conv.out_channels * conv.in_channels * k * k,
+        "conv `{}`: weight length does not match [{}, {}, {k}, {k}]",
+        conv.name,
+        conv.out_channels,
+        conv.in_channels
+    );
+    conv.weight.iter().map(|&v| v as f64).collect()
+}
+
+/// 2-D convolution (no bias, zero padding), PyTorch semantics:
+/// `y[b,o,i,j] = Σ_{c,kh,kw} w[o,c,kh,kw] · x[b,c, i·s+kh−p, j·s+kw−p]` (out-of-range x = 0).
+/// Returns the output and its shape `[B, out_channels, H', W']`.
+pub fn conv2d(x: &[f64], shape: [usize; 4], conv: &Conv) -> (Vec<f64>, [usize; 4]) {
+    let [b, c, h, w] = shape;
+    check_len(x, shape, "conv2d input");
+    assert_eq!(c, conv.in_channels, "conv `{}`: input has {c} channels, expected {}", conv.name, conv.in_channels);
+    let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
+    let oc = conv.out_channels;
+    let (oh, ow) = (conv_out_size(h, k, s, p), conv_out_size(w, k, s, p));
+    let wt = conv_weight_f64(conv);
+    let mut y = vec![0.0; b * oc * oh * ow];
+    let work = b * oc * oh * ow * c * k * k;
+    for_each_plane(&mut y, oh * ow, work, |plane, yp| {
+        let (bi, o) = (plane / oc, plane % oc);
+        for ci in 0..c {
+            let xp = &x[(bi * c + ci) * h * w..][..h * w];
+            for kh in 0..k {
+                let (y0, y1) = valid_range(kh as isize - p as isize, s, h, oh);
+                for kw in 0..k {
+                    let wv = wt[((o * c + ci) * k + kh) * k + kw];
+                    let (x0, x1) = valid_range(kw as isize - p as isize, s, w, ow);
+                    if x0 == x1 {
+                        continue;
+                    }
+                    for oy in y0..y1 {
+                        let iy = oy * s + kh - p;
+                        let xrow = &xp[iy * w..][..w];
+                        let yrow = &mut yp[oy * ow..][x0..x1];
+                        let xs = &xrow[x0 * s + kw - p..];
+                        if s == 1 {
+                            for (yv, xv) in yrow.iter_mut().zip(xs) {
+                                *yv += wv * xv;
+                            }
+                        } else {
+                            for (yv, xv) in yrow.iter_mut().zip(xs.iter().step_by(s)) {
+                                *yv += wv * xv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (y, [b, oc, oh, ow])
+}
+
+/// Data gradient of [`conv2d`] (a transposed convolution): given `dy = ∂L/∂y` of shape
+/// `[B, out_channels, H', W']`, returns `∂L/∂x` of shape `[B, in_channels, in_h, in_w]`.
+/// `in_hw` is the forward input size (ambiguous from `dy` alone when the stride is > 1);
+/// it must map to `H' × W'` under the conv's output-size formula.
+pub fn conv2d_backward_data(dy: &[f64], dy_shape: [usize; 4], conv: &Conv, in_hw: (usize, usize)) -> Vec<f64> {
+    let [b, oc, oh, ow] = dy_shape;
+    check_len(dy, dy_shape, "conv2d_backward_data dy");
+    assert_eq!(oc, conv.out_channels, "conv `{}`: dy has {oc} channels, expected {}", conv.name, conv.out_channels);
+    let (h, w) = in_hw;
+    let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
+    assert_eq!(
+        (conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)),
+        (oh, ow),
+        "conv `{}`: input {h}×{w} does not give the dy size {oh}×{ow}",
+        conv.name
+    );
+    let c = conv.in_channels;
+    let wt = conv_weight_f64(conv);
+    let mut dx = vec![0.0; b * c * h * w];
+    let work = b * oc * oh * ow * c * k * k;
+    for_each_plane(&mut dx, h * w, work, |plane, xp| {
+        let (bi, ci) = (plane / c, plane % c);
+        for o in 0..oc {
+            let dyp = &dy[(bi * oc + o) * oh * ow..][..oh * ow];
+            for kh in 0..k {
+                let (y0, y1) = valid_range(kh as isize - p as isize, s, h, oh);
+                for kw in 0..k {
+                    let wv = wt[((o * c + ci) * k + kh) * k + kw];
+                    let (x0, x1) = valid_range(kw as isize - p as isize, s, w, ow);
+                    if x0 == x1 {
+                        continue;
+                    }
+                    for oy in y0..y1 {
+                        let iy = oy * s + kh - p;
+                        let dyrow = &dyp[oy * ow..][x0..x1];
+                        let xrow = &mut xp[iy * w..(iy + 1) * w][x0 * s + kw - p..];
+                        if s == 1 {
+                            for (xv, dv) in xrow.iter_mut().zip(dyrow) {
+                                *xv += wv * dv;
+                            }
+                        } else {
+                            for (xv, dv) in xrow.iter_mut().step_by(s).zip(dyrow) {
+                                *xv += wv * dv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// Eval-mode BatchNorm, applied literally per element:
+/// `y = (x − mean)/sqrt(var + 1e-5)·gamma + beta`, per channel.
+pub fn batch_norm(x: &[f64], shape: [usize; 4], bn: &BatchNorm) -> Vec<f64> {
+    let [b, c, h, w] = shape;
+    check_len(x, shape, "batch_norm input");
+    assert_eq!(bn.gamma.len(), c, "bn `{}`: {} channels, input has {c}", bn.name, bn.gamma.len());
+    let mut y = vec![0.0; x.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            let (mean, var) = (bn.mean[ci] as f64, bn.var[ci] as f64);
+            let (gamma, beta) = (bn.gamma[ci] as f64, bn.beta[ci] as f64);
+            let sd = (var + BN_EPS).sqrt();
+            let off = (bi * c + ci) * h * w;
+            for i in off..off + h * w {
+                y[i] = (x[i] - mean) / sd * gamma + beta;
+            }
+        }
+    }
+    y
+}
+
+/// Data gradient of eval-mode [`batch_norm`]: `dx = dy · gamma / sqrt(var + 1e-5)`.
+pub fn batch_norm_backward_data(dy: &[f64], shape: [usize; 4], bn: &BatchNorm) -> Vec<f64> {
+    let [b, c, h, w] = shape;
+    check_len(dy, shape, "batch_norm_backward_data dy");
+    assert_eq!(bn.gamma.len(), c, "bn `{}`: {} channels, dy has {c}", bn.name, bn.gamma.len());
+    let mut dx = vec![0.0; dy.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            let factor = bn.gamma[ci] as f64 / (bn.var[ci] as f64 + BN_EPS).sqrt();
+            let off = (bi * c + ci) * h * w;
+            for i in off..off + h * w {
+                dx[i] = dy[i] * factor;
+            }
+        }
+    }
+    dx
+}
+
+/// `max(x, 0)` elementwise.
+pub fn relu(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect()
+}
+
+/// Data gradient of ReLU given its output `y` (PyTorch: the gradient passes where `y > 0`).
+pub fn relu_backward(dy: &[f64], y: &[f64]) -> Vec<f64> {
+    assert_eq!(dy.len(), y.len(), "relu_backward: dy and y differ in length");
+    dy.iter().zip(y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect()
+}
+
+/// Max pooling 3×3, stride 2, padding 1 (padding counts as −∞, no ceil mode), as torchvision's
+/// ResNet stem. Returns the output and its shape.
+pub fn max_pool_3x3_s2(x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4]) {
+    let [b, c, h, w] = shape;
+    check_len(x, shape, "max_pool_3x3_s2 input");
+    let (oh, ow) = (conv_out_size(h, 3, 2, 1), conv_out_size(w, 3, 2, 1));
+    let mut y = vec![f64::NEG_INFINITY; b * c * oh * ow];
+    for plane in 0..b * c {
+        let xp = &x[plane * h * w..][..h * w];
+        let yp = &mut y[plane * oh * ow..][..oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f64::NEG_INFINITY;
+                for dy in 0..3 {
+                    let iy = (oy * 2 + dy) as isize - 1;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for dx in 0..3 {
+                        let ix = (ox * 2 + dx) as isize - 1;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        m = m.max(xp[iy as usize * w + ix as usize]);
+                    }
+                }
+                yp[oy * ow + ox] = m;
+            }
+        }
+    }
+    (y, [b, c, oh, ow])
+}
+
+/// Global average pool over H×W: returns `B × C` row-major.
+pub fn global_avg_pool(x: &[f64], shape: [usize; 4]) -> Vec<f64> {
+    let [b, c, h, w] = shape;
+    check_len(x, shape, "global_avg_pool input");
+    let n = (h * w) as f64;
+    (0..b * c).map(|plane| x[plane * h * w..][..h * w].iter().sum::<f64>() / n).collect()
+}
+
+/// Data gradient of [`global_avg_pool`]: `dy` is `B × C`; returns `dy/(H·W)` broadcast to `shape`.
+pub fn global_avg_pool_backward(dy: &[f64], shape: [usize; 4]) -> Vec<f64> {
+    let [b, c, h, w] = shape;
+    assert_eq!(dy.len(), b * c, "global_avg_pool_backward: dy has {} elements, expected {}", dy.len(), b * c);
+    let n = (h * w) as f64;
+    let mut dx = vec![0.0; b * c * h * w];
+    for plane in 0..b * c {
+        dx[plane * h * w..][..h * w].fill(dy[plane] / n);
+    }
+    dx
+}
+
+/// Fully connected layer: `y[b,o] = Σ_i W[o,i]·x[b,i] + bias[o]`; `x` is `batch × in`,
+/// the result `batch × out`, both row-major.
+pub fn linear(x: &[f64], batch: usize, fc: &Linear) -> Vec<f64> {
+    let (fin, fout) = (fc.in_features, fc.out_features);
+    assert_eq!(x.len(), batch * fin, "linear: input has {} elements, expected {batch}×{fin}", x.len());
+    let mut y = vec![0.0; batch * fout];
+    for bi in 0..batch {
+        let xr = &x[bi * fin..][..fin];
+        for o in 0..fout {
+            let wr = &fc.weight[o * fin..][..fin];
+            let dot: f64 = wr.iter().zip(xr).map(|(&wv, &xv)| wv as f64 * xv).sum();
+            y[bi * fout + o] = dot + fc.bias[o] as f64;
+        }
+    }
+    y
+}
+
+/// Data gradient of [`linear`]: `dx[b,i] = Σ_o W[o,i]·dy[b,o]`; `dy` is `batch × out`.
+pub fn linear_backward_data(dy: &[f64], batch: usize, fc: &Linear) -> Vec<f64> {
+    let (fin, fout) = (fc.in_features, fc.out_features);
+    assert_eq!(dy.len(), batch * fout, "linear_backward_data: dy has {} elements, expected {batch}×{fout}", dy.len());
+    let mut dx = vec![0.0; batch * fin];
+    for bi in 0..batch {
+        let xr = &mut dx[bi * fin..][..fin];
+        for o in 0..fout {
+            let d = dy[bi * fout + o];
+            let wr = &fc.weight[o * fin..][..fin];
+            for (xv, &wv) in xr.iter_mut().zip(wr) {
+                *xv += wv as f64 * d;
+            }
+        }
+    }
+    dx
+}
+
+/// Cross-entropy to the uniform target, summed over the batch:
+/// `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c = Σ_b (logsumexp(logits_b) − mean_c logits_b)`.
+pub fn uniform_ce_loss(logits: &[f64], batch: usize, classes: usize) -> f64 {
+    assert_eq!(logits.len(), batch * classes, "uniform_ce_loss: logits length");
+    let mut total = 0.0;
+    for bi in 0..batch {
+        let l = &logits[bi * classes..][..classes];
+        let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + l.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
+        let mut s = 0.0;
+        for &v in l {
+            s += -(v - lse) / classes as f64;
+        }
+        total += s;
+    }
+    total
+}
+
+/// Gradient of [`uniform_ce_loss`] at the logits: `softmax(logits_b) − 1/C` per sample.
+pub fn uniform_ce_logit_grad(logits: &[f64], batch: usize, classes: usize) -> Vec<f64> {
+    assert_eq!(logits.len(), batch * classes, "uniform_ce_logit_grad: logits length");
+    let mut g = vec![0.0; batch * classes];
+    for bi in 0..batch {
+        let l = &logits[bi * classes..][..classes];
+        let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = l.iter().map(|&v| (v - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (c, ev) in e.iter().enumerate() {
+            g[bi * classes + c] = ev / sum - 1.0 / classes as f64;
+        }
+    }
+    g
+}
+
+fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
+    assert_eq!(a.len(), b.len(), "residual add: operands differ in length");
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks, stages, stem and head
+// ---------------------------------------------------------------------------------------------
+
+/// What one block's backward pass needs from its forward pass.
+struct BlockCache {
+    in_shape: [usize; 4],
+    out_shape: [usize; 4],
+    /// ResNet: post-ReLU inputs of convs 2..k. WRN: `[a = relu(bn1(x)), h = relu(bn2(conv1(a)))]`.
+    hidden: Vec<(Vec<f64>, [usize; 4])>,
+    /// ResNet: block output (for the final ReLU mask). WRN: unused (empty).
+    out: Vec<f64>,
+}
+
+fn res_block_forward(blk: &ResBlock, x: &[f64], shape: [usize; 4], keep: bool) -> (Vec<f64>, [usize; 4], Option<BlockCache>) {
+    let n = blk.convs.len();
+    let mut hidden = Vec::new();
+    let mut h = x.to_vec();
+    let mut hs = shape;
+    for (i, (conv, bn)) in blk.convs.iter().enumerate() {
+        let (y, ys) = conv2d(&h, hs, conv);
+        let y = batch_norm(&y, ys, bn);
+        h = if i + 1 < n { relu(&y) } else { y };
+        hs = ys;
+        if i + 1 < n && keep {
+            hidden.push((h.clone(), hs));
+        }
+    }
+    let sc = match &blk.projection {
+        Some((conv, bn)) => {
+            let (t, ts) = conv2d(x, shape, conv);
+            assert_eq!(ts, hs, "projection `{}` output shape differs from the main path", conv.name);
+            batch_norm(&t, ts, bn)
+        }
+        None => {
+            assert_eq!(shape, hs, "identity shortcut: block input and output shapes differ");
+            x.to_vec()
+        }
+    };
+    let out = relu(&add(&h, &sc));
+    let cache = keep.then(|| BlockCache { in_shape: shape, out_shape: hs, hidden, out: out.clone() });
+    (out, hs, cache)
+}
+
+fn res_block_backward(blk: &ResBlock, cache: &BlockCache, g_out: &[f64]) -> Vec<f64> {
+    let n = blk.convs.len();
+    let d_out = relu_backward(g_out, &cache.out);
+    let mut d = d_out.clone();
+    for i in (0..n).rev() {
+        let (conv, bn) = &blk.convs[i];
+        let ys = if i + 1 == n { cache.out_shape } else { cache.hidden[i].1 };
+        let xs = if i == 0 { cache.in_shape } else { cache.hidden[i - 1].1 };
+        d = batch_norm_backward_data(&d, ys, bn);
+        d = conv2d_backward_data(&d, ys, conv, (xs[2], xs[3]));
+        if i > 0 {
+            d = relu_backward(&d, &cache.hidden[i - 1].0);
+        }
+    }
+    let d_sc = match &blk.projection {
+        Some((conv, bn)) => {
+            let t = batch_norm_backward_data(&d_out, cache.out_shape, bn);
+            conv2d_backward_data(&t, cache.out_shape, conv, (cache.in_shape[2], cache.in_shape[3]))
+        }
+        None => d_out,
+    };
+    add(&d, &d_sc)
+}
+
+fn wrn_block_forward(blk: &WrnBlock, x: &[f64], shape: [usize; 4], keep: bool) -> (Vec<f64>, [usize; 4], Option<BlockCache>) {
+    let a = relu(&batch_norm(x, shape, &blk.bn1));
+    let (t, ts) = conv2d(&a, shape, &blk.conv1);
+    let h = relu(&batch_norm(&t, ts, &blk.bn2));
+    let (r, rs) = conv2d(&h, ts, &blk.conv2);
+    let sc = match &blk.shortcut {
+        Some(conv) => {
+            let (s, ss) = conv2d(&a, shape, conv);
+            assert_eq!(ss, rs, "shortcut `{}` output shape differs from the main path", conv.name);
+            s
+        }
+        None => {
+            assert_eq!(shape, rs, "identity shortcut: block input and output shapes differ");
+            x.to_vec()
+        }
+    };
+    let out = add(&r, &sc);
+    let cache = keep.then(|| BlockCache { in_shape: shape, out_shape: rs, hidden: vec![(a, shape), (h, ts)], out: Vec::new() });
+    (out, rs, cache)
+}
+
+fn wrn_block_backward(blk: &WrnBlock, cache: &BlockCache, g_out: &[f64]) -> Vec<f64> {
+    let (a, xs) = (&cache.hidden[0].0, cache.in_shape);
+    let (h, ts) = (&cache.hidden[1].0, cache.hidden[1].1);
+    let rs = cache.out_shape;
+    let dh = conv2d_backward_data(g_out, rs, &blk.conv2, (ts[2], ts[3]));
+    let dh = relu_backward(&dh, h);
+    let dh = batch_norm_backward_data(&dh, ts, &blk.bn2);
+    let mut da = conv2d_backward_data(&dh, ts, &blk.conv1, (xs[2], xs[3]));
+    match &blk.shortcut {
+        Some(conv) => {
+            let ds = conv2d_backward_data(g_out, rs, conv, (xs[2], xs[3]));
+            da = add(&da, &ds);
+            batch_norm_backward_data(&relu_backward(&da, a), xs, &blk.bn1)
+        }
+        None => {
+            let dx = batch_norm_backward_data(&relu_backward(&da, a), xs, &blk.bn1);
+            add(g_out, &dx)
+        }
+    }
+}
+
+fn num_stages(net: &Network) -> usize {
+    match &net.body {
+        Body::ResNet { stages, .. } => stages.len(),
+        Body::WideResNet { stages, .. } => stages.len(),
+    }
+}
+
+/// Runs stage `s`; returns its output, shape, and (when `keep`) the caches of its blocks.
+fn stage_forward(net: &Network, s: usize, x: &[f64], shape: [usize; 4], keep: bool) -> (Vec<f64>, [usize; 4], Vec<BlockCache>) {
+    let mut cur = x.to_vec();
+    let mut cs = shape;
+    let mut caches = Vec::new();
+    match &net.body {
+        Body::ResNet { stages, .. } => {
+            for blk in &stages[s] {
+                let (y, ys, c) = res_block_forward(blk, &cur, cs, keep);
+                cur = y;
+                cs = ys;
+                caches.extend(c);
+            }
+        }
+        Body::WideResNet { stages, .. } => {
+            for blk in &stages[s] {
+                let (y, ys, c) = wrn_block_forward(blk, &cur, cs, keep);
+                cur = y;
+                cs = ys;
+                caches.extend(c);
+            }
+        }
+    }
+    (cur, cs, caches)
+}
+
+/// Backpropagates `g` (gradient at stage `s`'s output) to stage `s`'s input.
+fn stage_backward(net: &Network, s: usize, caches: &[BlockCache], g: &[f64]) -> Vec<f64> {
+    let mut d = g.to_vec();
+    match &net.body {
+        Body::ResNet { stages, .. } => {
+            for (blk, cache) in stages[s].iter().zip(caches).rev() {
+                d = res_block_backward(blk, cache, &d);
+            }
+        }
+        Body::WideResNet { stages, .. } => {
+            for (blk, cache) in stages[s].iter().zip(caches).rev() {
+                d = wrn_block_backward(blk, cache, &d);
+            }
+        }
+    }
+    d
+}
+
+/// The stem: `relu(bn(conv(x)))` (+ max-pool) for ResNet, the bare conv for WideResNet.
+fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4]) {
+    match &net.body {
+        Body::ResNet { stem: (conv, bn), max_pool, .. } => {
+            let (y, ys) = conv2d(x, shape, conv);
+            let y = relu(&batch_norm(&y, ys, bn));
+            if *max_pool {
+                max_pool_3x3_s2(&y, ys)
+            } else {
+                (y, ys)
+            }
+        }
+        Body::WideResNet { stem, .. } => conv2d(x, shape, stem),
+    }
+}
+
+/// From the last stage output to the pooled feature (`B × C`). For WideResNet also returns
+/// `relu(final_bn(x))`, whose mask the backward pass needs.
+fn head_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, Option<Vec<f64>>) {
+    match &net.body {
+        Body::ResNet { .. } => (global_avg_pool(x, shape), None),
+        Body::WideResNet { final_bn, .. } => {
+            let f = relu(&batch_norm(x, shape, final_bn));
+            (global_avg_pool(&f, shape), Some(f))
+        }
+    }
+}
+
+/// Gradient at the last stage output from the gradient at the pooled feature.
+fn head_backward(net: &Network, g_pooled: &[f64], shape: [usize; 4], post: Option<&[f64]>) -> Vec<f64> {
+    let g = global_avg_pool_backward(g_pooled, shape);
+    match &net.body {
+        Body::ResNet { .. } => g,
+        Body::WideResNet { final_bn, .. } => {
+            let post = post.expect("WideResNet head keeps relu(final_bn(x))");
+            batch_norm_backward_data(&relu_backward(&g, post), shape, final_bn)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole network
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the network in f64 on `input` (f32 NCHW of shape `[B, C, H, W]`), computes the NAC loss
+/// and, for each requested layer (names from `net.layer_names()`), the stage output `z` and the
+/// data gradient `g = ∂L/∂z`. An empty `layers` runs the forward pass only (the loss is still
+/// computed). The backward pass stops at the shallowest requested layer.
+pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<ReferenceOutput> {
+    let [b, c, h, w] = shape;
+    if b == 0 || h == 0 || w == 0 {
+        return Err(Error::Input(format!("reference: input shape {shape:?} has an empty dimension")));
+    }
+    if c != net.in_channels() {
+        return Err(Error::Input(format!(
+            "reference: input has {c} channels but {} expects {}",
+            net.spec,
+            net.in_channels()
+        )));
+    }
+    if input.len() != b * c * h * w {
+        return Err(Error::Input(format!(
+            "reference: input has {} values but shape {shape:?} needs {}",
+            input.len(),
+            b * c * h * w
+        )));
+    }
+    let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
+    let nst = num_stages(net);
+    let shallowest = idxs.iter().copied().min();
+    let classes = net.num_classes();
+
+    let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+    let (mut x, mut xs) = stem_forward(net, &x, shape);
+    let mut zs: Vec<(Vec<f64>, [usize; 4])> = Vec::with_capacity(nst);
+    let mut caches: Vec<Vec<BlockCache>> = Vec::with_capacity(nst);
+    for s in 0..nst {
+        // Stage s's caches are needed to carry the gradient from its output to its input.
+        let keep = shallowest.is_some_and(|m| s > m);
+        let (y, ys, cache) = stage_forward(net, s, &x, xs, keep);
+        zs.push((if idxs.contains(&s) { y.clone() } else { Vec::new() }, ys));
+        caches.push(cache);
+        x = y;
+        xs = ys;
+    }
+    let (pooled, post) = head_forward(net, &x, xs);
+    let logits = linear(&pooled, b, &net.fc);
+    let loss = uniform_ce_loss(&logits, b, classes);
+
+    let mut gs: Vec<Option<Vec<f64>>> = vec![None; nst + 1];
+    if let Some(m) = shallowest {
+        let g_logits = uniform_ce_logit_grad(&logits, b, classes);
+        let g_pooled = linear_backward_data(&g_logits, b, &net.fc);
+        if m < nst {
+            let mut g = head_backward(net, &g_pooled, xs, post.as_deref());
+            for s in (m..nst).rev() {
+                if idxs.contains(&s) {
+                    gs[s] = Some(g.clone());
+                }
+                if s > m {
+                    g = stage_backward(net, s, &caches[s], &g);
+                }
+            }
+        }
+        gs[nst] = Some(g_pooled);
+    }
+
+    let feat = net.fc.in_features;
+    let out_layers = layers
+        .iter()
+        .zip(&idxs)
+        .map(|(name, &i)| {
+            let g = gs[i].clone().expect("gradient computed for every requested layer");
+            if i == nst {
+                LayerTensors { name: name.to_string(), shape: [b, feat, 1, 1], z: pooled.clone(), g }
+            } else {
+                LayerTensors { name: name.to_string(), shape: zs[i].1, z: zs[i].0.clone(), g }
+            }
+        })
+        .collect();
+    Ok(ReferenceOutput { logits, loss, layers: out_layers })
+}
+
+/// Continues the forward pass from layer `layer`'s output `z` (shape `[B, C, H, W]`; for
+/// `avgpool`, the pooled feature with shape `[B, C, 1, 1]`) and returns the logits (`B × classes`).
+pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4]) -> Result<Vec<f64>> {
+    let idx = net.layer_index(layer)?;
+    let nst = num_stages(net);
+    let [b, c, h, w] = shape;
+    if z.len() != b * c * h * w {
+        return Err(Error::Input(format!("reference: `{layer}` data has {} values but shape {shape:?} needs {}", z.len(), b * c * h * w)));
+    }
+    if idx == nst {
+        if c != net.fc.in_features || h != 1 || w != 1 {
+            return Err(Error::Input(format!(
+                "reference: `{POOLED_LAYER}` must have shape [B, {}, 1, 1], got {shape:?}",
+                net.fc.in_features
+            )));
+        }
+        return Ok(linear(z, b, &net.fc));
+    }
+    let expected = net.stage_channels()[idx];
+    if c != expected || b == 0 || h == 0 || w == 0 {
+        return Err(Error::Input(format!("reference: `{layer}` must have {expected} channels and a non-empty shape, got {shape:?}")));
+    }
+    let mut x = z.to_vec();
+    let mut xs = shape;
+    for s in idx + 1..nst {
+        let (y, ys, _) = stage_forward(net, s, &x, xs, false);
+        x = y;
+        xs = ys;
+    }
+    let (pooled, _) = head_forward(net, &x, xs);
+    Ok(linear(&pooled, b, &net.fc))
+}
+
+/// Continues the forward pass from layer `layer`'s output `z` (see [`logits_from_layer`]) and
+/// returns the NAC loss — the function whose gradient [`run`] reports as `g` for that layer.
+pub fn loss_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4]) -> Result<f64> {
+    let logits = logits_from_layer(net, layer, z, shape)?;
+    Ok(uniform_ce_loss(&logits, shape[0], net.num_classes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::arch::ArchSpec;
+    use crate::model::synthetic::SyntheticModel;
+    use crate::rng::Rng;
+
+    fn normal_vec(rng: &mut Rng, n: usize) -> Vec<f64> {
+        (0..n).map(|_| rng.normal() as f64).collect()
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    fn rms(a: &[f64]) -> f64 {
+        (dot(a, a) / a.len().max(1) as f64).sqrt()
+    }
+
+    fn random_conv(rng: &mut Rng, cin: usize, cout: usize, k: usize, s: usize, p: usize) -> Conv {
+        Conv {
+            name: "test".into(),
+            out_channels: cout,
+            in_channels: cin,
+            kernel: k,
+            stride: s,
+            padding: p,
+            weight: (0..cout * cin * k * k).map(|_| rng.normal()).collect(),
+        }
+    }
+
+    /// Direct transcription of the conv formula, with a bounds check per tap.
+    fn naive_conv(x: &[f64], shape: [usize; 4], conv: &Conv) -> Vec<f64> {
+        let [b, c, h, w] = shape;
+        let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
+        let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+        let mut y = vec![0.0; b * conv.out_channels * oh * ow];
+        for bi in 0..b {
+            for o in 0..conv.out_channels {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0;
+                        for ci in 0..c {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let iy = (i * s + kh) as isize - p as isize;
+                                    let ix = (j * s + kw) as isize - p as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        acc += conv.weight[((o * c + ci) * k + kh) * k + kw] as f64
+                                            * x[((bi * c + ci) * h + iy as usize) * w + ix as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((bi * conv.out_channels + o) * oh + i) * ow + j] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    // ---- finite differences through whole networks ----
+
+    /// Checks `g·δ` against central differences of `loss_from_layer`; returns the relative error.
+    /// Tries ε = 1e-5, 1e-6, 1e-7 (relative to the rms of z) and keeps the best, so that a step
+    /// that happens to cross a ReLU kink does not fail the check.
+    fn fd_rel_error(net: &Network, layer: &str, z: &[f64], shape: [usize; 4], g: &[f64], delta: &[f64]) -> (f64, f64, f64) {
+        let gd = dot(g, delta);
+        let scale = rms(z).max(1e-3);
+        let mut best = (f64::INFINITY, 0.0);
+        for rel_eps in [1e-5, 1e-6, 1e-4, 1e-7] {
+            let eps = rel_eps * scale;
+            let zp: Vec<f64> = z.iter().zip(delta).map(|(a, d)| a + eps * d).collect();
+            let zm: Vec<f64> = z.iter().zip(delta).map(|(a, d)| a - eps * d).collect();
+            let lp = loss_from_layer(net, layer, &zp, shape).unwrap();
+            let lm = loss_from_layer(net, layer, &zm, shape).unwrap();
+            let fd = (lp - lm) / (2.0 * eps);
+            let denom = gd.abs().max(fd.abs());
+            let err = if denom == 0.0 { 0.0 } else { (fd - gd).abs() / denom };
+            if std::env::var("REF_DEBUG").is_ok() {
+                eprintln!("  {layer} eps {rel_eps:e}: gd {gd:e} fd {fd:e} err {err:e} |g|rms {:e}", rms(g));
+            }
+            if err < best.0 {
+                best = (err, fd);
+            }
+            if err <= 1e-7 {
+                break;
+            }
+        }
+        (best.0, gd, best.1)
+    }
+
+    fn check_network(spec: ArchSpec, hw: usize, seed: u64) {
+        let net = SyntheticModel::new(spec, 10, seed).unwrap().network;
+        let shape = [2, 3, hw, hw];
+        let mut rng = Rng::new(seed + 1000);
+        let input: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.normal()).collect();
+        let names = net.layer_names();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let out = run(&net, &input, shape, &refs).unwrap();
+        assert_eq!(out.layers.len(), names.len());
+        assert!(out.loss.is_finite() && out.loss > 0.0);
+
+        // Forward-only run gives the same logits and loss.
+        let fwd = run(&net, &input, shape, &[]).unwrap();
+        assert!(fwd.layers.is_empty());
+        assert_eq!(fwd.logits, out.logits);
+        assert_eq!(fwd.loss, out.loss);
+
+        for lt in &out.layers {
+            assert_eq!(lt.z.len(), lt.shape.iter().product::<usize>());
+            assert_eq!(lt.g.len(), lt.z.len());
+            assert_eq!(lt.shape[0], 2);
+            // Continuing from the stored z reproduces the loss.
+            let l = loss_from_layer(&net, &lt.name, &lt.z, lt.shape).unwrap();
+            assert!((l - out.loss).abs() <= 1e-12 * out.loss.abs(), "{spec} {}: loss {l} vs {}", lt.name, out.loss);
+            assert!(rms(&lt.g) > 0.0, "{spec} {}: zero gradient", lt.name);
+
+            let n = lt.z.len();
+            let mut worst = 0.0f64;
+            for t in 0..7 {
+                let delta = if t < 6 {
+                    let mut d = vec![0.0; n];
+                    d[rng.below(n)] = 1.0;
+                    d
+                } else {
+                    normal_vec(&mut rng, n)
+                };
+                let (err, gd, fd) = fd_rel_error(&net, &lt.name, &lt.z, lt.shape, &lt.g, &delta);
+                assert!(err <= 1e-6, "{spec} {} probe {t}: g·δ = {gd:e}, finite difference {fd:e}, rel err {err:e}", lt.name);
+                worst = worst.max(err);
+            }
+            eprintln!("{spec} {:>8} {:?}: worst FD rel err {worst:.2e}", lt.name, lt.shape);
+        }
+    }
+
+    #[test]
+    fn fd_resnet18_32x32() {
+        check_network(ArchSpec::ResNet18_32x32, 8, 11);
+    }
+
+    #[test]
+    fn fd_torch_resnet50() {
+        check_network(ArchSpec::TorchResNet { depth: 50 }, 32, 12);
+    }
+
+    #[test]
+    fn fd_wide_resnet_10_2() {
+        check_network(ArchSpec::WideResNet { depth: 10, width: 2 }, 8, 13);
+    }
+
+    #[test]
+    fn partial_layers_match_full_run() {
+        let net = SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 5).unwrap().network;
+        let shape = [2, 3, 8, 8];
+        let mut rng = Rng::new(6);
+        let input: Vec<f32> = (0..2 * 3 * 64).map(|_| rng.normal()).collect();
+        let all = run(&net, &input, shape, &["layer1", "layer2", "layer3", "layer4", "avgpool"]).unwrap();
+        let some = run(&net, &input, shape, &["avgpool", "layer3"]).unwrap();
+        assert_eq!(some.layers[0].name, "avgpool");
+        assert_eq!(some.layers[1].name, "layer3");
+        assert_eq!(some.layers[0].g, all.layers[4].g);
+        assert_eq!(some.layers[1].z, all.layers[2].z);
+        assert_eq!(some.layers[1].g, all.layers[2].g);
+        assert_eq!(some.layers[0].shape, [2, 512, 1, 1]);
+        assert_eq!(all.layers[0].shape, [2, 64, 8, 8]);
+        assert_eq!(all.layers[3].shape, [2, 512, 1, 1]);
+        // The ResNet stage outputs are post-ReLU.
+        assert!(all.layers[0].z.iter().all(|&v| v >= 0.0));
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let net = SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 4, 1).unwrap().network;
+        let input = vec![0.5f32; 2 * 3 * 4 * 4];
+        assert!(matches!(run(&net, &input, [2, 3, 4, 4], &["nope"]), Err(Error::Input(_))));
+        assert!(matches!(run(&net, &input, [2, 4, 4, 3], &[]), Err(Error::Input(_))));
+        assert!(matches!(run(&net, &input[1..], [2, 3, 4, 4], &[]), Err(Error::Input(_))));
+        assert!(matches!(run(&net, &[], [0, 3, 4, 4], &[]), Err(Error::Input(_))));
+        assert!(run(&net, &input, [2, 3, 4, 4], &["block2", "avgpool"]).is_ok());
+        assert!(loss_from_layer(&net, "avgpool", &[0.0; 64], [1, 64, 1, 1]).is_ok());
+        assert!(loss_from_layer(&net, "avgpool", &[0.0; 64], [1, 32, 2, 1]).is_err());
+        assert!(loss_from_layer(&net, "block1", &[0.0; 64], [1, 16, 2, 2]).is_ok());
+        assert!(loss_from_layer(&net, "block1", &[0.0; 64], [1, 32, 2, 1]).is_err());
+        assert!(loss_from_layer(&net, "layer1", &[0.0; 64], [1, 16, 2, 2]).is_err());
+    }
+
+    // ---- per-op checks ----
+
+    #[test]
+    fn conv_matches_naive_formula() {
+        let mut rng = Rng::new(21);
+        for &(cin, cout, k, s, p, h, w) in
+            &[(3, 4, 3, 2, 1, 7, 9), (2, 3, 1, 2, 0, 7, 9), (3, 2, 7, 2, 3, 11, 13), (4, 5, 3, 1, 1, 6, 5), (2, 2, 3, 1, 0, 5, 4)]
+        {
+            let conv = random_conv(&mut rng, cin, cout, k, s, p);
+            let shape = [2, cin, h, w];
+            let x = normal_vec(&mut rng, 2 * cin * h * w);
+            let (y, ys) = conv2d(&x, shape, &conv);
+            assert_eq!(ys, [2, cout, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1]);
+            let yn = naive_conv(&x, shape, &conv);
+            for (a, b) in y.iter().zip(&yn) {
+                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn conv_backward_is_adjoint() {
+        let mut rng = Rng::new(22);
+        for &(cin, cout, k, s, p, h, w) in
+            &[(3, 4, 3, 2, 1, 7, 9), (3, 5, 1, 2, 0, 7, 9), (3, 2, 7, 2, 3, 11, 13), (4, 3, 3, 1, 1, 6, 5), (2, 3, 3, 2, 1, 8, 8)]
+        {
+            let conv = random_conv(&mut rng, cin, cout, k, s, p);
+            let shape = [2, cin, h, w];
+            let x = normal_vec(&mut rng, 2 * cin * h * w);
+            let (y, ys) = conv2d(&x, shape, &conv);
+            let dy = normal_vec(&mut rng, y.len());
+            let dx = conv2d_backward_data(&dy, ys, &conv, (h, w));
+            assert_eq!(dx.len(), x.len());
+            let (lhs, rhs) = (dot(&dy, &y), dot(&dx, &x));
+            let scale = dy.iter().zip(&y).map(|(a, b)| (a * b).abs()).sum::<f64>();
+            assert!((lhs - rhs).abs() <= 1e-10 * scale, "k{k} s{s} p{p} {h}×{w}: <dy, conv x> = {lhs}, <convᵀ dy, x> = {rhs}");
+
+            // Finite differences of f(x) = <dy, conv(x)> at a few elements (f is linear).
+            for _ in 0..4 {
+                let i = rng.below(x.len());
+                let eps = 1e-3;
+                let mut xp = x.clone();
+                xp[i] += eps;
+                let mut xm = x.clone();
+                xm[i] -= eps;
+                let fd = (dot(&dy, &conv2d(&xp, shape, &conv).0) - dot(&dy, &conv2d(&xm, shape, &conv).0)) / (2.0 * eps);
+                assert!((fd - dx[i]).abs() <= 1e-8 * (1.0 + dx[i].abs()), "fd {fd} vs dx {}", dx[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn conv_hand_computed() {
+        let x: Vec<f64> = (1..=9).map(|v| v as f64).collect();
+        // 2×2 all-ones kernel, padding 1, stride 1 on [[1,2,3],[4,5,6],[7,8,9]]: 4×4 window sums.
+        let ones = Conv { name: "ones".into(), out_channels: 1, in_channels: 1, kernel: 2, stride: 1, padding: 1, weight: vec![1.0; 4] };
+        let (y, ys) = conv2d(&x, [1, 1, 3, 3], &ones);
+        assert_eq!(ys, [1, 1, 4, 4]);
+        #[rustfmt::skip]
+        let expected = [
+            1.0, 3.0, 5.0, 3.0,
+            5.0, 12.0, 16.0, 9.0,
+            11.0, 24.0, 28.0, 15.0,
+            7.0, 15.0, 17.0, 9.0,
+        ];
+        assert_eq!(y, expected);
+
+        // 3×3 kernel [[3,0,0],[0,1,0],[0,0,2]], stride 2, padding 1: y[i,j] = 3·x[2i−1,2j−1] + x[2i,2j] + 2·x[2i+1,2j+1].
+        let diag = Conv {
+            name: "diag".into(),
+            out_channels: 1,
+            in_channels: 1,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            weight: vec![3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0],
+        };
+        let (y, ys) = conv2d(&x, [1, 1, 3, 3], &diag);
+        assert_eq!(ys, [1, 1, 2, 2]);
+        assert_eq!(y, [11.0, 3.0, 7.0, 24.0]);
+        // Its transpose scatters dy back: dy = [1,0,0,0] touches x[0,0] (·1) and x[1,1] (·2).
+        let dx = conv2d_backward_data(&[1.0, 0.0, 0.0, 0.0], ys, &diag, (3, 3));
+        assert_eq!(dx, [1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0]);
+        // dy = [0,0,0,1] (output (1,1)) touches x[1,1] (·3) and x[2,2] (·1).
+        let dx = conv2d_backward_data(&[0.0, 0.0, 0.0, 1.0], ys, &diag, (3, 3));
+        assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 1.0]);
+        // Same dy with a 4×4 input (also gives 2×2): output (1,1) now also reaches x[3,3] (·2).
+        let dx = conv2d_backward_data(&[0.0, 0.0, 0.0, 1.0], ys, &diag, (4, 4));
+        let mut e = vec![0.0; 16];
+        e[5] = 3.0;
+        e[10] = 1.0;
+        e[15] = 2.0;
+        assert_eq!(dx, e);
+    }
+
+    #[test]
+    fn max_pool_hand_computed() {
+        // All negative: zero padding would give 0 at the borders, −∞ padding gives the window max.
+        let x: Vec<f64> = (1..=16).map(|v| -(v as f64)).collect();
+        let (y, ys) = max_pool_3x3_s2(&x, [1, 1, 4, 4]);
+        assert_eq!(ys, [1, 1, 2, 2]);
+        assert_eq!(y, [-1.0, -2.0, -5.0, -6.0]);
+        let x: Vec<f64> = (1..=9).map(|v| v as f64).collect();
+        let (y, ys) = max_pool_3x3_s2(&x, [1, 1, 3, 3]);
+        assert_eq!(ys, [1, 1, 2, 2]);
+        assert_eq!(y, [5.0, 6.0, 8.0, 9.0]);
+        // 5×6 input, two planes: output 3×3; checks odd/even sizes and plane offsets.
+        let x: Vec<f64> = (0..60).map(|v| ((v * 37) % 23) as f64 - 11.0).collect();
+        let (y, ys) = max_pool_3x3_s2(&x, [1, 2, 5, 6]);
+        assert_eq!(ys, [1, 2, 3, 3]);
+        for p in 0..2usize {
+            for i in 0..3usize {
+                for j in 0..3usize {
+                    let mut m = f64::NEG_INFINITY;
+                    for r in (2 * i).saturating_sub(1)..(2 * i + 2).min(5) {
+                        for c in (2 * j).saturating_sub(1)..(2 * j + 2).min(6) {
+                            m = m.max(x[p * 30 + r * 6 + c]);
+                        }
+                    }
+                    assert_eq!(y[p * 9 + i * 3 + j], m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_norm_pool_linear_small_cases() {
+        let bn = BatchNorm { name: "bn".into(), gamma: vec![2.0, 0.5], beta: vec![1.0, -1.0], mean: vec![1.0, 0.0], var: vec![4.0 - 1e-5, 1.0 - 1e-5] };
+        let x = [3.0, 5.0, 2.0, -2.0];
+        let y = batch_norm(&x, [1, 2, 1, 2], &bn);
+        // channel 0: (x−1)/2·2+1 = x; channel 1: x/1·0.5−1.
+        let expected = [3.0, 5.0, 0.0, -2.0];
+        for (a, b) in y.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+        let d = batch_norm_backward_data(&[1.0, 1.0, 1.0, 1.0], [1, 2, 1, 2], &bn);
+        for (a, b) in d.iter().zip(&[1.0, 1.0, 0.5, 0.5]) {
+            assert!((a - b).abs() < 1e-6, "{d:?}");
+        }
+        assert_eq!(relu(&[-1.0, 0.0, 2.0]), [0.0, 0.0, 2.0]);
+        assert_eq!(relu_backward(&[5.0, 5.0, 5.0], &[0.0, 1.0, 0.0]), [0.0, 5.0, 0.0]);
+        assert_eq!(global_avg_pool(&[1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0], [1, 2, 2, 2]), [3.0, 1.0]);
+        assert_eq!(global_avg_pool_backward(&[4.0, 8.0], [1, 2, 1, 2]), [2.0, 2.0, 4.0, 4.0]);
+
+        let fc = Linear { out_features: 2, in_features: 3, weight: vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0], bias: vec![0.5, -0.5] };
+        assert_eq!(linear(&[1.0, 1.0, 1.0, 0.0, 1.0, 0.0], 2, &fc), [6.5, -0.5, 2.5, -0.5]);
+        assert_eq!(linear_backward_data(&[1.0, 0.0, 1.0, 2.0], 2, &fc), [1.0, 2.0, 3.0, -1.0, 2.0, 5.0]);
+        // Adjoint identity for the linear part.
+        let mut rng = Rng::new(31);
+        let fc = Linear {
+            out_features: 7,
+            in_features: 5,
+            weight: (0..35).map(|_| rng.normal()).collect(),
+            bias: vec![0.0; 7],
+        };
+        let x = normal_vec(&mut rng, 15);
+        let dy = normal_vec(&mut rng, 21);
+        let lhs = dot(&dy, &linear(&x, 3, &fc));
+        let rhs = dot(&linear_backward_data(&dy, 3, &fc), &x);
+        assert!((lhs - rhs).abs() <= 1e-12 * (1.0 + lhs.abs()));
+    }
+
+    #[test]
+    fn uniform_ce_gradient() {
+        let mut rng = Rng::new(41);
+        let (b, c) = (3, 7);
+        let logits: Vec<f64> = normal_vec(&mut rng, b * c).iter().map(|v| 3.0 * v).collect();
+        let g = uniform_ce_logit_grad(&logits, b, c);
+        for bi in 0..b {
+            let s: f64 = g[bi * c..][..c].iter().sum();
+            assert!(s.abs() < 1e-15, "sample {bi}: gradient sums to {s}");
+        }
+        for i in 0..b * c {
+            let eps = 1e-5;
+            let mut lp = logits.clone();
+            lp[i] += eps;
+            let mut lm = logits.clone();
+            lm[i] -= eps;
+            let fd = (uniform_ce_loss(&lp, b, c) - uniform_ce_loss(&lm, b, c)) / (2.0 * eps);
+            assert!((fd - g[i]).abs() <= 1e-8 * g[i].abs().max(1e-3), "logit {i}: fd {fd} vs {}", g[i]);
+        }
+        // Equal logits: p = u, so L = B·log C and the gradient vanishes.
+        let flat = vec![2.5; b * c];
+        assert!((uniform_ce_loss(&flat, b, c) - b as f64 * (c as f64).ln()).abs() < 1e-12);
+        assert!(uniform_ce_logit_grad(&flat, b, c).iter().all(|v| v.abs() < 1e-16));
+        // Hand value: logits (0, ln 3) → p = (1/4, 3/4); L = −½(ln ¼ + ln ¾); g = (¼ − ½, ¾ − ½).
+        let l = [0.0, 3f64.ln()];
+        let expected = -0.5 * (0.25f64.ln() + 0.75f64.ln());
+        assert!((uniform_ce_loss(&l, 1, 2) - expected).abs() < 1e-15);
+        let g = uniform_ce_logit_grad(&l, 1, 2);
+        assert!((g[0] + 0.25).abs() < 1e-15 && (g[1] - 0.25).abs() < 1e-15);
+    }
+
+    /// Full-size timing: ResNet18_32x32, batch 3, 32×32, all layers (forward + backward).
+    #[test]
+    fn resnet18_full_size_runs_quickly() {
+        let net = SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 3).unwrap().network;
+        let mut rng = Rng::new(4);
+        let shape = [3, 3, 32, 32];
+        let input: Vec<f32> = (0..3 * 3 * 32 * 32).map(|_| rng.normal()).collect();
+        let t = std::time::Instant::now();
+        let out = run(&net, &input, shape, &["layer1", "layer2", "layer3", "layer4", "avgpool"]).unwrap();
+        eprintln!("resnet18_32x32 batch 3 at 32×32, forward+backward: {:.2} s", t.elapsed().as_secs_f64());
+        assert_eq!(out.layers[0].shape, [3, 64, 32, 32]);
+        assert!(out.layers.iter().all(|l| l.g.iter().all(|v| v.is_finite())));
+    }
+}
+#[cfg(test)]
+mod timing_tmp {
+    use super::*;
+    use crate::model::arch::ArchSpec;
+    use crate::model::synthetic::SyntheticModel;
+    #[test]
+    fn tmp_timing() {
+        let net = SyntheticModel::new(ArchSpec::TorchResNet { depth: 50 }, 10, 1).unwrap().network;
+        let input = vec![0.3f32; 2 * 3 * 32 * 32];
+        let t = std::time::Instant::now();
+        let out = run(&net, &input, [2, 3, 32, 32], &["layer1", "layer2", "layer3", "layer4", "avgpool"]).unwrap();
+        eprintln!("run {:?}", t.elapsed());
+        for l in &out.layers {
+            let t = std::time::Instant::now();
+            for _ in 0..10 { loss_from_layer(&net, &l.name, &l.z, l.shape).unwrap(); }
+            eprintln!("{} x10 {:?}", l.name, t.elapsed());
+        }
+    }
+}

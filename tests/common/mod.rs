@@ -1,0 +1,51 @@
+//! Shared test helpers: the engine (a missing adapter fails the test, never skips it),
+//! random inputs, and error measures that never let a NaN pass.
+#![allow(dead_code)]
+
+use nac::rng::Rng;
+use nac::{Engine, EngineOptions};
+
+/// An engine on the default adapter. Without one the test fails with the engine's message.
+pub fn engine() -> Engine {
+    engine_with(EngineOptions::default())
+}
+
+pub fn engine_with(options: EngineOptions) -> Engine {
+    match Engine::new(options) {
+        Ok(e) => e,
+        Err(e) => panic!("GPU tests need an adapter: {e}"),
+    }
+}
+
+pub fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+/// Normwise relative error `max|got − want| / max|want|`; infinite if anything is not finite
+/// or the lengths differ.
+pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) || want.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f64 {
+    let err = rel_err(got, want);
+    assert!(
+        err <= tolerance,
+        "{what}: relative error {err:.3e} exceeds {tolerance:.0e} (len {} vs {})",
+        got.len(),
+        want.len()
+    );
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: the reference is all zeros, so the comparison proves nothing");
+    err
+}

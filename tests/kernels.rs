@@ -1,0 +1,355 @@
+//! Every kernel against the f64 CPU reference on fresh random inputs of awkward sizes (odd
+//! channels, 1×1 spatial, batch 1, sizes that are not multiples of the 64×64 tile or the
+//! 16-deep K step). Outputs are poisoned with NaN before each run (see `run_single`).
+//! Tolerance: normwise relative error ≤ 1e-5 for every kernel in f32.
+
+mod common;
+
+use common::{assert_close, engine, random_vec};
+use nac::engine::{pack_backward, pack_forward};
+use nac::kernels::{
+    conv_flags, conv_workgroups, flat_workgroups, pool_flags, ConvParams, ElementwiseParams, Kernel, Kernels,
+    LinearParams, PoolParams, ELEMENTWISE_RELU,
+};
+use nac::model::arch::{Conv, Linear};
+use nac::reference;
+use nac::rng::Rng;
+use nac::Engine;
+
+const KERNEL_TOL: f64 = 1e-5;
+
+fn nchw_to_nhwc(x: &[f64], [b, c, h, w]: [usize; 4]) -> Vec<f64> {
+    let mut out = vec![0f64; x.len()];
+    for n in 0..b {
+        for ch in 0..c {
+            for p in 0..h * w {
+                out[(n * h * w + p) * c + ch] = x[(n * c + ch) * h * w + p];
+            }
+        }
+    }
+    out
+}
+
+fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+struct Setup {
+    engine: Engine,
+    kernels: Kernels,
+    rng: Rng,
+}
+
+fn setup(seed: u64) -> Setup {
+    let engine = engine();
+    let kernels = Kernels::new(&engine.gpu).unwrap();
+    Setup { engine, kernels, rng: Rng::new(seed) }
+}
+
+impl Setup {
+    fn run(&self, kernel: Kernel, params: &[u8], workgroups: [u32; 3], reads: &[Option<&[f32]>], out_len: usize) -> Vec<f32> {
+        self.kernels.run_single(&self.engine.gpu, kernel, params, workgroups, reads, out_len).unwrap()
+    }
+
+    fn flat(&self, threads: usize) -> [u32; 3] {
+        flat_workgroups(threads as u32, self.engine.gpu.max_workgroups_per_dim())
+    }
+
+    fn random_conv(&mut self, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Conv {
+        let weight = random_vec(&mut self.rng, cout * cin * k * k, (2.0 / (cin * k * k) as f32).sqrt());
+        Conv { name: "test".into(), out_channels: cout, in_channels: cin, kernel: k, stride, padding: pad, weight }
+    }
+}
+
+/// (batch, in channels, height, width, out channels, kernel, stride, padding)
+const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 3, 7, 9, 5, 3, 1, 1),
+    (2, 7, 1, 1, 65, 1, 1, 0),
+    (3, 5, 11, 6, 17, 3, 2, 1),
+    (2, 3, 15, 13, 64, 7, 2, 3),
+    (2, 66, 5, 5, 33, 1, 2, 0),
+    (5, 17, 9, 9, 130, 3, 1, 1),
+    (1, 64, 8, 8, 64, 3, 1, 1),
+    (3, 31, 4, 4, 7, 3, 2, 1),
+];
+
+#[test]
+fn conv_forward_with_every_epilogue() {
+    let mut s = setup(11);
+    for (case, &(b, cin, h, w, cout, k, stride, pad)) in CONV_CASES.iter().enumerate() {
+        let conv = s.random_conv(cin, cout, k, stride, pad);
+        let x = to_f64(&random_vec(&mut s.rng, b * cin * h * w, 1.0));
+        let (y, yshape) = reference::conv2d(&x, [b, cin, h, w], &conv);
+        let [_, _, oh, ow] = yshape;
+        let bias = random_vec(&mut s.rng, cout, 0.5);
+        let residual = random_vec(&mut s.rng, b * oh * ow * cout, 1.0);
+        let packed = pack_forward(&conv, &vec![1.0; cout]);
+        for flags in [0, conv_flags::BIAS, conv_flags::BIAS | conv_flags::RESIDUAL | conv_flags::RELU] {
+            let mut want = nchw_to_nhwc(&y, yshape);
+            for (i, v) in want.iter_mut().enumerate() {
+                let mut t = *v;
+                if flags & conv_flags::BIAS != 0 {
+                    t += bias[i % cout] as f64;
+                }
+                if flags & conv_flags::RESIDUAL != 0 {
+                    t += residual[i] as f64;
+                }
+                if flags & conv_flags::RELU != 0 {
+                    t = t.max(0.0);
+                }
+                *v = t;
+            }
+            let m = (b * oh * ow) as u32;
+            let p = ConvParams {
+                batch: b as u32,
+                in_h: h as u32,
+                in_w: w as u32,
+                in_c: cin as u32,
+                out_h: oh as u32,
+                out_w: ow as u32,
+                out_c: cout as u32,
+                kernel: k as u32,
+                stride: stride as u32,
+                pad: pad as u32,
+                m_total: m,
+                n_total: cout as u32,
+                k_total: (k * k * cin) as u32,
+                flags,
+                _pad: [0; 2],
+            };
+            let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
+            let got = s.run(
+                Kernel::ConvForward,
+                bytemuck::bytes_of(&p),
+                conv_workgroups(m, cout as u32),
+                &[Some(&xin), Some(&packed), Some(&bias), Some(&residual), None],
+                want.len(),
+            );
+            assert_close(&format!("conv forward case {case} flags {flags}"), &got, &want, KERNEL_TOL);
+        }
+    }
+}
+
+#[test]
+fn conv_backward_data_with_every_epilogue() {
+    let mut s = setup(12);
+    for (case, &(b, cin, h, w, cout, k, stride, pad)) in CONV_CASES.iter().enumerate() {
+        let conv = s.random_conv(cin, cout, k, stride, pad);
+        let oh = (h + 2 * pad - k) / stride + 1;
+        let ow = (w + 2 * pad - k) / stride + 1;
+        let dy = to_f64(&random_vec(&mut s.rng, b * cout * oh * ow, 1.0));
+        let dx = reference::conv2d_backward_data(&dy, [b, cout, oh, ow], &conv, (h, w));
+        let dx_exact = nchw_to_nhwc(&dx, [b, cin, h, w]);
+        let scale = random_vec(&mut s.rng, cin, 1.0);
+        let residual = random_vec(&mut s.rng, dx.len(), 0.5);
+        let mask = random_vec(&mut s.rng, dx.len(), 1.0);
+        let packed = pack_backward(&conv, &vec![1.0; cout]);
+        let dy_nhwc = to_f32(&nchw_to_nhwc(&dy, [b, cout, oh, ow]));
+        for flags in [
+            0,
+            conv_flags::MASK,
+            conv_flags::RESIDUAL,
+            conv_flags::RESIDUAL | conv_flags::MASK | conv_flags::SCALE,
+            conv_flags::MASK | conv_flags::SCALE | conv_flags::RESIDUAL | conv_flags::RESIDUAL_LAST,
+        ] {
+            let last = flags & conv_flags::RESIDUAL_LAST != 0;
+            let want: Vec<f64> = dx_exact
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let mut t = v;
+                    if flags & conv_flags::RESIDUAL != 0 && !last {
+                        t += residual[i] as f64;
+                    }
+                    if flags & conv_flags::MASK != 0 && !(mask[i] > 0.0) {
+                        t = 0.0;
+                    }
+                    if flags & conv_flags::SCALE != 0 {
+                        t *= scale[i % cin] as f64;
+                    }
+                    if flags & conv_flags::RESIDUAL != 0 && last {
+                        t += residual[i] as f64;
+                    }
+                    t
+                })
+                .collect();
+            let m = (b * h * w) as u32;
+            let p = ConvParams {
+                batch: b as u32,
+                in_h: h as u32,
+                in_w: w as u32,
+                in_c: cin as u32,
+                out_h: oh as u32,
+                out_w: ow as u32,
+                out_c: cout as u32,
+                kernel: k as u32,
+                stride: stride as u32,
+                pad: pad as u32,
+                m_total: m,
+                n_total: cin as u32,
+                k_total: (k * k * cout) as u32,
+                flags,
+                _pad: [0; 2],
+            };
+            let got = s.run(
+                Kernel::ConvBackwardData,
+                bytemuck::bytes_of(&p),
+                conv_workgroups(m, cin as u32),
+                &[Some(&dy_nhwc), Some(&packed), Some(&scale), Some(&residual), Some(&mask)],
+                want.len(),
+            );
+            assert_close(&format!("conv backward case {case} flags {flags}"), &got, &want, KERNEL_TOL);
+        }
+    }
+}
+
+/// (batch, channels, height, width): odd channels, 1×1 and 2×2 spatial, non-square.
+const ACTIVATION_SHAPES: &[[usize; 4]] = &[[1, 3, 7, 9], [2, 65, 1, 1], [3, 17, 2, 2], [5, 7, 11, 6], [2, 257, 3, 5]];
+
+#[test]
+fn layout_and_elementwise_kernels() {
+    let mut s = setup(13);
+    for &shape in ACTIVATION_SHAPES {
+        let [b, c, h, w] = shape;
+        let n = b * c * h * w;
+        let x = random_vec(&mut s.rng, n, 1.0);
+        let params = |flags: u32| ElementwiseParams {
+            total: n as u32,
+            batch: b as u32,
+            channels: c as u32,
+            height: h as u32,
+            width: w as u32,
+            flags,
+            _pad: [0; 2],
+        };
+        let got = s.run(Kernel::NchwToNhwc, bytemuck::bytes_of(&params(0)), s.flat(n), &[Some(&x), None, None], n);
+        assert_close(&format!("nchw_to_nhwc {shape:?}"), &got, &nchw_to_nhwc(&to_f64(&x), shape), 0.0);
+
+        let scale = random_vec(&mut s.rng, c, 1.0);
+        let shift = random_vec(&mut s.rng, c, 0.5);
+        for relu in [false, true] {
+            let want: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let t = v as f64 * scale[i % c] as f64 + shift[i % c] as f64;
+                    if relu {
+                        t.max(0.0)
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            let p = params(if relu { ELEMENTWISE_RELU } else { 0 });
+            let got = s.run(Kernel::ScaleShift, bytemuck::bytes_of(&p), s.flat(n), &[Some(&x), Some(&scale), Some(&shift)], n);
+            assert_close(&format!("scale_shift {shape:?} relu {relu}"), &got, &want, KERNEL_TOL);
+        }
+
+        // Mask with exact zeros and negative zeros: only strictly positive passes.
+        let mut z = random_vec(&mut s.rng, n, 1.0);
+        z.iter_mut().step_by(5).for_each(|v| *v = 0.0);
+        z.iter_mut().skip(2).step_by(7).for_each(|v| *v = -0.0);
+        let want: Vec<f64> = x.iter().zip(&z).map(|(&g, &m)| if m > 0.0 { g as f64 } else { 0.0 }).collect();
+        let got = s.run(Kernel::ReluMask, bytemuck::bytes_of(&params(0)), s.flat(n), &[Some(&x), Some(&z), None], n);
+        assert_close(&format!("relu_mask {shape:?}"), &got, &want, 0.0);
+    }
+}
+
+#[test]
+fn pooling_kernels() {
+    let mut s = setup(14);
+    for &shape in ACTIVATION_SHAPES {
+        let [b, c, h, w] = shape;
+        let n = b * c * h * w;
+        let x = random_vec(&mut s.rng, n, 1.0);
+        let x_nhwc = to_f32(&nchw_to_nhwc(&to_f64(&x), shape));
+
+        let (pooled, pshape) = reference::max_pool_3x3_s2(&to_f64(&x), shape);
+        let [_, _, oh, ow] = pshape;
+        let p = PoolParams {
+            batch: b as u32,
+            in_h: h as u32,
+            in_w: w as u32,
+            channels: c as u32,
+            out_h: oh as u32,
+            out_w: ow as u32,
+            total: pooled.len() as u32,
+            flags: 0,
+        };
+        let got = s.run(Kernel::MaxPool, bytemuck::bytes_of(&p), s.flat(pooled.len()), &[Some(&x_nhwc), None, None], pooled.len());
+        assert_close(&format!("max_pool {shape:?}"), &got, &nchw_to_nhwc(&pooled, pshape), 0.0);
+
+        let avg = reference::global_avg_pool(&to_f64(&x), shape);
+        let p = PoolParams { out_h: 1, out_w: 1, total: (b * c) as u32, ..p };
+        let got = s.run(Kernel::AvgPool, bytemuck::bytes_of(&p), s.flat(b * c), &[Some(&x_nhwc), None, None], b * c);
+        assert_close(&format!("avg_pool {shape:?}"), &got, &avg, KERNEL_TOL);
+
+        let dfeat = random_vec(&mut s.rng, b * c, 1.0);
+        let mask = random_vec(&mut s.rng, n, 1.0);
+        let scale = random_vec(&mut s.rng, c, 1.0);
+        let broadcast = nchw_to_nhwc(&reference::global_avg_pool_backward(&to_f64(&dfeat), shape), shape);
+        for flags in [0, pool_flags::MASK | pool_flags::SCALE] {
+            let want: Vec<f64> = broadcast
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if flags == 0 {
+                        v
+                    } else if mask[i] > 0.0 {
+                        v * scale[i % c] as f64
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let p = PoolParams { out_h: h as u32, out_w: w as u32, total: n as u32, flags, ..p };
+            let got = s.run(
+                Kernel::AvgPoolBackward,
+                bytemuck::bytes_of(&p),
+                s.flat(n),
+                &[Some(&dfeat), Some(&mask), Some(&scale)],
+                n,
+            );
+            assert_close(&format!("avg_pool_backward {shape:?} flags {flags}"), &got, &want, KERNEL_TOL);
+        }
+    }
+}
+
+#[test]
+fn classifier_head_kernels() {
+    let mut s = setup(15);
+    // (batch, features, classes): a single class pair, odd sizes, ImageNet-sized head.
+    for &(b, f, classes) in &[(1, 5, 2), (3, 513, 10), (7, 64, 101), (2, 2048, 1000)] {
+        let fc = Linear {
+            out_features: classes,
+            in_features: f,
+            weight: random_vec(&mut s.rng, classes * f, (1.0 / f as f32).sqrt()),
+            bias: random_vec(&mut s.rng, classes, 0.1),
+        };
+        let x = random_vec(&mut s.rng, b * f, 1.0);
+        let p = LinearParams { batch: b as u32, in_features: f as u32, out_features: classes as u32, total: (b * classes) as u32 };
+        let logits = s.run(
+            Kernel::LinearForward,
+            bytemuck::bytes_of(&p),
+            s.flat(b * classes),
+            &[Some(&x), Some(&fc.weight), Some(&fc.bias)],
+            b * classes,
+        );
+        assert_close(&format!("linear_forward {b}×{f}→{classes}"), &logits, &reference::linear(&to_f64(&x), b, &fc), KERNEL_TOL);
+
+        // Large logits check the max-subtraction of the softmax.
+        let big: Vec<f32> = random_vec(&mut s.rng, b * classes, 30.0);
+        let grad = s.run(Kernel::UniformCeGrad, bytemuck::bytes_of(&p), s.flat(b), &[Some(&big), None, None], b * classes);
+        let want = reference::uniform_ce_logit_grad(&to_f64(&big), b, classes);
+        assert_close(&format!("uniform_ce_grad {b}×{classes}"), &grad, &want, KERNEL_TOL);
+
+        let dy = random_vec(&mut s.rng, b * classes, 0.1);
+        let p = LinearParams { total: (b * f) as u32, ..p };
+        let dx = s.run(Kernel::LinearBackward, bytemuck::bytes_of(&p), s.flat(b * f), &[Some(&dy), Some(&fc.weight), None], b * f);
+        assert_close(&format!("linear_backward {b}×{classes}→{f}"), &dx, &reference::linear_backward_data(&to_f64(&dy), b, &fc), KERNEL_TOL);
+    }
+}

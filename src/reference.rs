@@ -1256,18 +1256,4 @@ mod tests {
         let g = uniform_ce_logit_grad(&l, 1, 2);
         assert!((g[0] + 0.25).abs() < 1e-15 && (g[1] - 0.25).abs() < 1e-15);
     }
-
-    /// Full-size timing: ResNet18_32x32, batch 3, 32×32, all layers (forward + backward).
-    #[test]
-    fn resnet18_full_size_runs_quickly() {
-        let net = SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 3).unwrap().network;
-        let mut rng = Rng::new(4);
-        let shape = [3, 3, 32, 32];
-        let input: Vec<f32> = (0..3 * 3 * 32 * 32).map(|_| rng.normal()).collect();
-        let t = std::time::Instant::now();
-        let out = run(&net, &input, shape, &["layer1", "layer2", "layer3", "layer4", "avgpool"]).unwrap();
-        eprintln!("resnet18_32x32 batch 3 at 32×32, forward+backward: {:.2} s", t.elapsed().as_secs_f64());
-        assert_eq!(out.layers[0].shape, [3, 64, 32, 32]);
-        assert!(out.layers.iter().all(|l| l.g.iter().all(|v| v.is_finite())));
-    }
 }

@@ -103,6 +103,13 @@ fn info_and_selfcheck_run() {
     assert!(check.status.success(), "{text}{}", String::from_utf8_lossy(&check.stderr));
     assert!(text.contains("ok: the GPU matches the CPU reference"), "{text}");
 
+    if cfg!(target_os = "linux") {
+        // No Metal on Linux: the error must say how to get an adapter.
+        let none = nac().args(["--backend", "metal", "info"]).output().unwrap();
+        assert!(!none.status.success());
+        let stderr = String::from_utf8_lossy(&none.stderr);
+        assert!(stderr.contains("no GPU adapter") && stderr.contains("apt-get install mesa-vulkan-drivers"), "{stderr}");
+    }
     let bad = nac().args(["--adapter", "no-such-gpu", "info"]).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no adapter name contains `no-such-gpu`"));

@@ -77,6 +77,32 @@ const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = 
     (3, 31, 4, 4, 7, 3, 2, 1),
 ];
 
+/// GEMM parameters of a conv (forward: M = output pixels, N = cout; data gradient: M = input
+/// pixels, N = cin).
+#[allow(clippy::too_many_arguments)]
+fn conv_params(b: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize, flags: u32, backward: bool) -> ConvParams {
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let (m, n, kk) = if backward { (b * h * w, cin, k * k * cout) } else { (b * oh * ow, cout, k * k * cin) };
+    let u = |v: usize| v as u32;
+    ConvParams {
+        batch: u(b),
+        in_h: u(h),
+        in_w: u(w),
+        in_c: u(cin),
+        out_h: u(oh),
+        out_w: u(ow),
+        out_c: u(cout),
+        kernel: u(k),
+        stride: u(stride),
+        pad: u(pad),
+        m_total: u(m),
+        n_total: u(n),
+        k_total: u(kk),
+        flags,
+        _pad: [0; 2],
+    }
+}
+
 #[test]
 fn conv_forward_with_every_epilogue() {
     let mut s = setup(11);
@@ -103,24 +129,8 @@ fn conv_forward_with_every_epilogue() {
                 }
                 *v = t;
             }
-            let m = (b * oh * ow) as u32;
-            let p = ConvParams {
-                batch: b as u32,
-                in_h: h as u32,
-                in_w: w as u32,
-                in_c: cin as u32,
-                out_h: oh as u32,
-                out_w: ow as u32,
-                out_c: cout as u32,
-                kernel: k as u32,
-                stride: stride as u32,
-                pad: pad as u32,
-                m_total: m,
-                n_total: cout as u32,
-                k_total: (k * k * cin) as u32,
-                flags,
-                _pad: [0; 2],
-            };
+            let p = conv_params(b, cin, h, w, cout, k, stride, pad, flags, false);
+            let m = p.m_total;
             let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
             let got = s.run(
                 Kernel::ConvForward,
@@ -177,24 +187,8 @@ fn conv_backward_data_with_every_epilogue() {
                     t
                 })
                 .collect();
-            let m = (b * h * w) as u32;
-            let p = ConvParams {
-                batch: b as u32,
-                in_h: h as u32,
-                in_w: w as u32,
-                in_c: cin as u32,
-                out_h: oh as u32,
-                out_w: ow as u32,
-                out_c: cout as u32,
-                kernel: k as u32,
-                stride: stride as u32,
-                pad: pad as u32,
-                m_total: m,
-                n_total: cin as u32,
-                k_total: (k * k * cout) as u32,
-                flags,
-                _pad: [0; 2],
-            };
+            let p = conv_params(b, cin, h, w, cout, k, stride, pad, flags, true);
+            let m = p.m_total;
             let got = s.run(
                 Kernel::ConvBackwardData,
                 bytemuck::bytes_of(&p),

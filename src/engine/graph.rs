@@ -277,18 +277,23 @@ impl Graph {
         self.push(kernel, ParamTemplate::Linear { p, per_sample: per_sample as u32 }, reads, TensorShape { h: 1, w: 1, c: out_c })
     }
 
-    /// Builds the pass for one input size. `deepest` is the index in `layer_names` of the
-    /// shallowest layer whose gradient is needed (None: forward only); `wanted` are the
-    /// layers whose z and g are kept.
+    /// ∂L/∂feat of the NAC loss: `softmax − 1/C` at the logits, back through the fc layer.
+    fn loss_gradient_at_feature(&mut self, head: &GpuHead) -> TensorId {
+        let dlogits = self.linear_call(Kernel::UniformCeGrad, self.logits, head, head.classes, 1);
+        self.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features)
+    }
+
+    /// Builds the pass for one input size. `wanted` are indices into `layer_names` of the
+    /// layers whose z and g are kept; the backward pass goes down to the shallowest of them
+    /// (none: forward only).
     pub fn build(weights: &GpuWeights, in_shape: TensorShape, layer_names: &[String], wanted: &[usize]) -> Graph {
         let mut g = Graph::default();
         g.input = g.tensor(in_shape);
         let nhwc = g.elementwise(Kernel::NchwToNhwc, vec![Input::Tensor(g.input), Input::Unused, Input::Unused], in_shape, 0);
         let head = &weights.head;
         let pooled_index = layer_names.len() - 1;
+        // The backward pass differentiates the stages after the shallowest wanted layer.
         let shallowest = wanted.iter().copied().min();
-        // Stages whose blocks must be differentiated: those after the shallowest wanted stage.
-        let first_backward_stage = shallowest.map(|s| s + 1);
 
         match &weights.body {
             GpuBody::ResNet { stem, max_pool, stages } => {
@@ -322,16 +327,15 @@ impl Graph {
                 let feat = g.avg_pool(x);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
-                if shallowest.is_some() {
-                    let dlogits = g.linear_call(Kernel::UniformCeGrad, g.logits, head, head.classes, 1);
-                    let dfeat = g.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features);
+                if let Some(shallowest) = shallowest {
+                    let dfeat = g.loss_gradient_at_feature(head);
                     grads[pooled_index] = Some(dfeat);
                     let last = stages.len() - 1;
-                    if shallowest.unwrap() < pooled_index {
+                    if shallowest < pooled_index {
                         let last_shape = g.tensors[stage_out[last]];
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, None, None);
                         grads[last] = Some(grad);
-                        for s in (first_backward_stage.unwrap()..stages.len()).rev() {
+                        for s in (shallowest + 1..stages.len()).rev() {
                             for (block, (input, inner, out)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let d_pre = g.relu_mask(grad, *out);
                                 let mut d = d_pre;
@@ -376,16 +380,15 @@ impl Graph {
                 let feat = g.avg_pool(f);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
-                if shallowest.is_some() {
-                    let dlogits = g.linear_call(Kernel::UniformCeGrad, g.logits, head, head.classes, 1);
-                    let dfeat = g.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features);
+                if let Some(shallowest) = shallowest {
+                    let dfeat = g.loss_gradient_at_feature(head);
                     grads[pooled_index] = Some(dfeat);
                     let last = stages.len() - 1;
-                    if shallowest.unwrap() < pooled_index {
+                    if shallowest < pooled_index {
                         let last_shape = g.tensors[stage_out[last]];
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, Some(f), Some(&final_bn.scale));
                         grads[last] = Some(grad);
-                        for s in (first_backward_stage.unwrap()..stages.len()).rev() {
+                        for s in (shallowest + 1..stages.len()).rev() {
                             for (block, (a, h, input_shape)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some(*h), None);
                                 grad = match &block.shortcut {

@@ -120,18 +120,20 @@ impl Engine {
         let classes = net.num_classes();
 
         let key = (h, w, wanted.clone());
-        let graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
-        let limit_cap = plan::max_capacity(&graph, self.binding_limit(), self.gpu.max_workgroups_per_dim());
-        if limit_cap == 0 {
-            return Err(Error::Input(format!(
-                "input size {h}×{w} is too large for this adapter: one sample's largest activation exceeds the {} byte storage binding limit",
-                self.binding_limit()
-            )));
-        }
-        let capacity = limit_cap.min(self.options.max_batch).min(batch);
-        if model.plans.get(&key).is_none_or(|p| p.capacity < capacity) {
+        let max_batch = self.options.max_batch.max(1);
+        let fits = |p: &Plan| p.capacity >= p.limit_capacity.min(max_batch).min(batch);
+        if !model.plans.get(&key).is_some_and(fits) {
+            let graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
+            let limit_capacity = plan::max_capacity(&graph, self.binding_limit(), self.gpu.max_workgroups_per_dim());
+            if limit_capacity == 0 {
+                return Err(Error::Input(format!(
+                    "input size {h}×{w} is too large for this adapter: one sample's largest activation exceeds the {} byte storage binding limit",
+                    self.binding_limit()
+                )));
+            }
+            let capacity = limit_capacity.min(max_batch).min(batch);
             let keep: Vec<usize> = std::iter::once(graph.logits).chain(graph.layers.iter().flat_map(|l| [l.z, l.g])).collect();
-            model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, &keep)?);
+            model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, limit_capacity, &keep)?);
         }
         let plan = model.plans.get_mut(&key).unwrap();
 

@@ -12,6 +12,8 @@ pub struct Plan {
     pub graph: Graph,
     /// Samples the buffers hold; larger batches are run in chunks of this size.
     pub capacity: usize,
+    /// The most samples the adapter's limits allow for this graph.
+    pub limit_capacity: usize,
     /// Physical buffer of each tensor.
     tensor_buffer: Vec<usize>,
     buffers: Vec<wgpu::Buffer>,
@@ -37,7 +39,7 @@ pub fn max_capacity(graph: &Graph, max_binding_bytes: u64, max_per_dim: u32) -> 
 }
 
 impl Plan {
-    pub fn new(gpu: &Gpu, kernels: &Kernels, graph: Graph, capacity: usize, keep: &[TensorId]) -> Result<Self> {
+    pub fn new(gpu: &Gpu, kernels: &Kernels, graph: Graph, capacity: usize, limit_capacity: usize, keep: &[TensorId]) -> Result<Self> {
         let n_calls = graph.calls.len();
         // Lifetime of each tensor in call indices: [first write, last read].
         let mut first = vec![0usize; graph.tensors.len()];
@@ -114,7 +116,7 @@ impl Plan {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("binding the plan: {e}")));
         }
-        Ok(Plan { graph, capacity, tensor_buffer, buffers, params, bind_groups, params_batch: capacity, workgroups })
+        Ok(Plan { graph, capacity, limit_capacity, tensor_buffer, buffers, params, bind_groups, params_batch: capacity, workgroups })
     }
 
     fn workgroups(gpu: &Gpu, dispatch: Dispatch) -> [u32; 3] {

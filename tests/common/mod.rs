@@ -47,5 +47,6 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f6
     );
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "{what}: the reference is all zeros, so the comparison proves nothing");
+    eprintln!("{what}: relative error {err:.2e}");
     err
 }

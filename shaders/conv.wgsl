@@ -57,45 +57,66 @@ const THREADS: u32 = 256u;
 var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
 var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
 
-fn load_a_forward(m: u32, k: u32) -> f32 {
-    let pixels = p.out_h * p.out_w;
-    let b = m / pixels;
-    let r = m - b * pixels;
-    let oy = r / p.out_w;
-    let ox = r - oy * p.out_w;
-    let ci = k % p.in_c;
-    let t = k / p.in_c;
-    let ky = t / p.kernel;
-    let kx = t - ky * p.kernel;
-    let iy = i32(oy * p.stride + ky) - i32(p.pad);
-    let ix = i32(ox * p.stride + kx) - i32(p.pad);
+// The A tile is gathered without integer division in the K loop (division is slow on many
+// GPUs and scalarised on CPU rasterisers): each thread owns 4 fixed rows, decomposed once, and a
+// fixed K lane whose (tap, channel) position is advanced incrementally by BK per step.
+
+// Row m as (sample, y, x) in the GEMM's pixel grid: output pixels forward, input pixels backward.
+fn row_position(m: u32) -> vec3<u32> {
+    var h = p.out_h;
+    var w = p.out_w;
+    if (BACKWARD) {
+        h = p.in_h;
+        w = p.in_w;
+    }
+    let b = m / (h * w);
+    let r = m - b * h * w;
+    let y = r / w;
+    return vec3<u32>(b, y, r - y * w);
+}
+
+// Forward: in[b, y·s + ky − p, x·s + kx − p, ci]; `pos` = (b, y, x) of an output pixel.
+fn gather_forward(pos: vec3<u32>, ky: u32, kx: u32, ci: u32) -> f32 {
+    let iy = i32(pos.y * p.stride + ky) - i32(p.pad);
+    let ix = i32(pos.z * p.stride + kx) - i32(p.pad);
     if (iy < 0 || ix < 0 || iy >= i32(p.in_h) || ix >= i32(p.in_w)) {
         return 0.0;
     }
-    return src[((b * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
+    return src[((pos.x * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.in_c + ci];
 }
 
-fn load_a_backward(m: u32, k: u32) -> f32 {
-    let pixels = p.in_h * p.in_w;
-    let b = m / pixels;
-    let r = m - b * pixels;
-    let iy = r / p.in_w;
-    let ix = r - iy * p.in_w;
-    let co = k % p.out_c;
-    let t = k / p.out_c;
-    let ky = t / p.kernel;
-    let kx = t - ky * p.kernel;
-    let ny = i32(iy + p.pad) - i32(ky);
-    let nx = i32(ix + p.pad) - i32(kx);
-    if (ny < 0 || nx < 0) {
+// Maps an input coordinate and tap to the output coordinate that reads it, or −1.
+fn source_coord(i: u32, k: u32, extent: u32) -> i32 {
+    let n = i32(i + p.pad) - i32(k);
+    if (n < 0) {
+        return -1;
+    }
+    var o = u32(n);
+    if (p.stride == 2u) {
+        if ((o & 1u) != 0u) {
+            return -1;
+        }
+        o = o >> 1u;
+    } else if (p.stride != 1u) {
+        if (o % p.stride != 0u) {
+            return -1;
+        }
+        o = o / p.stride;
+    }
+    if (o >= extent) {
+        return -1;
+    }
+    return i32(o);
+}
+
+// Backward: dout[b, oy, ox, co] with oy·s = y + p − ky; `pos` = (b, y, x) of an input pixel.
+fn gather_backward(pos: vec3<u32>, ky: u32, kx: u32, co: u32) -> f32 {
+    let oy = source_coord(pos.y, ky, p.out_h);
+    let ox = source_coord(pos.z, kx, p.out_w);
+    if (oy < 0 || ox < 0) {
         return 0.0;
     }
-    let oy = u32(ny) / p.stride;
-    let ox = u32(nx) / p.stride;
-    if (oy * p.stride != u32(ny) || ox * p.stride != u32(nx) || oy >= p.out_h || ox >= p.out_w) {
-        return 0.0;
-    }
-    return src[((b * p.out_h + oy) * p.out_w + ox) * p.out_c + co];
+    return src[((pos.x * p.out_h + u32(oy)) * p.out_w + u32(ox)) * p.out_c + co];
 }
 
 @compute @workgroup_size(16, 16, 1)
@@ -103,29 +124,46 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = lid.y * 16u + lid.x;
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
+    // Four output rows × four columns in vec4 registers (no dynamically indexed private
+    // arrays: those spill to memory on several compilers).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    // This thread stages A rows mm = tid / BK + 16·i at K lane kk = tid % BK, and B columns
+    // nn = tid % BN at K rows kb = tid / BN + 4·i.
+    let lane = tid % BK;
+    var rows: array<vec3<u32>, 4>;
+    var row_valid: array<bool, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + tid / BK + 16u * i;
+        row_valid[i] = m < p.m_total;
+        rows[i] = row_position(min(m, p.m_total - 1u));
     }
+    // (channel, kx, ky) of K index `lane`; K is (ky, kx, channel) with the channel fastest.
+    var channels = p.in_c;
+    if (BACKWARD) {
+        channels = p.out_c;
+    }
+    var ch = lane % channels;
+    var kx = (lane / channels) % p.kernel;
+    var ky = lane / (channels * p.kernel);
 
     for (var k0 = 0u; k0 < p.k_total; k0 += BK) {
-        // Each thread stages 4 elements of A (fixed k, 4 rows) and 4 of B (fixed n, 4 k rows).
+        let k = k0 + lane;
         for (var i = 0u; i < 4u; i++) {
-            let e = tid + THREADS * i;
-            let kk = e % BK;
-            let mm = e / BK;
-            let m = m0 + mm;
-            let k = k0 + kk;
             var a = 0.0;
-            if (m < p.m_total && k < p.k_total) {
+            if (row_valid[i] && k < p.k_total) {
                 if (BACKWARD) {
-                    a = load_a_backward(m, k);
+                    a = gather_backward(rows[i], ky, kx, ch);
                 } else {
-                    a = load_a_forward(m, k);
+                    a = gather_forward(rows[i], ky, kx, ch);
                 }
             }
-            tile_a[kk * BM + mm] = a;
+            tile_a[lane * BM + tid / BK + 16u * i] = a;
 
+            let e = tid + THREADS * i;
             let nn = e % BN;
             let kb = e / BN;
             let n = n0 + nn;
@@ -136,55 +174,69 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             }
             tile_b[kb * BN + nn] = w;
         }
+        // Advance this lane's K position by BK without dividing.
+        ch += BK;
+        while (ch >= channels) {
+            ch -= channels;
+            kx += 1u;
+            if (kx == p.kernel) {
+                kx = 0u;
+                ky += 1u;
+            }
+        }
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = tile_a[kk * BM + lid.y * 4u + i];
-                b[i] = tile_b[kk * BN + lid.x * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]);
-                }
-            }
+            let ia = kk * BM + lid.y * 4u;
+            let ib = kk * BN + lid.x * 4u;
+            let a = vec4<f32>(tile_a[ia], tile_a[ia + 1u], tile_a[ia + 2u], tile_a[ia + 3u]);
+            let b = vec4<f32>(tile_b[ib], tile_b[ib + 1u], tile_b[ib + 2u], tile_b[ib + 3u]);
+            acc0 = fma(vec4<f32>(a.x), b, acc0);
+            acc1 = fma(vec4<f32>(a.y), b, acc1);
+            acc2 = fma(vec4<f32>(a.z), b, acc2);
+            acc3 = fma(vec4<f32>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + lid.y * 4u + i;
-        if (m >= p.m_total) {
-            break;
+    let m = m0 + lid.y * 4u;
+    let n = n0 + lid.x * 4u;
+    store_row(m, n, acc0);
+    store_row(m + 1u, n, acc1);
+    store_row(m + 2u, n, acc2);
+    store_row(m + 3u, n, acc3);
+}
+
+// Applies the epilogue to four consecutive columns of row m and stores those in range.
+fn store_row(m: u32, n0: u32, acc: vec4<f32>) {
+    if (m >= p.m_total) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n >= p.n_total) {
+            return;
         }
-        for (var j = 0u; j < 4u; j++) {
-            let n = n0 + lid.x * 4u + j;
-            if (n >= p.n_total) {
-                break;
-            }
-            let idx = m * p.n_total + n;
-            var v = acc[i * 4u + j];
-            if ((p.flags & FLAG_BIAS) != 0u) {
-                v += channel[n];
-            }
-            if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == FLAG_RESIDUAL) {
-                v += residual[idx];
-            }
-            if ((p.flags & FLAG_RELU) != 0u) {
-                v = max(v, 0.0);
-            }
-            if ((p.flags & FLAG_MASK) != 0u && !(mask[idx] > 0.0)) {
-                v = 0.0;
-            }
-            if ((p.flags & FLAG_SCALE) != 0u) {
-                v *= channel[n];
-            }
-            if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) {
-                v += residual[idx];
-            }
-            dst[idx] = v;
+        let idx = m * p.n_total + n;
+        var v = acc[j];
+        if ((p.flags & FLAG_BIAS) != 0u) {
+            v += channel[n];
         }
+        if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == FLAG_RESIDUAL) {
+            v += residual[idx];
+        }
+        if ((p.flags & FLAG_RELU) != 0u) {
+            v = max(v, 0.0);
+        }
+        if ((p.flags & FLAG_MASK) != 0u && !(mask[idx] > 0.0)) {
+            v = 0.0;
+        }
+        if ((p.flags & FLAG_SCALE) != 0u) {
+            v *= channel[n];
+        }
+        if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) {
+            v += residual[idx];
+        }
+        dst[idx] = v;
     }
 }

@@ -452,6 +452,21 @@ fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
 
+/// Normwise relative error of a GPU result against the reference: `max|got − want| / max|want|`;
+/// infinite when the lengths differ or any value is not finite, so a NaN never passes.
+pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) || want.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let diff = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Blocks, stages, stem and head
 // ---------------------------------------------------------------------------------------------

@@ -21,20 +21,7 @@ pub fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
 }
 
-/// Normwise relative error `max|got − want| / max|want|`; infinite if anything is not finite
-/// or the lengths differ.
-pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    if got.len() != want.len() || got.iter().any(|v| !v.is_finite()) || want.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
-    }
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let diff = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
-    if scale == 0.0 {
-        diff
-    } else {
-        diff / scale
-    }
-}
+pub use nac::reference::relative_error as rel_err;
 
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f64 {

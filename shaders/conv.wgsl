@@ -8,7 +8,7 @@
 //   A[m, k] = dout[b, oy, ox, co] where oy·s = iy + p − ky (0 unless divisible and in range).
 // Weights are packed on the host as [K][N] (N contiguous) for each direction.
 //
-// Tiles: 64 (m) × 64 (n) per workgroup, K in steps of 16, 16×16 threads, 4×4 outputs each.
+// Tiles: 64 (m) × 64 (n) per workgroup, K in steps of 32, 16×16 threads, 4×4 outputs each.
 
 override BACKWARD: bool = false;
 
@@ -51,11 +51,13 @@ const FLAG_RESIDUAL_LAST: u32 = 32u;
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
-const BK: u32 = 16u;
+const BK: u32 = 32u;
+// Elements of A (BM·BK) and of B (BK·BN) each thread stages per K step.
+const LOADS: u32 = 8u;
 const THREADS: u32 = 256u;
 
-var<workgroup> tile_a: array<f32, 1024>; // [BK][BM]
-var<workgroup> tile_b: array<f32, 1024>; // [BK][BN]
+var<workgroup> tile_a: array<f32, 2048>; // [BK][BM]
+var<workgroup> tile_b: array<f32, 2048>; // [BK][BN]
 
 // The A tile is gathered without integer division in the K loop (division is slow on many
 // GPUs and scalarised on CPU rasterisers): each thread owns 4 fixed rows, decomposed once, and a
@@ -131,13 +133,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
 
-    // This thread stages A rows mm = tid / BK + 16·i at K lane kk = tid % BK, and B columns
-    // nn = tid % BN at K rows kb = tid / BN + 4·i.
+    // This thread stages A rows mm = tid / BK + (THREADS / BK)·i at K lane kk = tid % BK, and
+    // B columns nn = tid % BN at K rows kb = tid / BN + (THREADS / BN)·i.
     let lane = tid % BK;
-    var rows: array<vec3<u32>, 4>;
-    var row_valid: array<bool, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        let m = m0 + tid / BK + 16u * i;
+    var rows: array<vec3<u32>, LOADS>;
+    var row_valid: array<bool, LOADS>;
+    for (var i = 0u; i < LOADS; i++) {
+        let m = m0 + tid / BK + (THREADS / BK) * i;
         row_valid[i] = m < p.m_total;
         rows[i] = row_position(min(m, p.m_total - 1u));
     }
@@ -152,7 +154,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
     for (var k0 = 0u; k0 < p.k_total; k0 += BK) {
         let k = k0 + lane;
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < LOADS; i++) {
             var a = 0.0;
             if (row_valid[i] && k < p.k_total) {
                 if (BACKWARD) {
@@ -161,7 +163,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                     a = gather_forward(rows[i], ky, kx, ch);
                 }
             }
-            tile_a[lane * BM + tid / BK + 16u * i] = a;
+            tile_a[lane * BM + tid / BK + (THREADS / BK) * i] = a;
 
             let e = tid + THREADS * i;
             let nn = e % BN;

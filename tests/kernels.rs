@@ -66,7 +66,8 @@ impl Setup {
 }
 
 /// (batch, in channels, height, width, out channels, kernel, stride, padding)
-const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+const CONV_CASES: &[ConvCase] = &[
     (1, 3, 7, 9, 5, 3, 1, 1),
     (2, 7, 1, 1, 65, 1, 1, 0),
     (3, 5, 11, 6, 17, 3, 2, 1),
@@ -175,7 +176,7 @@ fn conv_backward_data_with_every_epilogue() {
                     if flags & conv_flags::RESIDUAL != 0 && !last {
                         t += residual[i] as f64;
                     }
-                    if flags & conv_flags::MASK != 0 && !(mask[i] > 0.0) {
+                    if flags & conv_flags::MASK != 0 && mask[i] <= 0.0 {
                         t = 0.0;
                     }
                     if flags & conv_flags::SCALE != 0 {

@@ -273,7 +273,7 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     if t.contains_key("block1.layer.0.conv1.weight") {
         let n = count_blocks("block1.layer");
         let out = t["block1.layer.0.conv1.weight"].shape[0];
-        if out % 16 != 0 {
+        if !out.is_multiple_of(16) {
             return Err(err(format!("tensor `block1.layer.0.conv1.weight`: {out} output channels is not 16·k as WideResNet requires")));
         }
         return Ok(ArchSpec::WideResNet { depth: 6 * n + 4, width: out / 16 });

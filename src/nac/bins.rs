@@ -45,7 +45,7 @@ impl BinEdges {
     /// edges `= x[..M/2−1] ++ reverse(1 − x)`, the last of those raised by 0.01 (to 1.01), then
     /// 1.2 appended. Dense around 0.5; the final bin `[1.01, 1.2)` is never hit.
     pub fn log_symmetric(m: usize) -> Result<Self> {
-        if m < 4 || m % 2 != 0 {
+        if m < 4 || !m.is_multiple_of(2) {
             return Err(Error::Input(format!("NAC-UE needs an even number of bin edges M ≥ 4, got M = {m}")));
         }
         let n = m / 2;

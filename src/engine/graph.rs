@@ -409,6 +409,11 @@ impl Graph {
         g
     }
 
+    /// What a pass hands back, in readback order: the logits, then z and g of each layer.
+    pub fn outputs(&self) -> Vec<TensorId> {
+        std::iter::once(self.logits).chain(self.layers.iter().flat_map(|l| [l.z, l.g])).collect()
+    }
+
     fn finish_layers(&mut self, names: &[String], wanted: &[usize], stage_out: &[TensorId], feat: TensorId, grads: &[Option<TensorId>]) {
         for &i in wanted {
             let z = if i == names.len() - 1 { feat } else { stage_out[i] };

@@ -132,8 +132,7 @@ impl Engine {
                 )));
             }
             let capacity = limit_capacity.min(max_batch).min(batch);
-            let keep: Vec<usize> = std::iter::once(graph.logits).chain(graph.layers.iter().flat_map(|l| [l.z, l.g])).collect();
-            model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, limit_capacity, &keep)?);
+            model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, limit_capacity)?);
         }
         let plan = model.plans.get_mut(&key).unwrap();
 
@@ -143,13 +142,6 @@ impl Engine {
             let s = plan.graph.tensors[l.z];
             out.layers.push(LayerOutput { name: l.name.clone(), shape: [batch, s.c, s.h, s.w], z: Vec::new(), g: Vec::new() });
         }
-        // Readback targets: logits, then z and g of each layer.
-        let targets: Vec<usize> =
-            std::iter::once(plan.graph.logits).chain(plan.graph.layers.iter().flat_map(|l| [l.z, l.g])).collect();
-        let staging: Vec<wgpu::Buffer> = targets
-            .iter()
-            .map(|&t| self.gpu.readback_buffer((plan.graph.tensors[t].elements() * plan.capacity * 4) as u64))
-            .collect();
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
             plan.set_batch(&self.gpu, n);
@@ -157,12 +149,8 @@ impl Engine {
             self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
             let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
             plan.encode(&self.kernels, &mut encoder);
-            let lens: Vec<usize> = targets.iter().map(|&t| plan.graph.tensors[t].elements() * n).collect();
-            for ((&t, buf), &len) in targets.iter().zip(&staging).zip(&lens) {
-                encoder.copy_buffer_to_buffer(plan.buffer(t), 0, buf, 0, (len * 4) as u64);
-            }
+            let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
-            let reads: Vec<(&wgpu::Buffer, usize)> = staging.iter().zip(&lens).map(|(b, &l)| (b, l)).collect();
             let mut values = self.gpu.read_back(&reads)?.into_iter();
             out.logits.extend(values.next().unwrap());
             for layer in out.layers.iter_mut() {

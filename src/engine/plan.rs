@@ -22,6 +22,8 @@ pub struct Plan {
     /// Batch size the parameter buffers currently describe.
     params_batch: usize,
     workgroups: Vec<[u32; 3]>,
+    /// Mappable copies of `graph.outputs()`, sized for `capacity`.
+    readback: Vec<wgpu::Buffer>,
 }
 
 /// Largest batch whose every tensor fits one storage binding and whose every dispatch fits the
@@ -39,7 +41,8 @@ pub fn max_capacity(graph: &Graph, max_binding_bytes: u64, max_per_dim: u32) -> 
 }
 
 impl Plan {
-    pub fn new(gpu: &Gpu, kernels: &Kernels, graph: Graph, capacity: usize, limit_capacity: usize, keep: &[TensorId]) -> Result<Self> {
+    pub fn new(gpu: &Gpu, kernels: &Kernels, graph: Graph, capacity: usize, limit_capacity: usize) -> Result<Self> {
+        let keep = graph.outputs();
         let n_calls = graph.calls.len();
         // Lifetime of each tensor in call indices: [first write, last read].
         let mut first = vec![0usize; graph.tensors.len()];
@@ -53,7 +56,7 @@ impl Plan {
                 }
             }
         }
-        for &t in keep {
+        for &t in &keep {
             last[t] = n_calls;
         }
         // Greedy best-fit reuse of freed buffers, in call order.
@@ -116,7 +119,19 @@ impl Plan {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("binding the plan: {e}")));
         }
-        Ok(Plan { graph, capacity, limit_capacity, tensor_buffer, buffers, params, bind_groups, params_batch: capacity, workgroups })
+        let readback = keep.iter().map(|&t| gpu.readback_buffer((graph.tensors[t].elements() * capacity * 4) as u64)).collect();
+        Ok(Plan {
+            graph,
+            capacity,
+            limit_capacity,
+            tensor_buffer,
+            buffers,
+            params,
+            bind_groups,
+            params_batch: capacity,
+            workgroups,
+            readback,
+        })
     }
 
     fn workgroups(gpu: &Gpu, dispatch: Dispatch) -> [u32; 3] {
@@ -142,6 +157,21 @@ impl Plan {
             self.workgroups[i] = Self::workgroups(gpu, dispatch);
         }
         self.params_batch = batch;
+    }
+
+    /// Records copies of the outputs of a `batch`-sample chunk into the readback buffers;
+    /// returns each buffer with its length in f32 values, for `Gpu::read_back` after the submit.
+    pub fn copy_outputs(&self, encoder: &mut wgpu::CommandEncoder, batch: usize) -> Vec<(&wgpu::Buffer, usize)> {
+        let outputs = self.graph.outputs();
+        outputs
+            .iter()
+            .zip(&self.readback)
+            .map(|(&t, staging)| {
+                let len = self.graph.tensors[t].elements() * batch;
+                encoder.copy_buffer_to_buffer(self.buffer(t), 0, staging, 0, (len * 4) as u64);
+                (staging, len)
+            })
+            .collect()
     }
 
     /// Records every call of the pass into one compute pass.

@@ -156,55 +156,45 @@ fn conv_source(o: usize, kk: usize, stride: usize, padding: usize, in_len: usize
     (i < in_len).then_some(i)
 }
 
-/// im2col: one row per output pixel `(b, oy, ox)` holding its receptive field in the weight's
-/// `[in, kh, kw]` order, so that `conv(x)[b, o, pixel] = ⟨w[o], row⟩`. Padding reads as 0.
-fn im2col(x: &[f64], shape: [usize; 4], conv: &Conv, (oh, ow): (usize, usize)) -> Vec<f64> {
+/// Visits every (column entry, input element) pair of im2col: `visit(col, x)` where `col`
+/// indexes the row-per-output-pixel matrix (row `(b, oy, ox)`, entry in the weight's
+/// `[in, kh, kw]` order) and `x` the NCHW input element it reads. Taps on padding are skipped.
+fn for_each_tap(shape: [usize; 4], conv: &Conv, (oh, ow): (usize, usize), mut visit: impl FnMut(usize, usize)) {
     let [b, c, h, w] = shape;
     let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
     let ckk = c * k * k;
-    let mut cols = vec![0.0; b * oh * ow * ckk];
     for bi in 0..b {
         for oy in 0..oh {
             for ox in 0..ow {
-                let row = &mut cols[((bi * oh + oy) * ow + ox) * ckk..][..ckk];
+                let row = ((bi * oh + oy) * ow + ox) * ckk;
                 for ci in 0..c {
                     for kh in 0..k {
                         let Some(iy) = conv_source(oy, kh, s, p, h) else { continue };
                         for kw in 0..k {
                             let Some(ix) = conv_source(ox, kw, s, p, w) else { continue };
-                            row[(ci * k + kh) * k + kw] = x[((bi * c + ci) * h + iy) * w + ix];
+                            visit(row + (ci * k + kh) * k + kw, ((bi * c + ci) * h + iy) * w + ix);
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// im2col: one row per output pixel `(b, oy, ox)` holding its receptive field in the weight's
+/// `[in, kh, kw]` order, so that `conv(x)[b, o, pixel] = ⟨w[o], row⟩`. Padding reads as 0.
+fn im2col(x: &[f64], shape: [usize; 4], conv: &Conv, out_hw: (usize, usize)) -> Vec<f64> {
+    let [b, c, _, _] = shape;
+    let mut cols = vec![0.0; b * out_hw.0 * out_hw.1 * c * conv.kernel * conv.kernel];
+    for_each_tap(shape, conv, out_hw, |col, xi| cols[col] = x[xi]);
     cols
 }
 
 /// col2im, the adjoint of [`im2col`]: adds every row entry back onto the input position it was
 /// read from (entries that read padding are dropped). Returns NCHW data of shape `shape`.
-fn col2im(cols: &[f64], shape: [usize; 4], conv: &Conv, (oh, ow): (usize, usize)) -> Vec<f64> {
-    let [b, c, h, w] = shape;
-    let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
-    let ckk = c * k * k;
-    let mut x = vec![0.0; b * c * h * w];
-    for bi in 0..b {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = &cols[((bi * oh + oy) * ow + ox) * ckk..][..ckk];
-                for ci in 0..c {
-                    for kh in 0..k {
-                        let Some(iy) = conv_source(oy, kh, s, p, h) else { continue };
-                        for kw in 0..k {
-                            let Some(ix) = conv_source(ox, kw, s, p, w) else { continue };
-                            x[((bi * c + ci) * h + iy) * w + ix] += row[(ci * k + kh) * k + kw];
-                        }
-                    }
-                }
-            }
-        }
-    }
+fn col2im(cols: &[f64], shape: [usize; 4], conv: &Conv, out_hw: (usize, usize)) -> Vec<f64> {
+    let mut x = vec![0.0; shape.iter().product()];
+    for_each_tap(shape, conv, out_hw, |col, xi| x[xi] += cols[col]);
     x
 }
 

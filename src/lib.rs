@@ -8,6 +8,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod fingerprint;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

@@ -38,8 +38,11 @@ impl Default for EngineOptions {
 
 pub struct Engine {
     pub gpu: Gpu,
-    kernels: Kernels,
+    pub(crate) kernels: Kernels,
     options: EngineOptions,
+    progress: Option<indicatif::ProgressBar>,
+    /// Bound where a kernel's binding is unused.
+    placeholder: wgpu::Buffer,
 }
 
 /// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
@@ -71,7 +74,8 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
         let kernels = Kernels::new(&gpu)?;
-        Ok(Engine { gpu, kernels, options })
+        let placeholder = gpu.storage_buffer("placeholder", 16);
+        Ok(Engine { gpu, kernels, options, progress: None, placeholder })
     }
 
     /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
@@ -97,6 +101,94 @@ impl Engine {
     /// Runs the forward pass and, if `layers` is not empty, one backward pass of the NAC loss
     /// down to the shallowest of them; returns logits and each layer's z and g.
     pub fn forward_backward(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<PassOutput> {
+        let classes = model.network.num_classes();
+        let batch = shape[0];
+        let plan = self.plan_for(model, input, shape, layers)?;
+        let mut out = PassOutput { classes, logits: Vec::with_capacity(batch * classes), layers: Vec::new() };
+        for l in &plan.graph.layers {
+            let s = plan.graph.tensors[l.z];
+            out.layers.push(LayerOutput { name: l.name.clone(), shape: [batch, s.c, s.h, s.w], z: Vec::new(), g: Vec::new() });
+        }
+        for start in (0..batch).step_by(plan.capacity) {
+            let n = plan.capacity.min(batch - start);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n);
+            let reads = plan.copy_outputs(&mut encoder, n);
+            self.gpu.queue.submit([encoder.finish()]);
+            let mut values = self.gpu.read_back(&reads)?.into_iter();
+            self.tick(n);
+            out.logits.extend(values.next().unwrap());
+            for layer in out.layers.iter_mut() {
+                let [_, c, lh, lw] = layer.shape;
+                layer.z.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
+                layer.g.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the pass chunk by chunk like [`Engine::forward_backward`], but instead of reading
+    /// anything back hands each chunk's GPU buffers to `record`, which appends its own work
+    /// (NAC kernels) to the chunk's encoder: one submit per chunk, nothing leaves the GPU.
+    /// Returns after the last submit without waiting for it.
+    pub fn run_chunks(
+        &self,
+        model: &mut Model,
+        input: &[f32],
+        shape: [usize; 4],
+        layers: &[&str],
+        record: &mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder) -> Result<()>,
+    ) -> Result<()> {
+        let batch = shape[0];
+        let plan = self.plan_for(model, input, shape, layers)?;
+        let mut in_flight = None;
+        for start in (0..batch).step_by(plan.capacity) {
+            let n = plan.capacity.min(batch - start);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n);
+            let chunk = ChunkBuffers {
+                start,
+                len: n,
+                logits: plan.buffer(plan.graph.logits),
+                layers: plan
+                    .graph
+                    .layers
+                    .iter()
+                    .map(|l| LayerBuffers { name: &l.name, shape: plan.graph.tensors[l.z], z: plan.buffer(l.z), g: plan.buffer(l.g) })
+                    .collect(),
+            };
+            record(&chunk, &mut encoder)?;
+            let submitted = self.gpu.queue.submit([encoder.finish()]);
+            // Keep at most two chunks in flight: bounds queued uploads and makes progress real.
+            if let Some((index, len)) = in_flight.replace((submitted, n)) {
+                self.gpu
+                    .device
+                    .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+                    .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                self.tick(len);
+            }
+        }
+        if let Some((_, len)) = in_flight {
+            self.tick(len);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
+        &self.placeholder
+    }
+
+    fn tick(&self, samples: usize) {
+        if let Some(bar) = &self.progress {
+            bar.inc(samples as u64);
+        }
+    }
+
+    /// Shows chunk progress of every later pass on `bar` (the CLI's progress bars).
+    pub fn set_progress(&mut self, bar: Option<indicatif::ProgressBar>) {
+        self.progress = bar;
+    }
+
+    /// Validates a batch and returns the plan for its input size and layer set, built on first use.
+    fn plan_for<'m>(&self, model: &'m mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<&'m mut Plan> {
         let [batch, channels, h, w] = shape;
         let net = &model.network;
         if channels != net.in_channels() || h == 0 || w == 0 || batch == 0 {
@@ -117,7 +209,6 @@ impl Engine {
         if let Some(dup) = wanted.iter().enumerate().find(|(i, x)| wanted[..*i].contains(x)) {
             return Err(Error::Input(format!("layer `{}` is requested twice", names[*dup.1])));
         }
-        let classes = net.num_classes();
 
         let key = (h, w, wanted.clone());
         let max_batch = self.options.max_batch.max(1);
@@ -134,33 +225,37 @@ impl Engine {
             let capacity = limit_capacity.min(max_batch).min(batch);
             model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, limit_capacity)?);
         }
-        let plan = model.plans.get_mut(&key).unwrap();
-
-        let per_sample_in = channels * h * w;
-        let mut out = PassOutput { classes, logits: Vec::with_capacity(batch * classes), layers: Vec::new() };
-        for l in &plan.graph.layers {
-            let s = plan.graph.tensors[l.z];
-            out.layers.push(LayerOutput { name: l.name.clone(), shape: [batch, s.c, s.h, s.w], z: Vec::new(), g: Vec::new() });
-        }
-        for start in (0..batch).step_by(plan.capacity) {
-            let n = plan.capacity.min(batch - start);
-            plan.set_batch(&self.gpu, n);
-            let chunk = &input[start * per_sample_in..(start + n) * per_sample_in];
-            self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
-            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
-            plan.encode(&self.kernels, &mut encoder);
-            let reads = plan.copy_outputs(&mut encoder, n);
-            self.gpu.queue.submit([encoder.finish()]);
-            let mut values = self.gpu.read_back(&reads)?.into_iter();
-            out.logits.extend(values.next().unwrap());
-            for layer in out.layers.iter_mut() {
-                let [_, c, lh, lw] = layer.shape;
-                layer.z.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
-                layer.g.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
-            }
-        }
-        Ok(out)
+        Ok(model.plans.get_mut(&key).unwrap())
     }
+
+    /// Writes chunk `[start, start + n)` of the input and records the pass over it.
+    fn encode_chunk(&self, plan: &mut Plan, input: &[f32], shape: [usize; 4], start: usize, n: usize) -> wgpu::CommandEncoder {
+        let per_sample = shape[1] * shape[2] * shape[3];
+        plan.set_batch(&self.gpu, n);
+        let chunk = &input[start * per_sample..(start + n) * per_sample];
+        self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
+        plan.encode(&self.kernels, &mut encoder);
+        encoder
+    }
+}
+
+/// The GPU buffers of one chunk of a pass, for work recorded after it (see [`Engine::run_chunks`]):
+/// samples `start .. start + len` of the whole batch, logits `[len, classes]`, and each requested
+/// layer's z and g in NHWC.
+pub struct ChunkBuffers<'a> {
+    pub start: usize,
+    pub len: usize,
+    pub logits: &'a wgpu::Buffer,
+    pub layers: Vec<LayerBuffers<'a>>,
+}
+
+pub struct LayerBuffers<'a> {
+    pub name: &'a str,
+    /// Per-sample shape (NHWC).
+    pub shape: TensorShape,
+    pub z: &'a wgpu::Buffer,
+    pub g: &'a wgpu::Buffer,
 }
 
 fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {

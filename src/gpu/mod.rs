@@ -187,6 +187,11 @@ impl Gpu {
 
     /// A storage buffer holding `data` (padded to at least 16 bytes).
     pub fn upload_f32(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.upload(label, data)
+    }
+
+    /// A storage buffer holding `data` of any plain type (padded to at least 16 bytes).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
         bytes.resize(bytes.len().max(16), 0);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -247,5 +252,10 @@ impl Gpu {
         enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, (len as u64 * 4).next_multiple_of(4).max(4));
         self.queue.submit([enc.finish()]);
         Ok(self.read_back(&[(&staging, len)])?.remove(0))
+    }
+
+    /// Copies `len` u32 values of a storage buffer to the host.
+    pub fn read_u32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<u32>> {
+        Ok(self.read_f32(buffer, len)?.into_iter().map(f32::to_bits).collect())
     }
 }

@@ -10,6 +10,7 @@ const CONV_WGSL: &str = include_str!("../../shaders/conv.wgsl");
 const ELEMENTWISE_WGSL: &str = include_str!("../../shaders/elementwise.wgsl");
 const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
 const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
+const NAC_WGSL: &str = include_str!("../../shaders/nac.wgsl");
 
 /// Every kernel the engine dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,10 +26,16 @@ pub enum Kernel {
     LinearForward,
     UniformCeGrad,
     LinearBackward,
+    NacHistogram,
+    NacScore,
+    NacCoverage,
+    NacPairs,
+    NacCombine,
+    NacPredict,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -40,6 +47,12 @@ impl Kernel {
         Kernel::LinearForward,
         Kernel::UniformCeGrad,
         Kernel::LinearBackward,
+        Kernel::NacHistogram,
+        Kernel::NacScore,
+        Kernel::NacCoverage,
+        Kernel::NacPairs,
+        Kernel::NacCombine,
+        Kernel::NacPredict,
     ];
 
     /// (source, entry point, pipeline-overridable constants).
@@ -56,6 +69,12 @@ impl Kernel {
             Kernel::LinearForward => (LINEAR_WGSL, "linear_forward", &[]),
             Kernel::UniformCeGrad => (LINEAR_WGSL, "uniform_ce_grad", &[]),
             Kernel::LinearBackward => (LINEAR_WGSL, "linear_backward", &[]),
+            Kernel::NacHistogram => (NAC_WGSL, "histogram", &[]),
+            Kernel::NacScore => (NAC_WGSL, "score", &[]),
+            Kernel::NacCoverage => (NAC_WGSL, "coverage", &[]),
+            Kernel::NacPairs => (NAC_WGSL, "pairs", &[]),
+            Kernel::NacCombine => (NAC_WGSL, "combine", &[]),
+            Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
         }
     }
 
@@ -63,6 +82,12 @@ impl Kernel {
     pub fn read_bindings(self) -> usize {
         match self {
             Kernel::ConvForward | Kernel::ConvBackwardData => 5,
+            Kernel::NacHistogram
+            | Kernel::NacScore
+            | Kernel::NacCoverage
+            | Kernel::NacPairs
+            | Kernel::NacCombine
+            | Kernel::NacPredict => 4,
             _ => 3,
         }
     }
@@ -139,6 +164,43 @@ pub struct LinearParams {
     pub out_features: u32,
     pub total: u32,
 }
+
+/// Parameters of the NAC kernels (`shaders/nac.wgsl`); fields a kernel does not use are ignored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct NacParams {
+    pub batch: u32,
+    pub hw: u32,
+    pub neurons: u32,
+    pub edges: u32,
+    pub alpha: f32,
+    pub o: f32,
+    pub flags: u32,
+    pub block_neurons: u32,
+    pub block_samples: u32,
+    pub sample_offset: u32,
+    pub total_samples: u32,
+    pub layer: u32,
+    pub classes: u32,
+    pub _pad: [u32; 3],
+}
+
+/// NAC kernel flags.
+pub mod nac_flags {
+    /// The z binding holds cached `(Σz, Σg)` pairs instead of NHWC activations.
+    pub const FROM_PAIRS: u32 = 1;
+    /// Histogram: count only samples the prediction summary marks correct.
+    pub const MASKED: u32 = 2;
+    /// Histogram: more bins than fit workgroup memory; update global counts directly.
+    pub const GLOBAL_ATOMICS: u32 = 4;
+    /// Predict: labels are bound.
+    pub const HAS_LABELS: u32 = 8;
+    /// The z binding holds states `[sample][neuron]` computed elsewhere.
+    pub const GIVEN_STATES: u32 = 16;
+}
+
+/// Histogram slots in workgroup memory (`LOCAL_SLOTS` in `shaders/nac.wgsl`).
+pub const NAC_LOCAL_SLOTS: u32 = 4096;
 
 /// Tile edge of the conv GEMM in both M and N (see `shaders/conv.wgsl`).
 pub const CONV_TILE: u32 = 64;

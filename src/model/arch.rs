@@ -446,3 +446,54 @@ pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Resul
     src.check_all_used(spec)?;
     Ok(net)
 }
+
+impl Network {
+    /// Visits every parameter tensor with its checkpoint name, in a fixed order (stem, blocks
+    /// shallow to deep, head).
+    pub fn for_each_param(&self, f: &mut dyn FnMut(&str, &[f32])) {
+        let conv = |c: &Conv, f: &mut dyn FnMut(&str, &[f32])| f(&format!("{}.weight", c.name), &c.weight);
+        let bn = |b: &BatchNorm, f: &mut dyn FnMut(&str, &[f32])| {
+            for (suffix, v) in [("weight", &b.gamma), ("bias", &b.beta), ("running_mean", &b.mean), ("running_var", &b.var)] {
+                f(&format!("{}.{suffix}", b.name), v);
+            }
+        };
+        match &self.body {
+            Body::ResNet { stem, stages, .. } => {
+                conv(&stem.0, f);
+                bn(&stem.1, f);
+                for block in stages.iter().flatten() {
+                    for (c, b) in block.convs.iter().chain(&block.projection) {
+                        conv(c, f);
+                        bn(b, f);
+                    }
+                }
+            }
+            Body::WideResNet { stem, stages, final_bn } => {
+                conv(stem, f);
+                for block in stages.iter().flatten() {
+                    bn(&block.bn1, f);
+                    conv(&block.conv1, f);
+                    bn(&block.bn2, f);
+                    conv(&block.conv2, f);
+                    if let Some(s) = &block.shortcut {
+                        conv(s, f);
+                    }
+                }
+                bn(final_bn, f);
+            }
+        }
+        f("fc.weight", &self.fc.weight);
+        f("fc.bias", &self.fc.bias);
+    }
+
+    /// Identity of the weights: architecture, then FNV-1a (64-bit) over every parameter's name and
+    /// f32 bits. Profiles record it so they cannot be applied to another model by mistake.
+    pub fn fingerprint(&self) -> String {
+        let mut h = crate::fingerprint::Fnv64::new();
+        self.for_each_param(&mut |name, values| {
+            h.bytes(name.as_bytes());
+            h.f32s(values);
+        });
+        format!("{}:{:016x}", self.spec, h.finish())
+    }
+}

@@ -58,3 +58,10 @@ impl SyntheticModel {
         write_atomic(path, &self.to_safetensors(dtype)?)
     }
 }
+
+/// `n` standard-normal inputs of shape `[n, channels, height, width]` (NCHW), deterministic in
+/// `seed`: the test and golden inputs.
+pub fn random_inputs(n: usize, channels: usize, height: usize, width: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n * channels * height * width).map(|_| rng.normal()).collect()
+}

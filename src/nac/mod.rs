@@ -1,6 +1,19 @@
-//! Neuron Activation Coverage: binning of neuron states (more to come: profiles, NAC-UE
-//! scoring and NAC-ME on the GPU).
+//! Neuron Activation Coverage: bins, per-layer hyperparameters, profiles (histograms on the
+//! GPU), NAC-UE scoring, pooled-state caches for re-binning, NAC-ME and profiling-set selection.
 
 pub mod bins;
+pub mod file;
+mod gpu;
+pub mod me;
+pub mod params;
+pub mod pooled;
+pub mod profile;
+pub mod select;
 
 pub use bins::BinEdges;
+pub use file::{Binning, Counted, ProfileData, ProfileHeader};
+pub use me::{evaluate_checkpoints, nac_me, spearman, CheckpointReport, MeSettings};
+pub use params::{LayerParams, Preset};
+pub use pooled::PooledStates;
+pub use profile::{Profile, Scores};
+pub use select::class_balanced_subset;

@@ -1,0 +1,197 @@
+//! Profile files: safetensors with one u32 tensor `counts.<layer>` of shape `[bins, neurons]`
+//! per layer and a JSON header (metadata key `nac_profile`) saying how the counts were made.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::bins::BinEdges;
+use crate::error::{write_atomic, Error, Result};
+
+pub const PROFILE_FORMAT: &str = "nac-profile";
+pub const PROFILE_VERSION: u32 = 1;
+const METADATA_KEY: &str = "nac_profile";
+
+/// How the bin edges are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binning {
+    /// NAC-UE (spec §2): log-spaced, symmetric around 0.5, last edges 1.01 and 1.2.
+    LogSymmetric,
+    /// NAC-ME (spec §6): `linspace(0, 1, M)`.
+    Uniform,
+}
+
+impl Binning {
+    pub fn edges(self, m: usize) -> Result<BinEdges> {
+        match self {
+            Binning::LogSymmetric => BinEdges::log_symmetric(m),
+            Binning::Uniform => BinEdges::uniform(m),
+        }
+    }
+}
+
+/// Which profiling samples enter the histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counted {
+    /// Every sample (NAC-UE, spec §3).
+    All,
+    /// Only samples the model classifies correctly (NAC-ME, spec §6).
+    Correct,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerHeader {
+    pub name: String,
+    pub neurons: usize,
+    pub o: f64,
+    pub m: usize,
+    pub alpha: f64,
+    /// The float64 edges, for readers that re-bin without this crate.
+    pub edges: Vec<f64>,
+}
+
+/// Everything about a profile except its counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileHeader {
+    pub format: String,
+    pub version: u32,
+    pub arch: String,
+    /// `Network::fingerprint()` of the profiled weights.
+    pub model_fingerprint: String,
+    /// What was done to the images before they became the N×3×H×W input (free text; compared
+    /// for equality when a profile is used).
+    pub preprocessing: String,
+    pub binning: Binning,
+    pub counted: Counted,
+    /// Samples fed (with `counted = correct`, only the correctly classified ones are counted).
+    pub samples: u64,
+    pub layers: Vec<LayerHeader>,
+}
+
+impl ProfileHeader {
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.layers.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    /// Differences that forbid summing two profiles' counts, named.
+    fn mismatch(&self, other: &ProfileHeader) -> Option<String> {
+        let checks = [
+            (self.arch != other.arch, format!("architecture {} vs {}", self.arch, other.arch)),
+            (
+                self.model_fingerprint != other.model_fingerprint,
+                format!("model fingerprint {} vs {}", self.model_fingerprint, other.model_fingerprint),
+            ),
+            (self.preprocessing != other.preprocessing, format!("preprocessing `{}` vs `{}`", self.preprocessing, other.preprocessing)),
+            (self.binning != other.binning, format!("binning {:?} vs {:?}", self.binning, other.binning)),
+            (self.counted != other.counted, format!("counted samples {:?} vs {:?}", self.counted, other.counted)),
+            (
+                self.layer_names() != other.layer_names(),
+                format!("layers {} vs {}", self.layer_names().join(","), other.layer_names().join(",")),
+            ),
+        ];
+        if let Some((_, why)) = checks.into_iter().find(|(differs, _)| *differs) {
+            return Some(why);
+        }
+        self.layers.iter().zip(&other.layers).find(|(a, b)| a != b).map(|(a, b)| {
+            format!("layer `{}` settings O/M/α {}/{}/{} vs {}/{}/{}", a.name, a.o, a.m, a.alpha, b.o, b.m, b.alpha)
+        })
+    }
+}
+
+/// A profile on the host: header and counts (`[bins][neurons]` per layer, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileData {
+    pub header: ProfileHeader,
+    pub counts: Vec<Vec<u32>>,
+}
+
+impl ProfileData {
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = serde_json::to_string(&self.header).map_err(|e| Error::Input(format!("encoding the profile header: {e}")))?;
+        let bytes: Vec<Vec<u8>> = self.counts.iter().map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+        let views = self
+            .header
+            .layers
+            .iter()
+            .zip(&bytes)
+            .map(|(l, b)| {
+                let view = safetensors::tensor::TensorView::new(Dtype::U32, vec![l.m - 1, l.neurons], b)
+                    .map_err(|e| Error::Input(format!("counts of layer `{}`: {e}", l.name)))?;
+                Ok((format!("counts.{}", l.name), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(HashMap::from([(METADATA_KEY.to_string(), header)])))
+            .map_err(|e| Error::Input(format!("serialising the profile: {e}")))
+    }
+
+    /// Writes the profile atomically (temp file, then rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses and validates a profile: format and version, counts present with the shapes the
+    /// header implies, edges equal to what the binning and M produce.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let fail = |message: String| Error::Weights { path: PathBuf::from(path), message };
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        let header_text = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .ok_or_else(|| fail(format!("no `{METADATA_KEY}` header: not a NAC profile")))?;
+        let header: ProfileHeader = serde_json::from_str(header_text).map_err(|e| fail(format!("profile header: {e}")))?;
+        if header.format != PROFILE_FORMAT || header.version != PROFILE_VERSION {
+            return Err(fail(format!(
+                "profile format {} version {}; this build reads {PROFILE_FORMAT} version {PROFILE_VERSION}",
+                header.format, header.version
+            )));
+        }
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        let mut counts = Vec::with_capacity(header.layers.len());
+        for layer in &header.layers {
+            let expected = header.binning.edges(layer.m).map_err(|e| fail(format!("layer `{}`: {e}", layer.name)))?;
+            if expected.edges != layer.edges {
+                return Err(fail(format!("layer `{}`: the edges in the header are not the {:?} edges for M = {}", layer.name, header.binning, layer.m)));
+            }
+            let name = format!("counts.{}", layer.name);
+            let t = tensors.tensor(&name).map_err(|_| fail(format!("missing tensor `{name}`")))?;
+            let shape = [layer.m - 1, layer.neurons];
+            if t.dtype() != Dtype::U32 || t.shape() != shape {
+                return Err(fail(format!("tensor `{name}`: expected U32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape())));
+            }
+            counts.push(t.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+        }
+        if tensors.len() != header.layers.len() {
+            return Err(fail(format!("{} tensors for {} layers", tensors.len(), header.layers.len())));
+        }
+        Ok(ProfileData { header, counts })
+    }
+
+    /// Sums the counts of profiles built with the same model and settings (shards of one
+    /// profiling set); `names` label the parts in errors.
+    pub fn merge(parts: &[ProfileData], names: &[String]) -> Result<ProfileData> {
+        let (first, rest) = parts.split_first().ok_or_else(|| Error::Input("nothing to merge".into()))?;
+        let mut merged = first.clone();
+        for (i, part) in rest.iter().enumerate() {
+            if let Some(why) = first.header.mismatch(&part.header) {
+                return Err(Error::Input(format!("cannot merge {} into {}: {why}", names[i + 1], names[0])));
+            }
+            merged.header.samples += part.header.samples;
+            for (acc, add) in merged.counts.iter_mut().zip(&part.counts) {
+                for (a, b) in acc.iter_mut().zip(add) {
+                    *a = a.checked_add(*b).ok_or_else(|| Error::Input("merged counts overflow u32".into()))?;
+                }
+            }
+        }
+        Ok(merged)
+    }
+}

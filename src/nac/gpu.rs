@@ -1,0 +1,84 @@
+//! Recording the NAC kernels (`shaders/nac.wgsl`): one uniform and one bind group per call,
+//! created once per batch run and re-parameterised per chunk.
+
+use crate::engine::Engine;
+use crate::kernels::{flat_workgroups, nac_flags, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
+
+/// A bound NAC kernel call.
+pub(crate) struct NacCall {
+    kernel: Kernel,
+    params: NacParams,
+    uniform: wgpu::Buffer,
+    bind_group: wgpu::BindGroup,
+}
+
+impl NacCall {
+    /// Binds `reads` (z, g, thresholds, summary-or-counts; `None` binds a placeholder) and `out`.
+    pub fn new(engine: &Engine, kernel: Kernel, params: NacParams, reads: [Option<&wgpu::Buffer>; 4], out: &wgpu::Buffer) -> Self {
+        let placeholder = engine.placeholder();
+        let reads: Vec<&wgpu::Buffer> = reads.iter().map(|r| r.unwrap_or(placeholder)).collect();
+        let uniform = engine.gpu.uniform_buffer(&format!("{kernel:?} params"), bytemuck::bytes_of(&params));
+        let bind_group = engine.kernels.bind_group(&engine.gpu, kernel, &uniform, &reads, out);
+        NacCall { kernel, params, uniform, bind_group }
+    }
+
+    /// Points the call at `batch` samples starting at set-wide index `offset`.
+    pub fn set_chunk(&mut self, engine: &Engine, batch: usize, offset: usize) {
+        if (self.params.batch, self.params.sample_offset) != (batch as u32, offset as u32) {
+            self.params.batch = batch as u32;
+            self.params.sample_offset = offset as u32;
+            engine.gpu.queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(&self.params));
+        }
+    }
+
+    fn workgroups(&self, engine: &Engine) -> [u32; 3] {
+        let p = &self.params;
+        let max = engine.gpu.max_workgroups_per_dim();
+        match self.kernel {
+            Kernel::NacHistogram => [p.neurons.div_ceil(p.block_neurons), p.batch.div_ceil(p.block_samples), 1],
+            Kernel::NacScore => flat_workgroups(p.batch * FLAT_WORKGROUP, max),
+            Kernel::NacCoverage => [1, 1, 1],
+            Kernel::NacPairs => flat_workgroups(p.batch * p.neurons, max),
+            Kernel::NacCombine => flat_workgroups(p.total_samples, max),
+            Kernel::NacPredict => flat_workgroups(p.batch, max),
+            other => unreachable!("{other:?} is not a NAC kernel"),
+        }
+    }
+
+    pub fn dispatch(&self, engine: &Engine, pass: &mut wgpu::ComputePass) {
+        let [x, y, z] = self.workgroups(engine);
+        pass.set_pipeline(engine.kernels.pipeline(self.kernel));
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Records `calls` into one compute pass.
+pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &[&NacCall]) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac"), timestamp_writes: None });
+    for call in calls {
+        call.dispatch(engine, &mut pass);
+    }
+}
+
+/// Histogram parameters for a layer of `neurons` with `edges` thresholds: blocks of neurons
+/// whose `bins × neurons` counts fit workgroup memory, ~1024 (sample, neuron) pairs per
+/// workgroup; global atomics when even one neuron's bins do not fit.
+pub(crate) fn histogram_params(neurons: usize, hw: usize, edges: usize, alpha: f64, flags: u32) -> NacParams {
+    let bins = (edges - 1) as u32;
+    let (block_neurons, flags) = if bins <= NAC_LOCAL_SLOTS {
+        ((NAC_LOCAL_SLOTS / bins).clamp(1, 64), flags)
+    } else {
+        (64, flags | nac_flags::GLOBAL_ATOMICS)
+    };
+    NacParams {
+        hw: hw as u32,
+        neurons: neurons as u32,
+        edges: edges as u32,
+        alpha: alpha as f32,
+        flags,
+        block_neurons,
+        block_samples: (1024 / block_neurons).max(1),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,193 @@
+//! Pooled pairs `(Σ_hw z, Σ_hw g)` per sample and neuron, cached on the GPU. They do not depend
+//! on any NAC hyperparameter, so one network pass serves every (O, M, α): profiling and scoring
+//! from the cache is a re-binning (parameter search, parity checks). A cache can also hold
+//! pairs or finished states computed elsewhere (`from_host`).
+
+use super::gpu::{record, NacCall};
+use super::profile::check_labels;
+use crate::engine::{ChunkBuffers, Engine, Model};
+use crate::error::{Error, Result};
+use crate::kernels::{nac_flags, Kernel, NacParams};
+
+/// Per sample of a set, on the GPU: (predicted class, max softmax, correct) as three f32, where
+/// "correct" is 1 when the prediction equals the label, or when there are no labels.
+pub(crate) struct Predictions {
+    pub summary: wgpu::Buffer,
+    labels: Option<wgpu::Buffer>,
+}
+
+impl Predictions {
+    pub fn new(engine: &Engine, total: usize, labels: Option<&[usize]>) -> Self {
+        let labels = labels.map(|l| engine.gpu.upload_f32("labels", &l.iter().map(|&c| c as f32).collect::<Vec<_>>()));
+        Predictions { summary: engine.gpu.upload_f32("predictions", &vec![f32::NAN; 3 * total]), labels }
+    }
+
+    /// The predict call over a chunk's logits.
+    pub fn call(&self, engine: &Engine, logits: &wgpu::Buffer, classes: usize) -> NacCall {
+        let flags = if self.labels.is_some() { nac_flags::HAS_LABELS } else { 0 };
+        let params = NacParams { classes: classes as u32, flags, ..Default::default() };
+        NacCall::new(engine, Kernel::NacPredict, params, [Some(logits), self.labels.as_ref(), None, None], &self.summary)
+    }
+
+    /// (predicted classes, max softmax, correct) from a read-back summary.
+    pub fn unpack(summary: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<bool>) {
+        let rows = summary.chunks_exact(3);
+        (rows.clone().map(|r| r[0] as usize).collect(), rows.clone().map(|r| r[1]).collect(), rows.map(|r| r[2] != 0.0).collect())
+    }
+}
+
+/// What a cache holds per sample and neuron.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedValues {
+    /// `(Σz, Σg)`: states are formed with each layer's α when binned.
+    Pairs,
+    /// Finished states `s ∈ [0, 1]`: α is not applied again.
+    States,
+}
+
+/// Pooled pairs (or states) of a set of samples for some layers, and their predictions.
+pub struct PooledStates {
+    pub samples: usize,
+    pub model_fingerprint: String,
+    pub values: CachedValues,
+    /// (layer, neurons, values `[samples][neurons]`, two per neuron for pairs).
+    layers: Vec<(String, usize, wgpu::Buffer)>,
+    pub(crate) predictions: Predictions,
+    /// Whether the predictions' "correct" flags come from labels.
+    labelled: bool,
+}
+
+impl PooledStates {
+    /// One network pass over an NCHW batch; keeps the pooled pairs of `layers` (and the
+    /// predictions, marked correct against `labels` if given) on the GPU.
+    pub fn compute(
+        engine: &Engine,
+        model: &mut Model,
+        input: &[f32],
+        shape: [usize; 4],
+        layers: &[&str],
+        labels: Option<&[usize]>,
+    ) -> Result<Self> {
+        let total = shape[0];
+        let classes = model.network.num_classes();
+        if let Some(l) = labels {
+            check_labels(l, total, classes)?;
+        }
+        let predictions = Predictions::new(engine, total, labels);
+        let mut buffers: Vec<(String, usize, wgpu::Buffer)> = Vec::new();
+        let mut calls: Vec<NacCall> = Vec::new();
+        engine.run_chunks(model, input, shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
+            if calls.is_empty() {
+                calls.push(predictions.call(engine, chunk.logits, classes));
+                for lb in &chunk.layers {
+                    let neurons = lb.shape.c;
+                    let bytes = (total * neurons * 8) as u64;
+                    if bytes > engine.gpu.max_binding_bytes() {
+                        return Err(Error::Input(format!(
+                            "pooled pairs of layer `{}` for {total} samples need {bytes} bytes, over this adapter's binding limit; use fewer samples",
+                            lb.name
+                        )));
+                    }
+                    let out = engine.gpu.upload_f32(&format!("{} pairs", lb.name), &vec![f32::NAN; total * neurons * 2]);
+                    let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: neurons as u32, ..Default::default() };
+                    calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], &out));
+                    buffers.push((lb.name.to_string(), neurons, out));
+                }
+            }
+            for call in calls.iter_mut() {
+                call.set_chunk(engine, chunk.len, chunk.start);
+            }
+            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            Ok(())
+        })?;
+        engine.gpu.check()?;
+        Ok(PooledStates {
+            samples: total,
+            model_fingerprint: model.network.fingerprint(),
+            values: CachedValues::Pairs,
+            layers: buffers,
+            predictions,
+            labelled: labels.is_some(),
+        })
+    }
+
+    /// A cache from host values: per layer `(name, neurons, values)` with `samples × neurons`
+    /// states or `samples × neurons × 2` pairs, for the model with `model_fingerprint`, with
+    /// the samples' predictions `(class, max softmax, correct)` if known (else zeros: such a
+    /// cache cannot feed a profile that counts only correct samples).
+    pub fn from_host(
+        engine: &Engine,
+        model_fingerprint: &str,
+        values: CachedValues,
+        samples: usize,
+        layers: &[(&str, usize, &[f32])],
+        predictions: Option<&[(usize, f32, bool)]>,
+    ) -> Result<Self> {
+        let per_neuron = if values == CachedValues::Pairs { 2 } else { 1 };
+        let mut buffers = Vec::with_capacity(layers.len());
+        for (name, neurons, data) in layers {
+            if data.len() != samples * neurons * per_neuron {
+                return Err(Error::Input(format!(
+                    "layer `{name}`: {} values, expected {samples} samples × {neurons} neurons × {per_neuron}",
+                    data.len()
+                )));
+            }
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Input(format!("layer `{name}`: value {i} is {}", data[i])));
+            }
+            buffers.push((name.to_string(), *neurons, engine.gpu.upload_f32(&format!("{name} cache"), data)));
+        }
+        let mut summary = vec![0f32; 3 * samples];
+        if let Some(p) = predictions {
+            if p.len() != samples {
+                return Err(Error::Input(format!("{} predictions for {samples} samples", p.len())));
+            }
+            for (row, &(class, softmax, correct)) in summary.chunks_exact_mut(3).zip(p) {
+                row.copy_from_slice(&[class as f32, softmax, correct as u8 as f32]);
+            }
+        }
+        Ok(PooledStates {
+            samples,
+            model_fingerprint: model_fingerprint.to_string(),
+            values,
+            layers: buffers,
+            predictions: Predictions { summary: engine.gpu.upload_f32("predictions", &summary), labels: None },
+            labelled: predictions.is_some(),
+        })
+    }
+
+    /// The kernel flag that tells how to read this cache.
+    pub(crate) fn source_flag(&self) -> u32 {
+        match self.values {
+            CachedValues::Pairs => nac_flags::FROM_PAIRS,
+            CachedValues::States => nac_flags::GIVEN_STATES,
+        }
+    }
+
+    pub fn has_labels(&self) -> bool {
+        self.labelled
+    }
+
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.layers.iter().map(|(n, _, _)| n.as_str()).collect()
+    }
+
+    pub(crate) fn pairs(&self, layer: &str) -> Result<&wgpu::Buffer> {
+        self.layers.iter().find(|(n, _, _)| n == layer).map(|(_, _, b)| b).ok_or_else(|| {
+            Error::Input(format!("layer `{layer}` was not pooled (pooled layers: {})", self.layer_names().join(", ")))
+        })
+    }
+
+    /// Reads the cached values of `layer` back: `[samples][neurons]`, as `(Σz, Σg)` pairs or
+    /// states.
+    pub fn read_values(&self, engine: &Engine, layer: &str) -> Result<Vec<f32>> {
+        let neurons = self.layers.iter().find(|(n, _, _)| n == layer).map_or(0, |l| l.1);
+        let per_neuron = if self.values == CachedValues::Pairs { 2 } else { 1 };
+        engine.gpu.read_f32(self.pairs(layer)?, self.samples * neurons * per_neuron)
+    }
+
+    /// Reads the predictions back: (predicted classes, max softmax, correct).
+    pub fn read_predictions(&self, engine: &Engine) -> Result<(Vec<usize>, Vec<f32>, Vec<bool>)> {
+        Ok(Predictions::unpack(&engine.gpu.read_f32(&self.predictions.summary, 3 * self.samples)?))
+    }
+}

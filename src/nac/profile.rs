@@ -1,0 +1,447 @@
+//! Profiles on the GPU: per-layer histograms `count[bin][neuron]` filled by the fused histogram
+//! kernel, and NAC-UE scoring against them. Counts stay on the GPU; they are read back only to
+//! save the profile.
+
+use std::path::Path;
+
+use super::bins::BinEdges;
+use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, PROFILE_FORMAT, PROFILE_VERSION};
+use super::gpu::{histogram_params, record, NacCall};
+use super::params::LayerParams;
+use super::pooled::{PooledStates, Predictions};
+use crate::engine::{ChunkBuffers, Engine, Model};
+use crate::error::{Error, Result};
+use crate::kernels::{nac_flags, Kernel, NacParams};
+use crate::model::Network;
+
+struct GpuLayer {
+    edges: BinEdges,
+    thresholds: wgpu::Buffer,
+    counts: wgpu::Buffer,
+}
+
+/// A NAC profile of one model: settings and per-layer histograms on the GPU.
+pub struct Profile {
+    header: ProfileHeader,
+    layers: Vec<GpuLayer>,
+}
+
+/// NAC-UE scores of a batch, with what users inspect beside them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scores {
+    pub layers: Vec<String>,
+    /// Per sample: mean of the layer scores; higher = more in-distribution.
+    pub score: Vec<f32>,
+    /// `layer_scores[l][i]`: mean coverage of sample `i`'s states in layer `l`.
+    pub layer_scores: Vec<Vec<f32>>,
+    pub predicted: Vec<usize>,
+    pub max_softmax: Vec<f32>,
+}
+
+impl Scores {
+    /// One row per sample: index, score, each layer's score, predicted class, max softmax.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("index,score");
+        for l in &self.layers {
+            out.push_str(&format!(",{l}"));
+        }
+        out.push_str(",predicted,max_softmax\n");
+        for i in 0..self.score.len() {
+            out.push_str(&format!("{i},{}", self.score[i]));
+            for layer in &self.layer_scores {
+                out.push_str(&format!(",{}", layer[i]));
+            }
+            out.push_str(&format!(",{},{}\n", self.predicted[i], self.max_softmax[i]));
+        }
+        out
+    }
+}
+
+impl Profile {
+    /// An empty NAC-UE profile of `network` (log-symmetric bins, every sample counted).
+    pub fn new(engine: &Engine, network: &Network, layers: &[LayerParams], preprocessing: &str) -> Result<Self> {
+        Self::with_binning(engine, network, layers, preprocessing, Binning::LogSymmetric, Counted::All)
+    }
+
+    pub fn with_binning(
+        engine: &Engine,
+        network: &Network,
+        layers: &[LayerParams],
+        preprocessing: &str,
+        binning: Binning,
+        counted: Counted,
+    ) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(Error::Input("a profile needs at least one layer".into()));
+        }
+        let channels = layer_channels(network);
+        let mut headers = Vec::with_capacity(layers.len());
+        for p in layers {
+            p.validate()?;
+            network.layer_index(&p.layer)?;
+            if headers.iter().any(|h: &LayerHeader| h.name == p.layer) {
+                return Err(Error::Input(format!("layer `{}` is listed twice", p.layer)));
+            }
+            let edges = binning.edges(p.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", p.layer)))?;
+            let neurons = channels.iter().find(|(n, _)| *n == p.layer).unwrap().1;
+            headers.push(LayerHeader { name: p.layer.clone(), neurons, o: p.o, m: p.m, alpha: p.alpha, edges: edges.edges });
+        }
+        let header = ProfileHeader {
+            format: PROFILE_FORMAT.into(),
+            version: PROFILE_VERSION,
+            arch: network.spec.to_string(),
+            model_fingerprint: network.fingerprint(),
+            preprocessing: preprocessing.to_string(),
+            binning,
+            counted,
+            samples: 0,
+            layers: headers,
+        };
+        let zeros: Vec<Vec<u32>> = header.layers.iter().map(|l| vec![0; (l.m - 1) * l.neurons]).collect();
+        Self::upload(engine, header, &zeros)
+    }
+
+    fn upload(engine: &Engine, header: ProfileHeader, counts: &[Vec<u32>]) -> Result<Self> {
+        let mut layers = Vec::with_capacity(header.layers.len());
+        for (l, c) in header.layers.iter().zip(counts) {
+            let edges = header.binning.edges(l.m)?;
+            let bytes = (c.len() * 4) as u64;
+            if bytes > engine.gpu.max_binding_bytes() {
+                return Err(Error::Input(format!(
+                    "layer `{}`: {} bins × {} neurons of counts exceed this adapter's {} byte binding limit",
+                    l.name,
+                    l.m - 1,
+                    l.neurons,
+                    engine.gpu.max_binding_bytes()
+                )));
+            }
+            layers.push(GpuLayer {
+                thresholds: engine.gpu.upload(&format!("{} thresholds", l.name), &edges.thresholds),
+                counts: engine.gpu.upload(&format!("{} counts", l.name), c),
+                edges,
+            });
+        }
+        Ok(Profile { header, layers })
+    }
+
+    pub fn header(&self) -> &ProfileHeader {
+        &self.header
+    }
+
+    pub fn layer_names(&self) -> Vec<&str> {
+        self.header.layer_names()
+    }
+
+    pub fn edges(&self, layer: usize) -> &BinEdges {
+        &self.layers[layer].edges
+    }
+
+    /// Fails unless `network` is the model this profile was built with.
+    pub fn check_model(&self, network: &Network) -> Result<()> {
+        let fingerprint = network.fingerprint();
+        if fingerprint != self.header.model_fingerprint {
+            return Err(Error::Input(format!(
+                "the profile was built with model {} but this model is {fingerprint}: profiles only apply to the weights they were built with",
+                self.header.model_fingerprint
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails unless `preprocessing` is the one the profile was built with.
+    pub fn check_preprocessing(&self, preprocessing: &str) -> Result<()> {
+        if preprocessing != self.header.preprocessing {
+            return Err(Error::Input(format!(
+                "the profile was built with preprocessing `{}`, not `{preprocessing}`",
+                self.header.preprocessing
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the network on an NCHW batch and adds every sample's states to the histograms.
+    pub fn add(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<()> {
+        if self.header.counted == Counted::Correct {
+            return Err(Error::Input("this profile counts only correctly classified samples: use add_labelled".into()));
+        }
+        self.add_impl(engine, model, input, shape, None)
+    }
+
+    /// Like [`Profile::add`] for a profile that counts only correctly classified samples.
+    pub fn add_labelled(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: &[usize]) -> Result<()> {
+        if self.header.counted == Counted::All {
+            return Err(Error::Input("this profile counts every sample: use add".into()));
+        }
+        check_labels(labels, shape[0], model.network.num_classes())?;
+        self.add_impl(engine, model, input, shape, Some(labels))
+    }
+
+    fn add_impl(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: Option<&[usize]>) -> Result<()> {
+        self.check_model(&model.network)?;
+        let total = shape[0];
+        let classes = model.network.num_classes();
+        let predictions = labels.map(|l| Predictions::new(engine, total, Some(l)));
+        let flags = if predictions.is_some() { nac_flags::MASKED } else { 0 };
+        let names = self.layer_names();
+        let mut calls: Vec<NacCall> = Vec::new();
+        engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
+            if calls.is_empty() {
+                if let Some(p) = &predictions {
+                    calls.push(p.call(engine, chunk.logits, classes));
+                }
+                for ((layer, gpu_layer), lb) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers) {
+                    let params = histogram_params(layer.neurons, lb.shape.h * lb.shape.w, layer.m, layer.alpha, flags);
+                    let summary = predictions.as_ref().map(|p| &p.summary);
+                    calls.push(NacCall::new(
+                        engine,
+                        Kernel::NacHistogram,
+                        params,
+                        [Some(lb.z), Some(lb.g), Some(&gpu_layer.thresholds), summary],
+                        &gpu_layer.counts,
+                    ));
+                }
+            }
+            for call in calls.iter_mut() {
+                call.set_chunk(engine, chunk.len, chunk.start);
+            }
+            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            Ok(())
+        })?;
+        engine.gpu.check()?;
+        self.header.samples += total as u64;
+        Ok(())
+    }
+
+    /// Adds cached pooled states (see [`PooledStates`]) to the histograms: a re-binning, no
+    /// network pass.
+    pub fn add_pooled(&mut self, engine: &Engine, pooled: &PooledStates) -> Result<()> {
+        let masked = self.header.counted == Counted::Correct;
+        if masked && !pooled.has_labels() {
+            return Err(Error::Input("this profile counts only correctly classified samples, but the pooled states have no labels".into()));
+        }
+        let flags = pooled.source_flag() | if masked { nac_flags::MASKED } else { 0 };
+        let calls = self.pooled_calls(pooled, |layer, gpu_layer, pairs| {
+            let mut params = histogram_params(layer.neurons, 1, layer.m, layer.alpha, flags);
+            params.batch = pooled.samples as u32;
+            let summary = masked.then_some(&pooled.predictions.summary);
+            NacCall::new(engine, Kernel::NacHistogram, params, [Some(pairs), None, Some(&gpu_layer.thresholds), summary], &gpu_layer.counts)
+        })?;
+        let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
+        record(engine, &mut encoder, &calls.iter().collect::<Vec<_>>());
+        engine.gpu.queue.submit([encoder.finish()]);
+        engine.gpu.check()?;
+        self.header.samples += pooled.samples as u64;
+        Ok(())
+    }
+
+    /// Builds one call per profile layer over the matching cached pairs.
+    fn pooled_calls(
+        &self,
+        pooled: &PooledStates,
+        mut make: impl FnMut(&LayerHeader, &GpuLayer, &wgpu::Buffer) -> NacCall,
+    ) -> Result<Vec<NacCall>> {
+        if pooled.model_fingerprint != self.header.model_fingerprint {
+            return Err(Error::Input(format!(
+                "the pooled states come from model {} but the profile is for {}",
+                pooled.model_fingerprint, self.header.model_fingerprint
+            )));
+        }
+        self.header
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .map(|(layer, gpu_layer)| {
+                let pairs = pooled.pairs(&layer.name)?;
+                Ok(make(layer, gpu_layer, pairs))
+            })
+            .collect()
+    }
+
+    /// NAC-UE scores of an NCHW batch (spec §3): per layer the mean over neurons of
+    /// `min(count[bin(s)] / O, 1)`, then the mean over layers. One readback at the end.
+    pub fn score(&self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<Scores> {
+        self.check_model(&model.network)?;
+        let total = shape[0];
+        let classes = model.network.num_classes();
+        let outputs = ScoreOutputs::new(engine, self.layers.len(), total);
+        let predictions = Predictions::new(engine, total, None);
+        let names = self.layer_names();
+        let mut calls: Vec<NacCall> = Vec::new();
+        engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
+            if calls.is_empty() {
+                calls.push(predictions.call(engine, chunk.logits, classes));
+                for (l, ((layer, gpu_layer), lb)) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers).enumerate() {
+                    let params = score_params(layer, lb.shape.h * lb.shape.w, l, total, 0);
+                    calls.push(outputs.score_call(engine, params, [Some(lb.z), Some(lb.g)], gpu_layer));
+                }
+            }
+            for call in calls.iter_mut() {
+                call.set_chunk(engine, chunk.len, chunk.start);
+            }
+            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            Ok(())
+        })?;
+        outputs.finish(engine, self, &predictions)
+    }
+
+    /// NAC-UE scores of cached pooled states: a re-binning, no network pass.
+    pub fn score_pooled(&self, engine: &Engine, pooled: &PooledStates) -> Result<Scores> {
+        let outputs = ScoreOutputs::new(engine, self.layers.len(), pooled.samples);
+        let mut l = 0;
+        let calls = self.pooled_calls(pooled, |layer, gpu_layer, pairs| {
+            let mut params = score_params(layer, 1, l, pooled.samples, pooled.source_flag());
+            params.batch = pooled.samples as u32;
+            l += 1;
+            outputs.score_call(engine, params, [Some(pairs), None], gpu_layer)
+        });
+        let calls = calls?;
+        let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
+        record(engine, &mut encoder, &calls.iter().collect::<Vec<_>>());
+        engine.gpu.queue.submit([encoder.finish()]);
+        outputs.finish(engine, self, &pooled.predictions)
+    }
+
+    /// Per layer, the mean over neurons of `Σ_bins min(count / O, 1) / M` (the NAC-ME value of
+    /// spec §6 when the profile uses uniform bins and counts correct samples).
+    pub fn coverage(&self, engine: &Engine) -> Result<Vec<f64>> {
+        let out = engine.gpu.upload_f32("coverage", &vec![f32::NAN; self.layers.len()]);
+        let mut values = Vec::with_capacity(self.layers.len());
+        for (layer, gpu_layer) in self.header.layers.iter().zip(&self.layers) {
+            let params = NacParams { neurons: layer.neurons as u32, edges: layer.m as u32, o: layer.o as f32, ..Default::default() };
+            let call = NacCall::new(engine, Kernel::NacCoverage, params, [None, None, None, Some(&gpu_layer.counts)], &out);
+            let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
+            record(engine, &mut encoder, &[&call]);
+            engine.gpu.queue.submit([encoder.finish()]);
+            let v = engine.gpu.read_f32(&out, 1)?[0];
+            if !v.is_finite() {
+                return Err(Error::Gpu(format!("coverage of layer `{}` came back as {v}", layer.name)));
+            }
+            values.push(v as f64);
+        }
+        Ok(values)
+    }
+
+    /// Reads the histograms back: `[bins][neurons]` per layer.
+    pub fn counts(&self, engine: &Engine) -> Result<Vec<Vec<u32>>> {
+        self.header.layers.iter().zip(&self.layers).map(|(l, g)| engine.gpu.read_u32(&g.counts, (l.m - 1) * l.neurons)).collect()
+    }
+
+    pub fn to_data(&self, engine: &Engine) -> Result<ProfileData> {
+        Ok(ProfileData { header: self.header.clone(), counts: self.counts(engine)? })
+    }
+
+    /// Saves header and counts atomically.
+    pub fn save(&self, engine: &Engine, path: &Path) -> Result<()> {
+        self.to_data(engine)?.save(path)
+    }
+
+    /// Uploads a saved profile for use with `network`, which must be the profiled model.
+    pub fn from_data(engine: &Engine, network: &Network, data: ProfileData) -> Result<Self> {
+        let channels = layer_channels(network);
+        for l in &data.header.layers {
+            match channels.iter().find(|(n, _)| *n == l.name) {
+                Some((_, c)) if *c == l.neurons => {}
+                Some((_, c)) => {
+                    return Err(Error::Input(format!("profile layer `{}` has {} neurons, the model's has {c}", l.name, l.neurons)))
+                }
+                None => return Err(Error::Input(format!("profile layer `{}` does not exist in {}", l.name, network.spec))),
+            }
+        }
+        let profile = Self::upload(engine, data.header, &data.counts)?;
+        profile.check_model(network)?;
+        Ok(profile)
+    }
+
+    pub fn load(engine: &Engine, network: &Network, path: &Path) -> Result<Self> {
+        Self::from_data(engine, network, ProfileData::load(path)?)
+            .map_err(|e| match e {
+                Error::Input(m) => Error::Input(format!("profile {}: {m}", path.display())),
+                other => other,
+            })
+    }
+}
+
+/// `(layer name, channels)` for every hookable layer of `network`.
+fn layer_channels(network: &Network) -> Vec<(String, usize)> {
+    let mut channels = network.stage_channels();
+    channels.push(network.fc.in_features);
+    network.layer_names().into_iter().zip(channels).collect()
+}
+
+pub(crate) fn check_labels(labels: &[usize], samples: usize, classes: usize) -> Result<()> {
+    if labels.len() != samples {
+        return Err(Error::Input(format!("{} labels for {samples} samples", labels.len())));
+    }
+    if let Some(i) = labels.iter().position(|&l| l >= classes) {
+        return Err(Error::Input(format!("label {i} is {}, but the model has {classes} classes", labels[i])));
+    }
+    Ok(())
+}
+
+fn score_params(layer: &LayerHeader, hw: usize, index: usize, total: usize, flags: u32) -> NacParams {
+    NacParams {
+        hw: hw as u32,
+        neurons: layer.neurons as u32,
+        edges: layer.m as u32,
+        alpha: layer.alpha as f32,
+        o: layer.o as f32,
+        flags,
+        layer: index as u32,
+        total_samples: total as u32,
+        ..Default::default()
+    }
+}
+
+/// The score buffers of one scoring run, NaN-poisoned so an unwritten value cannot pass.
+struct ScoreOutputs {
+    layers: usize,
+    total: usize,
+    layer_scores: wgpu::Buffer,
+    scores: wgpu::Buffer,
+}
+
+impl ScoreOutputs {
+    fn new(engine: &Engine, layers: usize, total: usize) -> Self {
+        ScoreOutputs {
+            layers,
+            total,
+            layer_scores: engine.gpu.upload_f32("layer scores", &vec![f32::NAN; layers * total]),
+            scores: engine.gpu.upload_f32("scores", &vec![f32::NAN; total]),
+        }
+    }
+
+    fn score_call(&self, engine: &Engine, params: NacParams, zg: [Option<&wgpu::Buffer>; 2], layer: &GpuLayer) -> NacCall {
+        NacCall::new(engine, Kernel::NacScore, params, [zg[0], zg[1], Some(&layer.thresholds), Some(&layer.counts)], &self.layer_scores)
+    }
+
+    /// Means over layers on the GPU, then the one readback of the run.
+    fn finish(self, engine: &Engine, profile: &Profile, predictions: &Predictions) -> Result<Scores> {
+        let params = NacParams { total_samples: self.total as u32, layer: self.layers as u32, ..Default::default() };
+        let combine = NacCall::new(engine, Kernel::NacCombine, params, [Some(&self.layer_scores), None, None, None], &self.scores);
+        let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
+        record(engine, &mut encoder, &[&combine]);
+        let staging = [
+            engine.gpu.readback_buffer((self.total * 4) as u64),
+            engine.gpu.readback_buffer((self.layers * self.total * 4) as u64),
+            engine.gpu.readback_buffer((3 * self.total * 4) as u64),
+        ];
+        let sources = [(&self.scores, self.total), (&self.layer_scores, self.layers * self.total), (&predictions.summary, 3 * self.total)];
+        for ((src, len), dst) in sources.iter().zip(&staging) {
+            encoder.copy_buffer_to_buffer(src, 0, dst, 0, (*len * 4) as u64);
+        }
+        engine.gpu.queue.submit([encoder.finish()]);
+        let mut values = engine.gpu.read_back(&staging.iter().zip(sources).map(|(b, (_, len))| (b, len)).collect::<Vec<_>>())?.into_iter();
+        let (score, layer_scores, summary) = (values.next().unwrap(), values.next().unwrap(), values.next().unwrap());
+        if let Some(i) = score.iter().chain(&layer_scores).chain(&summary).position(|v| !v.is_finite()) {
+            return Err(Error::Gpu(format!("scoring left a non-finite value (element {i} of its outputs)")));
+        }
+        let (predicted, max_softmax, _) = Predictions::unpack(&summary);
+        Ok(Scores {
+            layers: profile.layer_names().iter().map(|s| s.to_string()).collect(),
+            score,
+            layer_scores: layer_scores.chunks(self.total).map(|c| c.to_vec()).collect(),
+            predicted,
+            max_softmax,
+        })
+    }
+}

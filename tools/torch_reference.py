@@ -72,7 +72,14 @@ SETTINGS = {
     },
 }
 
-NAC_ME = {"layer": "avgpool", "alpha": 0.1, "m": 50, "o": 500}
+# The official NAC-ME setting first; with O = 500 and a few dozen samples every counted state adds
+# exactly 1/500 wherever it lands, so two small-O settings follow that make the value depend on
+# the bins (M = 51 puts an edge exactly at 0.5, where states with v = 0 sit).
+NAC_ME = [
+    {"layer": "avgpool", "alpha": 0.1, "m": 50, "o": 500},
+    {"layer": "avgpool", "alpha": 0.1, "m": 50, "o": 2},
+    {"layer": "avgpool", "alpha": 100.0, "m": 51, "o": 2},
+]
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -419,8 +426,11 @@ def run_case(case, inputs_dir, out_dir):
     labels = np.where(np.arange(len(preds)) % 2 == 0, preds, (preds + 1) % classes).astype(np.int64)
     tensors["labels"] = labels
     correct = preds == labels
-    me_value = nac_me(*pooled[NAC_ME["layer"]], correct, NAC_ME["alpha"], NAC_ME["m"], NAC_ME["o"])
-    print(f"  NAC-ME: correct {int(correct.sum())}/{len(correct)}, value {me_value!r}")
+    me_results = []
+    for me in NAC_ME:
+        value = nac_me(*pooled[me["layer"]], correct, me["alpha"], me["m"], me["o"])
+        me_results.append({**me, "correct": int(correct.sum()), "value": value})
+        print(f"  NAC-ME {me}: correct {int(correct.sum())}/{len(correct)}, value {value!r}")
 
     metadata = {
         "format": FORMAT,
@@ -428,7 +438,7 @@ def run_case(case, inputs_dir, out_dir):
         "case": case,
         "torch_version": torch.__version__,
         "settings": settings_meta,
-        "nac_me": {**NAC_ME, "correct": int(correct.sum()), "value": me_value},
+        "nac_me": me_results,
     }
     out = out_dir / f"{name}.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out), metadata={"golden": json.dumps(metadata)})

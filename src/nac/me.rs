@@ -10,7 +10,7 @@ use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::{Engine, Model};
 use crate::error::{Error, Result};
-use crate::model::{ArchSpec, POOLED_LAYER};
+use crate::model::{ArchSpec, Network, POOLED_LAYER};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeSettings {
@@ -36,13 +36,18 @@ pub struct MeResult {
 }
 
 pub fn nac_me(engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: &[usize], settings: &MeSettings) -> Result<MeResult> {
-    let params = [LayerParams::new(&settings.layer, settings.o, settings.m, settings.alpha)];
-    let mut profile = Profile::with_binning(engine, &model.network, &params, "", Binning::Uniform, Counted::Correct)?;
     let pooled = PooledStates::compute(engine, model, input, shape, &[settings.layer.as_str()], Some(labels))?;
-    profile.add_pooled(engine, &pooled)?;
+    nac_me_pooled(engine, &model.network, &pooled, settings)
+}
+
+/// NAC-ME from labelled pooled states of `network` (several settings, one network pass).
+pub fn nac_me_pooled(engine: &Engine, network: &Network, pooled: &PooledStates, settings: &MeSettings) -> Result<MeResult> {
+    let params = [LayerParams::new(&settings.layer, settings.o, settings.m, settings.alpha)];
+    let mut profile = Profile::with_binning(engine, network, &params, "", Binning::Uniform, Counted::Correct)?;
+    profile.add_pooled(engine, pooled)?;
     let value = profile.coverage(engine)?[0];
     let correct = pooled.read_predictions(engine)?.2.iter().filter(|&&c| c).count();
-    Ok(MeResult { value, correct, samples: shape[0] })
+    Ok(MeResult { value, correct, samples: pooled.samples })
 }
 
 /// NAC-ME of a list of checkpoints on the same data, the checkpoint it selects and, given each

@@ -12,8 +12,8 @@ pub mod select;
 
 pub use bins::BinEdges;
 pub use file::{Binning, Counted, ProfileData, ProfileHeader};
-pub use me::{evaluate_checkpoints, nac_me, spearman, CheckpointReport, MeSettings};
+pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
-pub use pooled::PooledStates;
+pub use pooled::{CachedValues, PooledStates};
 pub use profile::{Profile, Scores};
 pub use select::class_balanced_subset;

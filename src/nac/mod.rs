@@ -15,5 +15,5 @@ pub use file::{Binning, Counted, ProfileData, ProfileHeader};
 pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
 pub use pooled::{CachedValues, PooledStates};
-pub use profile::{Profile, Scores};
+pub use profile::{ModelIdentity, Profile, Scores};
 pub use select::class_balanced_subset;

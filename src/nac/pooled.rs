@@ -178,10 +178,14 @@ impl PooledStates {
         })
     }
 
+    pub(crate) fn neurons(&self, layer: &str) -> usize {
+        self.layers.iter().find(|(n, _, _)| n == layer).map_or(0, |l| l.1)
+    }
+
     /// Reads the cached values of `layer` back: `[samples][neurons]`, as `(Σz, Σg)` pairs or
     /// states.
     pub fn read_values(&self, engine: &Engine, layer: &str) -> Result<Vec<f32>> {
-        let neurons = self.layers.iter().find(|(n, _, _)| n == layer).map_or(0, |l| l.1);
+        let neurons = self.neurons(layer);
         let per_neuron = if self.values == CachedValues::Pairs { 2 } else { 1 };
         engine.gpu.read_f32(self.pairs(layer)?, self.samples * neurons * per_neuron)
     }

@@ -20,6 +20,13 @@ struct GpuLayer {
     counts: wgpu::Buffer,
 }
 
+/// Which weights a profile belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelIdentity {
+    pub arch: String,
+    pub fingerprint: String,
+}
+
 /// A NAC profile of one model: settings and per-layer histograms on the GPU.
 pub struct Profile {
     header: ProfileHeader,
@@ -71,26 +78,46 @@ impl Profile {
         binning: Binning,
         counted: Counted,
     ) -> Result<Self> {
+        let channels = layer_channels(network);
+        let mut sized = Vec::with_capacity(layers.len());
+        for p in layers {
+            network.layer_index(&p.layer)?;
+            sized.push((p.clone(), channels.iter().find(|(n, _)| *n == p.layer).unwrap().1));
+        }
+        let identity = ModelIdentity { arch: network.spec.to_string(), fingerprint: network.fingerprint() };
+        Self::for_layout(engine, &identity, &sized, preprocessing, binning, counted)
+    }
+
+    /// An empty profile over named groups of neurons `(params, neurons)` of the model
+    /// `identity`, for states that come from elsewhere ([`PooledStates::from_host`]).
+    pub fn for_layout(
+        engine: &Engine,
+        identity: &ModelIdentity,
+        layers: &[(LayerParams, usize)],
+        preprocessing: &str,
+        binning: Binning,
+        counted: Counted,
+    ) -> Result<Self> {
         if layers.is_empty() {
             return Err(Error::Input("a profile needs at least one layer".into()));
         }
-        let channels = layer_channels(network);
-        let mut headers = Vec::with_capacity(layers.len());
-        for p in layers {
+        let mut headers: Vec<LayerHeader> = Vec::with_capacity(layers.len());
+        for (p, neurons) in layers {
             p.validate()?;
-            network.layer_index(&p.layer)?;
-            if headers.iter().any(|h: &LayerHeader| h.name == p.layer) {
+            if headers.iter().any(|h| h.name == p.layer) {
                 return Err(Error::Input(format!("layer `{}` is listed twice", p.layer)));
             }
+            if *neurons == 0 {
+                return Err(Error::Input(format!("layer `{}` has no neurons", p.layer)));
+            }
             let edges = binning.edges(p.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", p.layer)))?;
-            let neurons = channels.iter().find(|(n, _)| *n == p.layer).unwrap().1;
-            headers.push(LayerHeader { name: p.layer.clone(), neurons, o: p.o, m: p.m, alpha: p.alpha, edges: edges.edges });
+            headers.push(LayerHeader { name: p.layer.clone(), neurons: *neurons, o: p.o, m: p.m, alpha: p.alpha, edges: edges.edges });
         }
         let header = ProfileHeader {
             format: PROFILE_FORMAT.into(),
             version: PROFILE_VERSION,
-            arch: network.spec.to_string(),
-            model_fingerprint: network.fingerprint(),
+            arch: identity.arch.clone(),
+            model_fingerprint: identity.fingerprint.clone(),
             preprocessing: preprocessing.to_string(),
             binning,
             counted,
@@ -252,6 +279,10 @@ impl Profile {
             .zip(&self.layers)
             .map(|(layer, gpu_layer)| {
                 let pairs = pooled.pairs(&layer.name)?;
+                let neurons = pooled.neurons(&layer.name);
+                if neurons != layer.neurons {
+                    return Err(Error::Input(format!("layer `{}`: the cache has {neurons} neurons, the profile {}", layer.name, layer.neurons)));
+                }
                 Ok(make(layer, gpu_layer, pairs))
             })
             .collect()

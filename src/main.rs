@@ -7,12 +7,17 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use nac::error::write_atomic;
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LayerParams, MeSettings, Preset, Profile, ProfileData};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 use nac::{reference, Engine, EngineOptions, Error, Result};
+
+/// What `--preprocessing` says when the input array is used exactly as given.
+const AS_GIVEN: &str = "none";
 
 #[derive(Parser)]
 #[command(name = "nac", version, about = "Neuron Activation Coverage on any GPU (wgpu + WGSL)")]
@@ -50,6 +55,98 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+    /// Build a NAC profile (per-layer histograms of neuron states) from in-distribution data.
+    Profile {
+        #[arg(long)]
+        model: PathBuf,
+        /// Profiling images, float32 N×3×H×W, preprocessed as at test time.
+        #[arg(long)]
+        input: PathBuf,
+        /// Labels (1-D integer .npy); needed by --balanced.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Use the official class-balanced subset: floor(N/C) samples per class, each class
+        /// shuffled with --seed. Without it every input sample is profiled.
+        #[arg(long)]
+        balanced: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Layers, comma-separated (default: avgpool and the last three stages, deep to shallow).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<String>>,
+        /// Official defaults for O/M/α (spec §4): cifar10, cifar100, imagenet.
+        #[arg(long, default_value = "cifar10")]
+        preset: String,
+        /// Per-layer override NAME:O/M/ALPHA (repeatable), e.g. layer3:100/500/1000.
+        #[arg(long = "layer-params")]
+        layer_params: Vec<String>,
+        /// Description of the preprocessing the inputs went through; scoring must state the same.
+        #[arg(long, default_value = AS_GIVEN)]
+        preprocessing: String,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Output profile (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// NAC-UE scores (higher = more in-distribution) of inputs against a profile, as CSV:
+    /// index, score, per-layer scores, predicted class, max softmax.
+    Score {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        profile: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Must equal the profile's (see `nac profile --preprocessing`).
+        #[arg(long, default_value = AS_GIVEN)]
+        preprocessing: String,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sum profiles built in shards (same model and settings) into one.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        /// Profiles to merge.
+        #[arg(required = true, num_args = 2..)]
+        profiles: Vec<PathBuf>,
+    },
+    /// NAC-ME of checkpoints on labelled training-domain data; picks the highest and, given
+    /// test accuracies, reports the Spearman rank correlation.
+    Me {
+        /// Checkpoints, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        checkpoints: Vec<PathBuf>,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        labels: PathBuf,
+        /// Test accuracy of each checkpoint, comma-separated, for the rank correlation.
+        #[arg(long, value_delimiter = ',')]
+        accuracies: Option<Vec<f64>>,
+        #[arg(long, default_value = "avgpool")]
+        layer: String,
+        #[arg(long, default_value_t = 0.1)]
+        alpha: f64,
+        #[arg(long, default_value_t = 50)]
+        m: usize,
+        #[arg(long, default_value_t = 500.0)]
+        o: f64,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check this adapter's numbers: a random-weight network, forward + backward to every
     /// layer on the GPU, compared with the f64 CPU reference.
     Selfcheck {
@@ -72,6 +169,18 @@ fn main() -> ExitCode {
         Command::Info => info(&gpu),
         Command::Predict { model, input, out, arch, batch } => predict(gpu, model, input, out, arch, batch),
         Command::Selfcheck { arch, batch, size, seed } => selfcheck(gpu, &arch, batch, size, seed),
+        Command::Profile { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, arch, batch, out } => {
+            let job = ProfileJob { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, arch, batch, out };
+            profile(gpu, job)
+        }
+        Command::Score { model, profile, input, preprocessing, arch, batch, out } => {
+            score(gpu, model, profile, input, &preprocessing, arch, batch, out)
+        }
+        Command::Merge { out, profiles } => merge(&profiles, &out),
+        Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, arch, batch, out } => {
+            let settings = MeSettings { layer, alpha, m, o };
+            model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, arch, batch, out)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,21 +208,42 @@ fn parse_arch(arch: Option<String>) -> Result<Option<ArchSpec>> {
     arch.map(|a| a.parse()).transpose()
 }
 
-fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, arch: Option<String>, batch: usize) -> Result<()> {
+/// A float32 N×C×H×W array and its shape.
+fn load_images(path: &PathBuf) -> Result<(Vec<f32>, [usize; 4])> {
+    let array = NpyArray::load(path)?;
+    let data = array.to_f32(path)?;
+    let shape: [usize; 4] = array.shape.as_slice().try_into().map_err(|_| {
+        Error::Input(format!("{}: expected a 4-D float32 array N×3×H×W, found shape {:?}", path.display(), array.shape))
+    })?;
+    Ok((data, shape))
+}
+
+fn load_labels(path: &PathBuf, samples: usize) -> Result<Vec<usize>> {
+    let labels = NpyArray::load(path)?.to_labels(path)?;
+    if labels.len() != samples {
+        return Err(Error::Input(format!("{}: {} labels for {samples} input samples", path.display(), labels.len())));
+    }
+    Ok(labels)
+}
+
+fn engine_for(gpu: GpuOptions, batch: usize) -> Result<Engine> {
     if batch == 0 {
         return Err(Error::Input("--batch must be at least 1".into()));
     }
-    let array = NpyArray::load(&input)?;
-    let data = array.to_f32(&input)?;
-    let shape: [usize; 4] = array.shape.as_slice().try_into().map_err(|_| {
-        Error::Input(format!("{}: expected a 4-D float32 array N×3×H×W, found shape {:?}", input.display(), array.shape))
-    })?;
-    let engine = Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })?;
+    Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })
+}
+
+fn progress_bar(what: &str, len: usize) -> ProgressBar {
+    ProgressBar::new(len as u64)
+        .with_style(ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} images, {{per_sec}}, eta {{eta}}")).unwrap())
+}
+
+fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, arch: Option<String>, batch: usize) -> Result<()> {
+    let (data, shape) = load_images(&input)?;
+    let engine = engine_for(gpu, batch)?;
     let mut model = engine.load_model(&model, parse_arch(arch)?)?;
     let per_sample = shape[1] * shape[2] * shape[3];
-    let progress = ProgressBar::new(shape[0] as u64).with_style(
-        ProgressStyle::with_template("{spinner} predict [{bar:40}] {pos}/{len} images, {per_sec}, eta {eta}").unwrap(),
-    );
+    let progress = progress_bar("predict", shape[0]);
     let mut logits = Vec::with_capacity(shape[0] * model.network.num_classes());
     for start in (0..shape[0]).step_by(batch) {
         let n = batch.min(shape[0] - start);
@@ -159,5 +289,120 @@ fn selfcheck(gpu: GpuOptions, arch: &str, batch: usize, size: usize, seed: u64) 
         return Err(Error::Gpu(format!("selfcheck failed on {}: GPU results differ from the reference", engine.gpu.info.name)));
     }
     println!("ok: the GPU matches the CPU reference");
+    Ok(())
+}
+
+struct ProfileJob {
+    model: PathBuf,
+    input: PathBuf,
+    labels: Option<PathBuf>,
+    balanced: Option<usize>,
+    seed: u64,
+    layers: Option<Vec<String>>,
+    preset: String,
+    layer_params: Vec<String>,
+    preprocessing: String,
+    arch: Option<String>,
+    batch: usize,
+    out: PathBuf,
+}
+
+fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
+    let (mut data, mut shape) = load_images(&job.input)?;
+    let mut engine = engine_for(gpu, job.batch)?;
+    let mut model = engine.load_model(&job.model, parse_arch(job.arch)?)?;
+    let preset: Preset = job.preset.parse()?;
+    let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network.stage_names()));
+    let overrides = job.layer_params.iter().map(|t| LayerParams::parse(t)).collect::<Result<Vec<_>>>()?;
+    let settings = params::resolve(&layers, Some(preset), &overrides)?;
+    if let Some(total) = job.balanced {
+        let path = job.labels.as_ref().ok_or_else(|| Error::Input("--balanced needs --labels".into()))?;
+        let labels = load_labels(path, shape[0])?;
+        let chosen = class_balanced_subset(&labels, model.network.num_classes(), total, job.seed)?;
+        let per = shape[1] * shape[2] * shape[3];
+        data = chosen.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect();
+        shape[0] = chosen.len();
+        eprintln!("class-balanced subset: {} samples ({} per class, seed {})", chosen.len(), chosen.len() / model.network.num_classes(), job.seed);
+    }
+    let mut profile = Profile::new(&engine, &model.network, &settings, &job.preprocessing)?;
+    let bar = progress_bar("profile", shape[0]);
+    engine.set_progress(Some(bar.clone()));
+    profile.add(&engine, &mut model, &data, shape)?;
+    profile.save(&engine, &job.out)?;
+    bar.finish_and_clear();
+    let described: Vec<String> = settings.iter().map(|p| p.to_string()).collect();
+    eprintln!("wrote {} ({} samples; {}) using {}", job.out.display(), shape[0], described.join(" "), engine.gpu.info.name);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score(gpu: GpuOptions, model: PathBuf, profile: PathBuf, input: PathBuf, preprocessing: &str, arch: Option<String>, batch: usize, out: PathBuf) -> Result<()> {
+    let (data, shape) = load_images(&input)?;
+    let mut engine = engine_for(gpu, batch)?;
+    let mut model = engine.load_model(&model, parse_arch(arch)?)?;
+    let profile = Profile::load(&engine, &model.network, &profile)?;
+    profile.check_preprocessing(preprocessing)?;
+    let bar = progress_bar("score", shape[0]);
+    engine.set_progress(Some(bar.clone()));
+    let scores = profile.score(&engine, &mut model, &data, shape)?;
+    write_atomic(&out, scores.to_csv().as_bytes())?;
+    bar.finish_and_clear();
+    let mean = scores.score.iter().map(|&s| s as f64).sum::<f64>() / scores.score.len() as f64;
+    eprintln!("wrote {} ({} samples, mean score {mean:.4}) using {}", out.display(), shape[0], engine.gpu.info.name);
+    Ok(())
+}
+
+fn merge(paths: &[PathBuf], out: &PathBuf) -> Result<()> {
+    let parts = paths.iter().map(|p| ProfileData::load(p)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let merged = ProfileData::merge(&parts, &names)?;
+    merged.save(out)?;
+    eprintln!("wrote {} ({} profiles, {} samples)", out.display(), parts.len(), merged.header.samples);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn model_evaluation(
+    gpu: GpuOptions,
+    checkpoints: &[PathBuf],
+    input: PathBuf,
+    labels: PathBuf,
+    accuracies: Option<Vec<f64>>,
+    settings: &MeSettings,
+    arch: Option<String>,
+    batch: usize,
+    out: Option<PathBuf>,
+) -> Result<()> {
+    let (data, shape) = load_images(&input)?;
+    let labels = load_labels(&labels, shape[0])?;
+    let mut engine = engine_for(gpu, batch)?;
+    let bar = progress_bar("NAC-ME", shape[0] * checkpoints.len());
+    engine.set_progress(Some(bar.clone()));
+    let report = evaluate_checkpoints(&engine, checkpoints, parse_arch(arch)?, &data, shape, &labels, settings, accuracies.as_deref())?;
+    bar.finish_and_clear();
+    println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
+    for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {
+        let test = report.test_accuracies.as_ref().map_or("-".to_string(), |a| format!("{:.4}", a[i]));
+        let mark = if i == report.chosen { " <- chosen" } else { "" };
+        println!("{:<48} {:>12.6e} {:>12.4} {:>10}{mark}", path.display(), r.value, r.correct as f64 / r.samples as f64, test);
+    }
+    match report.spearman {
+        Some(rho) => println!("Spearman rank correlation (NAC-ME vs test accuracy): {rho:.4}"),
+        None if report.test_accuracies.is_some() => println!("Spearman rank correlation: undefined (fewer than two checkpoints, or a constant column)"),
+        None => {}
+    }
+    if let Some(path) = out {
+        let json = serde_json::json!({
+            "settings": {"layer": settings.layer, "alpha": settings.alpha, "m": settings.m, "o": settings.o},
+            "samples": shape[0],
+            "checkpoints": report.checkpoints.iter().zip(&report.results).map(|(p, r)| serde_json::json!({
+                "path": p.display().to_string(), "nac_me": r.value, "correct": r.correct,
+            })).collect::<Vec<_>>(),
+            "test_accuracies": report.test_accuracies,
+            "chosen": report.checkpoints[report.chosen].display().to_string(),
+            "spearman": report.spearman,
+        });
+        write_atomic(&path, serde_json::to_string_pretty(&json).unwrap().as_bytes())?;
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@ pub enum NpyDtype {
     F32,
     F64,
     U8,
+    I32,
     I64,
 }
 
@@ -20,6 +21,7 @@ impl NpyDtype {
             NpyDtype::F32 => "<f4",
             NpyDtype::F64 => "<f8",
             NpyDtype::U8 => "|u1",
+            NpyDtype::I32 => "<i4",
             NpyDtype::I64 => "<i8",
         }
     }
@@ -29,6 +31,7 @@ impl NpyDtype {
             NpyDtype::F32 => 4,
             NpyDtype::F64 => 8,
             NpyDtype::U8 => 1,
+            NpyDtype::I32 => 4,
             NpyDtype::I64 => 8,
         }
     }
@@ -38,6 +41,7 @@ impl NpyDtype {
             "<f4" => Some(NpyDtype::F32),
             "<f8" => Some(NpyDtype::F64),
             "|u1" | "<u1" => Some(NpyDtype::U8),
+            "<i4" => Some(NpyDtype::I32),
             "<i8" => Some(NpyDtype::I64),
             _ => None,
         }
@@ -67,6 +71,30 @@ impl NpyArray {
             )));
         }
         Ok(self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Class labels: a 1-D integer array (uint8, int32 or int64) of non-negative values.
+    pub fn to_labels(&self, path: &Path) -> Result<Vec<usize>> {
+        if self.shape.len() != 1 {
+            return Err(Error::Input(format!("{}: labels must be a 1-D array, found shape {:?}", path.display(), self.shape)));
+        }
+        let values: Vec<i64> = match self.dtype {
+            NpyDtype::U8 => self.bytes.iter().map(|&b| b as i64).collect(),
+            NpyDtype::I32 => self.bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
+            NpyDtype::I64 => self.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+            other => {
+                return Err(Error::Input(format!("{}: labels must be integers (uint8, int32, int64), found {}", path.display(), other.descr())))
+            }
+        };
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| usize::try_from(v).map_err(|_| Error::Input(format!("{}: label {i} is {v}; labels must be ≥ 0", path.display()))))
+            .collect()
+    }
+
+    pub fn from_labels(labels: &[usize]) -> Self {
+        NpyArray { shape: vec![labels.len()], dtype: NpyDtype::I64, bytes: labels.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect() }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -118,7 +146,7 @@ impl NpyArray {
         let descr_field = field("descr")?;
         let descr = descr_field.trim_start_matches('\'').split('\'').next().unwrap_or("");
         let dtype = NpyDtype::parse(descr)
-            .ok_or_else(|| bad(format!("dtype '{descr}' is not supported (expected <f4, <f8, |u1 or <i8)")))?;
+            .ok_or_else(|| bad(format!("dtype '{descr}' is not supported (expected <f4, <f8, |u1, <i4 or <i8)")))?;
         if field("fortran_order")?.starts_with("True") {
             return Err(bad("Fortran-order arrays are not supported; save with np.ascontiguousarray".into()));
         }

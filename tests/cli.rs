@@ -1,5 +1,6 @@
-//! The `nac` binary end to end: `predict` against the library call, errors that name the
-//! problem and leave no output file behind, `info` and `selfcheck`.
+//! The `nac` binary end to end: `predict`, `profile`, `score`, `merge` and `me` against the
+//! library calls, errors that name the problem and leave no output file behind, `info` and
+//! `selfcheck`.
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::random_vec;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, LayerParams, MeSettings, Profile, ProfileData};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 
@@ -113,4 +115,90 @@ fn info_and_selfcheck_run() {
     let bad = nac().args(["--adapter", "no-such-gpu", "info"]).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no adapter name contains `no-such-gpu`"));
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "command failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `nac profile` then `nac score` (and `merge`, `me`) on a small random model, each checked
+/// against the library call.
+#[test]
+fn profile_score_merge_and_me_match_the_library() {
+    let dir = temp_dir().join("nac-flow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = ArchSpec::WideResNet { depth: 10, width: 1 };
+    let (model_path, other_path) = (dir.join("model.safetensors"), dir.join("other.safetensors"));
+    SyntheticModel::new(spec, 4, 31).unwrap().save(&model_path, StorageDtype::F32).unwrap();
+    SyntheticModel::new(spec, 4, 32).unwrap().save(&other_path, StorageDtype::F32).unwrap();
+    let n = 9;
+    let shape = [n, 3, 10, 10];
+    let input = random_vec(&mut Rng::new(33), shape.iter().product(), 1.0);
+    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));
+    NpyArray::from_f32(shape.to_vec(), &input).save(&x).unwrap();
+    NpyArray::from_labels(&labels).save(&y).unwrap();
+    let p = |name: &str| dir.join(name);
+
+    // Profile the class-balanced subset (8 of 9: 2 per class) with one override.
+    run_ok(nac().args(["profile", "--model"]).arg(&model_path).arg("--input").arg(&x).arg("--labels").arg(&y)
+        .args(["--balanced", "8", "--seed", "3", "--layers", "avgpool,block3,block1", "--preset", "cifar10"])
+        .args(["--layer-params", "block1:2/52/0.5", "--preprocessing", "test-prep", "--batch", "4", "--out"]).arg(p("profile.safetensors")));
+    run_ok(nac().args(["score", "--model"]).arg(&model_path).arg("--profile").arg(p("profile.safetensors"))
+        .arg("--input").arg(&x).args(["--preprocessing", "test-prep", "--batch", "3", "--out"]).arg(p("scores.csv")));
+
+    let engine = common::engine();
+    let mut model = engine.load_model(&model_path, None).unwrap();
+    let settings = vec![
+        LayerParams::new("avgpool", 50.0, 50, 100.0),
+        LayerParams::new("block3", 100.0, 500, 1000.0),
+        LayerParams::new("block1", 2.0, 52, 0.5),
+    ];
+    let chosen = class_balanced_subset(&labels, 4, 8, 3).unwrap();
+    let per = 3 * 10 * 10;
+    let subset: Vec<f32> = chosen.iter().flat_map(|&i| input[i * per..(i + 1) * per].to_vec()).collect();
+    let mut profile = Profile::new(&engine, &model.network, &settings, "test-prep").unwrap();
+    profile.add(&engine, &mut model, &subset, [8, 3, 10, 10]).unwrap();
+    let saved = ProfileData::load(&p("profile.safetensors")).unwrap();
+    assert_eq!(saved, profile.to_data(&engine).unwrap(), "the CLI profile is the library's");
+    let scores = profile.score(&engine, &mut model, &input, shape).unwrap();
+    assert_eq!(std::fs::read_to_string(p("scores.csv")).unwrap(), scores.to_csv());
+    let csv = scores.to_csv();
+    assert!(csv.starts_with("index,score,avgpool,block3,block1,predicted,max_softmax\n") && csv.lines().count() == n + 1, "{csv}");
+
+    // Scoring refuses another model, and other preprocessing, and writes nothing.
+    for (model_arg, prep) in [(&other_path, "test-prep"), (&model_path, "none")] {
+        let out = nac().args(["score", "--model"]).arg(model_arg).arg("--profile").arg(p("profile.safetensors"))
+            .arg("--input").arg(&x).args(["--preprocessing", prep, "--out"]).arg(p("refused.csv")).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !p("refused.csv").exists(), "{stderr}");
+        assert!(stderr.contains("profile") && (stderr.contains("fingerprint") || stderr.contains("wrn-10-1:") || stderr.contains("test-prep")), "{stderr}");
+    }
+
+    // Two shards merged by the CLI equal one profile of both.
+    for (name, range) in [("a", 0..5), ("b", 5..9)] {
+        let xs = p(&format!("x{name}.npy"));
+        NpyArray::from_f32(vec![range.len(), 3, 10, 10], &input[range.start * per..range.end * per]).save(&xs).unwrap();
+        run_ok(nac().args(["profile", "--model"]).arg(&model_path).arg("--input").arg(&xs)
+            .args(["--layers", "avgpool,block3,block1", "--layer-params", "block1:2/52/0.5", "--out"]).arg(p(&format!("{name}.safetensors"))));
+    }
+    run_ok(nac().args(["merge", "--out"]).arg(p("merged.safetensors")).arg(p("a.safetensors")).arg(p("b.safetensors")));
+    let mut whole = Profile::new(&engine, &model.network, &settings, "none").unwrap();
+    whole.add(&engine, &mut model, &input, shape).unwrap();
+    assert_eq!(ProfileData::load(&p("merged.safetensors")).unwrap(), whole.to_data(&engine).unwrap());
+
+    // NAC-ME over two checkpoints.
+    let stdout = run_ok(nac().arg("me").arg("--checkpoints").arg(format!("{},{}", model_path.display(), other_path.display()))
+        .arg("--input").arg(&x).arg("--labels").arg(&y).args(["--accuracies", "0.9,0.8", "--o", "2", "--out"]).arg(p("me.json")));
+    let me = MeSettings { o: 2.0, ..MeSettings::default() };
+    let want = evaluate_checkpoints(&engine, &[model_path.clone(), other_path.clone()], None, &input, shape, &labels, &me, Some(&[0.9, 0.8])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("me.json")).unwrap()).unwrap();
+    for (i, r) in want.results.iter().enumerate() {
+        assert_eq!(json["checkpoints"][i]["nac_me"].as_f64().unwrap(), r.value);
+    }
+    assert_eq!(json["chosen"].as_str().unwrap(), want.checkpoints[want.chosen].display().to_string());
+    assert!(stdout.contains("<- chosen") && stdout.contains("Spearman"), "{stdout}");
 }

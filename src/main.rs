@@ -1,6 +1,6 @@
 //! The `nac` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use nac::error::write_atomic;
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
-use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LayerParams, MeSettings, Preset, Profile, ProfileData};
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 use nac::{reference, Engine, EngineOptions, Error, Result};
@@ -209,7 +209,7 @@ fn parse_arch(arch: Option<String>) -> Result<Option<ArchSpec>> {
 }
 
 /// A float32 N×C×H×W array and its shape.
-fn load_images(path: &PathBuf) -> Result<(Vec<f32>, [usize; 4])> {
+fn load_images(path: &Path) -> Result<(Vec<f32>, [usize; 4])> {
     let array = NpyArray::load(path)?;
     let data = array.to_f32(path)?;
     let shape: [usize; 4] = array.shape.as_slice().try_into().map_err(|_| {
@@ -218,7 +218,7 @@ fn load_images(path: &PathBuf) -> Result<(Vec<f32>, [usize; 4])> {
     Ok((data, shape))
 }
 
-fn load_labels(path: &PathBuf, samples: usize) -> Result<Vec<usize>> {
+fn load_labels(path: &Path, samples: usize) -> Result<Vec<usize>> {
     let labels = NpyArray::load(path)?.to_labels(path)?;
     if labels.len() != samples {
         return Err(Error::Input(format!("{}: {} labels for {samples} input samples", path.display(), labels.len())));
@@ -352,7 +352,7 @@ fn score(gpu: GpuOptions, model: PathBuf, profile: PathBuf, input: PathBuf, prep
     Ok(())
 }
 
-fn merge(paths: &[PathBuf], out: &PathBuf) -> Result<()> {
+fn merge(paths: &[PathBuf], out: &Path) -> Result<()> {
     let parts = paths.iter().map(|p| ProfileData::load(p)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let merged = ProfileData::merge(&parts, &names)?;
@@ -378,7 +378,8 @@ fn model_evaluation(
     let mut engine = engine_for(gpu, batch)?;
     let bar = progress_bar("NAC-ME", shape[0] * checkpoints.len());
     engine.set_progress(Some(bar.clone()));
-    let report = evaluate_checkpoints(&engine, checkpoints, parse_arch(arch)?, &data, shape, &labels, settings, accuracies.as_deref())?;
+    let images = LabelledImages { input: &data, shape, labels: &labels };
+    let report = evaluate_checkpoints(&engine, checkpoints, parse_arch(arch)?, images, settings, accuracies.as_deref())?;
     bar.finish_and_clear();
     println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
     for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {

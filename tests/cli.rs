@@ -11,7 +11,7 @@ use common::random_vec;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
-use nac::nac::{class_balanced_subset, evaluate_checkpoints, LayerParams, MeSettings, Profile, ProfileData};
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, LabelledImages, LayerParams, MeSettings, Profile, ProfileData};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 
@@ -194,7 +194,8 @@ fn profile_score_merge_and_me_match_the_library() {
     let stdout = run_ok(nac().arg("me").arg("--checkpoints").arg(format!("{},{}", model_path.display(), other_path.display()))
         .arg("--input").arg(&x).arg("--labels").arg(&y).args(["--accuracies", "0.9,0.8", "--o", "2", "--out"]).arg(p("me.json")));
     let me = MeSettings { o: 2.0, ..MeSettings::default() };
-    let want = evaluate_checkpoints(&engine, &[model_path.clone(), other_path.clone()], None, &input, shape, &labels, &me, Some(&[0.9, 0.8])).unwrap();
+    let images = LabelledImages { input: &input, shape, labels: &labels };
+    let want = evaluate_checkpoints(&engine, &[model_path.clone(), other_path.clone()], None, images, &me, Some(&[0.9, 0.8])).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p("me.json")).unwrap()).unwrap();
     for (i, r) in want.results.iter().enumerate() {
         assert_eq!(json["checkpoints"][i]["nac_me"].as_f64().unwrap(), r.value);

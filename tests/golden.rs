@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use nac::model::synthetic::{random_inputs, SyntheticModel};
-use nac::nac::{nac_me, nac_me_pooled, Binning, Counted, LayerParams, MeSettings, PooledStates, Profile};
+use nac::nac::{nac_me, nac_me_pooled, Binning, LabelledImages, Counted, LayerParams, MeSettings, PooledStates, Profile};
 use nac::{Engine, Model};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -192,13 +192,13 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
             let coverage = |b: i64, n: usize| if (0..bins_n).contains(&b) { (counts[l][b as usize * neurons + n] as f64 / p.o).min(1.0) } else { 0.0 };
             for (t, a) in allowance.iter_mut().enumerate() {
                 let mut sum = 0.0;
-                for n in 0..neurons {
+                for (n, &moved_n) in moved.iter().enumerate() {
                     let i = (np + t) * neurons + n;
                     if let Some((lo, hi)) = ambiguity[i] {
                         let here = coverage(bins[i], n);
                         sum += (lo..=hi).map(|b| (coverage(b, n) - here).abs()).fold(0.0, f64::max);
                     }
-                    sum += (moved[n] as f64 / p.o).min(1.0);
+                    sum += (moved_n as f64 / p.o).min(1.0);
                 }
                 *a += sum / (neurons * params.len()) as f64;
             }
@@ -254,7 +254,7 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         assert!((got.value - want).abs() <= 1e-6, "{} NAC-ME {settings:?}: {} vs {want}", case.name, got.value);
         assert_eq!(got.correct as u64, me["correct"].as_u64().unwrap());
         if i == 0 {
-            let direct = nac_me(engine, &mut model, &inputs, all, &labels, &settings).unwrap();
+            let direct = nac_me(engine, &mut model, LabelledImages { input: &inputs, shape: all, labels: &labels }, &settings).unwrap();
             assert_eq!(direct, got, "nac_me end to end");
         }
         if i == me_list.len() - 1 {

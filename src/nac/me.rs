@@ -35,8 +35,16 @@ pub struct MeResult {
     pub samples: usize,
 }
 
-pub fn nac_me(engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: &[usize], settings: &MeSettings) -> Result<MeResult> {
-    let pooled = PooledStates::compute(engine, model, input, shape, &[settings.layer.as_str()], Some(labels))?;
+/// Labelled images: NCHW `input` of `shape`, one label per sample.
+#[derive(Clone, Copy, Debug)]
+pub struct LabelledImages<'a> {
+    pub input: &'a [f32],
+    pub shape: [usize; 4],
+    pub labels: &'a [usize],
+}
+
+pub fn nac_me(engine: &Engine, model: &mut Model, data: LabelledImages, settings: &MeSettings) -> Result<MeResult> {
+    let pooled = PooledStates::compute(engine, model, data.input, data.shape, &[settings.layer.as_str()], Some(data.labels))?;
     nac_me_pooled(engine, &model.network, &pooled, settings)
 }
 
@@ -67,9 +75,7 @@ pub fn evaluate_checkpoints(
     engine: &Engine,
     checkpoints: &[PathBuf],
     arch: Option<ArchSpec>,
-    input: &[f32],
-    shape: [usize; 4],
-    labels: &[usize],
+    data: LabelledImages,
     settings: &MeSettings,
     test_accuracies: Option<&[f64]>,
 ) -> Result<CheckpointReport> {
@@ -84,7 +90,7 @@ pub fn evaluate_checkpoints(
     let mut results = Vec::with_capacity(checkpoints.len());
     for path in checkpoints {
         let mut model: Model = engine.load_model(path, arch)?;
-        results.push(nac_me(engine, &mut model, input, shape, labels, settings)?);
+        results.push(nac_me(engine, &mut model, data, settings)?);
     }
     let chosen = results.iter().enumerate().fold(0, |best, (i, r)| if r.value > results[best].value { i } else { best });
     let values: Vec<f64> = results.iter().map(|r| r.value).collect();

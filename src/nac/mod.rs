@@ -12,7 +12,7 @@ pub mod select;
 
 pub use bins::BinEdges;
 pub use file::{Binning, Counted, ProfileData, ProfileHeader};
-pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, MeResult, MeSettings};
+pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, LabelledImages, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
 pub use pooled::{CachedValues, PooledStates};
 pub use profile::{ModelIdentity, Profile, Scores};

@@ -48,8 +48,17 @@ pub struct Engine {
 /// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
 pub struct Model {
     pub network: Network,
+    /// `network.fingerprint()`, computed once at upload.
+    fingerprint: String,
     weights: GpuWeights,
     plans: HashMap<(usize, usize, Vec<usize>), Plan>,
+}
+
+impl Model {
+    /// Identity of the weights (see `Network::fingerprint`).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
 }
 
 /// Activation and gradient of one requested layer, NCHW (`[B, C, 1, 1]` for `avgpool`).
@@ -85,7 +94,7 @@ impl Engine {
 
     pub fn upload(&self, network: Network) -> Model {
         let weights = GpuWeights::upload(&self.gpu, &network);
-        Model { network, weights, plans: HashMap::new() }
+        Model { fingerprint: network.fingerprint(), network, weights, plans: HashMap::new() }
     }
 
     fn binding_limit(&self) -> u64 {

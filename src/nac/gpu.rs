@@ -1,7 +1,7 @@
 //! Recording the NAC kernels (`shaders/nac.wgsl`): one uniform and one bind group per call,
 //! created once per batch run and re-parameterised per chunk.
 
-use crate::engine::Engine;
+use crate::engine::{ChunkBuffers, Engine};
 use crate::kernels::{flat_workgroups, nac_flags, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
 
 /// A bound NAC kernel call.
@@ -53,8 +53,16 @@ impl NacCall {
     }
 }
 
+/// Points `calls` at a chunk of a pass and records them after it.
+pub(crate) fn record_chunk(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &mut [NacCall], chunk: &ChunkBuffers) {
+    for call in calls.iter_mut() {
+        call.set_chunk(engine, chunk.len, chunk.start);
+    }
+    record(engine, encoder, calls);
+}
+
 /// Records `calls` into one compute pass.
-pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &[&NacCall]) {
+pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &[NacCall]) {
     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac"), timestamp_writes: None });
     for call in calls {
         call.dispatch(engine, &mut pass);

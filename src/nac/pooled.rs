@@ -3,7 +3,7 @@
 //! from the cache is a re-binning (parameter search, parity checks). A cache can also hold
 //! pairs or finished states computed elsewhere (`from_host`).
 
-use super::gpu::{record, NacCall};
+use super::gpu::{record_chunk, NacCall};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result};
@@ -94,16 +94,13 @@ impl PooledStates {
                     buffers.push((lb.name.to_string(), neurons, out));
                 }
             }
-            for call in calls.iter_mut() {
-                call.set_chunk(engine, chunk.len, chunk.start);
-            }
-            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            record_chunk(engine, encoder, &mut calls, chunk);
             Ok(())
         })?;
         engine.gpu.check()?;
         Ok(PooledStates {
             samples: total,
-            model_fingerprint: model.network.fingerprint(),
+            model_fingerprint: model.fingerprint().to_string(),
             values: CachedValues::Pairs,
             layers: buffers,
             predictions,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::bins::BinEdges;
 use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, PROFILE_FORMAT, PROFILE_VERSION};
-use super::gpu::{histogram_params, record, NacCall};
+use super::gpu::{histogram_params, record, record_chunk, NacCall};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions};
 use crate::engine::{ChunkBuffers, Engine, Model};
@@ -165,7 +165,10 @@ impl Profile {
 
     /// Fails unless `network` is the model this profile was built with.
     pub fn check_model(&self, network: &Network) -> Result<()> {
-        let fingerprint = network.fingerprint();
+        self.check_fingerprint(&network.fingerprint())
+    }
+
+    fn check_fingerprint(&self, fingerprint: &str) -> Result<()> {
         if fingerprint != self.header.model_fingerprint {
             return Err(Error::Input(format!(
                 "the profile was built with model {} but this model is {fingerprint}: profiles only apply to the weights they were built with",
@@ -204,7 +207,7 @@ impl Profile {
     }
 
     fn add_impl(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: Option<&[usize]>) -> Result<()> {
-        self.check_model(&model.network)?;
+        self.check_fingerprint(model.fingerprint())?;
         let total = shape[0];
         let classes = model.network.num_classes();
         let predictions = labels.map(|l| Predictions::new(engine, total, Some(l)));
@@ -228,10 +231,7 @@ impl Profile {
                     ));
                 }
             }
-            for call in calls.iter_mut() {
-                call.set_chunk(engine, chunk.len, chunk.start);
-            }
-            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            record_chunk(engine, encoder, &mut calls, chunk);
             Ok(())
         })?;
         engine.gpu.check()?;
@@ -254,7 +254,7 @@ impl Profile {
             NacCall::new(engine, Kernel::NacHistogram, params, [Some(pairs), None, Some(&gpu_layer.thresholds), summary], &gpu_layer.counts)
         })?;
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
-        record(engine, &mut encoder, &calls.iter().collect::<Vec<_>>());
+        record(engine, &mut encoder, &calls);
         engine.gpu.queue.submit([encoder.finish()]);
         engine.gpu.check()?;
         self.header.samples += pooled.samples as u64;
@@ -291,7 +291,7 @@ impl Profile {
     /// NAC-UE scores of an NCHW batch (spec §3): per layer the mean over neurons of
     /// `min(count[bin(s)] / O, 1)`, then the mean over layers. One readback at the end.
     pub fn score(&self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<Scores> {
-        self.check_model(&model.network)?;
+        self.check_fingerprint(model.fingerprint())?;
         let total = shape[0];
         let classes = model.network.num_classes();
         let outputs = ScoreOutputs::new(engine, self.layers.len(), total);
@@ -306,10 +306,7 @@ impl Profile {
                     calls.push(outputs.score_call(engine, params, [Some(lb.z), Some(lb.g)], gpu_layer));
                 }
             }
-            for call in calls.iter_mut() {
-                call.set_chunk(engine, chunk.len, chunk.start);
-            }
-            record(engine, encoder, &calls.iter().collect::<Vec<_>>());
+            record_chunk(engine, encoder, &mut calls, chunk);
             Ok(())
         })?;
         outputs.finish(engine, self, &predictions)
@@ -327,7 +324,7 @@ impl Profile {
         });
         let calls = calls?;
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
-        record(engine, &mut encoder, &calls.iter().collect::<Vec<_>>());
+        record(engine, &mut encoder, &calls);
         engine.gpu.queue.submit([encoder.finish()]);
         outputs.finish(engine, self, &pooled.predictions)
     }
@@ -341,7 +338,7 @@ impl Profile {
             let params = NacParams { neurons: layer.neurons as u32, edges: layer.m as u32, o: layer.o as f32, ..Default::default() };
             let call = NacCall::new(engine, Kernel::NacCoverage, params, [None, None, None, Some(&gpu_layer.counts)], &out);
             let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
-            record(engine, &mut encoder, &[&call]);
+            record(engine, &mut encoder, std::slice::from_ref(&call));
             engine.gpu.queue.submit([encoder.finish()]);
             let v = engine.gpu.read_f32(&out, 1)?[0];
             if !v.is_finite() {
@@ -450,7 +447,7 @@ impl ScoreOutputs {
         let params = NacParams { total_samples: self.total as u32, layer: self.layers as u32, ..Default::default() };
         let combine = NacCall::new(engine, Kernel::NacCombine, params, [Some(&self.layer_scores), None, None, None], &self.scores);
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
-        record(engine, &mut encoder, &[&combine]);
+        record(engine, &mut encoder, std::slice::from_ref(&combine));
         let staging = [
             engine.gpu.readback_buffer((self.total * 4) as u64),
             engine.gpu.readback_buffer((self.layers * self.total * 4) as u64),

@@ -103,6 +103,9 @@ enum Command {
         /// Must equal the profile's (see `nac profile --preprocessing`).
         #[arg(long, default_value = AS_GIVEN)]
         preprocessing: String,
+        /// If given, must equal the profile's layer list (a guard for scripts).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<String>>,
         #[arg(long)]
         arch: Option<String>,
         #[arg(long, default_value_t = 64)]
@@ -173,8 +176,8 @@ fn main() -> ExitCode {
             let job = ProfileJob { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, arch, batch, out };
             profile(gpu, job)
         }
-        Command::Score { model, profile, input, preprocessing, arch, batch, out } => {
-            score(gpu, model, profile, input, &preprocessing, arch, batch, out)
+        Command::Score { model, profile, input, preprocessing, layers, arch, batch, out } => {
+            score(gpu, ScoreJob { model, profile, input, preprocessing, layers, arch, batch, out })
         }
         Command::Merge { out, profiles } => merge(&profiles, &out),
         Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, arch, batch, out } => {
@@ -335,13 +338,28 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn score(gpu: GpuOptions, model: PathBuf, profile: PathBuf, input: PathBuf, preprocessing: &str, arch: Option<String>, batch: usize, out: PathBuf) -> Result<()> {
-    let (data, shape) = load_images(&input)?;
-    let mut engine = engine_for(gpu, batch)?;
-    let mut model = engine.load_model(&model, parse_arch(arch)?)?;
-    let profile = Profile::load(&engine, &model.network, &profile)?;
-    profile.check_preprocessing(preprocessing)?;
+struct ScoreJob {
+    model: PathBuf,
+    profile: PathBuf,
+    input: PathBuf,
+    preprocessing: String,
+    layers: Option<Vec<String>>,
+    arch: Option<String>,
+    batch: usize,
+    out: PathBuf,
+}
+
+fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
+    let (data, shape) = load_images(&job.input)?;
+    let mut engine = engine_for(gpu, job.batch)?;
+    let mut model = engine.load_model(&job.model, parse_arch(job.arch)?)?;
+    let profile = Profile::load(&engine, &model.network, &job.profile)?;
+    let in_profile = |e: Error| Error::Input(format!("profile {}: {e}", job.profile.display()));
+    profile.check_preprocessing(&job.preprocessing).map_err(in_profile)?;
+    if let Some(layers) = &job.layers {
+        profile.check_layers(layers).map_err(in_profile)?;
+    }
+    let out = job.out;
     let bar = progress_bar("score", shape[0]);
     engine.set_progress(Some(bar.clone()));
     let scores = profile.score(&engine, &mut model, &data, shape)?;

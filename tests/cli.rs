@@ -170,12 +170,16 @@ fn profile_score_merge_and_me_match_the_library() {
     assert!(csv.starts_with("index,score,avgpool,block3,block1,predicted,max_softmax\n") && csv.lines().count() == n + 1, "{csv}");
 
     // Scoring refuses another model, and other preprocessing, and writes nothing.
-    for (model_arg, prep) in [(&other_path, "test-prep"), (&model_path, "none")] {
+    for (model_arg, prep, layers, expected) in [
+        (&other_path, "test-prep", "avgpool,block3,block1", "was built with model wrn-10-1:"),
+        (&model_path, "none", "avgpool,block3,block1", "preprocessing `test-prep`, not `none`"),
+        (&model_path, "test-prep", "avgpool,block1", "covers layers avgpool,block3,block1, not avgpool,block1"),
+    ] {
         let out = nac().args(["score", "--model"]).arg(model_arg).arg("--profile").arg(p("profile.safetensors"))
-            .arg("--input").arg(&x).args(["--preprocessing", prep, "--out"]).arg(p("refused.csv")).output().unwrap();
+            .arg("--input").arg(&x).args(["--preprocessing", prep, "--layers", layers, "--out"]).arg(p("refused.csv")).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && !p("refused.csv").exists(), "{stderr}");
-        assert!(stderr.contains("profile") && (stderr.contains("fingerprint") || stderr.contains("wrn-10-1:") || stderr.contains("test-prep")), "{stderr}");
+        assert!(stderr.contains("profile.safetensors") && stderr.contains(expected), "{stderr}");
     }
 
     // Two shards merged by the CLI equal one profile of both.

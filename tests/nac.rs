@@ -261,6 +261,10 @@ fn profile_files_round_trip_and_refuse_other_models() {
     let err = Profile::load(&engine, &wide.network, &path).err().unwrap().to_string();
     assert!(err.contains("`avgpool` has 64 neurons, the model's has 128"), "{err}");
     assert!(profile.check_preprocessing("pad+normalise").is_ok());
+    let official: Vec<String> = ["avgpool", "block3", "block2", "block1"].iter().map(|s| s.to_string()).collect();
+    assert!(loaded.check_layers(&official).is_ok());
+    let err = loaded.check_layers(&official[..2]).unwrap_err().to_string();
+    assert!(err.contains("covers layers avgpool,block3,block2,block1, not avgpool,block3"), "{err}");
     assert!(profile.check_preprocessing("none").unwrap_err().to_string().contains("pad+normalise"));
 
     // Damaged files are named and explained.

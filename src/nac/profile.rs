@@ -178,6 +178,18 @@ impl Profile {
         Ok(())
     }
 
+    /// Fails unless `layers` are the profile's layers, in order.
+    pub fn check_layers(&self, layers: &[String]) -> Result<()> {
+        if self.layer_names() != layers.iter().map(|s| s.as_str()).collect::<Vec<_>>() {
+            return Err(Error::Input(format!(
+                "the profile covers layers {}, not {}",
+                self.layer_names().join(","),
+                layers.join(",")
+            )));
+        }
+        Ok(())
+    }
+
     /// Fails unless `preprocessing` is the one the profile was built with.
     pub fn check_preprocessing(&self, preprocessing: &str) -> Result<()> {
         if preprocessing != self.header.preprocessing {

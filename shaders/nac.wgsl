@@ -21,7 +21,7 @@ struct Params {
     block_samples: u32,  // histogram: samples per workgroup
     sample_offset: u32,  // index of this chunk's first sample in the whole set
     total_samples: u32,  // samples in the whole set (row length of per-layer outputs)
-    layer: u32,          // score: row of layer_scores; combine: number of layers
+    layer: u32,          // score: row of layer_scores; coverage: output index; combine: number of layers
     classes: u32,        // predict
     _pad0: u32,
     _pad1: u32,
@@ -178,7 +178,8 @@ fn score(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: ve
     }
 }
 
-// One workgroup: NAC-ME = mean over neurons of Σ_bins min(count / O, 1) / M.
+// One workgroup per layer: NAC-ME = mean over neurons of Σ_bins min(count / O, 1) / M, written
+// to out[layer].
 @compute @workgroup_size(256)
 fn coverage(@builtin(local_invocation_index) t: u32) {
     let bins = p.edges - 1u;
@@ -193,7 +194,7 @@ fn coverage(@builtin(local_invocation_index) t: u32) {
     partial[t] = acc;
     reduce_partial(t);
     if (t == 0u) {
-        out[0] = partial[0] / f32(p.neurons);
+        out[p.layer] = partial[0] / f32(p.neurons);
     }
 }
 

@@ -32,6 +32,31 @@ struct Cli {
     command: Command,
 }
 
+/// How a command runs its model.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Architecture, when detection from tensor names is not wanted
+    /// (resnet18_32x32, resnet18/34/50/101/152, wrn-DEPTH-WIDTH).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Samples per GPU submission (larger inputs are chunked).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+impl RunArgs {
+    fn arch(&self) -> Result<Option<ArchSpec>> {
+        self.arch.as_deref().map(str::parse).transpose()
+    }
+
+    fn engine(&self, gpu: GpuOptions) -> Result<Engine> {
+        if self.batch == 0 {
+            return Err(Error::Input("--batch must be at least 1".into()));
+        }
+        Engine::new(EngineOptions { gpu, max_batch: self.batch, ..Default::default() })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List every adapter with backend, type, driver, limits and features; mark the one used.
@@ -47,13 +72,8 @@ enum Command {
         /// Output .npy (float32, N×classes).
         #[arg(long)]
         out: PathBuf,
-        /// Architecture, when detection from tensor names is not wanted
-        /// (resnet18_32x32, resnet18/34/50/101/152, wrn-DEPTH-WIDTH).
-        #[arg(long)]
-        arch: Option<String>,
-        /// Samples per GPU submission.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Build a NAC profile (per-layer histograms of neuron states) from in-distribution data.
     Profile {
@@ -83,10 +103,8 @@ enum Command {
         /// Description of the preprocessing the inputs went through; scoring must state the same.
         #[arg(long, default_value = AS_GIVEN)]
         preprocessing: String,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        #[command(flatten)]
+        run: RunArgs,
         /// Output profile (.safetensors).
         #[arg(long)]
         out: PathBuf,
@@ -106,10 +124,8 @@ enum Command {
         /// If given, must equal the profile's layer list (a guard for scripts).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<String>>,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(long)]
         out: PathBuf,
     },
@@ -142,10 +158,8 @@ enum Command {
         m: usize,
         #[arg(long, default_value_t = 500.0)]
         o: f64,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        #[command(flatten)]
+        run: RunArgs,
         /// Also write the report as JSON.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -170,19 +184,19 @@ fn main() -> ExitCode {
     let gpu = GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone());
     let result = match cli.command {
         Command::Info => info(&gpu),
-        Command::Predict { model, input, out, arch, batch } => predict(gpu, model, input, out, arch, batch),
+        Command::Predict { model, input, out, run } => predict(gpu, model, input, out, &run),
         Command::Selfcheck { arch, batch, size, seed } => selfcheck(gpu, &arch, batch, size, seed),
-        Command::Profile { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, arch, batch, out } => {
-            let job = ProfileJob { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, arch, batch, out };
+        Command::Profile { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, run, out } => {
+            let job = ProfileJob { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, run, out };
             profile(gpu, job)
         }
-        Command::Score { model, profile, input, preprocessing, layers, arch, batch, out } => {
-            score(gpu, ScoreJob { model, profile, input, preprocessing, layers, arch, batch, out })
+        Command::Score { model, profile, input, preprocessing, layers, run, out } => {
+            score(gpu, ScoreJob { model, profile, input, preprocessing, layers, run, out })
         }
         Command::Merge { out, profiles } => merge(&profiles, &out),
-        Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, arch, batch, out } => {
+        Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, run, out } => {
             let settings = MeSettings { layer, alpha, m, o };
-            model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, arch, batch, out)
+            model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, &run, out)
         }
     };
     match result {
@@ -207,10 +221,6 @@ fn info(options: &GpuOptions) -> Result<()> {
     Ok(())
 }
 
-fn parse_arch(arch: Option<String>) -> Result<Option<ArchSpec>> {
-    arch.map(|a| a.parse()).transpose()
-}
-
 /// A float32 N×C×H×W array and its shape.
 fn load_images(path: &Path) -> Result<(Vec<f32>, [usize; 4])> {
     let array = NpyArray::load(path)?;
@@ -229,31 +239,18 @@ fn load_labels(path: &Path, samples: usize) -> Result<Vec<usize>> {
     Ok(labels)
 }
 
-fn engine_for(gpu: GpuOptions, batch: usize) -> Result<Engine> {
-    if batch == 0 {
-        return Err(Error::Input("--batch must be at least 1".into()));
-    }
-    Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })
-}
-
 fn progress_bar(what: &str, len: usize) -> ProgressBar {
     ProgressBar::new(len as u64)
         .with_style(ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} images, {{per_sec}}, eta {{eta}}")).unwrap())
 }
 
-fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, arch: Option<String>, batch: usize) -> Result<()> {
+fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, run: &RunArgs) -> Result<()> {
     let (data, shape) = load_images(&input)?;
-    let engine = engine_for(gpu, batch)?;
-    let mut model = engine.load_model(&model, parse_arch(arch)?)?;
-    let per_sample = shape[1] * shape[2] * shape[3];
+    let mut engine = run.engine(gpu)?;
+    let mut model = engine.load_model(&model, run.arch()?)?;
     let progress = progress_bar("predict", shape[0]);
-    let mut logits = Vec::with_capacity(shape[0] * model.network.num_classes());
-    for start in (0..shape[0]).step_by(batch) {
-        let n = batch.min(shape[0] - start);
-        let chunk = &data[start * per_sample..(start + n) * per_sample];
-        logits.extend(engine.predict(&mut model, chunk, [n, shape[1], shape[2], shape[3]])?);
-        progress.inc(n as u64);
-    }
+    engine.set_progress(Some(progress.clone()));
+    let logits = engine.predict(&mut model, &data, shape)?;
     progress.finish_and_clear();
     NpyArray::from_f32(vec![shape[0], model.network.num_classes()], &logits).save(&out)?;
     eprintln!("wrote {} ({}×{} logits) using {}", out.display(), shape[0], model.network.num_classes(), engine.gpu.info.name);
@@ -305,15 +302,14 @@ struct ProfileJob {
     preset: String,
     layer_params: Vec<String>,
     preprocessing: String,
-    arch: Option<String>,
-    batch: usize,
+    run: RunArgs,
     out: PathBuf,
 }
 
 fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let (mut data, mut shape) = load_images(&job.input)?;
-    let mut engine = engine_for(gpu, job.batch)?;
-    let mut model = engine.load_model(&job.model, parse_arch(job.arch)?)?;
+    let mut engine = job.run.engine(gpu)?;
+    let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let preset: Preset = job.preset.parse()?;
     let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network.stage_names()));
     let overrides = job.layer_params.iter().map(|t| LayerParams::parse(t)).collect::<Result<Vec<_>>>()?;
@@ -344,15 +340,14 @@ struct ScoreJob {
     input: PathBuf,
     preprocessing: String,
     layers: Option<Vec<String>>,
-    arch: Option<String>,
-    batch: usize,
+    run: RunArgs,
     out: PathBuf,
 }
 
 fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     let (data, shape) = load_images(&job.input)?;
-    let mut engine = engine_for(gpu, job.batch)?;
-    let mut model = engine.load_model(&job.model, parse_arch(job.arch)?)?;
+    let mut engine = job.run.engine(gpu)?;
+    let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let profile = Profile::load(&engine, &model.network, &job.profile)?;
     let in_profile = |e: Error| Error::Input(format!("profile {}: {e}", job.profile.display()));
     profile.check_preprocessing(&job.preprocessing).map_err(in_profile)?;
@@ -387,17 +382,16 @@ fn model_evaluation(
     labels: PathBuf,
     accuracies: Option<Vec<f64>>,
     settings: &MeSettings,
-    arch: Option<String>,
-    batch: usize,
+    run: &RunArgs,
     out: Option<PathBuf>,
 ) -> Result<()> {
     let (data, shape) = load_images(&input)?;
     let labels = load_labels(&labels, shape[0])?;
-    let mut engine = engine_for(gpu, batch)?;
+    let mut engine = run.engine(gpu)?;
     let bar = progress_bar("NAC-ME", shape[0] * checkpoints.len());
     engine.set_progress(Some(bar.clone()));
     let images = LabelledImages { input: &data, shape, labels: &labels };
-    let report = evaluate_checkpoints(&engine, checkpoints, parse_arch(arch)?, images, settings, accuracies.as_deref())?;
+    let report = evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref())?;
     bar.finish_and_clear();
     println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
     for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {

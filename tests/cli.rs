@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::random_vec;
@@ -19,15 +18,9 @@ fn nac() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nac"))
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nac-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn predict_writes_the_library_logits() {
-    let dir = temp_dir();
+    let dir = common::temp_dir("cli");
     let model_path = dir.join("wrn.safetensors");
     let synthetic = SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 2 }, 6, 21).unwrap();
     synthetic.save(&model_path, StorageDtype::F16).unwrap();
@@ -60,7 +53,7 @@ fn predict_writes_the_library_logits() {
 
 #[test]
 fn predict_errors_name_the_problem_and_write_nothing() {
-    let dir = temp_dir();
+    let dir = common::temp_dir("cli");
     let model_path = dir.join("r18.safetensors");
     SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 1).unwrap().save(&model_path, StorageDtype::F32).unwrap();
     let out_path = dir.join("never.npy");
@@ -128,8 +121,7 @@ fn run_ok(cmd: &mut Command) -> String {
 /// against the library call.
 #[test]
 fn profile_score_merge_and_me_match_the_library() {
-    let dir = temp_dir().join("nac-flow");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("cli-flow");
     let spec = ArchSpec::WideResNet { depth: 10, width: 1 };
     let (model_path, other_path) = (dir.join("model.safetensors"), dir.join("other.safetensors"));
     SyntheticModel::new(spec, 4, 31).unwrap().save(&model_path, StorageDtype::F32).unwrap();

@@ -116,13 +116,6 @@ fn check_histogram(what: &str, gpu: &[u32], golden_bins: &[i64], ambiguity: &[Op
     (ambiguous.iter().sum::<i64>() as usize, moved)
 }
 
-fn relative_error(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let diff = got.iter().zip(want).fold(0f64, |m, (a, b)| if a.is_finite() { m.max((*a as f64 - *b as f64).abs()) } else { f64::INFINITY });
-    assert!(scale > 0.0);
-    diff / scale
-}
-
 fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
     let g = load_golden(case.name);
     let c = &g.meta["case"];
@@ -147,9 +140,9 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         let mut pairs = profile_set.read_values(engine, layer).unwrap();
         pairs.extend(test_set.read_values(engine, layer).unwrap());
         let (gz, gg): (Vec<f32>, Vec<f32>) = pairs.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
-        let (ez, eg) = (relative_error(&gz, sz), relative_error(&gg, sg));
-        eprintln!("{} {layer}: pooled Σz rel err {ez:.2e}, Σg rel err {eg:.2e} ({neurons} neurons)", case.name);
-        assert!(ez <= 1e-4 && eg <= 1e-4, "{} {layer}: pooled sums differ: {ez:.2e} / {eg:.2e}", case.name);
+        let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        common::assert_close(&format!("{} {layer} pooled Σz ({neurons} neurons)", case.name), &gz, &wide(sz), 1e-4);
+        common::assert_close(&format!("{} {layer} pooled Σg ({neurons} neurons)", case.name), &gg, &wide(sg), 1e-4);
     }
     let (predicted, _, _) = profile_set.read_predictions(engine).unwrap();
     let logits = &g.f32s["logits"];

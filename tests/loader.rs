@@ -1,6 +1,8 @@
 //! Checkpoint loading: every error class names the file and tensor with what was expected and
 //! found; f16/bf16 checkpoints convert exactly; detection covers every architecture.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use nac::model::arch::{self, ArchSpec};
@@ -11,9 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nac-loader-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    common::temp_dir("loader").join(name)
 }
 
 fn load_err(path: &Path, spec: Option<ArchSpec>) -> String {

@@ -78,9 +78,13 @@ fn scores_of_states_match_the_cpu_reference() {
     };
     profile.add_pooled(&engine, &cache(&train, profiled)).unwrap();
     let scores = profile.score_pooled(&engine, &cache(&test, scored)).unwrap();
+    let coverage = profile.coverage(&engine).unwrap();
     for (l, (_, neurons, p)) in layers.iter().enumerate() {
         let edges = BinEdges::log_symmetric(p.m).unwrap();
         let counts = cpu_histogram(&train[l], *neurons, &edges);
+        // Coverage (the NAC-ME reduction), every layer from one dispatch each in one pass.
+        let want: f64 = counts.iter().map(|&c| (c as f64 / p.o).min(1.0)).sum::<f64>() / p.m as f64 / *neurons as f64;
+        assert!((coverage[l] - want).abs() <= 1e-6, "layer {l} coverage {} vs {want}", coverage[l]);
         for t in 0..scored {
             let want: f64 = (0..*neurons)
                 .map(|n| edges.bin_of(test[l][t * neurons + n]).map_or(0.0, |b| (counts[b * neurons + n] as f64 / p.o).min(1.0)))
@@ -199,7 +203,7 @@ fn chunked_runs_equal_one_pass_and_shards_merge_to_one_profile() {
     assert!(scores.score.iter().all(|s| s.is_finite() && *s > 0.0 && *s <= 1.0));
 
     // Three shards (3 + 2 + 2 samples), each saved to its own file, merged.
-    let dir = tempdir();
+    let dir = common::temp_dir("profiles");
     let mut names = Vec::new();
     let mut parts = Vec::new();
     for (i, range) in [0..3, 3..5, 5..7].into_iter().enumerate() {
@@ -227,12 +231,6 @@ fn chunked_runs_equal_one_pass_and_shards_merge_to_one_profile() {
     assert!(err.contains("preprocessing"), "{err}");
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("nac-test-{}-{:?}", std::process::id(), std::thread::current().id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn profile_files_round_trip_and_refuse_other_models() {
     let engine = common::engine();
@@ -240,7 +238,7 @@ fn profile_files_round_trip_and_refuse_other_models() {
     let input = random_inputs(3, 3, SIZE, SIZE, 12);
     let mut profile = Profile::new(&engine, &model.network, &wrn_params(), "pad+normalise").unwrap();
     profile.add(&engine, &mut model, &input, [3, 3, SIZE, SIZE]).unwrap();
-    let dir = tempdir();
+    let dir = common::temp_dir("profiles");
     let path = dir.join("profile.safetensors");
     profile.save(&engine, &path).unwrap();
     let data = ProfileData::load(&path).unwrap();

@@ -23,8 +23,7 @@ const LAYER_TOL: f64 = 1e-3;
 /// Saves a random model, loads it through the file path, runs GPU and CPU, compares.
 fn check_network(spec: ArchSpec, classes: usize, shape: [usize; 4], seed: u64, options: Option<EngineOptions>) {
     let synthetic = SyntheticModel::new(spec, classes, seed).unwrap();
-    let dir = std::env::temp_dir().join(format!("nac-test-{}-{seed}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir(&format!("network-{seed}"));
     let path = dir.join(format!("{spec}.safetensors"));
     synthetic.save(&path, StorageDtype::F32).unwrap();
 

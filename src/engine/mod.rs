@@ -41,8 +41,6 @@ pub struct Engine {
     pub(crate) kernels: Kernels,
     options: EngineOptions,
     progress: Option<indicatif::ProgressBar>,
-    /// Bound where a kernel's binding is unused.
-    placeholder: wgpu::Buffer,
 }
 
 /// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
@@ -83,8 +81,7 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
         let kernels = Kernels::new(&gpu)?;
-        let placeholder = gpu.storage_buffer("placeholder", 16);
-        Ok(Engine { gpu, kernels, options, progress: None, placeholder })
+        Ok(Engine { gpu, kernels, options, progress: None })
     }
 
     /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
@@ -179,10 +176,6 @@ impl Engine {
             self.tick(len);
         }
         Ok(())
-    }
-
-    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
-        &self.placeholder
     }
 
     fn tick(&self, samples: usize) {

@@ -95,7 +95,6 @@ impl Plan {
             return Err(Error::Gpu(format!("a plan buffer exceeds the binding limit of {} bytes", gpu.max_binding_bytes())));
         }
 
-        let dummy = gpu.storage_buffer("unused", 16);
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut params = Vec::with_capacity(n_calls);
         let mut bind_groups = Vec::with_capacity(n_calls);
@@ -109,7 +108,7 @@ impl Plan {
                 .map(|r| match r {
                     Input::Tensor(t) => &buffers[tensor_buffer[*t]],
                     Input::Weight(b) => b,
-                    Input::Unused => &dummy,
+                    Input::Unused => kernels.placeholder(),
                 })
                 .collect();
             bind_groups.push(kernels.bind_group(gpu, call.kernel, &uniform, &reads, &buffers[tensor_buffer[call.output]]));

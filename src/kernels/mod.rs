@@ -222,6 +222,8 @@ pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
 /// All pipelines, built once per device.
 pub struct Kernels {
     pipelines: Vec<(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
+    /// Bound where a call leaves a read binding unused.
+    placeholder: wgpu::Buffer,
 }
 
 fn layout_for(gpu: &Gpu, reads: usize) -> wgpu::BindGroupLayout {
@@ -282,11 +284,15 @@ impl Kernels {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("compiling kernels: {e}")));
         }
-        Ok(Kernels { pipelines })
+        Ok(Kernels { pipelines, placeholder: gpu.storage_buffer("unused binding", 16) })
     }
 
     fn entry(&self, kernel: Kernel) -> &(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout) {
         self.pipelines.iter().find(|(k, _, _)| *k == kernel).expect("every kernel is built")
+    }
+
+    pub fn placeholder(&self) -> &wgpu::Buffer {
+        &self.placeholder
     }
 
     pub fn pipeline(&self, kernel: Kernel) -> &wgpu::ComputePipeline {

@@ -15,7 +15,7 @@ pub(crate) struct NacCall {
 impl NacCall {
     /// Binds `reads` (z, g, thresholds, summary-or-counts; `None` binds a placeholder) and `out`.
     pub fn new(engine: &Engine, kernel: Kernel, params: NacParams, reads: [Option<&wgpu::Buffer>; 4], out: &wgpu::Buffer) -> Self {
-        let placeholder = engine.placeholder();
+        let placeholder = engine.kernels.placeholder();
         let reads: Vec<&wgpu::Buffer> = reads.iter().map(|r| r.unwrap_or(placeholder)).collect();
         let uniform = engine.gpu.uniform_buffer(&format!("{kernel:?} params"), bytemuck::bytes_of(&params));
         let bind_group = engine.kernels.bind_group(&engine.gpu, kernel, &uniform, &reads, out);

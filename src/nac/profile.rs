@@ -130,7 +130,13 @@ impl Profile {
 
     fn upload(engine: &Engine, header: ProfileHeader, counts: &[Vec<u32>]) -> Result<Self> {
         let mut layers = Vec::with_capacity(header.layers.len());
+        if counts.len() != header.layers.len() {
+            return Err(Error::Input(format!("{} count arrays for {} layers", counts.len(), header.layers.len())));
+        }
         for (l, c) in header.layers.iter().zip(counts) {
+            if c.len() != (l.m - 1) * l.neurons {
+                return Err(Error::Input(format!("layer `{}`: {} counts, expected {} bins × {} neurons", l.name, c.len(), l.m - 1, l.neurons)));
+            }
             let edges = header.binning.edges(l.m)?;
             let bytes = (c.len() * 4) as u64;
             if bytes > engine.gpu.max_binding_bytes() {
@@ -259,7 +265,7 @@ impl Profile {
             return Err(Error::Input("this profile counts only correctly classified samples, but the pooled states have no labels".into()));
         }
         let flags = pooled.source_flag() | if masked { nac_flags::MASKED } else { 0 };
-        let calls = self.pooled_calls(pooled, |layer, gpu_layer, pairs| {
+        let calls = self.pooled_calls(pooled, |_, layer, gpu_layer, pairs| {
             let mut params = histogram_params(layer.neurons, 1, layer.m, layer.alpha, flags);
             params.batch = pooled.samples as u32;
             let summary = masked.then_some(&pooled.predictions.summary);
@@ -277,7 +283,7 @@ impl Profile {
     fn pooled_calls(
         &self,
         pooled: &PooledStates,
-        mut make: impl FnMut(&LayerHeader, &GpuLayer, &wgpu::Buffer) -> NacCall,
+        make: impl Fn(usize, &LayerHeader, &GpuLayer, &wgpu::Buffer) -> NacCall,
     ) -> Result<Vec<NacCall>> {
         if pooled.model_fingerprint != self.header.model_fingerprint {
             return Err(Error::Input(format!(
@@ -289,13 +295,14 @@ impl Profile {
             .layers
             .iter()
             .zip(&self.layers)
-            .map(|(layer, gpu_layer)| {
+            .enumerate()
+            .map(|(l, (layer, gpu_layer))| {
                 let pairs = pooled.pairs(&layer.name)?;
                 let neurons = pooled.neurons(&layer.name);
                 if neurons != layer.neurons {
                     return Err(Error::Input(format!("layer `{}`: the cache has {neurons} neurons, the profile {}", layer.name, layer.neurons)));
                 }
-                Ok(make(layer, gpu_layer, pairs))
+                Ok(make(l, layer, gpu_layer, pairs))
             })
             .collect()
     }
@@ -321,44 +328,46 @@ impl Profile {
             record_chunk(engine, encoder, &mut calls, chunk);
             Ok(())
         })?;
-        outputs.finish(engine, self, &predictions)
+        outputs.finish(engine, engine.gpu.device.create_command_encoder(&Default::default()), self, &predictions)
     }
 
-    /// NAC-UE scores of cached pooled states: a re-binning, no network pass.
+    /// NAC-UE scores of cached pooled states: a re-binning, no network pass; one submit.
     pub fn score_pooled(&self, engine: &Engine, pooled: &PooledStates) -> Result<Scores> {
         let outputs = ScoreOutputs::new(engine, self.layers.len(), pooled.samples);
-        let mut l = 0;
-        let calls = self.pooled_calls(pooled, |layer, gpu_layer, pairs| {
+        let calls = self.pooled_calls(pooled, |l, layer, gpu_layer, pairs| {
             let mut params = score_params(layer, 1, l, pooled.samples, pooled.source_flag());
             params.batch = pooled.samples as u32;
-            l += 1;
             outputs.score_call(engine, params, [Some(pairs), None], gpu_layer)
-        });
-        let calls = calls?;
+        })?;
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
         record(engine, &mut encoder, &calls);
-        engine.gpu.queue.submit([encoder.finish()]);
-        outputs.finish(engine, self, &pooled.predictions)
+        outputs.finish(engine, encoder, self, &pooled.predictions)
     }
 
     /// Per layer, the mean over neurons of `Σ_bins min(count / O, 1) / M` (the NAC-ME value of
     /// spec §6 when the profile uses uniform bins and counts correct samples).
     pub fn coverage(&self, engine: &Engine) -> Result<Vec<f64>> {
         let out = engine.gpu.upload_f32("coverage", &vec![f32::NAN; self.layers.len()]);
-        let mut values = Vec::with_capacity(self.layers.len());
-        for (layer, gpu_layer) in self.header.layers.iter().zip(&self.layers) {
-            let params = NacParams { neurons: layer.neurons as u32, edges: layer.m as u32, o: layer.o as f32, ..Default::default() };
-            let call = NacCall::new(engine, Kernel::NacCoverage, params, [None, None, None, Some(&gpu_layer.counts)], &out);
-            let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
-            record(engine, &mut encoder, std::slice::from_ref(&call));
-            engine.gpu.queue.submit([encoder.finish()]);
-            let v = engine.gpu.read_f32(&out, 1)?[0];
-            if !v.is_finite() {
-                return Err(Error::Gpu(format!("coverage of layer `{}` came back as {v}", layer.name)));
-            }
-            values.push(v as f64);
+        let calls: Vec<NacCall> = self
+            .header
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .enumerate()
+            .map(|(l, (layer, gpu_layer))| {
+                let params =
+                    NacParams { neurons: layer.neurons as u32, edges: layer.m as u32, o: layer.o as f32, layer: l as u32, ..Default::default() };
+                NacCall::new(engine, Kernel::NacCoverage, params, [None, None, None, Some(&gpu_layer.counts)], &out)
+            })
+            .collect();
+        let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
+        record(engine, &mut encoder, &calls);
+        engine.gpu.queue.submit([encoder.finish()]);
+        let values = engine.gpu.read_f32(&out, self.layers.len())?;
+        if let Some(l) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Gpu(format!("coverage of layer `{}` came back as {}", self.header.layers[l].name, values[l])));
         }
-        Ok(values)
+        Ok(values.into_iter().map(f64::from).collect())
     }
 
     /// Reads the histograms back: `[bins][neurons]` per layer.
@@ -454,11 +463,11 @@ impl ScoreOutputs {
         NacCall::new(engine, Kernel::NacScore, params, [zg[0], zg[1], Some(&layer.thresholds), Some(&layer.counts)], &self.layer_scores)
     }
 
-    /// Means over layers on the GPU, then the one readback of the run.
-    fn finish(self, engine: &Engine, profile: &Profile, predictions: &Predictions) -> Result<Scores> {
+    /// Means over layers on the GPU (recorded after whatever `encoder` holds), then the one
+    /// readback of the run.
+    fn finish(self, engine: &Engine, mut encoder: wgpu::CommandEncoder, profile: &Profile, predictions: &Predictions) -> Result<Scores> {
         let params = NacParams { total_samples: self.total as u32, layer: self.layers as u32, ..Default::default() };
         let combine = NacCall::new(engine, Kernel::NacCombine, params, [Some(&self.layer_scores), None, None, None], &self.scores);
-        let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
         record(engine, &mut encoder, std::slice::from_ref(&combine));
         let staging = [
             engine.gpu.readback_buffer((self.total * 4) as u64),

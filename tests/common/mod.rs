@@ -23,6 +23,13 @@ pub fn random_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
 
 pub use nac::reference::relative_error as rel_err;
 
+/// A fresh directory for one test's files (per process and thread, so parallel tests never share).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nac-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f64 {
     let err = rel_err(got, want);

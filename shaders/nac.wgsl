@@ -121,7 +121,7 @@ fn histogram(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid
     for (var i = t; i < nb * sb; i += 256u) {
         let dn = i % nb;
         let b = b0 + i / nb;
-        if ((p.flags & MASKED) != 0u && summary[3u * (p.sample_offset + b) + 2u] == 0.0) {
+        if ((p.flags & MASKED) != 0u && summary[4u * (p.sample_offset + b) + 2u] == 0.0) {
             continue;
         }
         let bin = bin_of(neuron_state(b, n0 + dn));
@@ -234,8 +234,9 @@ fn combine(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
 }
 
 // Prediction summary per sample of a chunk, from its logits (z): predicted class (first maximum,
-// as argmax does), maximum softmax probability, and 1 if the prediction equals the label (g,
-// class indices as f32) or if there are no labels; written at the sample's set-wide index.
+// as argmax does), maximum softmax probability, 1 if the prediction equals the label (g, class
+// indices as f32) or if there are no labels, and the energy score logsumexp(logits) (higher =
+// more in-distribution); four f32 at the sample's set-wide index.
 @compute @workgroup_size(256)
 fn predict(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) groups: vec3<u32>) {
@@ -261,7 +262,8 @@ fn predict(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
     if ((p.flags & HAS_LABELS) != 0u && u32(g[s]) != best) {
         correct = 0.0;
     }
-    out[3u * s] = f32(best);
-    out[3u * s + 1u] = 1.0 / denominator;
-    out[3u * s + 2u] = correct;
+    out[4u * s] = f32(best);
+    out[4u * s + 1u] = 1.0 / denominator;
+    out[4u * s + 2u] = correct;
+    out[4u * s + 3u] = top + log(denominator);
 }

@@ -6,8 +6,11 @@
 //! `g = ∂L/∂z` at named block boundaries. [`reference`] is an independent f64 CPU
 //! implementation used to check every GPU number.
 
+pub mod bench;
+pub mod data;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod fingerprint;
 pub mod gpu;
 pub mod kernels;

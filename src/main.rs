@@ -164,6 +164,46 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Evaluate NAC-UE (defaults, ID-only selection, APS) and the MSP / energy baselines on the
+    /// datasets a TOML config names; writes results.json, results.csv, results.md and pictures.
+    Eval {
+        /// The config file (see README, "nac eval", and eval/fmnist.toml).
+        config: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "out/eval")]
+        out: PathBuf,
+        /// CPU threads decoding images (default: available cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// The evaluation on the shipped Fashion-MNIST ResNet-18 and the bundled real subsets
+    /// (offline); prints the table and writes everything to --out.
+    Demo {
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// Checkout holding weights/ and demo/ (default: where nac was built from).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Time the forward pass, the NAC pass and the CIFAR-10 grid search on this adapter;
+    /// writes JSON.
+    Bench {
+        #[arg(long, default_value = "resnet18_32x32")]
+        arch: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Cached samples per set for the grid-search timing.
+        #[arg(long, default_value_t = 1000)]
+        search_samples: usize,
+        #[arg(long, default_value = "bench.json")]
+        out: PathBuf,
+    },
     /// Check this adapter's numbers: a random-weight network, forward + backward to every
     /// layer on the GPU, compared with the f64 CPU reference.
     Selfcheck {
@@ -194,6 +234,14 @@ fn main() -> ExitCode {
             score(gpu, ScoreJob { model, profile, input, preprocessing, layers, run, out })
         }
         Command::Merge { out, profiles } => merge(&profiles, &out),
+        Command::Eval { config, out, threads } => {
+            nac::eval::EvalConfig::load(&config).and_then(|c| evaluate(gpu, &c, out, threads, "eval"))
+        }
+        Command::Demo { out, root, threads } => {
+            let root = root.unwrap_or_else(nac::eval::demo::default_root);
+            nac::eval::demo::demo_config(&root).and_then(|c| evaluate(gpu, &c, out, threads, "demo"))
+        }
+        Command::Bench { arch, batch, size, repeats, search_samples, out } => bench(gpu, &arch, batch, size, repeats, search_samples, &out),
         Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, run, out } => {
             let settings = MeSettings { layer, alpha, m, o };
             model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, &run, out)
@@ -206,6 +254,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn evaluate(gpu: GpuOptions, config: &nac::eval::EvalConfig, out: PathBuf, threads: Option<usize>, what: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut engine = Engine::new(EngineOptions { gpu, max_batch: config.batch, ..Default::default() })?;
+    eprintln!("{what}: {} ({:?})", engine.gpu.info.name, engine.gpu.info.backend);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };
+    let report = nac::eval::run(&mut engine, config, &options)?;
+    println!("{}", nac::eval::report::markdown(&report));
+    println!("{what}: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(gpu: GpuOptions, arch: &str, batch: usize, size: usize, repeats: usize, search_samples: usize, out: &Path) -> Result<()> {
+    let engine = Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })?;
+    let settings = nac::bench::BenchSettings { arch: arch.parse()?, batch, size, repeats, search_samples };
+    let report = nac::bench::run_bench(&engine, &settings)?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Input(format!("serialising the benchmark: {e}")))?;
+    write_atomic(out, json.as_bytes())?;
+    println!("{json}");
+    Ok(())
 }
 
 fn info(options: &GpuOptions) -> Result<()> {

@@ -159,7 +159,7 @@ fn profile_score_merge_and_me_match_the_library() {
     let scores = profile.score(&engine, &mut model, &input, shape).unwrap();
     assert_eq!(std::fs::read_to_string(p("scores.csv")).unwrap(), scores.to_csv());
     let csv = scores.to_csv();
-    assert!(csv.starts_with("index,score,avgpool,block3,block1,predicted,max_softmax\n") && csv.lines().count() == n + 1, "{csv}");
+    assert!(csv.starts_with("index,score,avgpool,block3,block1,predicted,max_softmax,energy\n") && csv.lines().count() == n + 1, "{csv}");
 
     // Scoring refuses another model, and other preprocessing, and writes nothing.
     for (model_arg, prep, layers, expected) in [

@@ -165,15 +165,17 @@ fn pooled_pairs_and_predictions_of_a_pass_match_the_readback() {
         }
         common::assert_close(&format!("pairs {}", out.name), &got, &want, 1e-5);
     }
-    let (predicted, max_softmax, correct) = cache.read_predictions(&engine).unwrap();
+    let predicted = cache.read_predictions(&engine).unwrap();
     for b in 0..n {
         let row: Vec<f64> = pass.logits[b * 5..(b + 1) * 5].iter().map(|&x| x as f64).collect();
         let best = (0..5).fold(0, |k, c| if row[c] > row[k] { c } else { k });
         let top = row[best];
         let softmax = 1.0 / row.iter().map(|x| (x - top).exp()).sum::<f64>();
-        assert_eq!(predicted[b], best);
-        assert!((max_softmax[b] as f64 - softmax).abs() < 1e-6, "{} vs {softmax}", max_softmax[b]);
-        assert_eq!(correct[b], best == b, "sample {b}");
+        let energy = top + row.iter().map(|x| (x - top).exp()).sum::<f64>().ln();
+        assert_eq!(predicted.class[b], best);
+        assert!((predicted.max_softmax[b] as f64 - softmax).abs() < 1e-6, "{} vs {softmax}", predicted.max_softmax[b]);
+        assert!((predicted.energy[b] as f64 - energy).abs() <= 1e-5 * energy.abs().max(1.0), "{} vs {energy}", predicted.energy[b]);
+        assert_eq!(predicted.correct[b], best == b, "sample {b}");
     }
 }
 
@@ -285,7 +287,7 @@ fn correct_only_profiles_count_only_correct_samples() {
     let n = 6;
     let input = random_inputs(n, 3, SIZE, SIZE, 14);
     let shape = [n, 3, SIZE, SIZE];
-    let predicted = PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().read_predictions(&engine).unwrap().0;
+    let predicted = PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().read_predictions(&engine).unwrap().class;
     // Half the labels right.
     let labels: Vec<usize> = predicted.iter().enumerate().map(|(i, &p)| if i % 2 == 0 { p } else { (p + 1) % 5 }).collect();
     let params = [LayerParams::new("avgpool", 2.0, 50, 0.1)];

@@ -252,6 +252,7 @@ pub struct ChunkBuffers<'a> {
     pub layers: Vec<LayerBuffers<'a>>,
 }
 
+#[derive(Clone)]
 pub struct LayerBuffers<'a> {
     pub name: &'a str,
     /// Per-sample shape (NHWC).

@@ -166,6 +166,14 @@ impl Gpu {
         Err(Error::Gpu(first))
     }
 
+    /// Blocks until every submitted command buffer has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map(|_| ())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))
+    }
+
     /// Largest single storage binding, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)

@@ -8,12 +8,14 @@ pub mod me;
 pub mod params;
 pub mod pooled;
 pub mod profile;
+pub mod search;
 pub mod select;
 
 pub use bins::BinEdges;
 pub use file::{Binning, Counted, ProfileData, ProfileHeader};
 pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, LabelledImages, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
-pub use pooled::{CachedValues, PooledStates};
+pub use pooled::{CachedValues, PooledStates, Predicted};
 pub use profile::{ModelIdentity, Profile, Scores};
+pub use search::{search, Grid, LayerGrid, SearchResult, SearchSets, Trial};
 pub use select::class_balanced_subset;

@@ -9,8 +9,11 @@ use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result};
 use crate::kernels::{nac_flags, Kernel, NacParams};
 
-/// Per sample of a set, on the GPU: (predicted class, max softmax, correct) as three f32, where
-/// "correct" is 1 when the prediction equals the label, or when there are no labels.
+/// f32 values per sample in a prediction summary.
+pub(crate) const SUMMARY_STRIDE: usize = 4;
+
+/// Per sample of a set, on the GPU: (predicted class, max softmax, correct, energy) as four f32,
+/// where "correct" is 1 when the prediction equals the label, or when there are no labels.
 pub(crate) struct Predictions {
     pub summary: wgpu::Buffer,
     labels: Option<wgpu::Buffer>,
@@ -19,7 +22,7 @@ pub(crate) struct Predictions {
 impl Predictions {
     pub fn new(engine: &Engine, total: usize, labels: Option<&[usize]>) -> Self {
         let labels = labels.map(|l| engine.gpu.upload_f32("labels", &l.iter().map(|&c| c as f32).collect::<Vec<_>>()));
-        Predictions { summary: engine.gpu.upload_f32("predictions", &vec![f32::NAN; 3 * total]), labels }
+        Predictions { summary: engine.gpu.upload_f32("predictions", &vec![f32::NAN; SUMMARY_STRIDE * total]), labels }
     }
 
     /// The predict call over a chunk's logits.
@@ -29,10 +32,62 @@ impl Predictions {
         NacCall::new(engine, Kernel::NacPredict, params, [Some(logits), self.labels.as_ref(), None, None], &self.summary)
     }
 
-    /// (predicted classes, max softmax, correct) from a read-back summary.
-    pub fn unpack(summary: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<bool>) {
-        let rows = summary.chunks_exact(3);
-        (rows.clone().map(|r| r[0] as usize).collect(), rows.clone().map(|r| r[1]).collect(), rows.map(|r| r[2] != 0.0).collect())
+    /// The per-sample columns of a read-back summary.
+    pub fn unpack(summary: &[f32]) -> Predicted {
+        let rows = summary.chunks_exact(SUMMARY_STRIDE);
+        Predicted {
+            class: rows.clone().map(|r| r[0] as usize).collect(),
+            max_softmax: rows.clone().map(|r| r[1]).collect(),
+            correct: rows.clone().map(|r| r[2] != 0.0).collect(),
+            energy: rows.map(|r| r[3]).collect(),
+        }
+    }
+}
+
+/// What the forward pass says about each sample, besides NAC: the predicted class, and the two
+/// classic confidence scores from the same logits (higher = more in-distribution).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predicted {
+    pub class: Vec<usize>,
+    /// Maximum softmax probability (MSP baseline).
+    pub max_softmax: Vec<f32>,
+    /// Prediction equals the label (true for every sample of an unlabelled set).
+    pub correct: Vec<bool>,
+    /// Energy score `logsumexp(logits)` (the negative free energy at temperature 1).
+    pub energy: Vec<f32>,
+}
+
+/// The pooling calls of one set, created with its caches on the first chunk.
+struct Pooling {
+    predictions: Predictions,
+    total: usize,
+    classes: usize,
+    calls: Vec<NacCall>,
+    caches: Vec<(String, usize, wgpu::Buffer)>,
+}
+
+impl Pooling {
+    fn record(&mut self, engine: &Engine, chunk: &ChunkBuffers, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        let total = self.total;
+        if self.calls.is_empty() {
+            self.calls.push(self.predictions.call(engine, chunk.logits, self.classes));
+            for lb in &chunk.layers {
+                let neurons = lb.shape.c;
+                let bytes = (total * neurons * 8) as u64;
+                if bytes > engine.gpu.max_binding_bytes() {
+                    return Err(Error::Input(format!(
+                        "pooled pairs of layer `{}` for {total} samples need {bytes} bytes, over this adapter's binding limit; use fewer samples",
+                        lb.name
+                    )));
+                }
+                let out = engine.gpu.upload_f32(&format!("{} pairs", lb.name), &vec![f32::NAN; total * neurons * 2]);
+                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: neurons as u32, ..Default::default() };
+                self.calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], &out));
+                self.caches.push((lb.name.to_string(), neurons, out));
+            }
+        }
+        record_chunk(engine, encoder, &mut self.calls, chunk);
+        Ok(())
     }
 }
 
@@ -68,42 +123,50 @@ impl PooledStates {
         layers: &[&str],
         labels: Option<&[usize]>,
     ) -> Result<Self> {
-        let total = shape[0];
+        Self::compute_streamed(engine, model, shape[0], layers, labels, [Ok((0, input, shape))])
+    }
+
+    /// Like [`PooledStates::compute`] for `total` samples that arrive as NCHW batches
+    /// `(first sample, input, shape)` in any order, e.g. from the prefetching loader
+    /// ([`crate::data::batches`]): while the GPU works on one batch, the next is decoded. Waits
+    /// for each batch's GPU work before taking the next, so the queue stays short.
+    pub fn compute_streamed<I: AsRef<[f32]>>(
+        engine: &Engine,
+        model: &mut Model,
+        total: usize,
+        layers: &[&str],
+        labels: Option<&[usize]>,
+        batches: impl IntoIterator<Item = Result<(usize, I, [usize; 4])>>,
+    ) -> Result<Self> {
         let classes = model.network.num_classes();
         if let Some(l) = labels {
             check_labels(l, total, classes)?;
         }
-        let predictions = Predictions::new(engine, total, labels);
-        let mut buffers: Vec<(String, usize, wgpu::Buffer)> = Vec::new();
-        let mut calls: Vec<NacCall> = Vec::new();
-        engine.run_chunks(model, input, shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
-            if calls.is_empty() {
-                calls.push(predictions.call(engine, chunk.logits, classes));
-                for lb in &chunk.layers {
-                    let neurons = lb.shape.c;
-                    let bytes = (total * neurons * 8) as u64;
-                    if bytes > engine.gpu.max_binding_bytes() {
-                        return Err(Error::Input(format!(
-                            "pooled pairs of layer `{}` for {total} samples need {bytes} bytes, over this adapter's binding limit; use fewer samples",
-                            lb.name
-                        )));
-                    }
-                    let out = engine.gpu.upload_f32(&format!("{} pairs", lb.name), &vec![f32::NAN; total * neurons * 2]);
-                    let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: neurons as u32, ..Default::default() };
-                    calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], &out));
-                    buffers.push((lb.name.to_string(), neurons, out));
-                }
+        let mut pooling = Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: Vec::new(), caches: Vec::new() };
+        let mut seen = vec![false; total];
+        for batch in batches {
+            let (first, input, shape) = batch?;
+            let range = first..first + shape[0];
+            if range.end > total || seen[range.clone()].iter().any(|&s| s) {
+                return Err(Error::Input(format!("a batch of samples {range:?} overlaps another or exceeds the {total} samples")));
             }
-            record_chunk(engine, encoder, &mut calls, chunk);
-            Ok(())
-        })?;
+            seen[range].iter_mut().for_each(|s| *s = true);
+            engine.run_chunks(model, input.as_ref(), shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
+                let chunk = ChunkBuffers { start: first + chunk.start, len: chunk.len, logits: chunk.logits, layers: chunk.layers.clone() };
+                pooling.record(engine, &chunk, encoder)
+            })?;
+            engine.gpu.wait()?;
+        }
+        if let Some(missing) = seen.iter().position(|&s| !s) {
+            return Err(Error::Input(format!("no batch delivered sample {missing} of {total}")));
+        }
         engine.gpu.check()?;
         Ok(PooledStates {
             samples: total,
             model_fingerprint: model.fingerprint().to_string(),
             values: CachedValues::Pairs,
-            layers: buffers,
-            predictions,
+            layers: pooling.caches,
+            predictions: pooling.predictions,
             labelled: labels.is_some(),
         })
     }
@@ -111,7 +174,7 @@ impl PooledStates {
     /// A cache from host values: per layer `(name, neurons, values)` with `samples × neurons`
     /// states or `samples × neurons × 2` pairs, for the model with `model_fingerprint`, with
     /// the samples' predictions `(class, max softmax, correct)` if known (else zeros: such a
-    /// cache cannot feed a profile that counts only correct samples).
+    /// cache cannot feed a profile that counts only correct samples); energies are left 0.
     pub fn from_host(
         engine: &Engine,
         model_fingerprint: &str,
@@ -134,13 +197,13 @@ impl PooledStates {
             }
             buffers.push((name.to_string(), *neurons, engine.gpu.upload_f32(&format!("{name} cache"), data)));
         }
-        let mut summary = vec![0f32; 3 * samples];
+        let mut summary = vec![0f32; SUMMARY_STRIDE * samples];
         if let Some(p) = predictions {
             if p.len() != samples {
                 return Err(Error::Input(format!("{} predictions for {samples} samples", p.len())));
             }
-            for (row, &(class, softmax, correct)) in summary.chunks_exact_mut(3).zip(p) {
-                row.copy_from_slice(&[class as f32, softmax, correct as u8 as f32]);
+            for (row, &(class, softmax, correct)) in summary.chunks_exact_mut(SUMMARY_STRIDE).zip(p) {
+                row[..3].copy_from_slice(&[class as f32, softmax, correct as u8 as f32]);
             }
         }
         Ok(PooledStates {
@@ -187,8 +250,8 @@ impl PooledStates {
         engine.gpu.read_f32(self.pairs(layer)?, self.samples * neurons * per_neuron)
     }
 
-    /// Reads the predictions back: (predicted classes, max softmax, correct).
-    pub fn read_predictions(&self, engine: &Engine) -> Result<(Vec<usize>, Vec<f32>, Vec<bool>)> {
-        Ok(Predictions::unpack(&engine.gpu.read_f32(&self.predictions.summary, 3 * self.samples)?))
+    /// Reads the predictions back.
+    pub fn read_predictions(&self, engine: &Engine) -> Result<Predicted> {
+        Ok(Predictions::unpack(&engine.gpu.read_f32(&self.predictions.summary, SUMMARY_STRIDE * self.samples)?))
     }
 }

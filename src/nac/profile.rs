@@ -8,7 +8,7 @@ use super::bins::BinEdges;
 use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, PROFILE_FORMAT, PROFILE_VERSION};
 use super::gpu::{histogram_params, record, record_chunk, NacCall};
 use super::params::LayerParams;
-use super::pooled::{PooledStates, Predictions};
+use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
 use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result};
 use crate::kernels::{nac_flags, Kernel, NacParams};
@@ -42,23 +42,25 @@ pub struct Scores {
     /// `layer_scores[l][i]`: mean coverage of sample `i`'s states in layer `l`.
     pub layer_scores: Vec<Vec<f32>>,
     pub predicted: Vec<usize>,
+    /// Maximum softmax probability and energy `logsumexp(logits)` from the same pass.
     pub max_softmax: Vec<f32>,
+    pub energy: Vec<f32>,
 }
 
 impl Scores {
-    /// One row per sample: index, score, each layer's score, predicted class, max softmax.
+    /// One row per sample: index, score, each layer's score, predicted class, max softmax, energy.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("index,score");
         for l in &self.layers {
             out.push_str(&format!(",{l}"));
         }
-        out.push_str(",predicted,max_softmax\n");
+        out.push_str(",predicted,max_softmax,energy\n");
         for i in 0..self.score.len() {
             out.push_str(&format!("{i},{}", self.score[i]));
             for layer in &self.layer_scores {
                 out.push_str(&format!(",{}", layer[i]));
             }
-            out.push_str(&format!(",{},{}\n", self.predicted[i], self.max_softmax[i]));
+            out.push_str(&format!(",{},{},{}\n", self.predicted[i], self.max_softmax[i], self.energy[i]));
         }
         out
     }
@@ -472,9 +474,9 @@ impl ScoreOutputs {
         let staging = [
             engine.gpu.readback_buffer((self.total * 4) as u64),
             engine.gpu.readback_buffer((self.layers * self.total * 4) as u64),
-            engine.gpu.readback_buffer((3 * self.total * 4) as u64),
+            engine.gpu.readback_buffer((SUMMARY_STRIDE * self.total * 4) as u64),
         ];
-        let sources = [(&self.scores, self.total), (&self.layer_scores, self.layers * self.total), (&predictions.summary, 3 * self.total)];
+        let sources = [(&self.scores, self.total), (&self.layer_scores, self.layers * self.total), (&predictions.summary, SUMMARY_STRIDE * self.total)];
         for ((src, len), dst) in sources.iter().zip(&staging) {
             encoder.copy_buffer_to_buffer(src, 0, dst, 0, (*len * 4) as u64);
         }
@@ -484,13 +486,14 @@ impl ScoreOutputs {
         if let Some(i) = score.iter().chain(&layer_scores).chain(&summary).position(|v| !v.is_finite()) {
             return Err(Error::Gpu(format!("scoring left a non-finite value (element {i} of its outputs)")));
         }
-        let (predicted, max_softmax, _) = Predictions::unpack(&summary);
+        let predicted = Predictions::unpack(&summary);
         Ok(Scores {
             layers: profile.layer_names().iter().map(|s| s.to_string()).collect(),
             score,
             layer_scores: layer_scores.chunks(self.total).map(|c| c.to_vec()).collect(),
-            predicted,
-            max_softmax,
+            predicted: predicted.class,
+            max_softmax: predicted.max_softmax,
+            energy: predicted.energy,
         })
     }
 }

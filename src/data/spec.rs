@@ -1,0 +1,359 @@
+//! Datasets and the spec grammar that opens them.
+//!
+//! A dataset spec is one of:
+//!
+//! | spec | meaning |
+//! |---|---|
+//! | `idx:PATH` | IDX images (MNIST family; magic 0x00000803, N×H×W uint8), raw or gzip (detected by the 1f 8b magic, not the name). Labels come from the sibling file named with `images-idx3` replaced by `labels-idx1` (magic 0x00000801) when it exists; the counts must agree. |
+//! | `idx:IMAGES:LABELS` | IDX images with an explicit labels file. |
+//! | `cifar10:DIR:train` / `cifar10:DIR:test` | CIFAR-10 binary batches `DIR/data_batch_1.bin`…`data_batch_5.bin` or `DIR/test_batch.bin`: records of 1 label byte + 1024 R + 1024 G + 1024 B bytes (32×32 row-major). |
+//! | `cifar100:DIR:train` / `cifar100:DIR:test` | CIFAR-100 `DIR/train.bin` or `DIR/test.bin`: records of coarse label + fine label + 3072 pixel bytes; the fine label is used. |
+//! | `cifar10:FILE` / `cifar100:FILE` | one CIFAR batch file. |
+//! | `folder:DIR` | PNG/JPEG files (`.png`, `.jpg`, `.jpeg`, any case). If sub-folders of DIR hold images, each such sub-folder (sorted by name, searched recursively) is a class with label = its rank; otherwise the images directly in DIR, without labels. Files sorted by path, decoded lazily; gray → 1 channel, RGB(A) → 3 channels (alpha dropped). |
+//! | `npy:FILE` / `npy:FILE:LABELS` | uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3); optional labels `.npy` of integers (uint8, int32, int64). |
+//! | `csv:FILE` | pixel-row CSV, plain or gzip: each row a square gray image's pixels (0-255, row-major, e.g. 784 = 28×28) then the label; a first row that is not all numbers is a header and skipped. |
+//! | `SPEC[a:b]` | samples a..b of SPEC (Python-style; a defaults to 0, b to the length, b is clamped to the length; no negatives). Only a spec ending with `]` has a slice: the last `[`. |
+//! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME (see [`Corruption::all`]) at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise. |
+//! | `outliers:SPEC` / `outliers:SEED:SPEC` | [`synthetic_outliers`] of SPEC with SEED (default 0). |
+//!
+//! For the two-path forms, a whole argument naming an existing file is taken as one path,
+//! so a path may itself contain `:`. A slice binds to everything before it:
+//! `corrupt:contrast:3:csv:x.csv[0:100]` is samples 0..100 of the corrupted set (the same
+//! images as corrupting `csv:x.csv[0:100]`, since seeds are the indices in the base set).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::corrupt::{outlier, synthetic_outliers, Corruption};
+use super::formats::{self, Packed};
+use super::Image;
+use crate::error::{Error, Result};
+
+/// A dataset: a list of images (in memory, or files decoded on demand, or derived from another
+/// dataset) with optional labels. Cheap to clone; shareable across threads.
+#[derive(Clone)]
+pub struct Dataset {
+    spec: String,
+    name: String,
+    source: Arc<Source>,
+    /// Positions in `source` of this dataset's samples (a subset); `None` = all, in order.
+    view: Option<Arc<[usize]>>,
+    labels: Option<Arc<[usize]>>,
+}
+
+enum Source {
+    Packed(Packed),
+    Images(Vec<Image>),
+    Files(Vec<PathBuf>),
+    Corrupt {
+        base: Dataset,
+        corruption: Corruption,
+        severity: u8,
+    },
+    Outliers {
+        base: Dataset,
+        seed: u64,
+    },
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Packed(p) => p.count,
+            Source::Images(v) => v.len(),
+            Source::Files(v) => v.len(),
+            Source::Corrupt { base, .. } | Source::Outliers { base, .. } => base.len(),
+        }
+    }
+
+    fn image(&self, pos: usize) -> Result<Image> {
+        match self {
+            Source::Packed(p) => Ok(p.image(pos)),
+            Source::Images(v) => Ok(v[pos].clone()),
+            Source::Files(v) => formats::decode_file(&v[pos]),
+            Source::Corrupt {
+                base,
+                corruption,
+                severity,
+            } => Ok(corruption.apply(&base.image(pos)?, *severity, pos as u64)),
+            Source::Outliers { base, seed } => Ok(outlier(&base.image(pos)?, pos, *seed)),
+        }
+    }
+}
+
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dataset")
+            .field("spec", &self.spec)
+            .field("len", &self.len())
+            .field("labelled", &self.labels.is_some())
+            .finish()
+    }
+}
+
+fn bad_spec(spec: &str, message: impl fmt::Display) -> Error {
+    Error::Input(format!("dataset spec `{spec}`: {message}"))
+}
+
+/// The file name without `.gz` and then without its last extension.
+fn stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let name = name.strip_suffix(".gz").unwrap_or(&name);
+    Path::new(name)
+        .file_stem()
+        .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// `PATH` or `PATH:SECOND`: the whole text when it names an existing file, else split at the
+/// last `:`.
+fn one_or_two_paths(rest: &str) -> (&Path, Option<&Path>) {
+    if Path::new(rest).is_file() {
+        return (Path::new(rest), None);
+    }
+    match rest.rsplit_once(':') {
+        Some((a, b)) => (Path::new(a), Some(Path::new(b))),
+        None => (Path::new(rest), None),
+    }
+}
+
+impl Dataset {
+    fn new(spec: &str, name: String, source: Source, labels: Option<Vec<usize>>) -> Dataset {
+        Dataset {
+            spec: spec.to_string(),
+            name,
+            source: Arc::new(source),
+            view: None,
+            labels: labels.map(Into::into),
+        }
+    }
+
+    /// Opens a dataset spec (grammar in the module documentation).
+    pub fn open(spec: &str) -> Result<Dataset> {
+        let spec = spec.trim();
+        if let Some(inner) = spec.strip_suffix(']') {
+            let Some((inner, range)) = inner.rsplit_once('[') else {
+                return Err(bad_spec(spec, "ends with `]` but has no `[` of a slice"));
+            };
+            let base = Dataset::open(inner)?;
+            let Some((a, b)) = range.split_once(':') else {
+                return Err(bad_spec(spec, format!("slice `[{range}]`: expected [a:b]")));
+            };
+            let bound = |text: &str, default: usize| -> Result<usize> {
+                if text.trim().is_empty() {
+                    return Ok(default);
+                }
+                text.trim().parse().map_err(|_| {
+                    bad_spec(
+                        spec,
+                        format!("slice bound `{text}` is not a non-negative integer"),
+                    )
+                })
+            };
+            let (a, b) = (bound(a, 0)?, bound(b, base.len())?.min(base.len()));
+            if a >= b {
+                return Err(bad_spec(
+                    spec,
+                    format!("slice [{a}:{b}] of {} samples is empty", base.len()),
+                ));
+            }
+            let mut sliced = base.subset(&(a..b).collect::<Vec<_>>())?;
+            sliced.spec = spec.to_string();
+            sliced.name = format!("{}[{range}]", base.name);
+            return Ok(sliced);
+        }
+        let Some((kind, rest)) = spec.split_once(':') else {
+            return Err(bad_spec(spec, "expected KIND:ARGS with KIND one of idx, cifar10, cifar100, folder, npy, csv, corrupt, outliers"));
+        };
+        match kind {
+            "idx" => {
+                let (images, labels) = one_or_two_paths(rest);
+                let (packed, labels) = formats::read_idx(images, labels)?;
+                Ok(Dataset::new(spec, stem(images), Source::Packed(packed), labels))
+            }
+            "cifar10" | "cifar100" => {
+                let cifar100 = kind == "cifar100";
+                let (files, name) = match rest.rsplit_once(':') {
+                    Some((dir, split @ ("train" | "test"))) => {
+                        let dir = Path::new(dir);
+                        let files = match (cifar100, split) {
+                            (false, "train") => (1..=5).map(|i| dir.join(format!("data_batch_{i}.bin"))).collect(),
+                            (false, _) => vec![dir.join("test_batch.bin")],
+                            (true, _) => vec![dir.join(format!("{split}.bin"))],
+                        };
+                        (files, format!("{kind}_{split}"))
+                    }
+                    _ => (vec![PathBuf::from(rest)], stem(Path::new(rest))),
+                };
+                let (packed, labels) = formats::read_cifar(&files, cifar100)?;
+                Ok(Dataset::new(spec, name, Source::Packed(packed), Some(labels)))
+            }
+            "folder" => {
+                let dir = Path::new(rest);
+                let (files, labels) = formats::list_folder(dir)?;
+                Ok(Dataset::new(spec, stem(dir), Source::Files(files), labels))
+            }
+            "npy" => {
+                let (images, labels) = one_or_two_paths(rest);
+                let (packed, labels) = formats::read_npy(images, labels)?;
+                Ok(Dataset::new(spec, stem(images), Source::Packed(packed), labels))
+            }
+            "csv" => {
+                let (packed, labels) = formats::read_csv(Path::new(rest))?;
+                Ok(Dataset::new(spec, stem(Path::new(rest)), Source::Packed(packed), Some(labels)))
+            }
+            "corrupt" => {
+                let mut parts = rest.splitn(3, ':');
+                let (Some(name), Some(severity), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err(bad_spec(spec, "expected corrupt:NAME:SEVERITY:SPEC"));
+                };
+                let corruption = Corruption::parse(name)?;
+                let severity = severity
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|s| (1..=5).contains(s))
+                    .ok_or_else(|| bad_spec(spec, format!("severity `{severity}`: expected 1 to 5")))?;
+                let mut corrupted = Dataset::open(inner)?.corrupted(corruption, severity);
+                corrupted.spec = spec.to_string();
+                Ok(corrupted)
+            }
+            "outliers" => {
+                // An all-digit first part is the seed: no spec is only digits.
+                let (seed, inner) = match rest.split_once(':') {
+                    Some((seed, inner)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
+                        (seed.parse::<u64>().map_err(|_| bad_spec(spec, format!("seed `{seed}` does not fit 64 bits")))?, inner)
+                    }
+                    _ => (0, rest),
+                };
+                let mut outliers = synthetic_outliers(&Dataset::open(inner)?, seed);
+                outliers.spec = spec.to_string();
+                Ok(outliers)
+            }
+            _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected idx, cifar10, cifar100, folder, npy, csv, corrupt or outliers"))),
+        }
+    }
+
+    /// The spec text this dataset was opened from (for [`Dataset::subset`], the parent's; for
+    /// [`Dataset::from_images`], `memory:NAME`).
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// A short display name: the file stem, the folder name, `cifar10_test`, `NAME_outliers`, …
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.view
+            .as_ref()
+            .map_or_else(|| self.source.len(), |v| v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn labels(&self) -> Option<&[usize]> {
+        self.labels.as_deref()
+    }
+
+    /// Image `index` (decoded now for folders, copied from memory otherwise).
+    pub fn image(&self, index: usize) -> Result<Image> {
+        if index >= self.len() {
+            return Err(Error::Input(format!(
+                "{}: index {index} is out of range for {} samples",
+                self.spec,
+                self.len()
+            )));
+        }
+        self.source
+            .image(self.view.as_ref().map_or(index, |v| v[index]))
+    }
+
+    /// The samples at `indices` (in that order, repeats allowed).
+    pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        if let Some((at, &bad)) = indices.iter().enumerate().find(|&(_, &i)| i >= self.len()) {
+            return Err(Error::Input(format!(
+                "{}: subset index {bad} (entry {at}) is out of range for {} samples",
+                self.spec,
+                self.len()
+            )));
+        }
+        let view: Arc<[usize]> = match &self.view {
+            Some(v) => indices.iter().map(|&i| v[i]).collect(),
+            None => indices.into(),
+        };
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| indices.iter().map(|&i| l[i]).collect());
+        Ok(Dataset {
+            spec: self.spec.clone(),
+            name: self.name.clone(),
+            source: self.source.clone(),
+            view: Some(view),
+            labels,
+        })
+    }
+
+    /// An in-memory dataset; the images may differ in size.
+    ///
+    /// # Panics
+    /// If `labels` is given with a length other than `images.len()` (a caller bug).
+    pub fn from_images(name: &str, images: Vec<Image>, labels: Option<Vec<usize>>) -> Dataset {
+        if let Some(l) = &labels {
+            assert_eq!(
+                l.len(),
+                images.len(),
+                "Dataset::from_images({name}): {} labels for {} images",
+                l.len(),
+                images.len()
+            );
+        }
+        Dataset::new(
+            &format!("memory:{name}"),
+            name.to_string(),
+            Source::Images(images),
+            labels,
+        )
+    }
+
+    /// Every image corrupted at `severity` (clamped to 1-5), seeded by its index; labels kept.
+    /// The spec is `corrupt:NAME:SEVERITY:SPEC`.
+    pub fn corrupted(&self, corruption: Corruption, severity: u8) -> Dataset {
+        let severity = severity.clamp(1, 5);
+        Dataset {
+            spec: format!("corrupt:{}:{severity}:{}", corruption.name(), self.spec),
+            name: format!("{}_{}_{severity}", self.name, corruption.name()),
+            source: Arc::new(Source::Corrupt {
+                base: self.clone(),
+                corruption,
+                severity,
+            }),
+            view: None,
+            labels: self.labels.clone(),
+        }
+    }
+
+    /// Unlabelled outliers derived from `base` (see [`synthetic_outliers`]).
+    pub(crate) fn outliers(base: &Dataset, seed: u64) -> Dataset {
+        let spec = if seed == 0 {
+            format!("outliers:{}", base.spec)
+        } else {
+            format!("outliers:{seed}:{}", base.spec)
+        };
+        Dataset::new(
+            &spec,
+            format!("{}_outliers", base.name),
+            Source::Outliers {
+                base: base.clone(),
+                seed,
+            },
+            None,
+        )
+    }
+}

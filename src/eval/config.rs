@@ -1,0 +1,204 @@
+//! The `nac eval` configuration file (TOML). Example (`eval/fmnist.toml` runs the real
+//! benchmark):
+//!
+//! ```toml
+//! preprocessing = "fmnist"              # a transform preset or step list (nac::data::Transform)
+//! batch = 64                            # optional
+//!
+//! [[models]]                            # one or more: several checkpoints/seeds → mean ± std
+//! path = "weights/fmnist_resnet18_32x32.safetensors"
+//! # arch = "resnet18_32x32"             # optional: detected from the tensors
+//!
+//! [profile]                             # the profiling set: histograms of ID training data
+//! data = "idx:data/fashion-mnist/train-images-idx3-ubyte.gz[0:55000]"
+//! samples = 1000                        # optional: class-balanced subset (needs labels)
+//! seed = 0
+//!
+//! [id]
+//! test = "idx:data/fashion-mnist/t10k-images-idx3-ubyte.gz"
+//! val = "idx:data/fashion-mnist/train-images-idx3-ubyte.gz[55000:57000]"   # thresholds, search
+//! sanity = "idx:data/fashion-mnist/train-images-idx3-ubyte.gz[50000:51000]" # optional
+//!
+//! [[ood]]                               # the test OOD sets, grouped near/far
+//! name = "mnist"
+//! group = "far"
+//! data = "csv:data/mnist_5k.csv.gz"
+//!
+//! [nac]
+//! # layers = ["avgpool", "layer3", "layer2", "layer1"]   # default: the official list
+//! preset = "cifar10"                    # default parameters (spec §4); cifar10 when absent
+//! params = ["avgpool:50/50/10"]         # optional per-layer overrides NAME:O/M/ALPHA
+//!
+//! [search]                              # optional: parameter search on cached pooled pairs
+//! grid = "cifar10"                      # an official grid (spec §5), or [[search.layers]] tables
+//! ood_val = "corrupt:gaussian_blur:3:idx:...[57000:58000]"  # APS criterion set (never a test set)
+//! id_only = true                        # also select against synthetic outliers of id.val
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nac::search::{Grid, LayerGrid};
+use crate::nac::{LayerParams, Preset};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    pub preprocessing: String,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    pub models: Vec<ModelEntry>,
+    pub profile: ProfileSet,
+    pub id: IdSets,
+    #[serde(default)]
+    pub ood: Vec<OodSet>,
+    #[serde(default)]
+    pub nac: NacSettings,
+    pub search: Option<SearchSettings>,
+    /// Write the PNG pictures (histograms, ROC curves, top/bottom grids).
+    #[serde(default = "yes")]
+    pub pictures: bool,
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub path: PathBuf,
+    pub arch: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSet {
+    pub data: String,
+    /// Class-balanced subset of this many samples (all samples when absent).
+    pub samples: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdSets {
+    pub test: String,
+    /// ID validation: ID-only thresholds, parameter search, synthetic outliers.
+    pub val: Option<String>,
+    /// Training-domain samples outside the profiling set, for the search's sanity check
+    /// (AUROC of ID-val against them should stay near 50).
+    pub sanity: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OodSet {
+    pub name: String,
+    pub group: Group,
+    pub data: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Near,
+    Far,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NacSettings {
+    pub layers: Option<Vec<String>>,
+    pub preset: Option<String>,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSettings {
+    /// An official grid by name (`cifar10`, `cifar100`, `imagenet`).
+    pub grid: Option<String>,
+    /// Or a user grid, one table per layer.
+    #[serde(default)]
+    pub layers: Vec<LayerGrid>,
+    /// Real OOD validation set for APS.
+    pub ood_val: Option<String>,
+    /// Select against synthetic outliers made from `id.val` (no real OOD data).
+    #[serde(default)]
+    pub id_only: bool,
+}
+
+impl EvalConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let config: EvalConfig = toml::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        config.validate().map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// Checks what TOML typing cannot: non-empty lists, unique names, a search with a criterion.
+    pub fn validate(&self) -> Result<()> {
+        if self.models.is_empty() {
+            return Err(Error::Input("no [[models]] given".into()));
+        }
+        if self.batch == 0 {
+            return Err(Error::Input("batch must be at least 1".into()));
+        }
+        for (i, set) in self.ood.iter().enumerate() {
+            if set.name.is_empty() || self.ood[..i].iter().any(|o| o.name == set.name) {
+                return Err(Error::Input(format!("OOD set names must be non-empty and unique; `{}` is not", set.name)));
+            }
+        }
+        if let Some(preset) = &self.nac.preset {
+            preset.parse::<Preset>()?;
+        }
+        self.overrides()?;
+        if let Some(search) = &self.search {
+            if search.grid.is_some() == !search.layers.is_empty() {
+                return Err(Error::Input("[search] needs exactly one of `grid` (a preset name) or [[search.layers]] tables".into()));
+            }
+            if search.ood_val.is_none() && !search.id_only {
+                return Err(Error::Input("[search] selects nothing: give `ood_val` (APS) and/or `id_only = true`".into()));
+            }
+            if self.id.val.is_none() {
+                return Err(Error::Input("[search] needs an ID validation set: set `val` in [id]".into()));
+            }
+            if let Some(ood_val) = &search.ood_val {
+                if let Some(test) = self.ood.iter().find(|o| &o.data == ood_val) {
+                    return Err(Error::Input(format!("[search] ood_val is the test set `{}`: a test set never takes part in selection", test.name)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn overrides(&self) -> Result<Vec<LayerParams>> {
+        self.nac.params.iter().map(|p| LayerParams::parse(p)).collect()
+    }
+
+    /// The preset of the default parameters (CIFAR-10's when none is named).
+    pub fn preset(&self) -> Result<Preset> {
+        self.nac.preset.as_deref().map_or(Ok(Preset::Cifar10), str::parse)
+    }
+
+    /// The search grid, if a search is configured: a named grid covers `layers`; user tables
+    /// name their own layers (the searched scores use exactly those).
+    pub fn grid(&self, layers: &[String]) -> Result<Option<Grid>> {
+        let Some(search) = &self.search else { return Ok(None) };
+        let grid = match &search.grid {
+            Some(name) => Grid::preset(name.parse()?, layers)?,
+            None => Grid { layers: search.layers.clone() },
+        };
+        grid.validate()?;
+        Ok(Some(grid))
+    }
+}

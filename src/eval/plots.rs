@@ -1,0 +1,428 @@
+//! Report pictures as PNG, rasterised by hand with the `image` crate: score histograms, ROC
+//! curves and thumbnail grids, with a built-in 5×7 bitmap font for titles, ticks and legends.
+
+use std::path::Path;
+
+use image::{ImageEncoder, Rgb, RgbImage};
+
+use crate::data::Image;
+use crate::error::{Error, Result};
+
+/// One labelled set of scores.
+pub struct Series<'a> {
+    pub label: &'a str,
+    pub values: &'a [f32],
+}
+
+/// Series colours, in order (matplotlib's "tab10"); the histogram outlines and ROC lines use them
+/// exactly, the histogram fills are them blended over the background.
+pub const PALETTE: [[u8; 3]; 10] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
+];
+
+const WHITE: [u8; 3] = [255, 255, 255];
+const BLACK: [u8; 3] = [0, 0, 0];
+const GRID: [u8; 3] = [228, 228, 228];
+const FRAME: [u8; 3] = [90, 90, 90];
+
+// ---------------------------------------------------------------------------------------------
+// font
+
+/// 5×7 glyphs plus a descender row (g, j, p, q, y, ','), one byte per row, bit 4 = leftmost
+/// column. Unknown characters draw as '?'.
+const FONT: &[(char, [u8; 8])] = &[
+    (' ', [0, 0, 0, 0, 0, 0, 0, 0]),
+    ('0', [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E, 0]),
+    ('1', [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E, 0]),
+    ('2', [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F, 0]),
+    ('3', [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E, 0]),
+    ('4', [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02, 0]),
+    ('5', [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E, 0]),
+    ('6', [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E, 0]),
+    ('7', [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08, 0]),
+    ('8', [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E, 0]),
+    ('9', [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C, 0]),
+    ('A', [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11, 0]),
+    ('B', [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E, 0]),
+    ('C', [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E, 0]),
+    ('D', [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C, 0]),
+    ('E', [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F, 0]),
+    ('F', [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10, 0]),
+    ('G', [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F, 0]),
+    ('H', [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11, 0]),
+    ('I', [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0]),
+    ('J', [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C, 0]),
+    ('K', [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11, 0]),
+    ('L', [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F, 0]),
+    ('M', [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11, 0]),
+    ('N', [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11, 0]),
+    ('O', [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0]),
+    ('P', [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10, 0]),
+    ('Q', [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D, 0]),
+    ('R', [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11, 0]),
+    ('S', [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E, 0]),
+    ('T', [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0]),
+    ('U', [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E, 0]),
+    ('V', [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04, 0]),
+    ('W', [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A, 0]),
+    ('X', [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11, 0]),
+    ('Y', [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04, 0]),
+    ('Z', [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F, 0]),
+    ('a', [0x00, 0x00, 0x0E, 0x01, 0x0F, 0x11, 0x0F, 0]),
+    ('b', [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E, 0]),
+    ('c', [0x00, 0x00, 0x0E, 0x10, 0x10, 0x11, 0x0E, 0]),
+    ('d', [0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F, 0]),
+    ('e', [0x00, 0x00, 0x0E, 0x11, 0x1F, 0x10, 0x0E, 0]),
+    ('f', [0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08, 0]),
+    ('g', [0x00, 0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E]),
+    ('h', [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11, 0]),
+    ('i', [0x04, 0x00, 0x0C, 0x04, 0x04, 0x04, 0x0E, 0]),
+    ('j', [0x02, 0x00, 0x06, 0x02, 0x02, 0x02, 0x12, 0x0C]),
+    ('k', [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12, 0]),
+    ('l', [0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E, 0]),
+    ('m', [0x00, 0x00, 0x1A, 0x15, 0x15, 0x11, 0x11, 0]),
+    ('n', [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11, 0]),
+    ('o', [0x00, 0x00, 0x0E, 0x11, 0x11, 0x11, 0x0E, 0]),
+    ('p', [0x00, 0x00, 0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10]),
+    ('q', [0x00, 0x00, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x01]),
+    ('r', [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10, 0]),
+    ('s', [0x00, 0x00, 0x0E, 0x10, 0x0E, 0x01, 0x1E, 0]),
+    ('t', [0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06, 0]),
+    ('u', [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0D, 0]),
+    ('v', [0x00, 0x00, 0x11, 0x11, 0x11, 0x0A, 0x04, 0]),
+    ('w', [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0A, 0]),
+    ('x', [0x00, 0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0]),
+    ('y', [0x00, 0x00, 0x11, 0x11, 0x11, 0x0F, 0x01, 0x0E]),
+    ('z', [0x00, 0x00, 0x1F, 0x02, 0x04, 0x08, 0x1F, 0]),
+    ('.', [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x0C, 0]),
+    (',', [0x00, 0x00, 0x00, 0x00, 0x00, 0x0C, 0x04, 0x08]),
+    ('-', [0x00, 0x00, 0x00, 0x0E, 0x00, 0x00, 0x00, 0]),
+    ('−', [0x00, 0x00, 0x00, 0x0E, 0x00, 0x00, 0x00, 0]),
+    ('%', [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03, 0]),
+    (':', [0x00, 0x0C, 0x0C, 0x00, 0x0C, 0x0C, 0x00, 0]),
+    ('(', [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02, 0]),
+    (')', [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08, 0]),
+    ('[', [0x0E, 0x08, 0x08, 0x08, 0x08, 0x08, 0x0E, 0]),
+    (']', [0x0E, 0x02, 0x02, 0x02, 0x02, 0x02, 0x0E, 0]),
+    ('/', [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00, 0]),
+    ('_', [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1F, 0]),
+    ('+', [0x00, 0x04, 0x04, 0x1F, 0x04, 0x04, 0x00, 0]),
+    ('=', [0x00, 0x00, 0x1F, 0x00, 0x1F, 0x00, 0x00, 0]),
+    ('<', [0x02, 0x04, 0x08, 0x10, 0x08, 0x04, 0x02, 0]),
+    ('>', [0x08, 0x04, 0x02, 0x01, 0x02, 0x04, 0x08, 0]),
+    ('#', [0x0A, 0x0A, 0x1F, 0x0A, 0x1F, 0x0A, 0x0A, 0]),
+    ('*', [0x00, 0x04, 0x15, 0x0E, 0x15, 0x04, 0x00, 0]),
+    ('\'', [0x04, 0x04, 0x08, 0x00, 0x00, 0x00, 0x00, 0]),
+    ('|', [0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0]),
+    ('!', [0x04, 0x04, 0x04, 0x04, 0x04, 0x00, 0x04, 0]),
+    ('?', [0x0E, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04, 0]),
+    ('±', [0x04, 0x04, 0x1F, 0x04, 0x04, 0x00, 0x1F, 0]),
+    ('×', [0x00, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x00, 0]),
+];
+
+fn glyph(c: char) -> [u8; 8] {
+    FONT.iter().find(|g| g.0 == c).or_else(|| FONT.iter().find(|g| g.0 == '?')).unwrap().1
+}
+
+fn text_width(s: &str, scale: u32) -> i64 {
+    (s.chars().count() as i64 * 6 - 1).max(0) * scale as i64
+}
+
+/// Draws `s` with its top-left corner at (x, y); `vertical` reads bottom to top from (x, y) as the
+/// bottom-left corner (for y-axis labels).
+fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, scale: u32, c: [u8; 3], vertical: bool) {
+    let k = scale as i64;
+    for (i, ch) in s.chars().enumerate() {
+        for (r, bits) in glyph(ch).iter().enumerate() {
+            for col in 0..5i64 {
+                if bits & (0x10 >> col) != 0 {
+                    let (px, py) = if vertical {
+                        (x + r as i64 * k, y - (i as i64 * 6 + col + 1) * k)
+                    } else {
+                        (x + (i as i64 * 6 + col) * k, y + r as i64 * k)
+                    };
+                    fill(img, px, py, px + k, py + k, c, 1.0);
+                }
+            }
+        }
+    }
+}
+
+/// The largest scale ≤ `max` at which `s` fits in `width` pixels (at least 1).
+fn fit_scale(s: &str, width: i64, max: u32) -> u32 {
+    (1..=max).rev().find(|&k| text_width(s, k) <= width).unwrap_or(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// rasterisation
+
+/// Fills [x0, x1) × [y0, y1), clipped, blending `c` with opacity `alpha`.
+fn fill(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3], alpha: f32) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    for y in y0.max(0)..y1.min(h) {
+        for x in x0.max(0)..x1.min(w) {
+            let p = img.get_pixel_mut(x as u32, y as u32);
+            for (d, s) in p.0.iter_mut().zip(c) {
+                *d = (alpha * s as f32 + (1.0 - alpha) * *d as f32).round() as u8;
+            }
+        }
+    }
+}
+
+/// A line of `width` pixels, optionally dashed with `dash` = (on, off) lengths in pixels.
+fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: [u8; 3], width: i64, dash: Option<(f64, f64)>) {
+    let len = ((b.0 - a.0).powi(2) + (b.1 - a.1).powi(2)).sqrt();
+    let steps = (len * 2.0).ceil().max(1.0) as usize;
+    for i in 0..=steps {
+        let t = i as f64 / steps as f64;
+        if let Some((on, off)) = dash {
+            if (t * len) % (on + off) >= on {
+                continue;
+            }
+        }
+        let (x, y) = ((a.0 + t * (b.0 - a.0)).round() as i64, (a.1 + t * (b.1 - a.1)).round() as i64);
+        let h = width / 2;
+        fill(img, x - h, y - h, x - h + width, y - h + width, c, 1.0);
+    }
+}
+
+fn rect_outline(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
+    fill(img, x0, y0, x1, y0 + 1, c, 1.0);
+    fill(img, x0, y1 - 1, x1, y1, c, 1.0);
+    fill(img, x0, y0, x0 + 1, y1, c, 1.0);
+    fill(img, x1 - 1, y0, x1, y1, c, 1.0);
+}
+
+fn save(path: &Path, img: &RgbImage) -> Result<()> {
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Input(format!("{}: PNG encoding failed: {e}", path.display())))?;
+    crate::error::write_atomic(path, &bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// axes
+
+/// "Nice" ticks (1, 2 or 5 × 10^k apart) covering [lo, hi], and the decimals their labels need.
+fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
+    let raw = (hi - lo) / target;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = mag * [1.0, 2.0, 5.0, 10.0].into_iter().find(|&m| raw / mag <= m * 1.2).unwrap_or(10.0);
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    ((first..=last).map(|i| if i == 0 { 0.0 } else { i as f64 * step }).collect(), decimals)
+}
+
+/// A plot frame: the data ranges and the pixel rectangle they map to.
+struct Axes {
+    x: (f64, f64),
+    y: (f64, f64),
+    left: i64,
+    top: i64,
+    right: i64,
+    bottom: i64,
+}
+
+impl Axes {
+    fn px(&self, x: f64, y: f64) -> (f64, f64) {
+        let fx = (x - self.x.0) / (self.x.1 - self.x.0);
+        let fy = (y - self.y.0) / (self.y.1 - self.y.0);
+        (self.left as f64 + fx * (self.right - self.left) as f64, self.bottom as f64 - fy * (self.bottom - self.top) as f64)
+    }
+
+    /// Grid lines, frame, tick labels, axis labels and title.
+    fn draw(&self, img: &mut RgbImage, title: &str, xlabel: &str, ylabel: &str) {
+        let (xt, xd) = ticks(self.x.0, self.x.1, 6.0);
+        let (yt, yd) = ticks(self.y.0, self.y.1, 5.0);
+        for &v in &xt {
+            let x = self.px(v, 0.0).0.round() as i64;
+            fill(img, x, self.top, x + 1, self.bottom, GRID, 1.0);
+            fill(img, x, self.bottom, x + 1, self.bottom + 6, FRAME, 1.0);
+            let label = format!("{v:.xd$}");
+            text(img, x - text_width(&label, 2) / 2, self.bottom + 10, &label, 2, BLACK, false);
+        }
+        for &v in &yt {
+            let y = self.px(0.0, v).1.round() as i64;
+            fill(img, self.left, y, self.right, y + 1, GRID, 1.0);
+            fill(img, self.left - 6, y, self.left, y + 1, FRAME, 1.0);
+            let label = format!("{v:.yd$}");
+            text(img, self.left - 10 - text_width(&label, 2), y - 7, &label, 2, BLACK, false);
+        }
+        rect_outline(img, self.left, self.top, self.right + 1, self.bottom + 1, FRAME);
+        let cx = (self.left + self.right) / 2;
+        text(img, cx - text_width(xlabel, 2) / 2, self.bottom + 36, xlabel, 2, BLACK, false);
+        let cy = (self.top + self.bottom) / 2;
+        text(img, 8, cy + text_width(ylabel, 2) / 2, ylabel, 2, BLACK, true);
+        let width = img.width() as i64 - 20;
+        let k = fit_scale(title, width, 3);
+        text(img, (img.width() as i64 - text_width(title, k)) / 2, 14, title, k, BLACK, false);
+    }
+
+    /// Size of a legend box for `labels`.
+    fn legend_size(labels: &[&str]) -> (i64, i64) {
+        (labels.iter().map(|l| text_width(l, 2)).max().unwrap_or(0) + 50, labels.len() as i64 * 22 + 10)
+    }
+
+    /// A legend box in a corner of the plot area (`right`, `bottom` pick which); `swatch` draws
+    /// each entry's marker in the 24×14 rectangle at the given top-left corner.
+    fn legend(&self, img: &mut RgbImage, labels: &[&str], right: bool, bottom: bool, swatch: impl Fn(&mut RgbImage, usize, i64, i64)) {
+        if labels.is_empty() {
+            return;
+        }
+        let (w, h) = Self::legend_size(labels);
+        let x0 = if right { self.right - w - 10 } else { self.left + 10 };
+        let y0 = if bottom { self.bottom - h - 10 } else { self.top + 10 };
+        fill(img, x0, y0, x0 + w, y0 + h, WHITE, 0.9);
+        rect_outline(img, x0, y0, x0 + w, y0 + h, [160, 160, 160]);
+        for (i, l) in labels.iter().enumerate() {
+            let y = y0 + 8 + i as i64 * 22;
+            swatch(img, i, x0 + 10, y);
+            text(img, x0 + 42, y, l, 2, BLACK, false);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// public pictures
+
+/// Overlaid score histograms (ID vs one or more OOD sets): shared bins over the joint range of
+/// the finite values, each series normalised to density, drawn as translucent bars with an
+/// opaque step outline in its `PALETTE` colour, with a legend.
+pub fn score_histogram(path: &Path, title: &str, xlabel: &str, series: &[Series]) -> Result<()> {
+    const BINS: usize = 50;
+    let finite = || series.iter().flat_map(|s| s.values.iter().copied().filter(|v| v.is_finite()));
+    let (mut lo, mut hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v as f64), b.max(v as f64)));
+    if !(lo < hi) {
+        (lo, hi) = if lo.is_finite() { (lo - 0.5, lo + 0.5) } else { (0.0, 1.0) };
+    }
+    let width = (hi - lo) / BINS as f64;
+    let densities: Vec<Vec<f64>> = series
+        .iter()
+        .map(|s| {
+            let mut counts = vec![0usize; BINS];
+            let n = s.values.iter().filter(|v| v.is_finite()).inspect(|&&v| counts[(((v as f64 - lo) / width) as usize).min(BINS - 1)] += 1).count();
+            counts.iter().map(|&c| if n == 0 { 0.0 } else { c as f64 / (n as f64 * width) }).collect()
+        })
+        .collect();
+    let ymax = densities.iter().flatten().fold(0.0f64, |a, &b| a.max(b));
+    let ymax = if ymax > 0.0 { ymax } else { 1.0 };
+
+    let (left, top, right, bottom) = (90, 56, 880, 490);
+    // the legend goes in the top corner over less mass, with headroom so it covers no bar
+    let labels: Vec<&str> = series.iter().map(|s| s.label).collect();
+    let (lw, lh) = Axes::legend_size(&labels);
+    let span = ((lw + 20) as f64 / (right - left) as f64 * BINS as f64).ceil() as usize;
+    let peak = |bins: std::ops::Range<usize>| densities.iter().flat_map(|d| d[bins.clone()].iter()).fold(0.0f64, |a, &b| a.max(b));
+    let (peak_left, peak_right) = (peak(0..span.min(BINS)), peak(BINS.saturating_sub(span)..BINS));
+    let free = 1.0 - (lh + 20) as f64 / (bottom - top) as f64;
+    let ytop = (ymax * 1.05).max(peak_left.min(peak_right) / free);
+    let ax = Axes { x: (lo, hi), y: (0.0, ytop), left, top, right, bottom };
+    let mut img = RgbImage::from_pixel(900, 560, Rgb(WHITE));
+    ax.draw(&mut img, title, xlabel, "density");
+    for (si, d) in densities.iter().enumerate() {
+        let c = PALETTE[si % PALETTE.len()];
+        for (b, &v) in d.iter().enumerate() {
+            let (x0, y) = ax.px(lo + b as f64 * width, v);
+            let x1 = ax.px(lo + (b + 1) as f64 * width, 0.0).0;
+            fill(&mut img, x0.round() as i64 + 1, y.round() as i64, x1.round() as i64, ax.bottom, c, 0.3);
+        }
+    }
+    // step outlines, leaving out stretches at zero density (they would hide in the axis anyway)
+    for (si, d) in densities.iter().enumerate() {
+        let c = PALETTE[si % PALETTE.len()];
+        for e in 0..=BINS {
+            let x = lo + e as f64 * width;
+            let (l, r) = (if e > 0 { d[e - 1] } else { 0.0 }, d.get(e).copied().unwrap_or(0.0));
+            if l != r {
+                line(&mut img, ax.px(x, l), ax.px(x, r), c, 2, None);
+            }
+            if r > 0.0 {
+                line(&mut img, ax.px(x, r), ax.px(x + width, r), c, 2, None);
+            }
+        }
+    }
+    ax.legend(&mut img, &labels, peak_right <= peak_left, false, |img, i, x, y| {
+        let c = PALETTE[i % PALETTE.len()];
+        fill(img, x, y, x + 24, y + 14, c, 0.3);
+        rect_outline(img, x, y, x + 24, y + 14, c);
+    });
+    save(path, &img)
+}
+
+/// ROC curves: each (label, fpr, tpr) as a polyline in its `PALETTE` colour over the dashed
+/// chance diagonal, with the labels (e.g. "SVHN AUROC 93.12") in a legend.
+pub fn roc_plot(path: &Path, title: &str, curves: &[(&str, &[f64], &[f64])]) -> Result<()> {
+    if let Some((label, fpr, tpr)) = curves.iter().find(|c| c.1.len() != c.2.len()) {
+        return Err(Error::Input(format!("{}: ROC curve {label:?} has {} FPR and {} TPR values", path.display(), fpr.len(), tpr.len())));
+    }
+    let mut img = RgbImage::from_pixel(640, 660, Rgb(WHITE));
+    let ax = Axes { x: (0.0, 1.0), y: (0.0, 1.0), left: 90, top: 56, right: 620, bottom: 586 };
+    ax.draw(&mut img, title, "FPR (ID flagged as OOD)", "TPR (OOD detected)");
+    line(&mut img, ax.px(0.0, 0.0), ax.px(1.0, 1.0), [150, 150, 150], 1, Some((8.0, 6.0)));
+    for (i, (_, fpr, tpr)) in curves.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = fpr.iter().zip(tpr.iter()).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(&x, &y)| ax.px(x, y)).collect();
+        for w in pts.windows(2) {
+            line(&mut img, w[0], w[1], PALETTE[i % PALETTE.len()], 3, None);
+        }
+    }
+    let labels: Vec<&str> = curves.iter().map(|c| c.0).collect();
+    ax.legend(&mut img, &labels, true, true, |img, i, x, y| fill(img, x, y + 6, x + 24, y + 9, PALETTE[i % PALETTE.len()], 1.0));
+    save(path, &img)
+}
+
+/// A grid of thumbnails, `columns` per row, each with its caption above it. Every image is scaled
+/// up by the integer factor that makes its shorter side at least 56 px; cells are as large as
+/// the largest scaled image.
+pub fn image_grid(path: &Path, title: &str, images: &[Image], captions: &[String], columns: usize) -> Result<()> {
+    let bad = |m: String| Err(Error::Input(format!("{}: {m}", path.display())));
+    if columns == 0 {
+        return bad("image grid needs at least one column".into());
+    }
+    if captions.len() != images.len() {
+        return bad(format!("{} captions for {} images", captions.len(), images.len()));
+    }
+    for (i, im) in images.iter().enumerate() {
+        let n = im.width as usize * im.height as usize * im.channels as usize;
+        if !matches!(im.channels, 1 | 3) || n == 0 || im.pixels.len() != n {
+            return bad(format!("image {i} is {}×{}×{} with {} pixel bytes", im.width, im.height, im.channels, im.pixels.len()));
+        }
+    }
+    let factor = |im: &Image| 56u32.div_ceil(im.width.min(im.height)).max(1) as i64;
+    let tw = images.iter().map(|im| im.width as i64 * factor(im)).max().unwrap_or(56);
+    let th = images.iter().map(|im| im.height as i64 * factor(im)).max().unwrap_or(56);
+    let (cap_h, pad, top) = (22i64, 10i64, 50i64);
+    let (cw, ch) = (tw.max(60) + 2 * pad, th + cap_h + pad);
+    let rows = images.len().div_ceil(columns) as i64;
+    let width = (columns as i64 * cw + 2 * pad).max(text_width(title, 2) + 2 * pad);
+    let mut img = RgbImage::from_pixel(width as u32, (top + rows * ch + pad) as u32, Rgb(WHITE));
+    let k = fit_scale(title, width - 2 * pad, 3);
+    text(&mut img, (width - text_width(title, k)) / 2, 14, title, k, BLACK, false);
+    for (i, (im, cap)) in images.iter().zip(captions).enumerate() {
+        let (cx, cy) = (pad + (i % columns) as i64 * cw, top + (i / columns) as i64 * ch);
+        let s = fit_scale(cap, cw - 4, 2);
+        text(&mut img, cx + (cw - text_width(cap, s)) / 2, cy + (cap_h - 7 * s as i64) / 2, cap, s, BLACK, false);
+        let f = factor(im);
+        let (x0, y0) = (cx + (cw - im.width as i64 * f) / 2, cy + cap_h);
+        let c = im.channels as usize;
+        for y in 0..im.height as i64 {
+            for x in 0..im.width as i64 {
+                let o = (y as usize * im.width as usize + x as usize) * c;
+                let p = if c == 1 { [im.pixels[o]; 3] } else { [im.pixels[o], im.pixels[o + 1], im.pixels[o + 2]] };
+                fill(&mut img, x0 + x * f, y0 + y * f, x0 + (x + 1) * f, y0 + (y + 1) * f, p, 1.0);
+            }
+        }
+        rect_outline(&mut img, x0 - 1, y0 - 1, x0 + im.width as i64 * f + 1, y0 + im.height as i64 * f + 1, [200, 200, 200]);
+    }
+    save(path, &img)
+}

@@ -1,0 +1,198 @@
+//! Automatic parameter search (spec §5) on cached pooled pairs: every (O, M, α) combination is a
+//! re-binning of pairs already on the GPU, never another network pass.
+//!
+//! The combined score is the mean of the layer scores, and a layer's score depends only on that
+//! layer's own (O, M, α). So the search scores each layer once per entry of its own grid (a
+//! few dozen GPU re-binnings for the official grids) and then walks the full Cartesian product
+//! on the CPU, averaging per-sample layer scores and taking the AUROC of ID-validation against
+//! OOD-validation. Combinations are enumerated layer by layer in the given order, the last layer
+//! varying fastest, and within a layer O, then M, then α; the first maximum wins.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::params::{LayerParams, Preset};
+use super::pooled::PooledStates;
+use super::profile::Profile;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::eval::metrics::auroc;
+use crate::model::Network;
+
+/// Candidate values of one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerGrid {
+    pub layer: String,
+    pub o: Vec<f64>,
+    pub m: Vec<usize>,
+    pub alpha: Vec<f64>,
+}
+
+impl LayerGrid {
+    /// This layer's candidates, O outermost and α fastest.
+    fn candidates(&self) -> Vec<LayerParams> {
+        let mut out = Vec::with_capacity(self.o.len() * self.m.len() * self.alpha.len());
+        for &o in &self.o {
+            for &m in &self.m {
+                for &alpha in &self.alpha {
+                    out.push(LayerParams::new(&self.layer, o, m, alpha));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A search grid: one [`LayerGrid`] per layer, in the layer order of the final score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Grid {
+    pub layers: Vec<LayerGrid>,
+}
+
+impl Grid {
+    /// The official grid of a benchmark (spec §5) for `layers` (ResNet `layerK` or WideResNet
+    /// `blockK` names; a stage takes the values of `layerK`). A layer the preset has no grid for
+    /// is an error naming it.
+    pub fn preset(preset: Preset, layers: &[String]) -> Result<Grid> {
+        type Entry = (&'static [f64], &'static [usize], &'static [f64]);
+        let table: [(&str, Entry); 4] = match preset {
+            Preset::Cifar10 => [
+                ("avgpool", (&[10.0, 50.0], &[50], &[100.0])),
+                ("layer3", (&[100.0], &[50, 500], &[1000.0, 5000.0])),
+                ("layer2", (&[5.0, 10.0], &[50], &[0.001])),
+                ("layer1", (&[5.0, 10.0, 50.0, 100.0], &[50, 500], &[0.001, 0.005])),
+            ],
+            Preset::Cifar100 => [
+                ("avgpool", (&[50.0], &[50, 500], &[1.0, 50.0])),
+                ("layer3", (&[500.0], &[50, 500, 1000], &[10.0, 50.0, 100.0])),
+                ("layer2", (&[100.0, 500.0], &[50, 500], &[1.0])),
+                ("layer1", (&[5.0, 50.0], &[50], &[0.005])),
+            ],
+            Preset::Imagenet => [
+                ("avgpool", (&[10.0, 50.0, 500.0], &[50, 500], &[3000.0])),
+                ("layer3", (&[100.0, 500.0], &[50, 500], &[50.0, 100.0, 300.0])),
+                ("layer2", (&[50.0, 500.0], &[500], &[0.01])),
+                ("layer1", (&[5000.0], &[500, 1000], &[0.1, 1.0])),
+            ],
+        };
+        let layers = layers
+            .iter()
+            .map(|layer| {
+                let role = layer.strip_prefix("block").map(|k| format!("layer{k}")).unwrap_or_else(|| layer.clone());
+                let (_, (o, m, alpha)) = table.iter().find(|(name, _)| *name == role).ok_or_else(|| {
+                    Error::Input(format!("the {preset} search grid has no values for layer `{layer}` (it covers avgpool, layer3, layer2, layer1)"))
+                })?;
+                Ok(LayerGrid { layer: layer.clone(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Grid { layers })
+    }
+
+    /// Number of combinations in the full Cartesian product.
+    pub fn combinations(&self) -> usize {
+        self.layers.iter().map(|l| l.o.len() * l.m.len() * l.alpha.len()).product()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.layers.is_empty() {
+            return Err(Error::Input("the search grid names no layers".into()));
+        }
+        for l in &self.layers {
+            if l.o.is_empty() || l.m.is_empty() || l.alpha.is_empty() {
+                return Err(Error::Input(format!("search grid for layer `{}`: O, M and α each need at least one value", l.layer)));
+            }
+            for p in l.candidates() {
+                p.validate()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cached sets a search reads: profiling samples (histograms), ID validation and OOD
+/// validation (the criterion). Never a test set.
+pub struct SearchSets<'a> {
+    pub profile: &'a PooledStates,
+    pub id_val: &'a PooledStates,
+    pub ood_val: &'a PooledStates,
+}
+
+/// One evaluated combination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Trial {
+    pub params: Vec<LayerParams>,
+    pub auroc: f64,
+}
+
+/// Outcome of a search.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// The first combination with the highest validation AUROC.
+    pub best: Vec<LayerParams>,
+    pub best_auroc: f64,
+    /// Every combination in enumeration order.
+    pub trials: Vec<Trial>,
+    /// GPU re-binnings done (one per layer candidate).
+    pub layer_evaluations: usize,
+    pub seconds: f64,
+}
+
+/// Runs the search over `grid` on cached pairs; `preprocessing` is recorded in the profiles.
+pub fn search(engine: &Engine, network: &Network, grid: &Grid, sets: &SearchSets, preprocessing: &str) -> Result<SearchResult> {
+    grid.validate()?;
+    let started = Instant::now();
+    // Per layer, per candidate: (ID-val layer scores, OOD-val layer scores).
+    let mut per_layer: Vec<Vec<(LayerParams, Vec<f32>, Vec<f32>)>> = Vec::with_capacity(grid.layers.len());
+    let mut layer_evaluations = 0;
+    for layer in &grid.layers {
+        let mut scored = Vec::new();
+        for params in layer.candidates() {
+            let mut profile = Profile::new(engine, network, std::slice::from_ref(&params), preprocessing)?;
+            profile.add_pooled(engine, sets.profile)?;
+            let id = profile.score_pooled(engine, sets.id_val)?.layer_scores.remove(0);
+            let ood = profile.score_pooled(engine, sets.ood_val)?.layer_scores.remove(0);
+            scored.push((params, id, ood));
+            layer_evaluations += 1;
+        }
+        per_layer.push(scored);
+    }
+
+    let layers = per_layer.len() as f64;
+    let mut trials = Vec::with_capacity(grid.combinations());
+    let mut choice = vec![0usize; per_layer.len()];
+    let (mut id_sum, mut ood_sum) = (vec![0f64; sets.id_val.samples], vec![0f64; sets.ood_val.samples]);
+    loop {
+        id_sum.iter_mut().for_each(|v| *v = 0.0);
+        ood_sum.iter_mut().for_each(|v| *v = 0.0);
+        for (candidates, &c) in per_layer.iter().zip(&choice) {
+            let (_, id, ood) = &candidates[c];
+            id_sum.iter_mut().zip(id).for_each(|(s, &v)| *s += v as f64);
+            ood_sum.iter_mut().zip(ood).for_each(|(s, &v)| *s += v as f64);
+        }
+        let id: Vec<f32> = id_sum.iter().map(|s| (s / layers) as f32).collect();
+        let ood: Vec<f32> = ood_sum.iter().map(|s| (s / layers) as f32).collect();
+        let params = per_layer.iter().zip(&choice).map(|(candidates, &c)| candidates[c].0.clone()).collect();
+        trials.push(Trial { params, auroc: auroc(&id, &ood) });
+        // Odometer step, last layer fastest.
+        let mut l = choice.len();
+        loop {
+            if l == 0 {
+                let best = trials.iter().enumerate().fold(0, |b, (i, t)| if t.auroc > trials[b].auroc { i } else { b });
+                return Ok(SearchResult {
+                    best: trials[best].params.clone(),
+                    best_auroc: trials[best].auroc,
+                    trials,
+                    layer_evaluations,
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            l -= 1;
+            choice[l] += 1;
+            if choice[l] < per_layer[l].len() {
+                break;
+            }
+            choice[l] = 0;
+        }
+    }
+}

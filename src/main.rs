@@ -186,6 +186,9 @@ enum Command {
         root: Option<PathBuf>,
         #[arg(long)]
         threads: Option<usize>,
+        /// Use every bundled sample even on a CPU adapter (slow there).
+        #[arg(long)]
+        full: bool,
     },
     /// Time the forward pass, the NAC pass and the CIFAR-10 grid search on this adapter;
     /// writes JSON.
@@ -234,13 +237,11 @@ fn main() -> ExitCode {
             score(gpu, ScoreJob { model, profile, input, preprocessing, layers, run, out })
         }
         Command::Merge { out, profiles } => merge(&profiles, &out),
-        Command::Eval { config, out, threads } => {
-            nac::eval::EvalConfig::load(&config).and_then(|c| evaluate(gpu, &c, out, threads, "eval"))
-        }
-        Command::Demo { out, root, threads } => {
-            let root = root.unwrap_or_else(nac::eval::demo::default_root);
-            nac::eval::demo::demo_config(&root).and_then(|c| evaluate(gpu, &c, out, threads, "demo"))
-        }
+        Command::Eval { config, out, threads } => nac::eval::EvalConfig::load(&config).and_then(|c| {
+            let engine = Engine::new(EngineOptions { gpu, max_batch: c.batch, ..Default::default() })?;
+            evaluate(engine, &c, out, threads, "eval")
+        }),
+        Command::Demo { out, root, threads, full } => demo(gpu, out, root, threads, full),
         Command::Bench { arch, batch, size, repeats, search_samples, out } => bench(gpu, &arch, batch, size, repeats, search_samples, &out),
         Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, run, out } => {
             let settings = MeSettings { layer, alpha, m, o };
@@ -256,9 +257,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn evaluate(gpu: GpuOptions, config: &nac::eval::EvalConfig, out: PathBuf, threads: Option<usize>, what: &str) -> Result<()> {
+fn demo(gpu: GpuOptions, out: PathBuf, root: Option<PathBuf>, threads: Option<usize>, full: bool) -> Result<()> {
+    use nac::eval::demo::{default_root, demo_config, DemoSize};
+    let engine = Engine::new(EngineOptions { gpu, max_batch: 64, ..Default::default() })?;
+    let on_cpu = engine.gpu.info.device_type == wgpu::DeviceType::Cpu;
+    let size = if on_cpu && !full { DemoSize::CPU } else { DemoSize::FULL };
+    if size != DemoSize::FULL {
+        eprintln!("demo: CPU adapter, so small prefixes of the bundled sets ({size:?}); --full takes all of them");
+    }
+    let config = demo_config(&root.unwrap_or_else(default_root), size)?;
+    evaluate(engine, &config, out, threads, "demo")
+}
+
+fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, threads: Option<usize>, what: &str) -> Result<()> {
     let started = Instant::now();
-    let mut engine = Engine::new(EngineOptions { gpu, max_batch: config.batch, ..Default::default() })?;
     eprintln!("{what}: {} ({:?})", engine.gpu.info.name, engine.gpu.info.backend);
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };

@@ -1,7 +1,10 @@
 //! `nac demo`: the evaluation on the shipped Fashion-MNIST ResNet-18 and the small real subsets
 //! bundled in `demo/` (made by `tools/make_demo_data.py` from the sets `tools/fetch_data.sh`
 //! downloads): Fashion-MNIST is in-distribution, MNIST digits are far OOD, impulse-noise
-//! Fashion-MNIST is near OOD. Offline, sized to finish in minutes on a CPU rasteriser.
+//! Fashion-MNIST (other test images than the ID test ones) is near OOD. APS validates on
+//! shot-noise Fashion-MNIST made from held-out training images; ID-only selection on synthetic
+//! outliers of the ID validation images. Offline; on a CPU adapter it takes small prefixes of
+//! the sets so that it finishes in under three minutes.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +18,27 @@ pub fn default_root() -> PathBuf {
 
 pub const DEMO_MODEL: &str = "weights/fmnist_resnet18_32x32.safetensors";
 
+/// Samples the demo takes from each bundled set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DemoSize {
+    /// Profiling images (a prefix of the class-interleaved profile set stays balanced).
+    pub profile: usize,
+    /// ID test images, and images of each OOD test set.
+    pub test: usize,
+    /// ID validation images; as many more become the APS OOD validation set.
+    pub val: usize,
+}
+
+impl DemoSize {
+    /// Everything bundled: 1000 profile, 1000 test, 1000 MNIST, 250 + 250 validation.
+    pub const FULL: DemoSize = DemoSize { profile: 1000, test: 1000, val: 250 };
+    /// What a CPU rasteriser (lavapipe, about one ResNet-18 NAC pass per second on 2 cores)
+    /// finishes in under three minutes.
+    pub const CPU: DemoSize = DemoSize { profile: 50, test: 30, val: 15 };
+}
+
 /// The demo's configuration for a checkout at `root`.
-pub fn demo_config(root: &Path) -> Result<EvalConfig> {
+pub fn demo_config(root: &Path, size: DemoSize) -> Result<EvalConfig> {
     let file = |name: &str| -> Result<String> {
         let path = root.join("demo").join(format!("{name}-images-idx3-ubyte.gz"));
         if !path.is_file() {
@@ -30,21 +52,26 @@ pub fn demo_config(root: &Path) -> Result<EvalConfig> {
     }
     let val = file("fmnist-val")?;
     let test = file("fmnist-test")?;
+    let DemoSize { profile, test: n, val: v } = size;
+    if profile == 0 || n == 0 || v == 0 || profile > 1000 || n > 1000 || v > 250 {
+        return Err(Error::Input(format!("demo size {size:?}: each set needs 1..=1000 samples (validation 1..=250)")));
+    }
+    let sanity = if size == DemoSize::FULL { Some(file("fmnist-sanity")?) } else { None };
     Ok(EvalConfig {
         preprocessing: "fmnist".into(),
         batch: 64,
         models: vec![ModelEntry { path: model, arch: None }],
-        profile: ProfileSet { data: file("fmnist-profile")?, samples: None, seed: 0 },
-        id: IdSets { test: test.clone(), val: Some(format!("{val}[0:100]")), sanity: Some(file("fmnist-sanity")?) },
+        profile: ProfileSet { data: format!("{}[0:{profile}]", file("fmnist-profile")?), samples: None, seed: 0 },
+        id: IdSets { test: format!("{test}[0:{n}]"), val: Some(format!("{val}[0:{v}]")), sanity },
         ood: vec![
-            OodSet { name: "fmnist-impulse".into(), group: Group::Near, data: format!("corrupt:impulse_noise:5:{test}") },
-            OodSet { name: "mnist".into(), group: Group::Far, data: file("mnist")? },
+            OodSet { name: "fmnist-impulse".into(), group: Group::Near, data: format!("corrupt:impulse_noise:5:{test}[{}:{}]", 1000 - n, 1000) },
+            OodSet { name: "mnist".into(), group: Group::Far, data: format!("{}[0:{n}]", file("mnist")?) },
         ],
         nac: NacSettings { layers: None, preset: Some("cifar10".into()), params: Vec::new() },
         search: Some(SearchSettings {
             grid: Some("cifar10".into()),
             layers: Vec::new(),
-            ood_val: Some(format!("corrupt:shot_noise:5:{val}[100:200]")),
+            ood_val: Some(format!("corrupt:shot_noise:5:{val}[{v}:{}]", 2 * v)),
             id_only: true,
         }),
         pictures: true,

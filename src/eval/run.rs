@@ -424,7 +424,9 @@ fn draw_pictures(dir: &Path, config: &EvalConfig, methods: &[MethodScores], repo
         let mut order: Vec<usize> = (0..scores.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         let count = order.len().min(100);
-        for (which, picked) in [("top", &order[..count]), ("bottom", &order[order.len() - count..])] {
+        // Top: highest score first; bottom: lowest score first.
+        let bottom: Vec<usize> = order.iter().rev().take(count).copied().collect();
+        for (which, picked) in [("top", &order[..count]), ("bottom", &bottom[..])] {
             let images: Vec<Image> = picked.iter().map(|&i| set.image(i)).collect::<Result<_>>()?;
             let captions: Vec<String> = picked.iter().map(|&i| format!("{:.3}", scores[i])).collect();
             let title = format!("{name}: {which} {count} by {}", primary.name);

@@ -22,7 +22,6 @@ takes 12-25 minutes per epoch (depending on what else runs); a GPU takes about a
 """
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -34,18 +33,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from idx import read_idx  # noqa: E402
 from torch_reference import build_model  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530
 TRAIN_COUNT = 55_000
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
 def to_tensor(images):

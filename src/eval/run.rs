@@ -16,7 +16,7 @@ use crate::data::{self, Dataset, Image, Transform};
 use crate::engine::{Engine, Model};
 use crate::error::{Error, Result};
 use crate::nac::search::{search, SearchSets};
-use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Preset, Profile};
+use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Predicted, Preset, Profile};
 
 /// How a run reports and where it writes.
 #[derive(Clone, Debug)]
@@ -242,21 +242,23 @@ fn evaluate_model(
             select(APS, set, format!("AUROC of ID val against OOD val `{spec}`"))?;
         }
     }
-    let predictions = |set: &PooledStates| set.read_predictions(engine);
-    let test_pred = predictions(&pools.id_test)?;
-    let baseline = |name: &str, pick: fn(crate::nac::Predicted) -> Vec<f32>| -> Result<MethodScores> {
-        Ok(MethodScores {
-            name: name.into(),
-            params: None,
-            selection: None,
-            id_test: pick(test_pred.clone()),
-            id_val: pools.id_val.as_ref().map(|s| predictions(s).map(pick)).transpose()?,
-            sanity: pools.sanity.as_ref().map(|s| predictions(s).map(pick)).transpose()?,
-            ood: pools.ood.iter().map(|s| predictions(s).map(pick)).collect::<Result<_>>()?,
-        })
+    // One readback per set serves both baselines.
+    let read = |set: &PooledStates| set.read_predictions(engine);
+    let test_pred = read(&pools.id_test)?;
+    let val_pred = pools.id_val.as_ref().map(read).transpose()?;
+    let sanity_pred = pools.sanity.as_ref().map(read).transpose()?;
+    let ood_pred: Vec<Predicted> = pools.ood.iter().map(read).collect::<Result<_>>()?;
+    let baseline = |name: &str, pick: fn(&Predicted) -> Vec<f32>| MethodScores {
+        name: name.into(),
+        params: None,
+        selection: None,
+        id_test: pick(&test_pred),
+        id_val: val_pred.as_ref().map(pick),
+        sanity: sanity_pred.as_ref().map(pick),
+        ood: ood_pred.iter().map(pick).collect(),
     };
-    methods.push(baseline(MSP, |p| p.max_softmax)?);
-    methods.push(baseline(ENERGY, |p| p.energy)?);
+    methods.push(baseline(MSP, |p| p.max_softmax.clone()));
+    methods.push(baseline(ENERGY, |p| p.energy.clone()));
 
     let accuracy = id_test.labels().map(|labels| metrics::accuracy(&test_pred.class, labels));
     let reports = methods.iter().map(|m| method_report(m, config)).collect::<Result<Vec<_>>>()?;

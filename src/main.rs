@@ -175,6 +175,10 @@ enum Command {
         /// CPU threads decoding images (default: available cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Evaluate these checkpoints instead of the config's `[[models]]` (repeatable; several
+        /// give mean ± std), e.g. another shipped architecture on the same datasets.
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
     },
     /// The evaluation on the shipped Fashion-MNIST ResNet-18 and the bundled real subsets
     /// (offline); prints the table and writes everything to --out.
@@ -237,7 +241,10 @@ fn main() -> ExitCode {
             score(gpu, ScoreJob { model, profile, input, preprocessing, layers, run, out })
         }
         Command::Merge { out, profiles } => merge(&profiles, &out),
-        Command::Eval { config, out, threads } => nac::eval::EvalConfig::load(&config).and_then(|c| {
+        Command::Eval { config, out, threads, models } => nac::eval::EvalConfig::load(&config).and_then(|mut c| {
+            if !models.is_empty() {
+                c.models = models.into_iter().map(|path| nac::eval::config::ModelEntry { path, arch: None }).collect();
+            }
             let engine = Engine::new(EngineOptions { gpu, max_batch: c.batch, ..Default::default() })?;
             evaluate(engine, &c, out, threads, "eval")
         }),

@@ -217,3 +217,46 @@ fn eval_config_errors_name_the_problem() {
     assert!(err.contains("never takes part in selection"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `nac eval CONFIG --model A --model B` evaluates A and B instead of the config's models
+/// (here a path that does not exist), as several checkpoints: mean ± std.
+#[test]
+fn eval_cli_model_flags_replace_the_config_models() {
+    let dir = common::temp_dir("eval-cli");
+    let models: Vec<_> = (0..2).map(|seed| {
+        let path = dir.join(format!("seed{seed}.safetensors"));
+        SyntheticModel::new(ARCH, 3, 40 + seed).unwrap().save(&path, StorageDtype::F32).unwrap();
+        path
+    }).collect();
+    let images: Vec<u8> = (0..16 * 64).map(|i| ((i * 37 + i / 64 * 11) % 251) as u8).collect();
+    let labels: Vec<u8> = (0..16).map(|i| (i % 3) as u8).collect();
+    let data = dir.join("set-images-idx3-ubyte");
+    write_idx(&data, &images, 16, &labels);
+    let spec = format!("idx:{}", data.display());
+    let config = dir.join("eval.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "preprocessing = \"pad:4,gray2rgb\"\npictures = false\n[[models]]\npath = \"{}\"\n[profile]\ndata = \"{spec}[0:8]\"\n[id]\ntest = \"{spec}[8:12]\"\n[[ood]]\nname = \"noise\"\ngroup = \"far\"\ndata = \"corrupt:gaussian_noise:5:{spec}[12:16]\"\n",
+            dir.join("missing.safetensors").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_nac"))
+        .arg("eval")
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .args(models.iter().flat_map(|m| [std::ffi::OsStr::new("--model"), m.as_os_str()]))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "nac eval failed: {}", String::from_utf8_lossy(&run.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let paths: Vec<&str> = json["models"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap()).collect();
+    let want: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    assert_eq!(paths, want);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("mean ± sample std over the 2 models") && md.contains(" ± "), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -503,6 +503,8 @@ fn slices_corruptions_outliers_and_subsets() {
     let sub = set.subset(&[7, 2, 7]).unwrap();
     assert_eq!((sub.len(), sub.labels()), (3, Some(&[7, 2, 7][..])));
     assert_eq!(sub.image(1).unwrap(), set.image(2).unwrap());
+    assert_eq!(sub.locate(1), format!("{}: sample 2 (entry 1 of a subset)", set.spec()));
+    assert_eq!(set.locate(4), format!("{}: sample 4", set.spec()));
     assert_eq!(
         sub.subset(&[1]).unwrap().image(0).unwrap(),
         set.image(2).unwrap()
@@ -794,6 +796,12 @@ fn batches_dropped_early_do_not_hang_and_report_mismatched_sizes() {
         &message,
         &["sample 5", "[3, 3, 4]", "sample 4", "[3, 3, 3]"],
     );
+    // In a subset the message names the sample of the source, not only the entry.
+    let subset = set.subset(&[0, 5, 1]).unwrap();
+    let message = load_all(&subset, &Transform::preset("none").unwrap(), None, 2)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&message, &["sample 5 (entry 1 of a subset)", "[3, 3, 4]"]);
     // A resize step fixes it.
     assert!(load_all(
         &set,

@@ -74,7 +74,7 @@ impl Job {
         let values = self
             .transform
             .apply(&image)
-            .map_err(|e| Error::Input(format!("{}: sample {index}: {e}", self.dataset.spec())))?;
+            .map_err(|e| Error::Input(format!("{}: {e}", self.dataset.locate(index))))?;
         Ok(([3, h as usize, w as usize], values))
     }
 
@@ -218,11 +218,10 @@ impl Batches {
         let shape = samples[0].0;
         if let Some(k) = samples.iter().position(|(s, _)| *s != shape) {
             return Err(Error::Input(format!(
-                "{}: sample {} transforms to {:?} but sample {} of the same batch to {shape:?}; add a resize/center_crop step so all images share one size",
-                job.dataset.spec(),
-                job.indices[start + k],
+                "{} transforms to {:?}, but {} of the same batch to {shape:?}; add a resize/center_crop step so all images share one size",
+                job.dataset.locate(job.indices[start + k]),
                 samples[k].0,
-                job.indices[start]
+                job.dataset.locate(job.indices[start])
             )));
         }
         let chosen = &job.indices[start..start + samples.len()];

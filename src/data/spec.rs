@@ -242,6 +242,15 @@ impl Dataset {
         &self.spec
     }
 
+    /// Where sample `index` comes from, for error messages: `SPEC: sample I`, and for a
+    /// [`Dataset::subset`] the sample of SPEC it is (`SPEC: sample J (entry I of a subset)`).
+    pub fn locate(&self, index: usize) -> String {
+        match self.view.as_ref().and_then(|v| v.get(index)) {
+            Some(source) => format!("{}: sample {source} (entry {index} of a subset)", self.spec),
+            None => format!("{}: sample {index}", self.spec),
+        }
+    }
+
     /// A short display name: the file stem, the folder name, `cifar10_test`, `NAME_outliers`, …
     pub fn name(&self) -> String {
         self.name.clone()

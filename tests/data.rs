@@ -464,6 +464,16 @@ fn slices_corruptions_outliers_and_subsets() {
     assert_eq!(Dataset::open(&format!("{base}[4:100]")).unwrap().len(), 2);
     assert_mentions(&open_err(&format!("{base}[5:5]")), &["empty"]);
     assert_mentions(&open_err(&format!("{base}[a:2]")), &["`a`"]);
+    assert_eq!(
+        Dataset::open(&format!("{base}[1::2]")).unwrap().labels(),
+        Some(&[1, 3, 5][..])
+    );
+    let strided = Dataset::open(&format!("{base}[:5:3]")).unwrap();
+    assert_eq!(strided.labels(), Some(&[0, 3][..]));
+    assert_eq!(strided.image(1).unwrap().pixels, vec![3; 4]);
+    assert_eq!(strided.locate(1), format!("{base}[:5:3]: entry 1 (sample 3 of the source data)"));
+    assert_mentions(&open_err(&format!("{base}[0:4:0]")), &["step 0"]);
+    assert_mentions(&open_err(&format!("{base}[0:4:1:1]")), &["[a:b:step]"]);
 
     let corrupt = Dataset::open(&format!("corrupt:invert:3:{base}")).unwrap();
     assert_eq!(
@@ -503,7 +513,7 @@ fn slices_corruptions_outliers_and_subsets() {
     let sub = set.subset(&[7, 2, 7]).unwrap();
     assert_eq!((sub.len(), sub.labels()), (3, Some(&[7, 2, 7][..])));
     assert_eq!(sub.image(1).unwrap(), set.image(2).unwrap());
-    assert_eq!(sub.locate(1), format!("{}: sample 2 (entry 1 of a subset)", set.spec()));
+    assert_eq!(sub.locate(1), format!("{}: entry 1 (sample 2 of the source data)", set.spec()));
     assert_eq!(set.locate(4), format!("{}: sample 4", set.spec()));
     assert_eq!(
         sub.subset(&[1]).unwrap().image(0).unwrap(),
@@ -801,7 +811,7 @@ fn batches_dropped_early_do_not_hang_and_report_mismatched_sizes() {
     let message = load_all(&subset, &Transform::preset("none").unwrap(), None, 2)
         .unwrap_err()
         .to_string();
-    assert_mentions(&message, &["sample 5 (entry 1 of a subset)", "[3, 3, 4]"]);
+    assert_mentions(&message, &["entry 1 (sample 5 of the source data)", "[3, 3, 4]"]);
     // A resize step fixes it.
     assert!(load_all(
         &set,

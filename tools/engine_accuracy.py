@@ -31,6 +31,20 @@ from torch_reference import build_model  # noqa: E402
 from train import to_tensor  # noqa: E402
 
 
+def torch_logits(model_path, arch, x):
+    """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch on the float16 weights widened
+    to float32, as the engine widens them on load."""
+    weights = {k: v.float() for k, v in load_file(model_path).items()}
+    model = build_model(arch, 10)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise RuntimeError(f"{model_path}: missing keys {missing}, unexpected keys {unexpected}")
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i: i + 500]) for i in range(0, len(x), 500)]).numpy().astype(np.float64)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -47,13 +61,7 @@ def main():
         images, labels = images[: args.first], labels[: args.first]
     x = to_tensor(images)
 
-    # The engine converts float16 weights to float32 on load; PyTorch gets the same values.
-    weights = {k: v.float() for k, v in load_file(args.model).items()}
-    model = build_model(args.arch, 10)
-    model.load_state_dict(weights, strict=False)
-    model.eval()
-    with torch.no_grad():
-        torch_logits = torch.cat([model(x[i: i + 500]) for i in range(0, len(x), 500)]).numpy().astype(np.float64)
+    reference = torch_logits(args.model, args.arch, x)
 
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = Path(tmp) / "inputs.npy", Path(tmp) / "logits.npy"
@@ -64,9 +72,9 @@ def main():
         seconds = time.time() - started
         nac_logits = np.load(outputs).astype(np.float64)
 
-    scale = np.abs(torch_logits).max(axis=1)
-    relative = np.abs(nac_logits - torch_logits).max(axis=1) / scale
-    nac_pred, torch_pred = nac_logits.argmax(1), torch_logits.argmax(1)
+    scale = np.abs(reference).max(axis=1)
+    relative = np.abs(nac_logits - reference).max(axis=1) / scale
+    nac_pred, torch_pred = nac_logits.argmax(1), reference.argmax(1)
     print(json.dumps({
         "model": args.model,
         "images": args.images,

@@ -13,12 +13,13 @@
 # Refuses a CPU adapter (the numbers would be lavapipe's) unless ALLOW_CPU=1, for a dry run of
 # the script with a small CONFIG and BENCH_BATCH / BENCH_REPEATS (default 256 / 5).
 set -euo pipefail
-nac=$(realpath "${1:?usage: tools/gpu_benchmark.sh NAC_BINARY OUT_DIR [CONFIG]}")
-out=${2:?usage: tools/gpu_benchmark.sh NAC_BINARY OUT_DIR [CONFIG]}
+usage="usage: tools/gpu_benchmark.sh NAC_BINARY OUT_DIR [CONFIG]"
+nac=$(realpath "${1:?$usage}")
+mkdir -p "${2:?$usage}"
+out=$(realpath "$2")
+config=$(realpath "${3:-$(dirname "$0")/../eval/fmnist.toml}")
+# The configs and the shipped weights name paths relative to the checkout.
 cd "$(dirname "$0")/.."
-config=${3:-eval/fmnist.toml}
-mkdir -p "$out"
-out=$(realpath "$out")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export NODEVICE_SELECT=1

@@ -23,24 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from idx import read_idx  # noqa: E402
-from torch_reference import build_model  # noqa: E402
+from torch_reference import load_model  # noqa: E402
 from train import to_tensor  # noqa: E402
 
 
 def torch_logits(model_path, arch, x):
     """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch on the float16 weights widened
     to float32, as the engine widens them on load."""
-    weights = {k: v.float() for k, v in load_file(model_path).items()}
-    model = build_model(arch, 10)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
-        raise RuntimeError(f"{model_path}: missing keys {missing}, unexpected keys {unexpected}")
-    model.eval()
+    model, _ = load_model(arch, 10, model_path, widen=True)
     with torch.no_grad():
         return torch.cat([model(x[i: i + 500]) for i in range(0, len(x), 500)]).numpy().astype(np.float64)
 

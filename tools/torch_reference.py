@@ -216,11 +216,14 @@ def build_model(arch, num_classes):
     raise ValueError(f"unknown architecture {arch}")
 
 
-def load_model(arch, num_classes, path):
+def load_model(arch, num_classes, path, widen=False):
     """Builds the network and loads every weight of `path`; fails on any unused or missing key
-    other than BatchNorm's `num_batches_tracked`."""
+    other than BatchNorm's `num_batches_tracked`. With `widen`, float16/bfloat16 weights are
+    widened to float32 (as the engine does on load); otherwise they must be float32."""
     model = build_model(arch, num_classes)
     weights = load_file(str(path))
+    if widen:
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:

@@ -81,6 +81,7 @@ def export(model, path, dtype):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".partial")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)  # safetensors writes owner-only files; shipped weights are world-readable
     tmp.replace(path)
 
 

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod fingerprint;
 pub mod gpu;
 pub mod kernels;
+pub mod limits;
 pub mod model;
 pub mod nac;
 pub mod npy;

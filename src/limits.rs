@@ -1,0 +1,52 @@
+//! The largest inputs the tool accepts, each with its reason. Every size read from a file, a
+//! config or a flag is checked against these before anything is allocated for it; an input past
+//! a limit gets an error naming the limit (see [`check`]).
+
+use crate::error::{Error, Result};
+
+/// Bin edges per layer (M). Counts are `(M − 1) × neurons` u32 per layer in one GPU storage
+/// binding; the official grids stop at M = 1000, and past 65,536 edges a bin holds too few
+/// profiling samples to mean anything.
+pub const MAX_BIN_EDGES: usize = 1 << 16;
+
+/// Neurons (channels) of one profiled layer: the widest torchvision ResNet stage has 2048 and
+/// ViT-H 1280; 2^20 leaves room while keeping a header's claim from sizing a giant allocation.
+pub const MAX_LAYER_NEURONS: usize = 1 << 20;
+
+/// Layers in one profile or search: a network has at most a few dozen hookable layers.
+pub const MAX_LAYERS: usize = 64;
+
+/// Side of an image, decoded or after any transform step (resize, pad, crop), in pixels. One
+/// 3 × 4096 × 4096 f32 sample is 192 MiB, beyond a typical storage binding already; ImageNet
+/// images are ~500 pixels a side.
+pub const MAX_IMAGE_SIDE: usize = 4096;
+
+/// Samples per batch (`--batch`, `batch` in a config). The loader keeps up to three batches
+/// decoded in memory; the GPU pass chunks further by the adapter's limits anyway.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// Combinations of a parameter search's Cartesian product. Each is an AUROC over the
+/// validation sets and is kept in the report (`results.json` lists every trial); the official
+/// grids have 256.
+pub const MAX_GRID_COMBINATIONS: usize = 100_000;
+
+/// Candidates of one layer's grid (O × M × α): each is a GPU re-binning of the cached pairs.
+pub const MAX_LAYER_CANDIDATES: usize = 4096;
+
+/// An error unless `value ≤ limit`; `what` names the input (file, field or flag).
+pub fn check(what: &str, value: usize, limit: usize, name: &str) -> Result<()> {
+    if value > limit {
+        return Err(Error::Input(format!("{what} is {value}, over the limit of {limit} ({name}, see `nac::limits`)")));
+    }
+    Ok(())
+}
+
+/// `a × b`, or an error naming `what` when the product overflows `usize`.
+pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::Input(format!("{what}: {a} × {b} overflows")))
+}
+
+/// The product of `dims`, or an error naming `what` when it overflows `usize`.
+pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
+}

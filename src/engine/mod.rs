@@ -151,6 +151,7 @@ impl Engine {
             let n = plan.capacity.min(batch - start);
             let mut encoder = self.encode_chunk(plan, input, shape, start, n);
             let chunk = ChunkBuffers {
+                plan: plan.id,
                 start,
                 len: n,
                 logits: plan.buffer(plan.graph.logits),
@@ -244,8 +245,10 @@ impl Engine {
 
 /// The GPU buffers of one chunk of a pass, for work recorded after it (see [`Engine::run_chunks`]):
 /// samples `start .. start + len` of the whole batch, logits `[len, classes]`, and each requested
-/// layer's z and g in NHWC.
+/// layer's z and g in NHWC. The buffers belong to the plan `plan`: another input size, or a plan
+/// rebuilt with more capacity, hands out other buffers under another id.
 pub struct ChunkBuffers<'a> {
+    pub plan: u64,
     pub start: usize,
     pub len: usize,
     pub logits: &'a wgpu::Buffer,

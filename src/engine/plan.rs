@@ -2,13 +2,21 @@
 //! one bind group per call, all created once; running a batch is a few buffer writes, one
 //! encoder, one submit.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{conv_workgroups, flat_workgroups, Kernels};
 
 use super::graph::{Dispatch, Graph, Input, TensorId};
 
+/// Source of [`Plan::id`]s.
+static NEXT_PLAN_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct Plan {
+    /// Unique for the process: work bound to this plan's buffers (NAC calls) is keyed by it, so
+    /// it never outlives the plan into a rebuilt one.
+    pub id: u64,
     pub graph: Graph,
     /// Samples the buffers hold; larger batches are run in chunks of this size.
     pub capacity: usize,
@@ -120,6 +128,7 @@ impl Plan {
         }
         let readback = keep.iter().map(|&t| gpu.readback_buffer((graph.tensors[t].elements() * capacity * 4) as u64)).collect();
         Ok(Plan {
+            id: NEXT_PLAN_ID.fetch_add(1, Ordering::Relaxed),
             graph,
             capacity,
             limit_capacity,

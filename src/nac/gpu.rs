@@ -2,6 +2,7 @@
 //! created once per batch run and re-parameterised per chunk.
 
 use crate::engine::{ChunkBuffers, Engine};
+use crate::error::Result;
 use crate::kernels::{flat_workgroups, nac_flags, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
 
 /// A bound NAC kernel call.
@@ -53,12 +54,43 @@ impl NacCall {
     }
 }
 
-/// Points `calls` at a chunk of a pass and records them after it.
-pub(crate) fn record_chunk(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &mut [NacCall], chunk: &ChunkBuffers) {
-    for call in calls.iter_mut() {
-        call.set_chunk(engine, chunk.len, chunk.start);
+/// NAC calls bound to the buffers of the plan that ran each chunk. A call's bind group names a
+/// plan's z/g/logits buffers, so a chunk run by another plan (another input size, or a plan
+/// rebuilt with more capacity) needs calls of its own: they are built on the first chunk of each
+/// plan and reused for its later chunks. Calls built for a plan that no longer exists are never
+/// recorded again, since plan ids are unique.
+pub(crate) struct PlanCalls {
+    bound: Vec<(u64, Vec<NacCall>)>,
+}
+
+impl PlanCalls {
+    pub fn new() -> Self {
+        PlanCalls { bound: Vec::new() }
     }
-    record(engine, encoder, calls);
+
+    /// Records the calls for `chunk`'s plan after the chunk, building them with `build` on
+    /// that plan's first chunk.
+    pub fn record(
+        &mut self,
+        engine: &Engine,
+        encoder: &mut wgpu::CommandEncoder,
+        chunk: &ChunkBuffers,
+        build: impl FnOnce(&ChunkBuffers) -> Result<Vec<NacCall>>,
+    ) -> Result<()> {
+        let at = match self.bound.iter().position(|(plan, _)| *plan == chunk.plan) {
+            Some(at) => at,
+            None => {
+                self.bound.push((chunk.plan, build(chunk)?));
+                self.bound.len() - 1
+            }
+        };
+        let calls = &mut self.bound[at].1;
+        for call in calls.iter_mut() {
+            call.set_chunk(engine, chunk.len, chunk.start);
+        }
+        record(engine, encoder, calls);
+        Ok(())
+    }
 }
 
 /// Records `calls` into one compute pass.

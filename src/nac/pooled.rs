@@ -3,7 +3,7 @@
 //! from the cache is a re-binning (parameter search, parity checks). A cache can also hold
 //! pairs or finished states computed elsewhere (`from_host`).
 
-use super::gpu::{record_chunk, NacCall};
+use super::gpu::{NacCall, PlanCalls};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result};
@@ -57,20 +57,20 @@ pub struct Predicted {
     pub energy: Vec<f32>,
 }
 
-/// The pooling calls of one set, created with its caches on the first chunk.
+/// The pooling of one set: its caches (created on the first chunk, when the layers' widths are
+/// known) and the calls that fill them from each plan's buffers.
 struct Pooling {
     predictions: Predictions,
     total: usize,
     classes: usize,
-    calls: Vec<NacCall>,
+    calls: PlanCalls,
     caches: Vec<(String, usize, wgpu::Buffer)>,
 }
 
 impl Pooling {
     fn record(&mut self, engine: &Engine, chunk: &ChunkBuffers, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let total = self.total;
-        if self.calls.is_empty() {
-            self.calls.push(self.predictions.call(engine, chunk.logits, self.classes));
+        if self.caches.is_empty() {
             for lb in &chunk.layers {
                 let neurons = lb.shape.c;
                 let bytes = (total * neurons * 8) as u64;
@@ -81,13 +81,18 @@ impl Pooling {
                     )));
                 }
                 let out = engine.gpu.upload_f32(&format!("{} pairs", lb.name), &vec![f32::NAN; total * neurons * 2]);
-                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: neurons as u32, ..Default::default() };
-                self.calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], &out));
                 self.caches.push((lb.name.to_string(), neurons, out));
             }
         }
-        record_chunk(engine, encoder, &mut self.calls, chunk);
-        Ok(())
+        let (predictions, caches, classes) = (&self.predictions, &self.caches, self.classes);
+        self.calls.record(engine, encoder, chunk, |chunk| {
+            let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
+            for (lb, (_, neurons, out)) in chunk.layers.iter().zip(caches) {
+                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: *neurons as u32, ..Default::default() };
+                calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], out));
+            }
+            Ok(calls)
+        })
     }
 }
 
@@ -142,7 +147,7 @@ impl PooledStates {
         if let Some(l) = labels {
             check_labels(l, total, classes)?;
         }
-        let mut pooling = Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: Vec::new(), caches: Vec::new() };
+        let mut pooling = Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
         let mut seen = vec![false; total];
         for batch in batches {
             let (first, input, shape) = batch?;
@@ -152,7 +157,7 @@ impl PooledStates {
             }
             seen[range].iter_mut().for_each(|s| *s = true);
             engine.run_chunks(model, input.as_ref(), shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
-                let chunk = ChunkBuffers { start: first + chunk.start, len: chunk.len, logits: chunk.logits, layers: chunk.layers.clone() };
+                let chunk = ChunkBuffers { start: first + chunk.start, layers: chunk.layers.clone(), ..*chunk };
                 pooling.record(engine, &chunk, encoder)
             })?;
             engine.gpu.wait()?;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::bins::BinEdges;
 use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, PROFILE_FORMAT, PROFILE_VERSION};
-use super::gpu::{histogram_params, record, record_chunk, NacCall};
+use super::gpu::{histogram_params, record, NacCall, PlanCalls};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
 use crate::engine::{ChunkBuffers, Engine, Model};
@@ -233,13 +233,15 @@ impl Profile {
         let predictions = labels.map(|l| Predictions::new(engine, total, Some(l)));
         let flags = if predictions.is_some() { nac_flags::MASKED } else { 0 };
         let names = self.layer_names();
-        let mut calls: Vec<NacCall> = Vec::new();
+        let mut calls = PlanCalls::new();
+        let (header, layers) = (&self.header, &self.layers);
         engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
-            if calls.is_empty() {
+            calls.record(engine, encoder, chunk, |chunk| {
+                let mut calls = Vec::new();
                 if let Some(p) = &predictions {
                     calls.push(p.call(engine, chunk.logits, classes));
                 }
-                for ((layer, gpu_layer), lb) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers) {
+                for ((layer, gpu_layer), lb) in header.layers.iter().zip(layers).zip(&chunk.layers) {
                     let params = histogram_params(layer.neurons, lb.shape.h * lb.shape.w, layer.m, layer.alpha, flags);
                     let summary = predictions.as_ref().map(|p| &p.summary);
                     calls.push(NacCall::new(
@@ -250,9 +252,8 @@ impl Profile {
                         &gpu_layer.counts,
                     ));
                 }
-            }
-            record_chunk(engine, encoder, &mut calls, chunk);
-            Ok(())
+                Ok(calls)
+            })
         })?;
         engine.gpu.check()?;
         self.header.samples += total as u64;
@@ -318,17 +319,16 @@ impl Profile {
         let outputs = ScoreOutputs::new(engine, self.layers.len(), total);
         let predictions = Predictions::new(engine, total, None);
         let names = self.layer_names();
-        let mut calls: Vec<NacCall> = Vec::new();
+        let mut calls = PlanCalls::new();
         engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
-            if calls.is_empty() {
-                calls.push(predictions.call(engine, chunk.logits, classes));
+            calls.record(engine, encoder, chunk, |chunk| {
+                let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for (l, ((layer, gpu_layer), lb)) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers).enumerate() {
                     let params = score_params(layer, lb.shape.h * lb.shape.w, l, total, 0);
                     calls.push(outputs.score_call(engine, params, [Some(lb.z), Some(lb.g)], gpu_layer));
                 }
-            }
-            record_chunk(engine, encoder, &mut calls, chunk);
-            Ok(())
+                Ok(calls)
+            })
         })?;
         outputs.finish(engine, engine.gpu.device.create_command_encoder(&Default::default()), self, &predictions)
     }

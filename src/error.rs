@@ -15,6 +15,10 @@ pub enum Error {
     Weights { path: PathBuf, message: String },
     /// Bad input data (shape, dtype, value) or a bad argument.
     Input(String),
+    /// The pass produced a non-finite value for sample `sample` of a batch or set (an input
+    /// too large for f32 arithmetic, or weights that overflow on it). Callers that know where
+    /// the sample came from say so with [`Error::locate_sample`].
+    NotFinite { sample: usize, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -27,6 +31,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Weights { path, message } => write!(f, "{}: {message}", path.display()),
             Error::Input(m) => write!(f, "{m}"),
+            Error::NotFinite { sample, message } => write!(f, "sample {sample}: {message}"),
         }
     }
 }
@@ -44,15 +49,26 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
+
+    /// Names the source of a [`Error::NotFinite`] sample (`locate(index)`, e.g. a file and
+    /// entry); other errors pass unchanged.
+    pub fn locate_sample(self, locate: impl Fn(usize) -> String) -> Self {
+        match self {
+            Error::NotFinite { sample, message } => Error::Input(format!("{}: {message}", locate(sample))),
+            other => other,
+        }
+    }
 }
+
+/// What a non-finite network output means for the user.
+pub const NOT_FINITE_HELP: &str = "the network's outputs are not finite (f32 overflow inside the network): \
+the input's values are far outside what the preprocessing produces, or the weights overflow on it";
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename,
 /// so a crash never leaves a half-written output.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(path);
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -63,4 +79,23 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// The temporary file [`write_atomic`] writes before renaming it to `path`.
+fn temp_path(path: &std::path::Path) -> PathBuf {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Fails unless [`write_atomic`] could write `path`: creates and removes its temporary file.
+/// Commands call it before hours of GPU work, not after.
+pub fn check_writable(path: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::Input(format!("{}: is a directory, expected an output file path", path.display())));
+    }
+    let tmp = temp_path(path);
+    std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }

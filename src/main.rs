@@ -7,14 +7,14 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use nac::error::write_atomic;
+use nac::error::{check_writable, write_atomic};
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
 use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
-use nac::{reference, Engine, EngineOptions, Error, Result};
+use nac::{limits, reference, Engine, EngineOptions, Error, Result};
 
 /// What `--preprocessing` says when the input array is used exactly as given.
 const AS_GIVEN: &str = "none";
@@ -50,10 +50,7 @@ impl RunArgs {
     }
 
     fn engine(&self, gpu: GpuOptions) -> Result<Engine> {
-        if self.batch == 0 {
-            return Err(Error::Input("--batch must be at least 1".into()));
-        }
-        Engine::new(EngineOptions { gpu, max_batch: self.batch, ..Default::default() })
+        engine_for_batch(gpu, self.batch)
     }
 }
 
@@ -245,7 +242,7 @@ fn main() -> ExitCode {
             if !models.is_empty() {
                 c.models = models.into_iter().map(|path| nac::eval::config::ModelEntry { path, arch: None }).collect();
             }
-            let engine = Engine::new(EngineOptions { gpu, max_batch: c.batch, ..Default::default() })?;
+            let engine = engine_for_batch(gpu, c.batch)?;
             evaluate(engine, &c, out, threads, "eval")
         }),
         Command::Demo { out, root, threads, full } => demo(gpu, out, root, threads, full),
@@ -262,6 +259,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An engine submitting up to `batch` samples at once; `--batch` within [1, MAX_BATCH].
+fn engine_for_batch(gpu: GpuOptions, batch: usize) -> Result<Engine> {
+    if batch == 0 {
+        return Err(Error::Input("--batch must be at least 1".into()));
+    }
+    limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
+    Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })
+}
+
+/// Names the sample of `input` behind a non-finite result.
+fn in_input(input: &Path) -> impl Fn(Error) -> Error + '_ {
+    move |e| e.locate_sample(|i| format!("{}: sample {i}", input.display()))
 }
 
 fn demo(gpu: GpuOptions, out: PathBuf, root: Option<PathBuf>, threads: Option<usize>, full: bool) -> Result<()> {
@@ -288,7 +299,9 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
 }
 
 fn bench(gpu: GpuOptions, arch: &str, batch: usize, size: usize, repeats: usize, search_samples: usize, out: &Path) -> Result<()> {
-    let engine = Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })?;
+    limits::check("--size", size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
+    check_writable(out)?;
+    let engine = engine_for_batch(gpu, batch)?;
     let settings = nac::bench::BenchSettings { arch: arch.parse()?, batch, size, repeats, search_samples };
     let report = nac::bench::run_bench(&engine, &settings)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Input(format!("serialising the benchmark: {e}")))?;
@@ -335,11 +348,12 @@ fn progress_bar(what: &str, len: usize) -> ProgressBar {
 
 fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, run: &RunArgs) -> Result<()> {
     let (data, shape) = load_images(&input)?;
+    check_writable(&out)?;
     let mut engine = run.engine(gpu)?;
     let mut model = engine.load_model(&model, run.arch()?)?;
     let progress = progress_bar("predict", shape[0]);
     engine.set_progress(Some(progress.clone()));
-    let logits = engine.predict(&mut model, &data, shape)?;
+    let logits = engine.predict(&mut model, &data, shape).map_err(in_input(&input))?;
     progress.finish_and_clear();
     NpyArray::from_f32(vec![shape[0], model.network.num_classes()], &logits).save(&out)?;
     eprintln!("wrote {} ({}×{} logits) using {}", out.display(), shape[0], model.network.num_classes(), engine.gpu.info.name);
@@ -348,6 +362,9 @@ fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, run: &
 
 fn selfcheck(gpu: GpuOptions, arch: &str, batch: usize, size: usize, seed: u64) -> Result<()> {
     let spec: ArchSpec = arch.parse()?;
+    limits::check("--size", size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
+    limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
+    limits::product("--batch × 3 × --size × --size", &[batch, 3, size, size])?;
     let engine = Engine::new(EngineOptions { gpu, ..Default::default() })?;
     println!("adapter: {} ({:?}, {:?})", engine.gpu.info.name, engine.gpu.info.backend, engine.gpu.info.device_type);
     let synthetic = SyntheticModel::new(spec, 10, seed)?;
@@ -397,6 +414,7 @@ struct ProfileJob {
 
 fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let (mut data, mut shape) = load_images(&job.input)?;
+    check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let preset: Preset = job.preset.parse()?;
@@ -415,7 +433,7 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let mut profile = Profile::new(&engine, &model.network, &settings, &job.preprocessing)?;
     let bar = progress_bar("profile", shape[0]);
     engine.set_progress(Some(bar.clone()));
-    profile.add(&engine, &mut model, &data, shape)?;
+    profile.add(&engine, &mut model, &data, shape).map_err(in_input(&job.input))?;
     profile.save(&engine, &job.out)?;
     bar.finish_and_clear();
     let described: Vec<String> = settings.iter().map(|p| p.to_string()).collect();
@@ -435,6 +453,7 @@ struct ScoreJob {
 
 fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     let (data, shape) = load_images(&job.input)?;
+    check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let profile = Profile::load(&engine, &model.network, &job.profile)?;
@@ -446,7 +465,7 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     let out = job.out;
     let bar = progress_bar("score", shape[0]);
     engine.set_progress(Some(bar.clone()));
-    let scores = profile.score(&engine, &mut model, &data, shape)?;
+    let scores = profile.score(&engine, &mut model, &data, shape).map_err(in_input(&job.input))?;
     write_atomic(&out, scores.to_csv().as_bytes())?;
     bar.finish_and_clear();
     let mean = scores.score.iter().map(|&s| s as f64).sum::<f64>() / scores.score.len() as f64;
@@ -455,6 +474,7 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
 }
 
 fn merge(paths: &[PathBuf], out: &Path) -> Result<()> {
+    check_writable(out)?;
     let parts = paths.iter().map(|p| ProfileData::load(p)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let merged = ProfileData::merge(&parts, &names)?;
@@ -476,11 +496,14 @@ fn model_evaluation(
 ) -> Result<()> {
     let (data, shape) = load_images(&input)?;
     let labels = load_labels(&labels, shape[0])?;
+    if let Some(path) = &out {
+        check_writable(path)?;
+    }
     let mut engine = run.engine(gpu)?;
     let bar = progress_bar("NAC-ME", shape[0] * checkpoints.len());
     engine.set_progress(Some(bar.clone()));
     let images = LabelledImages { input: &data, shape, labels: &labels };
-    let report = evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref())?;
+    let report = evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref()).map_err(in_input(&input))?;
     bar.finish_and_clear();
     println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
     for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {

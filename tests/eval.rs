@@ -73,19 +73,6 @@ fn search_on_cached_pairs_matches_network_reruns() {
     }
 }
 
-fn write_idx(path: &std::path::Path, images: &[u8], n: usize, labels: &[u8]) {
-    let mut bytes = vec![0, 0, 8, 3];
-    for d in [n as u32, 8, 8] {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(images);
-    std::fs::write(path, bytes).unwrap();
-    let mut l = vec![0, 0, 8, 1];
-    l.extend((n as u32).to_be_bytes());
-    l.extend(labels);
-    std::fs::write(path.to_str().unwrap().replace("images-idx3", "labels-idx1"), l).unwrap();
-}
-
 /// A whole evaluation: defaults, ID-only selection, APS, MSP and energy; results files, the
 /// Markdown table and the pictures.
 #[test]
@@ -100,9 +87,9 @@ fn eval_writes_results_tables_and_pictures() {
     let checker: Vec<u8> = (0..12 * 64).map(|i| if (i % 8 + i % 64 / 8 + i / 64) % 2 == 0 { 250 } else { 10 }).collect();
     let labels = |n: usize| (0..n).map(|i| (i % 3) as u8).collect::<Vec<_>>();
     let path = |name: &str| dir.join(format!("{name}-images-idx3-ubyte"));
-    write_idx(&path("train"), &smooth(30, 0), 30, &labels(30));
-    write_idx(&path("test"), &smooth(12, 40), 12, &labels(12));
-    write_idx(&path("ood"), &checker, 12, &labels(12));
+    common::write_idx(&path("train"), &smooth(30, 0), 30, &labels(30));
+    common::write_idx(&path("test"), &smooth(12, 40), 12, &labels(12));
+    common::write_idx(&path("ood"), &checker, 12, &labels(12));
     let spec = |name: &str| format!("idx:{}", path(name).display());
     let toml = format!(
         r#"
@@ -231,7 +218,7 @@ fn eval_cli_model_flags_replace_the_config_models() {
     let images: Vec<u8> = (0..16 * 64).map(|i| ((i * 37 + i / 64 * 11) % 251) as u8).collect();
     let labels: Vec<u8> = (0..16).map(|i| (i % 3) as u8).collect();
     let data = dir.join("set-images-idx3-ubyte");
-    write_idx(&data, &images, 16, &labels);
+    common::write_idx(&data, &images, 16, &labels);
     let spec = format!("idx:{}", data.display());
     let config = dir.join("eval.toml");
     std::fs::write(

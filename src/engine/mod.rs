@@ -8,7 +8,7 @@ mod weights;
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::kernels::Kernels;
 use crate::model::{self, ArchSpec, Network};
@@ -77,6 +77,22 @@ pub struct PassOutput {
     pub layers: Vec<LayerOutput>,
 }
 
+impl PassOutput {
+    /// The first sample with a non-finite logit, activation or gradient, as an error.
+    fn check_finite(&self) -> Result<()> {
+        let batch = self.logits.len() / self.classes.max(1);
+        let first_bad = |values: &[f32], per_sample: usize| values.iter().position(|v| !v.is_finite()).map(|i| i / per_sample.max(1));
+        let bad = std::iter::once(first_bad(&self.logits, self.classes))
+            .chain(self.layers.iter().flat_map(|l| [first_bad(&l.z, l.z.len() / batch.max(1)), first_bad(&l.g, l.g.len() / batch.max(1))]))
+            .flatten()
+            .min();
+        match bad {
+            Some(sample) => Err(Error::NotFinite { sample, message: NOT_FINITE_HELP.into() }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
@@ -129,6 +145,7 @@ impl Engine {
                 layer.g.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
             }
         }
+        out.check_finite()?;
         Ok(out)
     }
 

@@ -14,9 +14,10 @@ use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
 use crate::data::{self, Dataset, Image, Transform};
 use crate::engine::{Engine, Model};
-use crate::error::{Error, Result};
-use crate::nac::search::{search, SearchSets};
-use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Predicted, Preset, Profile};
+use crate::error::{check_writable, Error, Result};
+use crate::model::{self, Network};
+use crate::nac::search::{search, Grid, SearchSets};
+use crate::nac::{class_balanced_subset, params, Binning, LayerParams, PooledStates, Predicted, Preset, Profile};
 
 /// How a run reports and where it writes.
 #[derive(Clone, Debug)]
@@ -114,18 +115,31 @@ pub const MSP: &str = "MSP";
 pub const ENERGY: &str = "Energy";
 
 /// Runs the whole evaluation and writes `results.json`, `results.csv`, `results.md` and the
-/// pictures under `options.out`.
+/// pictures under `options.out`. Everything that can be checked from the config, the model
+/// files and the dataset headers is checked before the first network pass.
 pub fn run(engine: &mut Engine, config: &EvalConfig, options: &EvalOptions) -> Result<EvalReport> {
     config.validate()?;
     let started = Instant::now();
     let transform = Transform::parse(&config.preprocessing)?;
+    if config.pictures {
+        check_picture_names(config)?;
+    }
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
+    check_writable(&options.out.join("results.json"))?;
+    let sets = Sets::open(config)?;
+    let prepared = config
+        .models
+        .iter()
+        .map(|entry| {
+            let arch = entry.arch.as_deref().map(str::parse).transpose()?;
+            let network = model::load(&entry.path, arch)?;
+            prepare(engine, network, config, &sets).map_err(|e| Error::Input(format!("model {}: {e}", entry.path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut models = Vec::with_capacity(config.models.len());
-    for (index, entry) in config.models.iter().enumerate() {
-        let arch = entry.arch.as_deref().map(str::parse).transpose()?;
-        let mut model = engine.load_model(&entry.path, arch)?;
+    for (index, (entry, prepared)) in config.models.iter().zip(prepared).enumerate() {
         let pictures = (config.pictures && index == 0).then_some(options.out.as_path());
-        models.push(evaluate_model(engine, &mut model, &entry.path, config, &transform, options, pictures)?);
+        models.push(evaluate_model(engine, prepared, &sets, &entry.path, config, &transform, options, pictures)?);
     }
     let report = EvalReport {
         preprocessing: transform.describe(),
@@ -137,6 +151,138 @@ pub fn run(engine: &mut Engine, config: &EvalConfig, options: &EvalOptions) -> R
     Ok(report)
 }
 
+/// Every dataset of the config, opened (headers read) once for all models.
+struct Sets {
+    profile: Dataset,
+    id_test: Dataset,
+    id_val: Option<Dataset>,
+    sanity: Option<Dataset>,
+    ood: Vec<Dataset>,
+    ood_val: Option<Dataset>,
+    outliers: Option<Dataset>,
+}
+
+impl Sets {
+    fn open(config: &EvalConfig) -> Result<Self> {
+        let id_val = config.id.val.as_deref().map(Dataset::open).transpose()?;
+        let search = config.search.as_ref();
+        let outliers = match (search.is_some_and(|s| s.id_only), &id_val) {
+            (true, Some(val)) => Some(data::synthetic_outliers(val, 0)),
+            _ => None,
+        };
+        Ok(Sets {
+            profile: Dataset::open(&config.profile.data)?,
+            id_test: Dataset::open(&config.id.test)?,
+            id_val,
+            sanity: config.id.sanity.as_deref().map(Dataset::open).transpose()?,
+            ood: config.ood.iter().map(|o| Dataset::open(&o.data)).collect::<Result<_>>()?,
+            ood_val: search.and_then(|s| s.ood_val.as_deref()).map(Dataset::open).transpose()?,
+            outliers,
+        })
+    }
+
+    /// (role, set, whose labels count) of every set that is pooled.
+    fn pooled(&self, config: &EvalConfig) -> Vec<(String, &Dataset, bool)> {
+        let mut out = vec![("ID test".to_string(), &self.id_test, true)];
+        out.extend(self.id_val.iter().map(|s| ("ID val".to_string(), s, true)));
+        out.extend(self.sanity.iter().map(|s| ("sanity".to_string(), s, true)));
+        out.extend(config.ood.iter().zip(&self.ood).map(|(o, s)| (format!("OOD set `{}`", o.name), s, false)));
+        out.extend(self.ood_val.iter().map(|s| ("OOD val".to_string(), s, false)));
+        out.extend(self.outliers.iter().map(|s| ("outliers".to_string(), s, false)));
+        out
+    }
+}
+
+/// What one model's run needs, checked against its network before any pass.
+struct Prepared {
+    network: Network,
+    defaults: Vec<LayerParams>,
+    grid: Option<Grid>,
+    pooled_layers: Vec<String>,
+    profile: Dataset,
+}
+
+/// Checks the config against `network` and the sets (layer names, parameters, the grid,
+/// labels against the class count, the balanced subset, cache sizes against the adapter).
+fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) -> Result<Prepared> {
+    let layers = config.nac.layers.clone().unwrap_or_else(|| Preset::layers_for(&network.stage_names()));
+    for layer in &layers {
+        network.layer_index(layer).map_err(|e| Error::Input(format!("[nac] layers: {e}")))?;
+    }
+    let defaults = params::resolve(&layers, Some(config.preset()?), &config.overrides()?)?;
+    for p in &defaults {
+        Binning::LogSymmetric.edges(p.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", p.layer)))?;
+    }
+    let grid = config.grid(&layers)?;
+    let mut pooled_layers = layers.clone();
+    for l in grid.iter().flat_map(|g| &g.layers) {
+        network.layer_index(&l.layer).map_err(|e| Error::Input(format!("[[search.layers]]: {e}")))?;
+        if !pooled_layers.contains(&l.layer) {
+            pooled_layers.push(l.layer.clone());
+        }
+    }
+    let classes = network.num_classes();
+    let check_labels = |what: &str, set: &Dataset| -> Result<()> {
+        match set.labels().and_then(|l| l.iter().position(|&c| c >= classes).map(|i| (i, l[i]))) {
+            Some((i, label)) => Err(Error::Input(format!("{what} set: {} has label {label}, but the model has {classes} classes", set.locate(i)))),
+            None => Ok(()),
+        }
+    };
+    check_labels("profile", &sets.profile)?;
+    let profile = match config.profile.samples {
+        Some(n) => {
+            let labels = sets.profile.labels().ok_or_else(|| {
+                Error::Input(format!("profile.samples needs labels for a class-balanced subset, but `{}` has none", sets.profile.spec()))
+            })?;
+            let chosen = class_balanced_subset(labels, classes, n, config.profile.seed).map_err(|e| Error::Input(format!("profile.samples: {e}")))?;
+            sets.profile.subset(&chosen)?
+        }
+        None => sets.profile.clone(),
+    };
+    let channels = network.layer_channels();
+    let limit = engine.gpu.max_binding_bytes();
+    for (what, set, labelled) in std::iter::once(("profile".to_string(), &profile, true)).chain(sets.pooled(config)) {
+        if set.is_empty() {
+            return Err(Error::Input(format!("{what} set `{}` has no samples", set.spec())));
+        }
+        if labelled {
+            check_labels(&what, set)?;
+        }
+        for layer in &pooled_layers {
+            let neurons = channels.iter().find(|(n, _)| n == layer).map_or(0, |c| c.1);
+            let bytes = (set.len() as u64).saturating_mul(neurons as u64 * 8);
+            if bytes > limit {
+                return Err(Error::Input(format!(
+                    "{what} set `{}`: the pooled pairs of layer `{layer}` for its {} samples need {bytes} bytes, over this adapter's binding limit of {limit}; use fewer samples",
+                    set.spec(),
+                    set.len()
+                )));
+            }
+        }
+    }
+    Ok(Prepared { network, defaults, grid, pooled_layers, profile })
+}
+
+/// Refuses OOD set names whose pictures would share a file name (with each other, or with the
+/// ID test set's `id_test` grids).
+fn check_picture_names(config: &EvalConfig) -> Result<()> {
+    let mut seen = vec![("id_test".to_string(), "the ID test set".to_string())];
+    for o in &config.ood {
+        let file = slug(&o.name);
+        if file.is_empty() {
+            return Err(Error::Input(format!("OOD set name `{}` has no letters or digits to name its pictures after", o.name)));
+        }
+        if let Some((_, other)) = seen.iter().find(|(f, _)| *f == file) {
+            return Err(Error::Input(format!(
+                "OOD set `{}` would write its pictures as grid_{file}_*.png, like {other}; give the sets names that differ in letters or digits",
+                o.name
+            )));
+        }
+        seen.push((file, format!("OOD set `{}`", o.name)));
+    }
+    Ok(())
+}
+
 /// The pooled sets of one model.
 struct Pools {
     profile: PooledStates,
@@ -144,6 +290,7 @@ struct Pools {
     id_val: Option<PooledStates>,
     sanity: Option<PooledStates>,
     ood: Vec<PooledStates>,
+    ood_names: Vec<String>,
     ood_val: Option<PooledStates>,
     outliers: Option<PooledStates>,
 }
@@ -159,49 +306,21 @@ struct MethodScores {
     ood: Vec<Vec<f32>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn evaluate_model(
     engine: &mut Engine,
-    model: &mut Model,
+    prepared: Prepared,
+    sets: &Sets,
     path: &Path,
     config: &EvalConfig,
     transform: &Transform,
     options: &EvalOptions,
     pictures: Option<&Path>,
 ) -> Result<ModelReport> {
-    let network_layers = model.network.stage_names();
-    let layers = config.nac.layers.clone().unwrap_or_else(|| Preset::layers_for(&network_layers));
-    let defaults = params::resolve(&layers, Some(config.preset()?), &config.overrides()?)?;
-    let grid = config.grid(&layers)?;
-    let mut pooled_layers = layers.clone();
-    for l in grid.iter().flat_map(|g| &g.layers) {
-        if !pooled_layers.contains(&l.layer) {
-            pooled_layers.push(l.layer.clone());
-        }
-    }
+    let Prepared { network, defaults, grid, pooled_layers, profile: profile_set } = prepared;
+    let model = &mut engine.upload(network);
     let preprocessing = transform.describe();
-
-    // Every set is opened before the first network pass, so a bad spec fails fast.
-    let profile_all = Dataset::open(&config.profile.data)?;
-    let profile_set = match config.profile.samples {
-        Some(n) => {
-            let labels = profile_all.labels().ok_or_else(|| {
-                Error::Input(format!("profile.samples needs labels for a class-balanced subset, but `{}` has none", profile_all.spec()))
-            })?;
-            profile_all.subset(&class_balanced_subset(labels, model.network.num_classes(), n, config.profile.seed)?)?
-        }
-        None => profile_all,
-    };
-    let id_test = Dataset::open(&config.id.test)?;
-    let id_val = config.id.val.as_deref().map(Dataset::open).transpose()?;
-    let sanity = config.id.sanity.as_deref().map(Dataset::open).transpose()?;
-    let ood: Vec<Dataset> = config.ood.iter().map(|o| Dataset::open(&o.data)).collect::<Result<_>>()?;
     let search_settings = config.search.as_ref();
-    let ood_val = search_settings.and_then(|s| s.ood_val.as_deref()).map(Dataset::open).transpose()?;
-    let outliers = match (search_settings.is_some_and(|s| s.id_only), &id_val) {
-        (true, Some(val)) => Some(data::synthetic_outliers(val, 0)),
-        _ => None,
-    };
-
     let pool_started = Instant::now();
     let layer_refs: Vec<&str> = pooled_layers.iter().map(String::as_str).collect();
     let mut pool = |what: &str, set: &Dataset, labelled: bool| -> Result<PooledStates> {
@@ -209,12 +328,13 @@ fn evaluate_model(
     };
     let pools = Pools {
         profile: pool("profile", &profile_set, true)?,
-        id_test: pool("ID test", &id_test, true)?,
-        id_val: id_val.as_ref().map(|s| pool("ID val", s, true)).transpose()?,
-        sanity: sanity.as_ref().map(|s| pool("sanity", s, true)).transpose()?,
-        ood: config.ood.iter().zip(&ood).map(|(o, s)| pool(&o.name, s, false)).collect::<Result<_>>()?,
-        ood_val: ood_val.as_ref().map(|s| pool("OOD val", s, false)).transpose()?,
-        outliers: outliers.as_ref().map(|s| pool("outliers", s, false)).transpose()?,
+        id_test: pool("ID test", &sets.id_test, true)?,
+        id_val: sets.id_val.as_ref().map(|s| pool("ID val", s, true)).transpose()?,
+        sanity: sets.sanity.as_ref().map(|s| pool("sanity", s, true)).transpose()?,
+        ood: config.ood.iter().zip(&sets.ood).map(|(o, s)| pool(&o.name, s, false)).collect::<Result<_>>()?,
+        ood_names: config.ood.iter().map(|o| o.name.clone()).collect(),
+        ood_val: sets.ood_val.as_ref().map(|s| pool("OOD val", s, false)).transpose()?,
+        outliers: sets.outliers.as_ref().map(|s| pool("outliers", s, false)).transpose()?,
     };
     let pooling_seconds = pool_started.elapsed().as_secs_f64();
     let engine: &Engine = engine;
@@ -260,11 +380,11 @@ fn evaluate_model(
     methods.push(baseline(MSP, |p| p.max_softmax.clone()));
     methods.push(baseline(ENERGY, |p| p.energy.clone()));
 
-    let accuracy = id_test.labels().map(|labels| metrics::accuracy(&test_pred.class, labels));
+    let accuracy = sets.id_test.labels().map(|labels| metrics::accuracy(&test_pred.class, labels));
     let reports = methods.iter().map(|m| method_report(m, config)).collect::<Result<Vec<_>>>()?;
     if let Some(dir) = pictures {
-        let sets: Vec<&Dataset> = std::iter::once(&id_test).chain(&ood).collect();
-        draw_pictures(dir, config, &methods, &reports, &sets)?;
+        let shown: Vec<&Dataset> = std::iter::once(&sets.id_test).chain(&sets.ood).collect();
+        draw_pictures(dir, config, &methods, &reports, &shown)?;
     }
     Ok(ModelReport {
         path: path.to_path_buf(),
@@ -296,9 +416,6 @@ fn pool_set(
     batch: usize,
     options: &EvalOptions,
 ) -> Result<PooledStates> {
-    if set.is_empty() {
-        return Err(Error::Input(format!("{what} set `{}` has no samples", set.spec())));
-    }
     let bar = if options.progress { ProgressBar::new(set.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
     bar.set_prefix(what.to_string());
@@ -306,7 +423,10 @@ fn pool_set(
     let labels = if labelled { set.labels() } else { None };
     let batches = data::batches(set, transform, None, batch, options.threads).map(|b| b.map(|b| (b.start, b.input, b.shape)));
     let pooled = PooledStates::compute_streamed(engine, model, set.len(), layers, labels, batches)
-        .map_err(|e| Error::Input(format!("{what} set `{}`: {e}", set.spec())));
+        .map_err(|e| match e {
+            Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
+            e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),
+        });
     engine.set_progress(None);
     bar.finish_and_clear();
     pooled
@@ -324,13 +444,15 @@ fn nac_scores(
 ) -> Result<MethodScores> {
     let mut profile = Profile::new(engine, &model.network, &params, preprocessing)?;
     profile.add_pooled(engine, &pools.profile)?;
-    let score = |set: &PooledStates| profile.score_pooled(engine, set).map(|s| s.score);
+    let score = |what: &str, set: &PooledStates| {
+        profile.score_pooled(engine, set).map(|s| s.score).map_err(|e| Error::Input(format!("{name} on the {what} set: {e}")))
+    };
     Ok(MethodScores {
         name: name.into(),
-        id_test: score(&pools.id_test)?,
-        id_val: pools.id_val.as_ref().map(score).transpose()?,
-        sanity: pools.sanity.as_ref().map(score).transpose()?,
-        ood: pools.ood.iter().map(score).collect::<Result<_>>()?,
+        id_test: score("ID test", &pools.id_test)?,
+        id_val: pools.id_val.as_ref().map(|s| score("ID val", s)).transpose()?,
+        sanity: pools.sanity.as_ref().map(|s| score("sanity", s)).transpose()?,
+        ood: pools.ood_names.iter().zip(&pools.ood).map(|(n, s)| score(n, s)).collect::<Result<_>>()?,
         params: Some(params),
         selection,
     })

@@ -2,8 +2,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 
 /// How to choose the adapter. Empty fields mean "best available".
@@ -117,6 +115,11 @@ pub struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
 }
 
+/// The error list, even if a thread panicked while holding it (the list stays valid).
+fn lock(errors: &Mutex<Vec<String>>) -> std::sync::MutexGuard<'_, Vec<String>> {
+    errors.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Gpu {
     /// Opens the best adapter (or the one `options` names) with its own limits and the
     /// optional features it has.
@@ -148,22 +151,43 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Gpu(format!("creating a device on {}: {e}", info.name)))?;
-        // Validation errors are collected instead of panicking, and surfaced by `check`.
+        // Validation errors, out-of-memory and a lost device are collected instead of
+        // panicking, and surfaced by `check_while`.
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| lock(&sink).push(e.to_string())));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| lock(&sink).push(format!("the device was lost ({reason:?}): {message}")));
         Ok(Gpu { device, queue, info, limits, features, errors })
     }
 
-    /// Returns the first GPU error recorded since the last check.
-    pub fn check(&self) -> Result<()> {
-        let mut errors = self.errors.lock().unwrap();
+    /// Returns the first GPU error recorded since the last check, saying it happened while
+    /// doing `what`.
+    pub fn check_while(&self, what: &str) -> Result<()> {
+        let mut errors = lock(&self.errors);
         if errors.is_empty() {
             return Ok(());
         }
         let first = errors.remove(0);
         errors.clear();
-        Err(Error::Gpu(first))
+        Err(Error::Gpu(format!("while {what} on {}: {first}", self.info.name)))
+    }
+
+    /// Records an error for the next `check_while` (a request refused before reaching wgpu).
+    fn refuse(&self, message: String) {
+        lock(&self.errors).push(message);
+    }
+
+    /// `bytes` rounded up as buffers are created, or 16 bytes and a recorded error when the
+    /// request exceeds the adapter's `max_buffer_size` (wgpu would fail it anyway, later and
+    /// without saying which buffer).
+    fn buffer_size(&self, label: &str, bytes: u64) -> u64 {
+        let size = bytes.max(16).next_multiple_of(4);
+        if size > self.limits.max_buffer_size {
+            self.refuse(format!("buffer `{label}` needs {size} bytes, over this adapter's max_buffer_size of {} bytes", self.limits.max_buffer_size));
+            return 16;
+        }
+        size
     }
 
     /// Blocks until every submitted command buffer has finished.
@@ -187,7 +211,7 @@ impl Gpu {
     pub fn storage_buffer(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(16).next_multiple_of(4),
+            size: self.buffer_size(label, bytes),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
@@ -200,28 +224,47 @@ impl Gpu {
 
     /// A storage buffer holding `data` of any plain type (padded to at least 16 bytes).
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
-        let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
-        bytes.resize(bytes.len().max(16), 0);
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        })
+        let bytes = std::mem::size_of_val(data) as u64;
+        if self.buffer_size(label, bytes) < bytes {
+            return self.storage_buffer(label, 16); // refused and recorded
+        }
+        let buffer = self.storage_buffer(label, bytes);
+        self.write(&buffer, bytemuck::cast_slice(data));
+        buffer
     }
 
     pub fn uniform_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents: bytes,
+            size: self.buffer_size(label, bytes.len() as u64),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+            mapped_at_creation: false,
+        });
+        self.write(&buffer, bytes);
+        buffer
+    }
+
+    /// Queues `bytes` (padded to a multiple of 4) into the start of `buffer`. Buffers are filled
+    /// by the queue rather than mapped at creation: on a lost device a mapped creation panics
+    /// inside wgpu, a queued write only records an error.
+    fn write(&self, buffer: &wgpu::Buffer, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if bytes.len() % 4 == 0 {
+            self.queue.write_buffer(buffer, 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().next_multiple_of(4), 0);
+            self.queue.write_buffer(buffer, 0, &padded);
+        }
     }
 
     /// A mappable buffer to copy results into for reading back.
     pub fn readback_buffer(&self, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes.max(16).next_multiple_of(4),
+            size: self.buffer_size("readback", bytes),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
@@ -238,7 +281,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        self.check()?;
+        self.check_while("computing results to read back")?;
         for r in status.lock().unwrap().iter() {
             r.clone().map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;
         }

@@ -344,7 +344,7 @@ impl Kernels {
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         gpu.queue.submit([encoder.finish()]);
-        gpu.check()?;
+        gpu.check_while(&format!("running kernel {kernel:?}"))?;
         gpu.read_f32(&output, output_len)
     }
 }

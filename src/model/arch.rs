@@ -190,6 +190,13 @@ impl Network {
         }
     }
 
+    /// `(layer name, channels)` of every hookable layer (`layer_names()` order).
+    pub fn layer_channels(&self) -> Vec<(String, usize)> {
+        let mut channels = self.stage_channels();
+        channels.push(self.fc.in_features);
+        self.layer_names().into_iter().zip(channels).collect()
+    }
+
     /// Input channels the stem expects.
     pub fn in_channels(&self) -> usize {
         match &self.body {

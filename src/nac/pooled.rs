@@ -6,7 +6,7 @@
 use super::gpu::{NacCall, PlanCalls};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::kernels::{nac_flags, Kernel, NacParams};
 
 /// f32 values per sample in a prediction summary.
@@ -30,6 +30,21 @@ impl Predictions {
         let flags = if self.labels.is_some() { nac_flags::HAS_LABELS } else { 0 };
         let params = NacParams { classes: classes as u32, flags, ..Default::default() };
         NacCall::new(engine, Kernel::NacPredict, params, [Some(logits), self.labels.as_ref(), None, None], &self.summary)
+    }
+
+    /// The first sample whose summary (from the logits) is not finite, as an error.
+    pub fn check_finite(summary: &[f32]) -> Result<()> {
+        match summary.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(Error::NotFinite { sample: i / SUMMARY_STRIDE, message: NOT_FINITE_HELP.into() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the summary of `total` samples back and checks it (see [`Predictions::check_finite`]).
+    pub fn read_checked(&self, engine: &Engine, total: usize) -> Result<Vec<f32>> {
+        let summary = engine.gpu.read_f32(&self.summary, SUMMARY_STRIDE * total)?;
+        Self::check_finite(&summary)?;
+        Ok(summary)
     }
 
     /// The per-sample columns of a read-back summary.
@@ -165,7 +180,8 @@ impl PooledStates {
         if let Some(missing) = seen.iter().position(|&s| !s) {
             return Err(Error::Input(format!("no batch delivered sample {missing} of {total}")));
         }
-        engine.gpu.check()?;
+        engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
+        pooling.predictions.read_checked(engine, total)?;
         Ok(PooledStates {
             samples: total,
             model_fingerprint: model.fingerprint().to_string(),
@@ -257,6 +273,6 @@ impl PooledStates {
 
     /// Reads the predictions back.
     pub fn read_predictions(&self, engine: &Engine) -> Result<Predicted> {
-        Ok(Predictions::unpack(&engine.gpu.read_f32(&self.predictions.summary, SUMMARY_STRIDE * self.samples)?))
+        Ok(Predictions::unpack(&self.predictions.read_checked(engine, self.samples)?))
     }
 }

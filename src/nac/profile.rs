@@ -10,7 +10,7 @@ use super::gpu::{histogram_params, record, NacCall, PlanCalls};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
 use crate::engine::{ChunkBuffers, Engine, Model};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::kernels::{nac_flags, Kernel, NacParams};
 use crate::model::Network;
 
@@ -80,7 +80,7 @@ impl Profile {
         binning: Binning,
         counted: Counted,
     ) -> Result<Self> {
-        let channels = layer_channels(network);
+        let channels = network.layer_channels();
         let mut sized = Vec::with_capacity(layers.len());
         for p in layers {
             network.layer_index(&p.layer)?;
@@ -113,6 +113,7 @@ impl Profile {
                 return Err(Error::Input(format!("layer `{}` has no neurons", p.layer)));
             }
             let edges = binning.edges(p.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", p.layer)))?;
+            check_counts_fit(engine, &p.layer, p.m, *neurons)?;
             headers.push(LayerHeader { name: p.layer.clone(), neurons: *neurons, o: p.o, m: p.m, alpha: p.alpha, edges: edges.edges });
         }
         let header = ProfileHeader {
@@ -140,16 +141,7 @@ impl Profile {
                 return Err(Error::Input(format!("layer `{}`: {} counts, expected {} bins × {} neurons", l.name, c.len(), l.m - 1, l.neurons)));
             }
             let edges = header.binning.edges(l.m)?;
-            let bytes = (c.len() * 4) as u64;
-            if bytes > engine.gpu.max_binding_bytes() {
-                return Err(Error::Input(format!(
-                    "layer `{}`: {} bins × {} neurons of counts exceed this adapter's {} byte binding limit",
-                    l.name,
-                    l.m - 1,
-                    l.neurons,
-                    engine.gpu.max_binding_bytes()
-                )));
-            }
+            check_counts_fit(engine, &l.name, l.m, l.neurons)?;
             layers.push(GpuLayer {
                 thresholds: engine.gpu.upload(&format!("{} thresholds", l.name), &edges.thresholds),
                 counts: engine.gpu.upload(&format!("{} counts", l.name), c),
@@ -209,7 +201,9 @@ impl Profile {
         Ok(())
     }
 
-    /// Runs the network on an NCHW batch and adds every sample's states to the histograms.
+    /// Runs the network on an NCHW batch and adds every sample's states to the histograms. On
+    /// an error (e.g. a sample whose pass overflows) the histograms may hold part of the batch:
+    /// discard the profile.
     pub fn add(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<()> {
         if self.header.counted == Counted::Correct {
             return Err(Error::Input("this profile counts only correctly classified samples: use add_labelled".into()));
@@ -230,20 +224,18 @@ impl Profile {
         self.check_fingerprint(model.fingerprint())?;
         let total = shape[0];
         let classes = model.network.num_classes();
-        let predictions = labels.map(|l| Predictions::new(engine, total, Some(l)));
-        let flags = if predictions.is_some() { nac_flags::MASKED } else { 0 };
+        // Predictions are made even when every sample counts: a non-finite one must fail the run.
+        let predictions = Predictions::new(engine, total, labels);
+        let flags = if labels.is_some() { nac_flags::MASKED } else { 0 };
         let names = self.layer_names();
         let mut calls = PlanCalls::new();
         let (header, layers) = (&self.header, &self.layers);
         engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
             calls.record(engine, encoder, chunk, |chunk| {
-                let mut calls = Vec::new();
-                if let Some(p) = &predictions {
-                    calls.push(p.call(engine, chunk.logits, classes));
-                }
+                let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for ((layer, gpu_layer), lb) in header.layers.iter().zip(layers).zip(&chunk.layers) {
                     let params = histogram_params(layer.neurons, lb.shape.h * lb.shape.w, layer.m, layer.alpha, flags);
-                    let summary = predictions.as_ref().map(|p| &p.summary);
+                    let summary = labels.is_some().then_some(&predictions.summary);
                     calls.push(NacCall::new(
                         engine,
                         Kernel::NacHistogram,
@@ -255,7 +247,8 @@ impl Profile {
                 Ok(calls)
             })
         })?;
-        engine.gpu.check()?;
+        engine.gpu.check_while(&format!("profiling layers {}", names.join(", ")))?;
+        predictions.read_checked(engine, total)?;
         self.header.samples += total as u64;
         Ok(())
     }
@@ -277,7 +270,7 @@ impl Profile {
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
         record(engine, &mut encoder, &calls);
         engine.gpu.queue.submit([encoder.finish()]);
-        engine.gpu.check()?;
+        engine.gpu.check_while("adding cached pairs to a profile")?;
         self.header.samples += pooled.samples as u64;
         Ok(())
     }
@@ -388,7 +381,7 @@ impl Profile {
 
     /// Uploads a saved profile for use with `network`, which must be the profiled model.
     pub fn from_data(engine: &Engine, network: &Network, data: ProfileData) -> Result<Self> {
-        let channels = layer_channels(network);
+        let channels = network.layer_channels();
         for l in &data.header.layers {
             match channels.iter().find(|(n, _)| *n == l.name) {
                 Some((_, c)) if *c == l.neurons => {}
@@ -412,11 +405,18 @@ impl Profile {
     }
 }
 
-/// `(layer name, channels)` for every hookable layer of `network`.
-fn layer_channels(network: &Network) -> Vec<(String, usize)> {
-    let mut channels = network.stage_channels();
-    channels.push(network.fc.in_features);
-    network.layer_names().into_iter().zip(channels).collect()
+/// Fails unless a layer's `(m − 1) × neurons` u32 counts fit one storage binding of the adapter
+/// (checked before anything is allocated for them).
+fn check_counts_fit(engine: &Engine, layer: &str, m: usize, neurons: usize) -> Result<()> {
+    let limit = engine.gpu.max_binding_bytes();
+    let bytes = (m.saturating_sub(1) as u64).saturating_mul(neurons as u64).saturating_mul(4);
+    if bytes > limit {
+        return Err(Error::Input(format!(
+            "layer `{layer}`: {} bins × {neurons} neurons of counts need {bytes} bytes, over this adapter's binding limit of {limit} bytes",
+            m.saturating_sub(1)
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_labels(labels: &[usize], samples: usize, classes: usize) -> Result<()> {
@@ -483,8 +483,13 @@ impl ScoreOutputs {
         engine.gpu.queue.submit([encoder.finish()]);
         let mut values = engine.gpu.read_back(&staging.iter().zip(sources).map(|(b, (_, len))| (b, len)).collect::<Vec<_>>())?.into_iter();
         let (score, layer_scores, summary) = (values.next().unwrap(), values.next().unwrap(), values.next().unwrap());
-        if let Some(i) = score.iter().chain(&layer_scores).chain(&summary).position(|v| !v.is_finite()) {
-            return Err(Error::Gpu(format!("scoring left a non-finite value (element {i} of its outputs)")));
+        Predictions::check_finite(&summary)?;
+        if let Some(i) = layer_scores.iter().position(|v| !v.is_finite()) {
+            let layer = &profile.header.layers[i / self.total].name;
+            return Err(Error::NotFinite { sample: i % self.total, message: format!("its NAC score of layer `{layer}` is {}: {NOT_FINITE_HELP}", layer_scores[i]) });
+        }
+        if let Some(i) = score.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NotFinite { sample: i, message: format!("its NAC score is {}: {NOT_FINITE_HELP}", score[i]) });
         }
         let predicted = Predictions::unpack(&summary);
         Ok(Scores {

@@ -16,7 +16,9 @@ use super::params::{LayerParams, Preset};
 use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::Engine;
+use super::file::Binning;
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::eval::metrics::auroc;
 use crate::model::Network;
 
@@ -30,6 +32,11 @@ pub struct LayerGrid {
 }
 
 impl LayerGrid {
+    /// `|O| × |M| × |α|`, saturating.
+    fn candidate_count(&self) -> usize {
+        self.o.len().saturating_mul(self.m.len()).saturating_mul(self.alpha.len())
+    }
+
     /// This layer's candidates, O outermost and α fastest.
     fn candidates(&self) -> Vec<LayerParams> {
         let mut out = Vec::with_capacity(self.o.len() * self.m.len() * self.alpha.len());
@@ -89,18 +96,31 @@ impl Grid {
         Ok(Grid { layers })
     }
 
-    /// Number of combinations in the full Cartesian product.
+    /// Number of combinations in the full Cartesian product (saturating: [`Grid::validate`]
+    /// refuses grids past [`limits::MAX_GRID_COMBINATIONS`]).
     pub fn combinations(&self) -> usize {
-        self.layers.iter().map(|l| l.o.len() * l.m.len() * l.alpha.len()).product()
+        self.layers.iter().fold(1usize, |acc, l| acc.saturating_mul(l.candidate_count()))
     }
 
+    /// Non-empty, within the limits, and every candidate valid: counted before any candidate
+    /// list is built, so an astronomically large grid is refused with its size.
     pub fn validate(&self) -> Result<()> {
         if self.layers.is_empty() {
             return Err(Error::Input("the search grid names no layers".into()));
         }
+        limits::check("the number of layers in the search grid", self.layers.len(), limits::MAX_LAYERS, "MAX_LAYERS")?;
         for l in &self.layers {
             if l.o.is_empty() || l.m.is_empty() || l.alpha.is_empty() {
                 return Err(Error::Input(format!("search grid for layer `{}`: O, M and α each need at least one value", l.layer)));
+            }
+            let what = format!("the search grid for layer `{}` (O × M × α candidates)", l.layer);
+            limits::check(&what, l.candidate_count(), limits::MAX_LAYER_CANDIDATES, "MAX_LAYER_CANDIDATES")?;
+        }
+        let what = format!("the search grid's number of combinations ({})", self.layers.iter().map(|l| l.candidate_count().to_string()).collect::<Vec<_>>().join(" × "));
+        limits::check(&what, self.combinations(), limits::MAX_GRID_COMBINATIONS, "MAX_GRID_COMBINATIONS")?;
+        for l in &self.layers {
+            for &m in &l.m {
+                Binning::LogSymmetric.edges(m).map_err(|e| Error::Input(format!("search grid for layer `{}`: {e}", l.layer)))?;
             }
             for p in l.candidates() {
                 p.validate()?;

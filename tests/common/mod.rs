@@ -44,3 +44,18 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f6
     eprintln!("{what}: relative error {err:.2e}");
     err
 }
+
+/// Writes 8×8 gray images as an IDX file at `path` (`…-images-idx3-ubyte`) and their labels
+/// beside it (`…-labels-idx1-ubyte`), as the MNIST family ships them.
+pub fn write_idx(path: &std::path::Path, images: &[u8], n: usize, labels: &[u8]) {
+    let mut bytes = vec![0, 0, 8, 3];
+    for d in [n as u32, 8, 8] {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(images);
+    std::fs::write(path, bytes).unwrap();
+    let mut l = vec![0, 0, 8, 1];
+    l.extend((n as u32).to_be_bytes());
+    l.extend(labels);
+    std::fs::write(path.to_str().unwrap().replace("images-idx3", "labels-idx1"), l).unwrap();
+}

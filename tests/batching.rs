@@ -60,8 +60,11 @@ fn batch_of(samples: &[Sample], range: std::ops::Range<usize>) -> (usize, Vec<f3
     (range.start, input, [range.len(), 3, side, side])
 }
 
-/// Per sample: each layer's pooled pairs and the prediction summary, from a cache of `n` samples.
-fn per_sample(engine: &Engine, pooled: &PooledStates) -> Vec<(Vec<Vec<f32>>, (usize, f32, f32))> {
+/// One sample's pooled pairs per layer, and its (class, max softmax, energy).
+type SampleResult = (Vec<Vec<f32>>, (usize, f32, f32));
+
+/// Per sample: each layer's pooled pairs and the prediction summary.
+fn per_sample(engine: &Engine, pooled: &PooledStates) -> Vec<SampleResult> {
     let layers: Vec<Vec<f32>> = LAYERS.iter().map(|l| pooled.read_values(engine, l).unwrap()).collect();
     let predicted = pooled.read_predictions(engine).unwrap();
     (0..pooled.samples)

@@ -163,7 +163,7 @@ impl EvalConfig {
         }
         self.overrides()?;
         if let Some(search) = &self.search {
-            if search.grid.is_some() == !search.layers.is_empty() {
+            if search.grid.is_some() != search.layers.is_empty() {
                 return Err(Error::Input("[search] needs exactly one of `grid` (a preset name) or [[search.layers]] tables".into()));
             }
             if search.ood_val.is_none() && !search.id_only {

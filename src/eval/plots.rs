@@ -303,7 +303,7 @@ pub fn score_histogram(path: &Path, title: &str, xlabel: &str, series: &[Series]
     const BINS: usize = 50;
     let finite = || series.iter().flat_map(|s| s.values.iter().copied().filter(|v| v.is_finite()));
     let (mut lo, mut hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v as f64), b.max(v as f64)));
-    if !(lo < hi) {
+    if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
         (lo, hi) = if lo.is_finite() { (lo - 0.5, lo + 0.5) } else { (0.0, 1.0) };
     }
     let width = (hi - lo) / BINS as f64;

@@ -251,7 +251,7 @@ impl Gpu {
         if bytes.is_empty() {
             return;
         }
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(buffer, 0, bytes);
         } else {
             let mut padded = bytes.to_vec();

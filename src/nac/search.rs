@@ -158,12 +158,14 @@ pub struct SearchResult {
     pub seconds: f64,
 }
 
+/// One layer candidate with its ID-val and OOD-val layer scores.
+type ScoredCandidate = (LayerParams, Vec<f32>, Vec<f32>);
+
 /// Runs the search over `grid` on cached pairs; `preprocessing` is recorded in the profiles.
 pub fn search(engine: &Engine, network: &Network, grid: &Grid, sets: &SearchSets, preprocessing: &str) -> Result<SearchResult> {
     grid.validate()?;
     let started = Instant::now();
-    // Per layer, per candidate: (ID-val layer scores, OOD-val layer scores).
-    let mut per_layer: Vec<Vec<(LayerParams, Vec<f32>, Vec<f32>)>> = Vec::with_capacity(grid.layers.len());
+    let mut per_layer: Vec<Vec<ScoredCandidate>> = Vec::with_capacity(grid.layers.len());
     let mut layer_evaluations = 0;
     for layer in &grid.layers {
         let mut scored = Vec::new();

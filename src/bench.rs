@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
-use crate::error::Result;
+use crate::engine::{Engine, StageTime};
+use crate::error::{Error, Result};
+use crate::kernels::{flat_workgroups, ElementwiseParams, Kernel};
 use crate::model::synthetic::{random_inputs, SyntheticModel};
 use crate::model::ArchSpec;
 use crate::nac::search::{search, Grid, SearchSets};
@@ -22,6 +23,20 @@ pub struct BenchSettings {
     pub repeats: usize,
     /// Cached samples per set for the CIFAR-10 grid search timing (profile, ID val, OOD val).
     pub search_samples: usize,
+    /// Also measure the adapter's FP32 FMA peak and report each stage's fraction of it.
+    pub peak: bool,
+}
+
+/// GPU time of one stage of the NAC pass, with its convolution work.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageReport {
+    pub name: String,
+    /// Median GPU seconds per batch (timestamp queries).
+    pub gpu_s: f64,
+    pub gflop: f64,
+    pub gflops: f64,
+    /// `gflops / peak_gflops`, with `--peak`.
+    pub fraction_of_peak: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +58,15 @@ pub struct BenchReport {
     pub search_combinations: usize,
     pub search_samples_per_set: usize,
     pub search_s: f64,
+    /// Per stage of the NAC pass (forward, backward to the official layers) on one batch,
+    /// from GPU timestamps; empty when the adapter has no timestamp queries.
+    pub stages: Vec<StageReport>,
+    /// Sum of the stages' GPU time, their GFLOP, and the whole pass's GFLOP/s on the GPU.
+    pub pass_gpu_s: Option<f64>,
+    pub pass_gflop: f64,
+    pub pass_gflops: Option<f64>,
+    /// FP32 FMA throughput measured by `shaders/peak.wgsl`, with `--peak`.
+    pub peak_gflops: Option<f64>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -92,6 +116,33 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
     let found = search(engine, &model.network, &grid, &SearchSets { profile: &profile, id_val: &id_val, ood_val: &ood_val }, "bench")?;
     let search_s = started.elapsed().as_secs_f64();
 
+    let peak_gflops = settings.peak.then(|| peak_gflops(engine)).transpose()?;
+    let timed = engine.gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY);
+    let mut runs: Vec<Vec<StageTime>> = Vec::new();
+    if timed {
+        for _ in 0..settings.repeats.max(1) + 1 {
+            runs.push(engine.time_stages(&mut model, &input, shape, &refs)?);
+        }
+        runs.remove(0); // warm-up
+    }
+    let stages: Vec<StageReport> = runs
+        .first()
+        .map(|first| {
+            first
+                .iter()
+                .enumerate()
+                .map(|(i, stage)| {
+                    let gpu_s = median(runs.iter().map(|r| r[i].seconds).collect());
+                    let gflop = stage.flop as f64 * 1e-9;
+                    let gflops = gflop / gpu_s.max(1e-12);
+                    StageReport { name: stage.name.clone(), gpu_s, gflop, gflops, fraction_of_peak: peak_gflops.map(|p| gflops / p) }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pass_gflop = stages.iter().map(|s| s.gflop).sum::<f64>();
+    let pass_gpu_s = timed.then(|| stages.iter().map(|s| s.gpu_s).sum::<f64>());
+
     let info = &engine.gpu.info;
     Ok(BenchReport {
         adapter: info.name.clone(),
@@ -107,5 +158,33 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
         search_combinations: found.trials.len(),
         search_samples_per_set: n,
         search_s,
+        stages,
+        pass_gpu_s,
+        pass_gflop,
+        pass_gflops: pass_gpu_s.map(|s| pass_gflop / s.max(1e-12)),
+        peak_gflops,
     })
+}
+
+/// FP32 GFLOP/s of `shaders/peak.wgsl` over 2^20 invocations, its iteration count grown until
+/// one run takes at least 0.25 s (so submit and readback overheads do not count).
+pub fn peak_gflops(engine: &Engine) -> Result<f64> {
+    const THREADS: u32 = 1 << 20;
+    let workgroups = flat_workgroups(THREADS, engine.gpu.max_workgroups_per_dim());
+    let mut iterations: u32 = 16;
+    loop {
+        let params = ElementwiseParams { total: THREADS, width: iterations, ..Default::default() };
+        let run = || engine.kernels.run_single(&engine.gpu, Kernel::PeakFma, bytemuck::bytes_of(&params), workgroups, &[None, None, None], THREADS as usize);
+        run()?;
+        let started = Instant::now();
+        let out = run()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Gpu(format!("the peak kernel left invocation {i} at {}", out[i])));
+        }
+        if seconds >= 0.25 || iterations >= 1 << 24 {
+            return Ok(THREADS as f64 * iterations as f64 * 64.0 / seconds * 1e-9);
+        }
+        iterations = iterations.saturating_mul(((0.3 / seconds.max(1e-4)) as u32).clamp(2, 64));
+    }
 }

@@ -207,6 +207,9 @@ enum Command {
         search_samples: usize,
         #[arg(long, default_value = "bench.json")]
         out: PathBuf,
+        /// Also measure the adapter's FP32 FMA peak; stages report their fraction of it.
+        #[arg(long)]
+        peak: bool,
     },
     /// Check this adapter's numbers: a random-weight network, forward + backward to every
     /// layer on the GPU, compared with the f64 CPU reference.
@@ -246,7 +249,9 @@ fn main() -> ExitCode {
             evaluate(engine, &c, out, threads, "eval")
         }),
         Command::Demo { out, root, threads, full } => demo(gpu, out, root, threads, full),
-        Command::Bench { arch, batch, size, repeats, search_samples, out } => bench(gpu, &arch, batch, size, repeats, search_samples, &out),
+        Command::Bench { arch, batch, size, repeats, search_samples, out, peak } => {
+            arch.parse().and_then(|arch| bench(gpu, nac::bench::BenchSettings { arch, batch, size, repeats, search_samples, peak }, &out))
+        }
         Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, run, out } => {
             let settings = MeSettings { layer, alpha, m, o };
             model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, &run, out)
@@ -298,11 +303,10 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
     Ok(())
 }
 
-fn bench(gpu: GpuOptions, arch: &str, batch: usize, size: usize, repeats: usize, search_samples: usize, out: &Path) -> Result<()> {
-    limits::check("--size", size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
+fn bench(gpu: GpuOptions, settings: nac::bench::BenchSettings, out: &Path) -> Result<()> {
+    limits::check("--size", settings.size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
     check_writable(out)?;
-    let engine = engine_for_batch(gpu, batch)?;
-    let settings = nac::bench::BenchSettings { arch: arch.parse()?, batch, size, repeats, search_samples };
+    let engine = engine_for_batch(gpu, settings.batch)?;
     let report = nac::bench::run_bench(&engine, &settings)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Input(format!("serialising the benchmark: {e}")))?;
     write_atomic(out, json.as_bytes())?;

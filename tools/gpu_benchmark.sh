@@ -52,7 +52,7 @@ for model in weights/fmnist_resnet18_32x32.safetensors weights/fmnist_wrn-16-2.s
 done
 step demo "$nac" demo --out "$work/demo"
 for arch in resnet18_32x32 wrn-16-2; do
-    step "bench $arch" "$nac" bench --arch "$arch" --batch "${BENCH_BATCH:-256}" --repeats "${BENCH_REPEATS:-5}" \
+    step "bench $arch" "$nac" bench --arch "$arch" --batch "${BENCH_BATCH:-256}" --repeats "${BENCH_REPEATS:-5}" --peak \
         --out "$out/bench-$arch.json"
 done
 tar -czf "$out/results.tar.gz" -C "$work" .

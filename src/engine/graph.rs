@@ -82,6 +82,23 @@ pub struct Call {
     pub params: ParamTemplate,
     pub reads: Vec<Input>,
     pub output: TensorId,
+    /// The part of the network it belongs to (`stem`, `layer2 forward`, `head`, …), for
+    /// per-stage timing.
+    pub stage: String,
+}
+
+impl Call {
+    /// Floating-point operations per sample: `2·m·n·k` of a convolution's GEMM (the other
+    /// kernels are memory-bound and counted as 0).
+    pub fn flop_per_sample(&self) -> u64 {
+        match self.params {
+            ParamTemplate::Conv { p, backward } => {
+                let m = if backward { p.in_h * p.in_w } else { p.out_h * p.out_w } as u64;
+                2 * m * p.n_total as u64 * p.k_total as u64
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// A requested layer: its activation and gradient tensors.
@@ -100,6 +117,8 @@ pub struct Graph {
     pub input: TensorId,
     pub logits: TensorId,
     pub layers: Vec<LayerTensors>,
+    /// The stage the next pushed call belongs to.
+    stage: String,
 }
 
 impl Graph {
@@ -110,7 +129,7 @@ impl Graph {
 
     fn push(&mut self, kernel: Kernel, params: ParamTemplate, reads: Vec<Input>, out: TensorShape) -> TensorId {
         let output = self.tensor(out);
-        self.calls.push(Call { kernel, params, reads, output });
+        self.calls.push(Call { kernel, params, reads, output, stage: self.stage.clone() });
         output
     }
 
@@ -287,7 +306,7 @@ impl Graph {
     /// layers whose z and g are kept; the backward pass goes down to the shallowest of them
     /// (none: forward only).
     pub fn build(weights: &GpuWeights, in_shape: TensorShape, layer_names: &[String], wanted: &[usize]) -> Graph {
-        let mut g = Graph::default();
+        let mut g = Graph { stage: "input".into(), ..Graph::default() };
         g.input = g.tensor(in_shape);
         let nhwc = g.elementwise(Kernel::NchwToNhwc, vec![Input::Tensor(g.input), Input::Unused, Input::Unused], in_shape, 0);
         let head = &weights.head;
@@ -297,6 +316,7 @@ impl Graph {
 
         match &weights.body {
             GpuBody::ResNet { stem, max_pool, stages } => {
+                g.stage = "stem".into();
                 let mut x = g.conv(stem, nhwc, None, true);
                 if *max_pool {
                     x = g.max_pool(x);
@@ -304,7 +324,8 @@ impl Graph {
                 // Per block: input, inner activations (ReLU outputs feeding convs 2..), output.
                 let mut saved: Vec<Vec<(TensorId, Vec<TensorId>, TensorId)>> = Vec::new();
                 let mut stage_out = Vec::new();
-                for stage in stages {
+                for (s, stage) in stages.iter().enumerate() {
+                    g.stage = format!("{} forward", layer_names[s]);
                     let mut blocks = Vec::new();
                     for block in stage {
                         let input = x;
@@ -324,6 +345,7 @@ impl Graph {
                     saved.push(blocks);
                     stage_out.push(x);
                 }
+                g.stage = "head".into();
                 let feat = g.avg_pool(x);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
@@ -336,6 +358,7 @@ impl Graph {
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, None, None);
                         grads[last] = Some(grad);
                         for s in (shallowest + 1..stages.len()).rev() {
+                            g.stage = format!("{} backward", layer_names[s]);
                             for (block, (input, inner, out)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let d_pre = g.relu_mask(grad, *out);
                                 let mut d = d_pre;
@@ -356,11 +379,13 @@ impl Graph {
                 g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
             }
             GpuBody::WideResNet { stem, stages, final_bn } => {
+                g.stage = "stem".into();
                 let mut x = g.conv(stem, nhwc, None, false);
                 // Per block: pre-activation a = relu(bn1(x)), inner h, input shape.
                 let mut saved: Vec<Vec<(TensorId, TensorId, TensorShape)>> = Vec::new();
                 let mut stage_out = Vec::new();
-                for stage in stages {
+                for (s, stage) in stages.iter().enumerate() {
+                    g.stage = format!("{} forward", layer_names[s]);
                     let mut blocks = Vec::new();
                     for block in stage {
                         let input_shape = g.tensors[x];
@@ -376,6 +401,7 @@ impl Graph {
                     saved.push(blocks);
                     stage_out.push(x);
                 }
+                g.stage = "head".into();
                 let f = g.scale_shift(x, final_bn, true);
                 let feat = g.avg_pool(f);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
@@ -389,6 +415,7 @@ impl Graph {
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, Some(f), Some(&final_bn.scale));
                         grads[last] = Some(grad);
                         for s in (shallowest + 1..stages.len()).rev() {
+                            g.stage = format!("{} backward", layer_names[s]);
                             for (block, (a, h, input_shape)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some(*h), None);
                                 grad = match &block.shortcut {

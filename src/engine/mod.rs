@@ -133,7 +133,7 @@ impl Engine {
         }
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
-            let mut encoder = self.encode_chunk(plan, input, shape, start, n);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
             let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
             let mut values = self.gpu.read_back(&reads)?.into_iter();
@@ -166,7 +166,7 @@ impl Engine {
         let mut in_flight = None;
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
-            let mut encoder = self.encode_chunk(plan, input, shape, start, n);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
             let chunk = ChunkBuffers {
                 plan: plan.id,
                 start,
@@ -248,16 +248,77 @@ impl Engine {
         Ok(model.plans.get_mut(&key).unwrap())
     }
 
-    /// Writes chunk `[start, start + n)` of the input and records the pass over it.
-    fn encode_chunk(&self, plan: &mut Plan, input: &[f32], shape: [usize; 4], start: usize, n: usize) -> wgpu::CommandEncoder {
+    /// Writes chunk `[start, start + n)` of the input and records the pass over it (timed per
+    /// stage into `timestamps`, see [`Plan::encode_timed`]).
+    fn encode_chunk(
+        &self,
+        plan: &mut Plan,
+        input: &[f32],
+        shape: [usize; 4],
+        start: usize,
+        n: usize,
+        timestamps: Option<&wgpu::QuerySet>,
+    ) -> wgpu::CommandEncoder {
         let per_sample = shape[1] * shape[2] * shape[3];
         plan.set_batch(&self.gpu, n);
         let chunk = &input[start * per_sample..(start + n) * per_sample];
         self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
-        plan.encode(&self.kernels, &mut encoder);
+        match timestamps {
+            Some(queries) => plan.encode_timed(&self.kernels, &mut encoder, queries),
+            None => plan.encode(&self.kernels, &mut encoder),
+        }
         encoder
     }
+
+    /// GPU time of each stage of one pass (forward, and backward to `layers`) over the first
+    /// chunk of `input`, from timestamp queries, with the stage's floating-point work. Fails on
+    /// an adapter without `TIMESTAMP_QUERY`.
+    pub fn time_stages(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<Vec<StageTime>> {
+        if !self.gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Input(format!("{} has no timestamp queries (TIMESTAMP_QUERY): per-stage GPU times are not available", self.gpu.info.name)));
+        }
+        let plan = self.plan_for(model, input, shape, layers)?;
+        let samples = plan.capacity.min(shape[0]);
+        let stages = plan.stages();
+        let count = 2 * stages.len() as u32;
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("stage times"), ty: wgpu::QueryType::Timestamp, count });
+        let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("stage times"),
+            size: count as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = self.gpu.readback_buffer(count as u64 * 8);
+        let mut encoder = self.encode_chunk(plan, input, shape, 0, samples, Some(&queries));
+        encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+        encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, count as u64 * 8);
+        self.gpu.queue.submit([encoder.finish()]);
+        let words = self.gpu.read_back(&[(&staging, 2 * count as usize)])?.remove(0);
+        let ticks: Vec<u64> = words.chunks_exact(2).map(|w| w[0].to_bits() as u64 | (w[1].to_bits() as u64) << 32).collect();
+        let period_ns = self.gpu.queue.get_timestamp_period() as f64;
+        Ok(stages
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, calls))| StageTime {
+                name,
+                samples,
+                seconds: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_ns * 1e-9,
+                flop: plan.graph.calls[calls].iter().map(|c| c.flop_per_sample() * samples as u64).sum(),
+            })
+            .collect())
+    }
+}
+
+/// GPU time of one stage of a pass (see [`Engine::time_stages`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct StageTime {
+    /// `input`, `stem`, `layer1 forward`, …, `head`, …, `layer2 backward`.
+    pub name: String,
+    pub samples: usize,
+    pub seconds: f64,
+    /// Floating-point operations of its convolutions (`2·m·n·k` each).
+    pub flop: u64,
 }
 
 /// The GPU buffers of one chunk of a pass, for work recorded after it (see [`Engine::run_chunks`]):

@@ -185,9 +185,39 @@ impl Plan {
     /// Records every call of the pass into one compute pass.
     pub fn encode(&self, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac pass"), timestamp_writes: None });
+        self.dispatch(kernels, &mut pass, 0..self.graph.calls.len());
+    }
+
+    /// The stages of the pass in call order, each with its range of calls.
+    pub fn stages(&self) -> Vec<(String, std::ops::Range<usize>)> {
+        let mut stages: Vec<(String, std::ops::Range<usize>)> = Vec::new();
         for (i, call) in self.graph.calls.iter().enumerate() {
+            match stages.last_mut() {
+                Some((name, range)) if *name == call.stage => range.end = i + 1,
+                _ => stages.push((call.stage.clone(), i..i + 1)),
+            }
+        }
+        stages
+    }
+
+    /// Records the pass as one compute pass per stage (see [`Plan::stages`]), stage `i` writing
+    /// its start and end timestamps to queries `2i` and `2i + 1`.
+    pub fn encode_timed(&self, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
+        for (i, (_, range)) in self.stages().into_iter().enumerate() {
+            let timestamp_writes = wgpu::ComputePassTimestampWrites {
+                query_set: queries,
+                beginning_of_pass_write_index: Some(2 * i as u32),
+                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            };
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timed stage"), timestamp_writes: Some(timestamp_writes) });
+            self.dispatch(kernels, &mut pass, range);
+        }
+    }
+
+    fn dispatch(&self, kernels: &Kernels, pass: &mut wgpu::ComputePass, calls: std::ops::Range<usize>) {
+        for i in calls {
             let [x, y, z] = self.workgroups[i];
-            pass.set_pipeline(kernels.pipeline(call.kernel));
+            pass.set_pipeline(kernels.pipeline(self.graph.calls[i].kernel));
             pass.set_bind_group(0, &self.bind_groups[i], &[]);
             pass.dispatch_workgroups(x, y, z);
         }

@@ -11,6 +11,7 @@ const ELEMENTWISE_WGSL: &str = include_str!("../../shaders/elementwise.wgsl");
 const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
 const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
 const NAC_WGSL: &str = include_str!("../../shaders/nac.wgsl");
+const PEAK_WGSL: &str = include_str!("../../shaders/peak.wgsl");
 
 /// Every kernel the engine dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,10 +33,11 @@ pub enum Kernel {
     NacPairs,
     NacCombine,
     NacPredict,
+    PeakFma,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -53,6 +55,7 @@ impl Kernel {
         Kernel::NacPairs,
         Kernel::NacCombine,
         Kernel::NacPredict,
+        Kernel::PeakFma,
     ];
 
     /// (source, entry point, pipeline-overridable constants).
@@ -75,6 +78,7 @@ impl Kernel {
             Kernel::NacPairs => (NAC_WGSL, "pairs", &[]),
             Kernel::NacCombine => (NAC_WGSL, "combine", &[]),
             Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
+            Kernel::PeakFma => (PEAK_WGSL, "peak_fma", &[]),
         }
     }
 

@@ -33,6 +33,10 @@ pub const MAX_GRID_COMBINATIONS: usize = 100_000;
 /// Candidates of one layer's grid (O × M × α): each is a GPU re-binning of the cached pairs.
 pub const MAX_LAYER_CANDIDATES: usize = 4096;
 
+/// Loader threads (`--threads`): decoding is CPU-bound, so more threads than cores only adds
+/// memory (each holds part of a batch); 256 covers the largest machines.
+pub const MAX_THREADS: usize = 256;
+
 /// An error unless `value ≤ limit`; `what` names the input (file, field or flag).
 pub fn check(what: &str, value: usize, limit: usize, name: &str) -> Result<()> {
     if value > limit {

@@ -296,6 +296,7 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
     let started = Instant::now();
     eprintln!("{what}: {} ({:?})", engine.gpu.info.name, engine.gpu.info.backend);
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
     let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };
     let report = nac::eval::run(&mut engine, config, &options)?;
     println!("{}", nac::eval::report::markdown(&report));

@@ -41,6 +41,9 @@ pub struct Engine {
     pub(crate) kernels: Kernels,
     options: EngineOptions,
     progress: Option<indicatif::ProgressBar>,
+    /// The last chunk [`Engine::run_chunks`] submitted and nobody has waited for yet, with its
+    /// sample count: kept across calls, so consecutive batches keep two chunks in flight.
+    in_flight: std::sync::Mutex<Option<(wgpu::SubmissionIndex, usize)>>,
 }
 
 /// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
@@ -97,7 +100,7 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
         let kernels = Kernels::new(&gpu)?;
-        Ok(Engine { gpu, kernels, options, progress: None })
+        Ok(Engine { gpu, kernels, options, progress: None, in_flight: Default::default() })
     }
 
     /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
@@ -152,7 +155,8 @@ impl Engine {
     /// Runs the pass chunk by chunk like [`Engine::forward_backward`], but instead of reading
     /// anything back hands each chunk's GPU buffers to `record`, which appends its own work
     /// (NAC kernels) to the chunk's encoder: one submit per chunk, nothing leaves the GPU.
-    /// Returns after the last submit without waiting for it.
+    /// Returns after the last submit without waiting for it, so the next call's first chunk
+    /// (the next batch of a set) is queued while it runs; [`Engine::finish`] waits for it.
     pub fn run_chunks(
         &self,
         model: &mut Model,
@@ -163,7 +167,6 @@ impl Engine {
     ) -> Result<()> {
         let batch = shape[0];
         let plan = self.plan_for(model, input, shape, layers)?;
-        let mut in_flight = None;
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
             let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
@@ -182,7 +185,8 @@ impl Engine {
             record(&chunk, &mut encoder)?;
             let submitted = self.gpu.queue.submit([encoder.finish()]);
             // Keep at most two chunks in flight: bounds queued uploads and makes progress real.
-            if let Some((index, len)) = in_flight.replace((submitted, n)) {
+            let previous = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).replace((submitted, n));
+            if let Some((index, len)) = previous {
                 self.gpu
                     .device
                     .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
@@ -190,7 +194,14 @@ impl Engine {
                 self.tick(len);
             }
         }
-        if let Some((_, len)) = in_flight {
+        Ok(())
+    }
+
+    /// Waits for everything submitted, including the chunk [`Engine::run_chunks`] left in flight.
+    pub fn finish(&self) -> Result<()> {
+        let last = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.gpu.wait()?;
+        if let Some((_, len)) = last {
             self.tick(len);
         }
         Ok(())

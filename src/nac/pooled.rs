@@ -148,8 +148,8 @@ impl PooledStates {
 
     /// Like [`PooledStates::compute`] for `total` samples that arrive as NCHW batches
     /// `(first sample, input, shape)` in any order, e.g. from the prefetching loader
-    /// ([`crate::data::batches`]): while the GPU works on one batch, the next is decoded. Waits
-    /// for each batch's GPU work before taking the next, so the queue stays short.
+    /// ([`crate::data::batches`]): while the GPU works on one batch, the next is decoded, and at
+    /// most two chunks are in flight across batches.
     pub fn compute_streamed<I: AsRef<[f32]>>(
         engine: &Engine,
         model: &mut Model,
@@ -175,8 +175,8 @@ impl PooledStates {
                 let chunk = ChunkBuffers { start: first + chunk.start, layers: chunk.layers.clone(), ..*chunk };
                 pooling.record(engine, &chunk, encoder)
             })?;
-            engine.gpu.wait()?;
         }
+        engine.finish()?;
         if let Some(missing) = seen.iter().position(|&s| !s) {
             return Err(Error::Input(format!("no batch delivered sample {missing} of {total}")));
         }

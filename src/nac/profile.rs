@@ -247,6 +247,7 @@ impl Profile {
                 Ok(calls)
             })
         })?;
+        engine.finish()?;
         engine.gpu.check_while(&format!("profiling layers {}", names.join(", ")))?;
         predictions.read_checked(engine, total)?;
         self.header.samples += total as u64;
@@ -323,6 +324,7 @@ impl Profile {
                 Ok(calls)
             })
         })?;
+        engine.finish()?;
         outputs.finish(engine, engine.gpu.device.create_command_encoder(&Default::default()), self, &predictions)
     }
 

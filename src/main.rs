@@ -82,11 +82,13 @@ enum Command {
         /// Labels (1-D integer .npy); needed by --balanced.
         #[arg(long)]
         labels: Option<PathBuf>,
-        /// Use the official class-balanced subset: floor(N/C) samples per class, each class
-        /// shuffled with --seed. Without it every input sample is profiled.
+        /// Use the official class-balanced subset: min(floor(N/C), smallest class) samples per
+        /// class, each class shuffled by NumPy's RandomState(--seed), as the official code draws
+        /// it. Without it every input sample is profiled.
         #[arg(long)]
         balanced: Option<usize>,
-        #[arg(long, default_value_t = 0)]
+        /// Seed of the balanced subset (the official default is 1; below 2^32).
+        #[arg(long, default_value_t = nac::nac::select::OFFICIAL_SEED as u64)]
         seed: u64,
         /// Layers, comma-separated (default: avgpool and the last three stages, deep to shallow).
         #[arg(long, value_delimiter = ',')]

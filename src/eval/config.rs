@@ -12,7 +12,7 @@
 //! [profile]                             # the profiling set: histograms of ID training data
 //! data = "idx:data/fashion-mnist/train-images-idx3-ubyte.gz[0:55000]"
 //! samples = 1000                        # optional: class-balanced subset (needs labels)
-//! seed = 0
+//! seed = 1                              # optional: the official subset's seed (default 1)
 //!
 //! [id]
 //! test = "idx:data/fashion-mnist/t10k-images-idx3-ubyte.gz"
@@ -62,6 +62,10 @@ pub struct EvalConfig {
     pub pictures: bool,
 }
 
+fn official_seed() -> u64 {
+    crate::nac::select::OFFICIAL_SEED as u64
+}
+
 fn default_batch() -> usize {
     64
 }
@@ -83,7 +87,8 @@ pub struct ProfileSet {
     pub data: String,
     /// Class-balanced subset of this many samples (all samples when absent).
     pub samples: Option<usize>,
-    #[serde(default)]
+    /// Seed of the balanced subset (the official default, 1, when absent).
+    #[serde(default = "official_seed")]
     pub seed: u64,
 }
 

@@ -11,7 +11,8 @@ use nac::error::{check_writable, write_atomic};
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
-use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData};
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores};
+use nac::data::{self, Dataset, Transform};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 use nac::{limits, reference, Engine, EngineOptions, Error, Result};
@@ -30,6 +31,101 @@ struct Cli {
     adapter: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where a command's images come from: a preprocessed array, or a dataset streamed through a
+/// preprocessing.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Images, float32 N×3×H×W .npy, already preprocessed.
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    input: Option<PathBuf>,
+    /// A dataset spec (README, "Dataset specs"), decoded and preprocessed on worker threads
+    /// while the GPU runs, in constant memory however large the set.
+    #[arg(long)]
+    data: Option<String>,
+    /// With --input: a description of what was done to the array (recorded in the profile,
+    /// compared when scoring). With --data: the transform to apply (a preset or steps), recorded
+    /// in its canonical form.
+    #[arg(long, default_value = AS_GIVEN)]
+    preprocessing: String,
+    /// Loader threads for --data (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// An opened [`SourceArgs`].
+enum Source {
+    Array { path: PathBuf, data: Vec<f32>, shape: [usize; 4], preprocessing: String },
+    Stream { dataset: Dataset, transform: Transform, threads: usize },
+}
+
+impl SourceArgs {
+    fn open(&self) -> Result<Source> {
+        match (&self.input, &self.data) {
+            (Some(path), None) => {
+                let (data, shape) = load_images(path)?;
+                Ok(Source::Array { path: path.clone(), data, shape, preprocessing: self.preprocessing.clone() })
+            }
+            (None, Some(spec)) => {
+                let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
+                Ok(Source::Stream { dataset: Dataset::open(spec)?, transform: Transform::parse(&self.preprocessing)?, threads })
+            }
+            _ => Err(Error::Input("give exactly one of --input X.npy and --data SPEC".into())),
+        }
+    }
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Array { shape, .. } => shape[0],
+            Source::Stream { dataset, .. } => dataset.len(),
+        }
+    }
+
+    /// The text a profile records: the description given with an array, the canonical form of
+    /// the transform for a stream.
+    fn preprocessing(&self) -> String {
+        match self {
+            Source::Array { preprocessing, .. } => preprocessing.clone(),
+            Source::Stream { transform, .. } => transform.describe(),
+        }
+    }
+
+    /// Where sample `i` of the selection `indices` (all samples without) comes from.
+    fn locate(&self, indices: Option<&[usize]>, i: usize) -> String {
+        let index = indices.map_or(i, |s| s[i]);
+        match self {
+            Source::Array { path, .. } => format!("{}: sample {index}", path.display()),
+            Source::Stream { dataset, .. } => dataset.locate(index),
+        }
+    }
+
+    /// Calls `f(first, input, shape)` on NCHW batches of the selected samples in order: the
+    /// whole array at once (the engine chunks it), or the stream `batch` samples at a time.
+    /// A non-finite result is located in the source.
+    fn for_each_batch(&self, indices: Option<&[usize]>, batch: usize, f: &mut dyn FnMut(usize, &[f32], [usize; 4]) -> Result<()>) -> Result<()> {
+        let locate = |first: usize| move |e: Error| e.locate_sample(|i| self.locate(indices, first + i));
+        match self {
+            Source::Array { data, shape, .. } => match indices {
+                None => f(0, data, *shape).map_err(locate(0)),
+                Some(chosen) => {
+                    let per = shape[1] * shape[2] * shape[3];
+                    let picked: Vec<f32> = chosen.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect();
+                    f(0, &picked, [chosen.len(), shape[1], shape[2], shape[3]]).map_err(locate(0))
+                }
+            },
+            Source::Stream { dataset, transform, threads } => {
+                for b in data::batches(dataset, transform, indices, batch, *threads) {
+                    let b = b?;
+                    f(b.start, &b.input, b.shape).map_err(locate(b.start))?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// How a command runs its model.
@@ -76,10 +172,9 @@ enum Command {
     Profile {
         #[arg(long)]
         model: PathBuf,
-        /// Profiling images, float32 N×3×H×W, preprocessed as at test time.
-        #[arg(long)]
-        input: PathBuf,
-        /// Labels (1-D integer .npy); needed by --balanced.
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Labels of --input (1-D integer .npy); needed by --balanced (--data sets bring theirs).
         #[arg(long)]
         labels: Option<PathBuf>,
         /// Use the official class-balanced subset: min(floor(N/C), smallest class) samples per
@@ -99,9 +194,6 @@ enum Command {
         /// Per-layer override NAME:O/M/ALPHA (repeatable), e.g. layer3:100/500/1000.
         #[arg(long = "layer-params")]
         layer_params: Vec<String>,
-        /// Description of the preprocessing the inputs went through; scoring must state the same.
-        #[arg(long, default_value = AS_GIVEN)]
-        preprocessing: String,
         #[command(flatten)]
         run: RunArgs,
         /// Output profile (.safetensors).
@@ -115,11 +207,9 @@ enum Command {
         model: PathBuf,
         #[arg(long)]
         profile: PathBuf,
-        #[arg(long)]
-        input: PathBuf,
-        /// Must equal the profile's (see `nac profile --preprocessing`).
-        #[arg(long, default_value = AS_GIVEN)]
-        preprocessing: String,
+        /// The preprocessing must equal the profile's (see `nac profile --preprocessing`).
+        #[command(flatten)]
+        source: SourceArgs,
         /// If given, must equal the profile's layer list (a guard for scripts).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<String>>,
@@ -235,13 +325,11 @@ fn main() -> ExitCode {
         Command::Info => info(&gpu),
         Command::Predict { model, input, out, run } => predict(gpu, model, input, out, &run),
         Command::Selfcheck { arch, batch, size, seed } => selfcheck(gpu, &arch, batch, size, seed),
-        Command::Profile { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, run, out } => {
-            let job = ProfileJob { model, input, labels, balanced, seed, layers, preset, layer_params, preprocessing, run, out };
+        Command::Profile { model, source, labels, balanced, seed, layers, preset, layer_params, run, out } => {
+            let job = ProfileJob { model, source, labels, balanced, seed, layers, preset, layer_params, run, out };
             profile(gpu, job)
         }
-        Command::Score { model, profile, input, preprocessing, layers, run, out } => {
-            score(gpu, ScoreJob { model, profile, input, preprocessing, layers, run, out })
-        }
+        Command::Score { model, profile, source, layers, run, out } => score(gpu, ScoreJob { model, profile, source, layers, run, out }),
         Command::Merge { out, profiles } => merge(&profiles, &out),
         Command::Eval { config, out, threads, models } => nac::eval::EvalConfig::load(&config).and_then(|mut c| {
             if !models.is_empty() {
@@ -407,20 +495,19 @@ fn selfcheck(gpu: GpuOptions, arch: &str, batch: usize, size: usize, seed: u64) 
 
 struct ProfileJob {
     model: PathBuf,
-    input: PathBuf,
+    source: SourceArgs,
     labels: Option<PathBuf>,
     balanced: Option<usize>,
     seed: u64,
     layers: Option<Vec<String>>,
     preset: String,
     layer_params: Vec<String>,
-    preprocessing: String,
     run: RunArgs,
     out: PathBuf,
 }
 
 fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
-    let (mut data, mut shape) = load_images(&job.input)?;
+    let source = job.source.open()?;
     check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
@@ -428,55 +515,70 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network.stage_names()));
     let overrides = job.layer_params.iter().map(|t| LayerParams::parse(t)).collect::<Result<Vec<_>>>()?;
     let settings = params::resolve(&layers, Some(preset), &overrides)?;
-    if let Some(total) = job.balanced {
-        let path = job.labels.as_ref().ok_or_else(|| Error::Input("--balanced needs --labels".into()))?;
-        let labels = load_labels(path, shape[0])?;
-        let chosen = class_balanced_subset(&labels, model.network.num_classes(), total, job.seed)?;
-        let per = shape[1] * shape[2] * shape[3];
-        data = chosen.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect();
-        shape[0] = chosen.len();
-        eprintln!("class-balanced subset: {} samples ({} per class, seed {})", chosen.len(), chosen.len() / model.network.num_classes(), job.seed);
-    }
-    let mut profile = Profile::new(&engine, &model.network, &settings, &job.preprocessing)?;
-    let bar = progress_bar("profile", shape[0]);
+    let chosen = match job.balanced {
+        None => None,
+        Some(total) => {
+            let labels = match (&source, &job.labels) {
+                (Source::Stream { dataset, .. }, None) => {
+                    dataset.labels().ok_or_else(|| Error::Input(format!("--balanced needs labels, but `{}` has none", dataset.spec())))?.to_vec()
+                }
+                (Source::Stream { .. }, Some(_)) => return Err(Error::Input("--labels goes with --input; a --data set brings its own labels".into())),
+                (Source::Array { .. }, Some(path)) => load_labels(path, source.len())?,
+                (Source::Array { .. }, None) => return Err(Error::Input("--balanced needs --labels".into())),
+            };
+            let chosen = class_balanced_subset(&labels, model.network.num_classes(), total, job.seed)?;
+            eprintln!("class-balanced subset: {} samples (seed {})", chosen.len(), job.seed);
+            Some(chosen)
+        }
+    };
+    let samples = chosen.as_ref().map_or(source.len(), Vec::len);
+    let mut profile = Profile::new(&engine, &model.network, &settings, &source.preprocessing())?;
+    let bar = progress_bar("profile", samples);
     engine.set_progress(Some(bar.clone()));
-    profile.add(&engine, &mut model, &data, shape).map_err(in_input(&job.input))?;
+    source.for_each_batch(chosen.as_deref(), job.run.batch, &mut |_, input, shape| profile.add(&engine, &mut model, input, shape))?;
     profile.save(&engine, &job.out)?;
     bar.finish_and_clear();
     let described: Vec<String> = settings.iter().map(|p| p.to_string()).collect();
-    eprintln!("wrote {} ({} samples; {}) using {}", job.out.display(), shape[0], described.join(" "), engine.gpu.info.name);
+    eprintln!("wrote {} ({samples} samples; {}) using {}", job.out.display(), described.join(" "), engine.gpu.info.name);
     Ok(())
 }
 
 struct ScoreJob {
     model: PathBuf,
     profile: PathBuf,
-    input: PathBuf,
-    preprocessing: String,
+    source: SourceArgs,
     layers: Option<Vec<String>>,
     run: RunArgs,
     out: PathBuf,
 }
 
 fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
-    let (data, shape) = load_images(&job.input)?;
+    let source = job.source.open()?;
     check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let profile = Profile::load(&engine, &model.network, &job.profile)?;
     let in_profile = |e: Error| Error::Input(format!("profile {}: {e}", job.profile.display()));
-    profile.check_preprocessing(&job.preprocessing).map_err(in_profile)?;
+    profile.check_preprocessing(&source.preprocessing()).map_err(in_profile)?;
     if let Some(layers) = &job.layers {
         profile.check_layers(layers).map_err(in_profile)?;
     }
-    let out = job.out;
-    let bar = progress_bar("score", shape[0]);
+    let bar = progress_bar("score", source.len());
     engine.set_progress(Some(bar.clone()));
-    let scores = profile.score(&engine, &mut model, &data, shape).map_err(in_input(&job.input))?;
-    write_atomic(&out, scores.to_csv().as_bytes())?;
+    let mut scores: Option<Scores> = None;
+    source.for_each_batch(None, job.run.batch, &mut |_, input, shape| {
+        let part = profile.score(&engine, &mut model, input, shape)?;
+        match &mut scores {
+            None => scores = Some(part),
+            Some(all) => all.append(part),
+        }
+        Ok(())
+    })?;
+    let scores = scores.ok_or_else(|| Error::Input("no samples to score".into()))?;
+    write_atomic(&job.out, scores.to_csv().as_bytes())?;
     bar.finish_and_clear();
     let mean = scores.score.iter().map(|&s| s as f64).sum::<f64>() / scores.score.len() as f64;
-    eprintln!("wrote {} ({} samples, mean score {mean:.4}) using {}", out.display(), shape[0], engine.gpu.info.name);
+    eprintln!("wrote {} ({} samples, mean score {mean:.4}) using {}", job.out.display(), scores.score.len(), engine.gpu.info.name);
     Ok(())
 }
 

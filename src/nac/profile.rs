@@ -48,6 +48,17 @@ pub struct Scores {
 }
 
 impl Scores {
+    /// Appends the scores of the samples that follow (same profile, so the same layers).
+    pub fn append(&mut self, mut next: Scores) {
+        self.score.append(&mut next.score);
+        for (mine, theirs) in self.layer_scores.iter_mut().zip(&mut next.layer_scores) {
+            mine.append(theirs);
+        }
+        self.predicted.append(&mut next.predicted);
+        self.max_softmax.append(&mut next.max_softmax);
+        self.energy.append(&mut next.energy);
+    }
+
     /// One row per sample: index, score, each layer's score, predicted class, max softmax, energy.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("index,score");

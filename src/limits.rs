@@ -50,3 +50,9 @@ pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
 pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
     dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
 }
+
+/// Residual blocks in one stage of a network (a WideResNet's `(depth − 4) / 6`, or blocks counted
+/// in a checkpoint): ResNet-152's deepest stage has 36 and WRN-100 has 16; the bound keeps an
+/// architecture named on the command line (`wrn-DEPTH-WIDTH`) from sizing an endless random
+/// network in `nac selfcheck` / `nac bench`.
+pub const MAX_BLOCKS_PER_STAGE: usize = 64;

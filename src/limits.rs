@@ -56,3 +56,8 @@ pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
 /// architecture named on the command line (`wrn-DEPTH-WIDTH`) from sizing an endless random
 /// network in `nac selfcheck` / `nac bench`.
 pub const MAX_BLOCKS_PER_STAGE: usize = 64;
+
+/// Elements of one parameter tensor drawn by a random (synthetic) network: 2^30 f32 is 4 GiB,
+/// past the largest storage buffer any adapter binds; a checkpoint's tensors are bounded by
+/// the file instead. Keeps `nac selfcheck --arch wrn-28-16000` from a giant allocation.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;

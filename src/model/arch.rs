@@ -503,7 +503,58 @@ pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Resul
     let mut src = StoreSource::new(store);
     let net = build(spec, num_classes, &mut src)?;
     src.check_all_used(spec)?;
+    check_foldable(&net).map_err(|message| Error::Weights { path: store.path.clone(), message })?;
     Ok(net)
+}
+
+/// Every BatchNorm's eval-mode `(scale, shift)`, and every convolution weight with the scale of
+/// the BatchNorm folded into it at upload, fit in f32: finite values whose product overflows
+/// (a huge `weight` over a tiny `running_var`) would reach the GPU as Inf and make the outputs
+/// NaN without an error.
+fn check_foldable(net: &Network) -> std::result::Result<(), String> {
+    let bn_ok = |bn: &BatchNorm| -> std::result::Result<Vec<f64>, String> {
+        let (scale, shift) = bn.scale_shift();
+        let fits = |v: f64| (v as f32).is_finite();
+        if let Some(c) = (0..scale.len()).find(|&c| !fits(scale[c]) || !fits(shift[c])) {
+            return Err(format!(
+                "BatchNorm `{}`: channel {c} has scale {:e} and shift {:e} (from weight, bias, running_mean, running_var), beyond f32",
+                bn.name, scale[c], shift[c]
+            ));
+        }
+        Ok(scale)
+    };
+    let folded = |conv: &Conv, bn: &BatchNorm| -> std::result::Result<(), String> {
+        let scale = bn_ok(bn)?;
+        let per_channel = conv.weight.len() / conv.out_channels.max(1);
+        if let Some(i) = (0..conv.weight.len()).find(|&i| !((conv.weight[i] as f64 * scale[i / per_channel]) as f32).is_finite()) {
+            return Err(format!(
+                "tensor `{}.weight`: element {i} ({}) times the scale {:e} of BatchNorm `{}` overflows f32",
+                conv.name,
+                conv.weight[i],
+                scale[i / per_channel],
+                bn.name
+            ));
+        }
+        Ok(())
+    };
+    match &net.body {
+        Body::ResNet { stem, stages, .. } => {
+            folded(&stem.0, &stem.1)?;
+            for block in stages.iter().flatten() {
+                for (c, b) in block.convs.iter().chain(&block.projection) {
+                    folded(c, b)?;
+                }
+            }
+        }
+        Body::WideResNet { stages, final_bn, .. } => {
+            for block in stages.iter().flatten() {
+                bn_ok(&block.bn1)?;
+                folded(&block.conv1, &block.bn2)?;
+            }
+            bn_ok(final_bn)?;
+        }
+    }
+    Ok(())
 }
 
 impl Network {

@@ -251,6 +251,10 @@ fn checkpoint_giant_empty_conv_weight_is_an_error() {
     assert_contains(&e, &["MAX_LAYER_NEURONS"]);
     let e = "wrn-100000000000000-1".parse::<ArchSpec>().unwrap_err().to_string();
     assert_contains(&e, &["MAX_BLOCKS_PER_STAGE"]);
+    // Within the channel limit, but a random network's conv weights would be 2^36 elements.
+    let spec = "wrn-10-16384".parse::<ArchSpec>().unwrap();
+    let e = SyntheticModel::new(spec, 10, 0).err().expect("refused").to_string();
+    assert_contains(&e, &["block1.layer.0.conv2.weight", "MAX_TENSOR_ELEMENTS"]);
 }
 
 /// Before: accepted; every output became NaN.
@@ -275,6 +279,27 @@ fn checkpoint_negative_or_nan_running_var_is_an_error() {
     // A zero variance is fine (eps keeps the scale finite).
     let bytes = with_tensor(wrn_tensors(), "bn1.running_var", |_, d| d[0] = 0.0);
     load_checkpoint(&bytes).unwrap();
+}
+
+/// Before: accepted; the folded weight (3e38 / √1e-5) is Inf in f32 on the GPU.
+#[test]
+fn checkpoint_weights_overflowing_f32_when_folded_are_errors() {
+    let mut tensors = wrn_tensors();
+    for t in tensors.iter_mut() {
+        if t.0 == "block1.layer.0.bn2.running_var" {
+            t.2[1] = 0.0;
+        }
+        if t.0 == "block1.layer.0.conv1.weight" {
+            t.2[9 * 16 + 3] = 3e38;
+        }
+    }
+    let e = checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, None).unwrap());
+    assert_contains(&e, &["block1.layer.0.conv1.weight", "element 147", "block1.layer.0.bn2", "overflows f32"]);
+    let mut tensors = wrn_tensors();
+    tensors.iter_mut().find(|t| t.0 == "bn1.running_var").unwrap().2[2] = 0.0;
+    tensors.iter_mut().find(|t| t.0 == "bn1.weight").unwrap().2[2] = 3e38;
+    let e = checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, None).unwrap());
+    assert_contains(&e, &["BatchNorm `bn1`", "channel 2", "beyond f32"]);
 }
 
 /// Before: accepted as a 0-class classifier.
@@ -464,4 +489,46 @@ fn fuzz_regressions_are_errors() {
         }
     }
     eprintln!("{replayed} fuzz regression inputs replayed");
+}
+
+/// Regenerates the fuzzers' seed corpora under `fuzz/seeds/<target>/` (small valid files):
+/// `cargo test --release --test hostile_files write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    };
+    write("npy", "f32_2x3.npy", &NpyArray::from_f32(vec![2, 3], &[1.0, -2.0, 0.5, 3.0, 1e-3, 7.0]).to_bytes());
+    write("npy", "f32_1x3x2x2.npy", &NpyArray::from_f32(vec![1, 3, 2, 2], &[0.25; 12]).to_bytes());
+    write("npy", "labels_i64.npy", &NpyArray::from_labels(&[0, 3, 9, 1]).to_bytes());
+    write("npy", "u8_scalar.npy", &npy_v1(b"{'descr': '|u1', 'fortran_order': False, 'shape': (), }", &[7]));
+    let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+    let h = b"{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }                                                   \n";
+    v2.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    v2.extend_from_slice(h);
+    v2.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
+    write("npy", "i32_v2.npy", &v2);
+    write("checkpoint", "wrn-10-1_f16.safetensors", &serialize_tensors(&wrn_tensors(), StorageDtype::F16, None).unwrap());
+    // The start of a ResNet: detection reads the stem and counts blocks, then the build fails.
+    let stem = vec![
+        ("conv1.weight".to_string(), vec![64, 3, 3, 3], vec![0.1; 64 * 27]),
+        ("layer1.0.conv1.weight".to_string(), vec![1, 1, 1, 1], vec![0.1]),
+        ("fc.weight".to_string(), vec![2, 1], vec![0.1, 0.2]),
+    ];
+    write("checkpoint", "resnet_stem_bf16.safetensors", &serialize_tensors(&stem, StorageDtype::BF16, None).unwrap());
+    let (h, t) = good_profile();
+    write("profile", "ue_one_layer.nacprofile", &profile_raw(&h, &t));
+    let uniform = BinEdges::uniform(5).unwrap().edges;
+    let mut h = header_json(3, vec![layer_json("block3", 2, 1.0, 4, 10.0)]);
+    h["layers"].as_array_mut().unwrap().push(json!({"name": "avgpool", "neurons": 3, "o": 2.0, "m": 5, "alpha": 1.0, "edges": uniform}));
+    h["binning"] = json!("uniform");
+    h["counted"] = json!("correct");
+    h["layers"][0]["edges"] = json!(BinEdges::uniform(4).unwrap().edges);
+    let t = vec![("counts.block3", vec![3, 2], vec![1, 0, 2, 3, 0, 0]), ("counts.avgpool", vec![4, 3], vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])];
+    ProfileData::from_bytes(&profile_raw(&h, &t), Path::new("seed")).unwrap();
+    write("profile", "me_two_layers.nacprofile", &profile_raw(&h, &t));
 }

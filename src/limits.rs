@@ -54,3 +54,14 @@ pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
 pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
     dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
 }
+
+/// Residual blocks in one stage of a network (a WideResNet's `(depth − 4) / 6`, or blocks counted
+/// in a checkpoint): ResNet-152's deepest stage has 36 and WRN-100 has 16; the bound keeps an
+/// architecture named on the command line (`wrn-DEPTH-WIDTH`) from sizing an endless random
+/// network in `nac selfcheck` / `nac bench`.
+pub const MAX_BLOCKS_PER_STAGE: usize = 64;
+
+/// Elements of one parameter tensor drawn by a random (synthetic) network: 2^30 f32 is 4 GiB,
+/// past the largest storage buffer any adapter binds; a checkpoint's tensors are bounded by
+/// the file instead. Keeps `nac selfcheck --arch wrn-28-16000` from a giant allocation.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;

@@ -1,5 +1,15 @@
 //! NumPy `.npy` files (format versions 1-3, C order, little-endian): the array contract of the
 //! CLI (`nac predict --input X.npy` takes float32 N×3×H×W).
+//!
+//! Our own parser rather than the `npyz` crate (0.9, evaluated for this): npyz allocates the
+//! header length read from the file (up to 4 GiB for a version-2 header) before reading it,
+//! multiplies the shape into an unchecked `u64` element count, reports malformed files as a
+//! bare `io::Error` that names neither the file nor the field, and pulls in a general Python
+//! literal parser (`py_literal`, with `pest` and `num-bigint`) for a three-key dict. We need
+//! errors that name the file, the field and what was expected, every size checked against the
+//! bytes present before anything is allocated, and only five little-endian dtypes in C order.
+//! The header is parsed strictly as NumPy writes it (see [`parse_header`]), not searched for
+//! substrings.
 
 use std::path::Path;
 
@@ -124,49 +134,235 @@ impl NpyArray {
         Self::parse(path, &bytes)
     }
 
+    /// Parses a whole `.npy` file; `path` only names the file in errors. Every size is checked
+    /// against the bytes actually present before anything is allocated.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         let bad = |m: String| Error::Input(format!("{}: not a valid .npy file: {m}", path.display()));
-        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        if bytes.len() < 6 || &bytes[..6] != b"\x93NUMPY" {
             return Err(bad("missing the \\x93NUMPY magic at offset 0".into()));
         }
-        let (header_len, header_start) = match bytes[6] {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-            v => return Err(bad(format!("unsupported format version {v}"))),
+        let (major, minor) = match bytes.get(6..8) {
+            Some(v) => (v[0], v[1]),
+            None => return Err(bad(format!("file of {} bytes ends inside the format version", bytes.len()))),
         };
-        let data_start = header_start + header_len;
-        if bytes.len() < data_start {
-            return Err(bad(format!("header of {header_len} bytes runs past the end of the file ({} bytes)", bytes.len())));
-        }
-        let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| bad("header is not text".into()))?;
-        let field = |key: &str| -> Result<&str> {
-            let at = header.find(&format!("'{key}'")).ok_or_else(|| bad(format!("header has no '{key}' field")))?;
-            Ok(header[at + key.len() + 2..].trim_start().trim_start_matches(':').trim_start())
+        let (len_bytes, header_start) = match (major, minor) {
+            (1, 0) => (2, 10),
+            (2, 0) | (3, 0) => (4, 12),
+            _ => return Err(bad(format!("unsupported format version {major}.{minor} (expected 1.0, 2.0 or 3.0)"))),
         };
-        let descr_field = field("descr")?;
-        let descr = descr_field.trim_start_matches('\'').split('\'').next().unwrap_or("");
-        let dtype = NpyDtype::parse(descr)
-            .ok_or_else(|| bad(format!("dtype '{descr}' is not supported (expected <f4, <f8, |u1, <i4 or <i8)")))?;
-        if field("fortran_order")?.starts_with("True") {
+        let Some(len_field) = bytes.get(8..header_start) else {
+            return Err(bad(format!(
+                "file of {} bytes ends inside the {len_bytes}-byte header length of version {major}.0",
+                bytes.len()
+            )));
+        };
+        let header_len = len_field.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let data_start = header_start.checked_add(header_len);
+        let Some(header) = data_start.and_then(|end| bytes.get(header_start..end)) else {
+            return Err(bad(format!(
+                "header of {header_len} bytes at offset {header_start} runs past the end of the file ({} bytes)",
+                bytes.len()
+            )));
+        };
+        let h = parse_header(header).map_err(|m| bad(format!("header: {m}")))?;
+        let dtype = NpyDtype::parse(&h.descr).ok_or_else(|| {
+            let why = match h.descr.as_bytes().first() {
+                Some(b'>') => " (big-endian; convert with `x.astype(x.dtype.newbyteorder('<'))`)",
+                _ => "",
+            };
+            bad(format!("dtype '{}' is not supported{why} (expected <f4, <f8, |u1, <i4 or <i8)", h.descr.escape_default()))
+        })?;
+        if h.fortran_order && h.shape.len() > 1 {
             return Err(bad("Fortran-order arrays are not supported; save with np.ascontiguousarray".into()));
         }
-        let shape_field = field("shape")?;
-        let close = shape_field.find(')').ok_or_else(|| bad("unterminated shape".into()))?;
-        let shape = shape_field[1..close]
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse::<usize>().map_err(|_| bad(format!("bad shape entry `{s}`"))))
-            .collect::<Result<Vec<usize>>>()?;
-        let expected = shape.iter().product::<usize>() * dtype.size();
+        let overflow = || bad(format!("shape {:?} of {} holds more bytes than this machine can address", h.shape, h.descr));
+        let elements = h.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
+        let expected = elements.checked_mul(dtype.size()).ok_or_else(overflow)?;
+        let data_start = header_start + header.len();
         let data = &bytes[data_start..];
         if data.len() != expected {
             return Err(bad(format!(
-                "shape {shape:?} of {} needs {expected} data bytes after offset {data_start}, found {}",
-                descr,
+                "shape {:?} of {} needs {expected} data bytes after offset {data_start}, found {}",
+                h.shape,
+                h.descr,
                 data.len()
             )));
         }
-        Ok(NpyArray { shape, dtype, bytes: data.to_vec() })
+        Ok(NpyArray { shape: h.shape, dtype, bytes: data.to_vec() })
+    }
+}
+
+/// The three fields of a `.npy` header.
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+/// Parses the header text strictly as the Python literal NumPy writes:
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`, then padding (spaces) and a
+/// newline. The dict holds exactly the keys `descr`, `fortran_order` and `shape`, each once, in
+/// any order; `descr` is a string (a structured dtype's list is refused), `fortran_order` a
+/// bool, `shape` a tuple of non-negative integers (`()`, `(n,)`, `(a, b)`, trailing comma
+/// allowed, Python 2's `L` suffix accepted). Works on bytes, so non-ASCII text is an error,
+/// never a slicing panic. The error says what was expected at which byte of the header.
+fn parse_header(text: &[u8]) -> std::result::Result<Header, String> {
+    let mut p = Cursor { text, at: 0 };
+    let (mut descr, mut fortran_order, mut shape) = (None, None, None);
+    p.expect(b'{')?;
+    loop {
+        if p.eat(b'}') {
+            break;
+        }
+        let key = p.string()?;
+        p.expect(b':')?;
+        let value_at = p.at;
+        let duplicate = match key.as_str() {
+            "descr" => {
+                if p.peek() != Some(b'\'') && p.peek() != Some(b'"') {
+                    return Err(format!("byte {value_at}: 'descr' must be a dtype string such as '<f4' (structured dtypes are not supported)"));
+                }
+                descr.replace(p.string()?).is_some()
+            }
+            "fortran_order" => fortran_order.replace(p.boolean()?).is_some(),
+            "shape" => shape.replace(p.shape()?).is_some(),
+            other => return Err(format!("byte {value_at}: unexpected key '{}' (expected 'descr', 'fortran_order', 'shape')", other.escape_default())),
+        };
+        if duplicate {
+            return Err(format!("byte {value_at}: key '{key}' appears twice"));
+        }
+        if !p.eat(b',') {
+            p.expect(b'}')?;
+            break;
+        }
+    }
+    if let Some((i, &b)) = text.iter().enumerate().skip(p.at).find(|(_, b)| !b.is_ascii_whitespace()) {
+        return Err(format!("byte {i}: unexpected {} after the closing '}}' (expected padding and a newline)", show(b)));
+    }
+    let missing = |k: &str| format!("no '{k}' key");
+    Ok(Header {
+        descr: descr.ok_or_else(|| missing("descr"))?,
+        fortran_order: fortran_order.ok_or_else(|| missing("fortran_order"))?,
+        shape: shape.ok_or_else(|| missing("shape"))?,
+    })
+}
+
+fn show(b: u8) -> String {
+    if b.is_ascii_graphic() || b == b' ' {
+        format!("'{}'", b as char)
+    } else {
+        format!("byte 0x{b:02x}")
+    }
+}
+
+struct Cursor<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn skip_space(&mut self) {
+        while self.text.get(self.at).is_some_and(|b| b.is_ascii_whitespace()) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_space();
+        self.text.get(self.at).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        if hit {
+            self.at += 1;
+        }
+        hit
+    }
+
+    /// "byte N: expected WHAT, found X" at the next non-space byte.
+    fn wanted(&mut self, what: &str) -> String {
+        let found = match self.peek() {
+            Some(b) => show(b),
+            None => "the end of the header".into(),
+        };
+        format!("byte {}: expected {what}, found {found}", self.at)
+    }
+
+    fn expect(&mut self, c: u8) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            return Ok(());
+        }
+        Err(self.wanted(&format!("'{}'", c as char)))
+    }
+
+    /// A quoted string of printable ASCII without escapes.
+    fn string(&mut self) -> std::result::Result<String, String> {
+        let quote = match self.peek() {
+            Some(q @ (b'\'' | b'"')) => q,
+            _ => return Err(self.wanted("a quoted string")),
+        };
+        let start = self.at + 1;
+        let len = self.text[start..].iter().position(|&b| b == quote || b == b'\\' || !(b.is_ascii_graphic() || b == b' '));
+        match len.map(|n| (n, self.text[start + n])) {
+            Some((n, b)) if b == quote => {
+                self.at = start + n + 1;
+                Ok(String::from_utf8_lossy(&self.text[start..start + n]).into_owned())
+            }
+            Some((n, b)) => Err(format!("byte {}: {} inside a string (expected printable ASCII without escapes)", start + n, show(b))),
+            None => Err(format!("byte {}: unterminated string", self.at)),
+        }
+    }
+
+    fn boolean(&mut self) -> std::result::Result<bool, String> {
+        self.skip_space();
+        for (word, value) in [(&b"True"[..], true), (&b"False"[..], false)] {
+            if self.text[self.at..].starts_with(word) {
+                self.at += word.len();
+                return Ok(value);
+            }
+        }
+        Err(self.wanted("True or False for 'fortran_order'"))
+    }
+
+    /// A non-negative integer that fits `usize` (optionally with Python 2's `L` suffix).
+    fn integer(&mut self) -> std::result::Result<usize, String> {
+        self.skip_space();
+        let start = self.at;
+        let digits = self.text[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(self.wanted("a non-negative integer in 'shape'"));
+        }
+        self.at += digits;
+        if self.text.get(self.at) == Some(&b'L') {
+            self.at += 1;
+        }
+        let text = String::from_utf8_lossy(&self.text[start..start + digits]).into_owned();
+        text.parse::<usize>().map_err(|_| format!("byte {start}: shape entry {text} does not fit in {} bits", usize::BITS))
+    }
+
+    /// `()`, `(n,)` or `(a, b, ...)` with an optional trailing comma; `(n)` is an int, not a tuple.
+    fn shape(&mut self) -> std::result::Result<Vec<usize>, String> {
+        if self.peek() != Some(b'(') {
+            return Err(self.wanted("a tuple such as (3, 4) for 'shape'"));
+        }
+        self.at += 1;
+        let mut dims = Vec::new();
+        if self.eat(b')') {
+            return Ok(dims);
+        }
+        loop {
+            dims.push(self.integer()?);
+            let comma = self.eat(b',');
+            if self.eat(b')') {
+                if dims.len() == 1 && !comma {
+                    return Err(format!("byte {}: a one-element shape needs a trailing comma, as in (n,)", self.at - 1));
+                }
+                return Ok(dims);
+            }
+            if !comma {
+                return Err(self.wanted("',' or ')' in 'shape'"));
+            }
+        }
     }
 }

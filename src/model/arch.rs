@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::weights::TensorStore;
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// Which network a checkpoint holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +53,30 @@ impl std::str::FromStr for ArchSpec {
             if depth < 10 || (depth - 4) % 6 != 0 || width == 0 {
                 return Err(Error::Input(format!("WideResNet depth must be 6n+4 (n ≥ 1) and width ≥ 1, got wrn-{depth}-{width}")));
             }
+            check_wrn(depth, width).map_err(|why| Error::Input(format!("architecture `{s}`: {why}")))?;
             return Ok(ArchSpec::WideResNet { depth, width });
         }
         Err(bad())
+    }
+}
+
+/// A WideResNet's size within the limits: `(depth − 4) / 6` blocks per stage at most
+/// `MAX_BLOCKS_PER_STAGE`, and the widest stage's `64 · width` channels (a profiled layer's
+/// neurons) at most `MAX_LAYER_NEURONS`; the reason why not otherwise.
+fn check_wrn(depth: usize, width: usize) -> std::result::Result<(), String> {
+    let blocks = (depth.saturating_sub(4)) / 6;
+    if blocks > limits::MAX_BLOCKS_PER_STAGE {
+        return Err(format!(
+            "{blocks} blocks per stage (depth {depth}) is over the limit of {} (MAX_BLOCKS_PER_STAGE, see `nac::limits`)",
+            limits::MAX_BLOCKS_PER_STAGE
+        ));
+    }
+    match width.checked_mul(64) {
+        Some(c) if c <= limits::MAX_LAYER_NEURONS => Ok(()),
+        _ => Err(format!(
+            "width {width} gives 64·{width} channels in the last stage, over the limit of {} (MAX_LAYER_NEURONS, see `nac::limits`)",
+            limits::MAX_LAYER_NEURONS
+        )),
     }
 }
 
@@ -260,16 +282,40 @@ impl<'a> StoreSource<'a> {
 }
 
 impl TensorSource for StoreSource<'_> {
-    fn take(&mut self, name: &str, shape: &[usize], _kind: ParamKind) -> Result<Vec<f32>> {
+    /// The tensor `name`, which must have `shape`, finite values, and (a BatchNorm
+    /// `running_var`) no negative value: a NaN or Inf weight, or a negative variance (whose
+    /// square root is NaN), would make every output NaN without an error.
+    fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>> {
         let t = self.store.tensors.get(name).ok_or_else(|| {
             self.error(format!("missing tensor `{name}` (expected shape {shape:?})"))
         })?;
         if t.shape != shape {
             return Err(self.error(format!("tensor `{name}`: expected shape {shape:?}, found {:?}", t.shape)));
         }
+        let bad = |v: f32| !v.is_finite() || (kind == ParamKind::BnVar && v < 0.0);
+        if let Some(i) = t.data.iter().position(|&v| bad(v)) {
+            let v = t.data[i];
+            let why = if v.is_finite() { "a negative variance" } else { "not a finite number" };
+            return Err(self.error(format!(
+                "tensor `{name}`: element {i} (index {:?}) is {v}, {why}",
+                unravel(i, shape)
+            )));
+        }
         self.used.insert(name.to_string());
         Ok(t.data.clone())
     }
+}
+
+/// The multi-index of flat element `i` of a C-order array of `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (slot, &d) in index.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *slot = i % d;
+            i /= d;
+        }
+    }
+    index
 }
 
 /// Guesses the architecture from tensor names and shapes.
@@ -278,12 +324,19 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     let err = |message: String| Error::Weights { path: store.path.clone(), message };
     let count_blocks = |prefix: &str| (0..).take_while(|i| t.contains_key(&format!("{prefix}.{i}.conv1.weight"))).count();
     if t.contains_key("block1.layer.0.conv1.weight") {
-        let n = count_blocks("block1.layer");
-        let out = t["block1.layer.0.conv1.weight"].shape[0];
-        if !out.is_multiple_of(16) {
-            return Err(err(format!("tensor `block1.layer.0.conv1.weight`: {out} output channels is not 16·k as WideResNet requires")));
+        let name = "block1.layer.0.conv1.weight";
+        let shape = &t[name].shape;
+        let out = match shape.as_slice() {
+            &[out, _, _, _] => out,
+            _ => return Err(err(format!("tensor `{name}`: expected 4 dimensions [out, in, kh, kw], found shape {shape:?}"))),
+        };
+        if out == 0 || !out.is_multiple_of(16) {
+            return Err(err(format!("tensor `{name}`: {out} output channels is not 16·k (k ≥ 1) as WideResNet requires")));
         }
-        return Ok(ArchSpec::WideResNet { depth: 6 * n + 4, width: out / 16 });
+        let n = count_blocks("block1.layer");
+        let (depth, width) = (n.saturating_mul(6).saturating_add(4), out / 16);
+        check_wrn(depth, width).map_err(|why| err(format!("WideResNet detected from `{name}` and the blocks of `block1`: {why}")))?;
+        return Ok(ArchSpec::WideResNet { depth, width });
     }
     let stem = t.get("conv1.weight").ok_or_else(|| {
         let names: Vec<&str> = t.keys().take(6).map(|s| s.as_str()).collect();
@@ -448,10 +501,67 @@ pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Resul
         });
     }
     let num_classes = fc.shape[0];
+    if num_classes == 0 {
+        return Err(Error::Weights {
+            path: store.path.clone(),
+            message: format!("tensor `fc.weight`: shape {:?} has 0 rows, a classifier needs at least one class", fc.shape),
+        });
+    }
     let mut src = StoreSource::new(store);
     let net = build(spec, num_classes, &mut src)?;
     src.check_all_used(spec)?;
+    check_foldable(&net).map_err(|message| Error::Weights { path: store.path.clone(), message })?;
     Ok(net)
+}
+
+/// Every BatchNorm's eval-mode `(scale, shift)`, and every convolution weight with the scale of
+/// the BatchNorm folded into it at upload, fit in f32: finite values whose product overflows
+/// (a huge `weight` over a tiny `running_var`) would reach the GPU as Inf and make the outputs
+/// NaN without an error.
+fn check_foldable(net: &Network) -> std::result::Result<(), String> {
+    let bn_ok = |bn: &BatchNorm| -> std::result::Result<Vec<f64>, String> {
+        let (scale, shift) = bn.scale_shift();
+        let fits = |v: f64| (v as f32).is_finite();
+        if let Some(c) = (0..scale.len()).find(|&c| !fits(scale[c]) || !fits(shift[c])) {
+            return Err(format!(
+                "BatchNorm `{}`: channel {c} has scale {:e} and shift {:e} (from weight, bias, running_mean, running_var), beyond f32",
+                bn.name, scale[c], shift[c]
+            ));
+        }
+        Ok(scale)
+    };
+    let folded = |conv: &Conv, bn: &BatchNorm| -> std::result::Result<(), String> {
+        let scale = bn_ok(bn)?;
+        let per_channel = conv.weight.len() / conv.out_channels.max(1);
+        if let Some(i) = (0..conv.weight.len()).find(|&i| !((conv.weight[i] as f64 * scale[i / per_channel]) as f32).is_finite()) {
+            return Err(format!(
+                "tensor `{}.weight`: element {i} ({}) times the scale {:e} of BatchNorm `{}` overflows f32",
+                conv.name,
+                conv.weight[i],
+                scale[i / per_channel],
+                bn.name
+            ));
+        }
+        Ok(())
+    };
+    match &net.body {
+        Body::ResNet { stem, stages, .. } => {
+            folded(&stem.0, &stem.1)?;
+            for block in stages.iter().flatten() {
+                for (c, b) in block.convs.iter().chain(&block.projection) {
+                    folded(c, b)?;
+                }
+            }
+        }
+        Body::WideResNet { stages, final_bn, .. } => {
+            for block in stages.iter().flatten() {
+                bn_ok(&block.bn1)?;
+                folded(&block.conv1, &block.bn2)?;
+            }
+            bn_ok(final_bn)?;
+        }
+    }
+    Ok(())
 }
 
 impl Network {

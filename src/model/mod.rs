@@ -16,3 +16,10 @@ pub fn load(path: &Path, spec_override: Option<ArchSpec>) -> Result<Network> {
     let store = TensorStore::open(path)?;
     arch::from_store(&store, spec_override)
 }
+
+/// What [`load`] does after reading the file: parses safetensors `bytes` and builds the
+/// network; `path` only names the file in errors.
+pub fn from_bytes(path: &Path, bytes: &[u8], spec_override: Option<ArchSpec>) -> Result<Network> {
+    let store = TensorStore::from_bytes(path, bytes)?;
+    arch::from_store(&store, spec_override)
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use super::arch::{self, ArchSpec, Network, ParamKind, TensorSource};
 use super::weights::{serialize_tensors, StorageDtype};
 use crate::error::{write_atomic, Result};
+use crate::limits;
 use crate::rng::Rng;
 
 /// Draws each parameter from a distribution that keeps activations of deep networks in range
@@ -17,7 +18,8 @@ struct RandomSource {
 
 impl TensorSource for RandomSource {
     fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>> {
-        let n: usize = shape.iter().product();
+        let n = limits::product(&format!("tensor `{name}` of shape {shape:?}"), shape)?;
+        limits::check(&format!("tensor `{name}`: elements of shape {shape:?}"), n, limits::MAX_TENSOR_ELEMENTS, "MAX_TENSOR_ELEMENTS")?;
         let rng = &mut self.rng;
         let data: Vec<f32> = (0..n)
             .map(|_| match kind {

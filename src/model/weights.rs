@@ -42,8 +42,7 @@ impl TensorStore {
     /// Parses safetensors bytes; `path` is only used in error messages.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
         let err = |message: String| Error::Weights { path: path.to_path_buf(), message };
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| err(format!("not a valid safetensors file ({} bytes): {e}", bytes.len())))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| err(invalid_safetensors(bytes, &e)))?;
         let names = st.names();
         let strip_module = !names.is_empty() && names.iter().all(|n| n.starts_with("module."));
         let mut tensors = BTreeMap::new();
@@ -65,6 +64,86 @@ impl TensorStore {
         }
         Ok(TensorStore { path: path.to_path_buf(), tensors })
     }
+}
+
+/// Why `bytes` are not a valid safetensors file, for an error message. The `safetensors`
+/// crate's error does not always say which tensor is at fault (`TensorInvalidInfo`, an
+/// incomplete buffer), so the header is read again here (an 8-byte little-endian length, then
+/// JSON `{name: {dtype, shape, data_offsets: [a, b]}, "__metadata__": {...}}`) to name the
+/// culprit; nothing is allocated for a length before it is checked against the file.
+pub(crate) fn invalid_safetensors(bytes: &[u8], error: &safetensors::SafeTensorError) -> String {
+    let why = diagnose(bytes).unwrap_or_else(|| error.to_string());
+    format!("not a valid safetensors file ({} bytes): {why}", bytes.len())
+}
+
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let Some(len) = bytes.get(..8) else {
+        return Some(format!("{} bytes cannot hold the 8-byte header length", bytes.len()));
+    };
+    let n = u64::from_le_bytes(len.try_into().ok()?);
+    let rest = (bytes.len() - 8) as u64;
+    if n > rest {
+        return Some(format!("the header length {n} claims more bytes than the {rest} after it"));
+    }
+    let header = &bytes[8..8 + n as usize];
+    let data_len = rest - n;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let mut spans: Vec<(u64, u64, &str)> = Vec::new();
+    for (name, info) in &json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let fail = |why: String| Some(format!("tensor `{name}`: {why}"));
+        let Some(info) = info.as_object() else {
+            return fail("its entry is not an object {dtype, shape, data_offsets}".into());
+        };
+        let dtype_text = info.get("dtype").cloned().unwrap_or_default();
+        let Ok(dtype) = serde_json::from_value::<Dtype>(dtype_text.clone()) else {
+            return fail(format!("unknown dtype {dtype_text}"));
+        };
+        let Some(shape) = info.get("shape").and_then(|v| v.as_array()).and_then(|v| v.iter().map(|d| d.as_u64()).collect::<Option<Vec<u64>>>())
+        else {
+            return fail("`shape` is not a list of non-negative integers".into());
+        };
+        let Some([a, b]) = info.get("data_offsets").and_then(|v| v.as_array()).and_then(|v| {
+            let v: Option<Vec<u64>> = v.iter().map(|d| d.as_u64()).collect();
+            v.and_then(|v| <[u64; 2]>::try_from(v).ok())
+        }) else {
+            return fail("`data_offsets` is not a pair [begin, end] of non-negative integers".into());
+        };
+        if b < a {
+            return fail(format!("data offsets [{a}, {b}] end before they begin"));
+        }
+        if b > data_len {
+            return fail(format!("data offsets [{a}, {b}] run past the end of the file ({data_len} data bytes after the header)"));
+        }
+        let bits = shape.iter().try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d));
+        match bits {
+            None => return fail(format!("{dtype:?} shape {shape:?} overflows the byte count")),
+            Some(bits) if bits % 8 != 0 || bits / 8 != b - a => {
+                return fail(format!(
+                    "{dtype:?} shape {shape:?} needs {} bytes, its data offsets [{a}, {b}] hold {}",
+                    bits.div_ceil(8),
+                    b - a
+                ))
+            }
+            Some(_) => {}
+        }
+        spans.push((a, b, name));
+    }
+    spans.sort();
+    let mut end = 0;
+    for &(a, b, name) in &spans {
+        if a != end {
+            let what = if a < end { "overlaps the tensor before it" } else { "leaves a gap after the tensor before it" };
+            return Some(format!("tensor `{name}`: data offsets [{a}, {b}] {what} (which ends at {end})"));
+        }
+        end = b;
+    }
+    if end != data_len {
+        return Some(format!("the tensors' data ends at byte {end}, but {data_len} data bytes follow the header"));
+    }
+    None
 }
 
 fn convert_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {

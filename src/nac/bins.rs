@@ -7,6 +7,7 @@
 //! including states that lie exactly on an edge.
 
 use crate::error::{Error, Result};
+use crate::limits;
 
 /// `M` edges `t_0 < … < t_{M−1}` defining `M − 1` half-open bins `[t_i, t_{i+1})`.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,9 +46,7 @@ impl BinEdges {
     /// edges `= x[..M/2−1] ++ reverse(1 − x)`, the last of those raised by 0.01 (to 1.01), then
     /// 1.2 appended. Dense around 0.5; the final bin `[1.01, 1.2)` is never hit.
     pub fn log_symmetric(m: usize) -> Result<Self> {
-        if m < 4 || !m.is_multiple_of(2) {
-            return Err(Error::Input(format!("NAC-UE needs an even number of bin edges M ≥ 4, got M = {m}")));
-        }
+        Self::check_log_symmetric(m)?;
         let n = m / 2;
         let x: Vec<f64> = linspace(1.0, 1000f64.sqrt(), n).into_iter().map(|v| v.ln() / 1000f64.ln()).collect();
         let mut edges: Vec<f64> = x[..n - 1].to_vec();
@@ -60,10 +59,25 @@ impl BinEdges {
     /// NAC-ME edges (spec §6): `linspace(0, 1, M)`, `M − 1` bins; a state of exactly 1.0 falls in
     /// no bin.
     pub fn uniform(m: usize) -> Result<Self> {
+        Self::check_uniform(m)?;
+        Ok(Self::from_edges(linspace(0.0, 1.0, m)))
+    }
+
+    /// Whether [`BinEdges::log_symmetric`] accepts `m`: even, at least 4, at most
+    /// `MAX_BIN_EDGES`. Checked before anything is allocated for `m` edges.
+    pub fn check_log_symmetric(m: usize) -> Result<()> {
+        if m < 4 || !m.is_multiple_of(2) {
+            return Err(Error::Input(format!("NAC-UE needs an even number of bin edges M ≥ 4, got M = {m}")));
+        }
+        limits::check("M (bin edges)", m, limits::MAX_BIN_EDGES, "MAX_BIN_EDGES")
+    }
+
+    /// Whether [`BinEdges::uniform`] accepts `m`: at least 2, at most `MAX_BIN_EDGES`.
+    pub fn check_uniform(m: usize) -> Result<()> {
         if m < 2 {
             return Err(Error::Input(format!("uniform bins need at least 2 edges, got M = {m}")));
         }
-        Ok(Self::from_edges(linspace(0.0, 1.0, m)))
+        limits::check("M (bin edges)", m, limits::MAX_BIN_EDGES, "MAX_BIN_EDGES")
     }
 
     /// Number of bins, `M − 1`.
@@ -113,6 +127,8 @@ mod tests {
         assert!(BinEdges::log_symmetric(51).is_err());
         assert!(BinEdges::log_symmetric(2).is_err());
         assert!(BinEdges::uniform(1).is_err());
+        assert!(BinEdges::log_symmetric(usize::MAX - 1).is_err(), "checked before allocating");
+        assert!(BinEdges::uniform(usize::MAX).is_err(), "checked before allocating");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::bins::BinEdges;
+use super::params::LayerParams;
 use crate::error::{write_atomic, Error, Result};
+use crate::limits;
 
 pub const PROFILE_FORMAT: &str = "nac-profile";
 pub const PROFILE_VERSION: u32 = 1;
@@ -25,6 +27,15 @@ pub enum Binning {
 }
 
 impl Binning {
+    /// Whether this binning accepts `m` edges (see [`BinEdges::check_log_symmetric`] and
+    /// [`BinEdges::check_uniform`]), without building them.
+    pub fn check_m(self, m: usize) -> Result<()> {
+        match self {
+            Binning::LogSymmetric => BinEdges::check_log_symmetric(m),
+            Binning::Uniform => BinEdges::check_uniform(m),
+        }
+    }
+
     pub fn edges(self, m: usize) -> Result<BinEdges> {
         match self {
             Binning::LogSymmetric => BinEdges::log_symmetric(m),
@@ -138,11 +149,15 @@ impl ProfileData {
         Self::from_bytes(&bytes, path)
     }
 
-    /// Parses and validates a profile: format and version, counts present with the shapes the
-    /// header implies, edges equal to what the binning and M produce.
+    /// Parses and validates a profile: format and version; layers (at most `MAX_LAYERS`,
+    /// names distinct) whose settings pass [`LayerParams::validate_for`] like settings given on
+    /// the command line, with 1 to `MAX_LAYER_NEURONS` neurons; edges equal to what the binning
+    /// and M produce; counts present with the shapes the header implies, and no neuron counted
+    /// more often than there were samples. Every size is checked before it sizes an allocation.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let fail = |message: String| Error::Weights { path: PathBuf::from(path), message };
-        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(crate::model::weights::invalid_safetensors(bytes, &e)))?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| fail(crate::model::weights::invalid_safetensors(bytes, &e)))?;
         let header_text = metadata
             .metadata()
             .as_ref()
@@ -152,23 +167,60 @@ impl ProfileData {
         if header.format != PROFILE_FORMAT || header.version != PROFILE_VERSION {
             return Err(fail(format!(
                 "profile format {} version {}; this build reads {PROFILE_FORMAT} version {PROFILE_VERSION}",
-                header.format, header.version
+                header.format.escape_debug(),
+                header.version
             )));
         }
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        if header.layers.is_empty() {
+            return Err(fail("the profile has no layers".into()));
+        }
+        limits::check("layers in the profile", header.layers.len(), limits::MAX_LAYERS, "MAX_LAYERS").map_err(|e| fail(e.to_string()))?;
         let mut counts = Vec::with_capacity(header.layers.len());
-        for layer in &header.layers {
-            let expected = header.binning.edges(layer.m).map_err(|e| fail(format!("layer `{}`: {e}", layer.name)))?;
+        for (i, layer) in header.layers.iter().enumerate() {
+            let lfail = |why: String| fail(format!("layer `{}`: {why}", layer.name.escape_debug()));
+            if header.layers[..i].iter().any(|l| l.name == layer.name) {
+                return Err(lfail("listed twice".into()));
+            }
+            LayerParams::new(&layer.name, layer.o, layer.m, layer.alpha)
+                .validate_for(header.binning)
+                .map_err(|e| fail(e.to_string()))?;
+            if layer.neurons == 0 {
+                return Err(lfail("0 neurons".into()));
+            }
+            limits::check("neurons", layer.neurons, limits::MAX_LAYER_NEURONS, "MAX_LAYER_NEURONS").map_err(|e| lfail(e.to_string()))?;
+            let expected = header.binning.edges(layer.m).map_err(|e| lfail(e.to_string()))?;
             if expected.edges != layer.edges {
-                return Err(fail(format!("layer `{}`: the edges in the header are not the {:?} edges for M = {}", layer.name, header.binning, layer.m)));
+                return Err(lfail(format!("the edges in the header are not the {:?} edges for M = {}", header.binning, layer.m)));
             }
             let name = format!("counts.{}", layer.name);
-            let t = tensors.tensor(&name).map_err(|_| fail(format!("missing tensor `{name}`")))?;
-            let shape = [layer.m - 1, layer.neurons];
-            if t.dtype() != Dtype::U32 || t.shape() != shape {
-                return Err(fail(format!("tensor `{name}`: expected U32 {shape:?}, found {:?} {:?}", t.dtype(), t.shape())));
+            let t = tensors.tensor(&name).map_err(|_| fail(format!("missing tensor `{}`", name.escape_debug())))?;
+            let (bins, neurons) = (layer.m - 1, layer.neurons);
+            if t.dtype() != Dtype::U32 || t.shape() != [bins, neurons] {
+                return Err(fail(format!(
+                    "tensor `{}`: expected U32 {:?}, found {:?} {:?}",
+                    name.escape_debug(),
+                    [bins, neurons],
+                    t.dtype(),
+                    t.shape()
+                )));
             }
-            counts.push(t.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect());
+            // The tensor's bytes are in the file (checked by the safetensors parser): this
+            // allocation is no larger than the file.
+            let c: Vec<u32> = t.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            // Each counted sample adds one to at most one bin of every neuron.
+            let mut per_neuron = vec![0u64; neurons];
+            for row in c.chunks_exact(neurons) {
+                for (sum, &v) in per_neuron.iter_mut().zip(row) {
+                    *sum += v as u64;
+                }
+            }
+            if let Some((j, &sum)) = per_neuron.iter().enumerate().find(|(_, &sum)| sum > header.samples) {
+                return Err(lfail(format!(
+                    "neuron {j} is counted {sum} times over its bins, more than the header's {} samples",
+                    header.samples
+                )));
+            }
+            counts.push(c);
         }
         if tensors.len() != header.layers.len() {
             return Err(fail(format!("{} tensors for {} layers", tensors.len(), header.layers.len())));
@@ -182,13 +234,19 @@ impl ProfileData {
         let (first, rest) = parts.split_first().ok_or_else(|| Error::Input("nothing to merge".into()))?;
         let mut merged = first.clone();
         for (i, part) in rest.iter().enumerate() {
+            let name = |k: usize| names.get(k).cloned().unwrap_or_else(|| format!("part {}", k + 1));
             if let Some(why) = first.header.mismatch(&part.header) {
-                return Err(Error::Input(format!("cannot merge {} into {}: {why}", names[i + 1], names[0])));
+                return Err(Error::Input(format!("cannot merge {} into {}: {why}", name(i + 1), name(0))));
             }
-            merged.header.samples += part.header.samples;
+            merged.header.samples = merged.header.samples.checked_add(part.header.samples).ok_or_else(|| {
+                Error::Input(format!("cannot merge {} into {}: the sample counts overflow u64", name(i + 1), name(0)))
+            })?;
+            if merged.counts.len() != part.counts.len() || merged.counts.iter().zip(&part.counts).any(|(a, b)| a.len() != b.len()) {
+                return Err(Error::Input(format!("cannot merge {} into {}: count arrays differ in size", name(i + 1), name(0))));
+            }
             for (acc, add) in merged.counts.iter_mut().zip(&part.counts) {
                 for (a, b) in acc.iter_mut().zip(add) {
-                    *a = a.checked_add(*b).ok_or_else(|| Error::Input("merged counts overflow u32".into()))?;
+                    *a = a.checked_add(*b).ok_or_else(|| Error::Input(format!("merging {}: counts overflow u32", name(i + 1))))?;
                 }
             }
         }

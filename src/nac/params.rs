@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::file::Binning;
 use crate::error::{Error, Result};
 
 /// Hyperparameters of one layer: coverage threshold `o` (an absolute count: a bin holding `o`
@@ -38,7 +39,18 @@ impl LayerParams {
         Ok(p)
     }
 
-    /// O and α positive and finite; M is checked when the bins are built.
+    /// The settings of a layer whose bins are laid out by `binning`: what [`validate`]
+    /// checks, and M as `binning` needs it (even and ≥ 4 for NAC-UE, ≥ 2 for NAC-ME, at most
+    /// `MAX_BIN_EDGES`). Settings from the command line or a config and the header of a profile
+    /// read from disk both pass here before any bins are built.
+    ///
+    /// [`validate`]: LayerParams::validate
+    pub fn validate_for(&self, binning: Binning) -> Result<()> {
+        self.validate()?;
+        binning.check_m(self.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", self.layer)))
+    }
+
+    /// O and α positive and finite; M is checked for a binning by [`LayerParams::validate_for`].
     pub fn validate(&self) -> Result<()> {
         if !(self.o.is_finite() && self.o > 0.0) {
             return Err(Error::Input(format!("layer `{}`: O must be a positive count, got {}", self.layer, self.o)));
@@ -164,8 +176,13 @@ mod tests {
 
     #[test]
     fn parse_rejects_malformed_text() {
-        for bad in ["layer3", "layer3:1/2", "layer3:a/50/1", "layer3:5/50/-1", ":5/50/1", "layer3:0/50/1"] {
+        for bad in ["layer3", "layer3:1/2", "layer3:a/50/1", "layer3:5/50/-1", ":5/50/1", "layer3:0/50/1", "layer3:inf/50/1", "layer3:5/50/NaN"] {
             assert!(LayerParams::parse(bad).is_err(), "{bad}");
+        }
+        for (m, ue, me) in [(50, true, true), (51, false, true), (2, false, true), (1, false, false), (1 << 17, false, false)] {
+            let p = LayerParams::new("layer3", 5.0, m, 1.0);
+            assert_eq!(p.validate_for(Binning::LogSymmetric).is_ok(), ue, "M = {m}");
+            assert_eq!(p.validate_for(Binning::Uniform).is_ok(), me, "M = {m}");
         }
         assert_eq!(Preset::layers_for(&["block1".into(), "block2".into(), "block3".into()]), ["avgpool", "block3", "block2", "block1"]);
     }

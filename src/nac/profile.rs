@@ -116,7 +116,7 @@ impl Profile {
         }
         let mut headers: Vec<LayerHeader> = Vec::with_capacity(layers.len());
         for (p, neurons) in layers {
-            p.validate()?;
+            p.validate_for(binning)?;
             if headers.iter().any(|h| h.name == p.layer) {
                 return Err(Error::Input(format!("layer `{}` is listed twice", p.layer)));
             }

@@ -17,7 +17,7 @@ use crate::engine::{Engine, Model};
 use crate::error::{check_writable, Error, Result};
 use crate::model::{self, Network};
 use crate::nac::search::{search, Grid, SearchSets};
-use crate::nac::{class_balanced_subset, params, Binning, LayerParams, PooledStates, Predicted, Preset, Profile};
+use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Predicted, Preset, Profile};
 
 /// How a run reports and where it writes.
 #[derive(Clone, Debug)]
@@ -210,9 +210,6 @@ fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) 
         network.layer_index(layer).map_err(|e| Error::Input(format!("[nac] layers: {e}")))?;
     }
     let defaults = params::resolve(&layers, Some(config.preset()?), &config.overrides()?)?;
-    for p in &defaults {
-        Binning::LogSymmetric.edges(p.m).map_err(|e| Error::Input(format!("layer `{}`: {e}", p.layer)))?;
-    }
     let grid = config.grid(&layers)?;
     let mut pooled_layers = layers.clone();
     for l in grid.iter().flat_map(|g| &g.layers) {

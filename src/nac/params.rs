@@ -126,8 +126,8 @@ impl fmt::Display for Preset {
     }
 }
 
-/// Parameters for each of `layers`: explicit `overrides` first, then the preset. A layer with
-/// neither is an error that names it.
+/// NAC-UE parameters for each of `layers`: explicit `overrides` first, then the preset, each
+/// valid for log-symmetric bins. A layer with neither is an error that names it.
 pub fn resolve(layers: &[String], preset: Option<Preset>, overrides: &[LayerParams]) -> Result<Vec<LayerParams>> {
     if let Some(extra) = overrides.iter().find(|o| !layers.contains(&o.layer)) {
         return Err(Error::Input(format!(
@@ -144,7 +144,7 @@ pub fn resolve(layers: &[String], preset: Option<Preset>, overrides: &[LayerPara
                 Some(p) => Error::Input(format!("preset {p} has no values for layer `{layer}`; give --layer-params {layer}:O/M/ALPHA")),
                 None => Error::Input(format!("no parameters for layer `{layer}`; give a --preset or --layer-params {layer}:O/M/ALPHA")),
             })?;
-            p.validate()?;
+            p.validate_for(Binning::LogSymmetric)?;
             Ok(p)
         })
         .collect()

@@ -119,11 +119,8 @@ impl Grid {
         let what = format!("the search grid's number of combinations ({})", self.layers.iter().map(|l| l.candidate_count().to_string()).collect::<Vec<_>>().join(" × "));
         limits::check(&what, self.combinations(), limits::MAX_GRID_COMBINATIONS, "MAX_GRID_COMBINATIONS")?;
         for l in &self.layers {
-            for &m in &l.m {
-                Binning::LogSymmetric.edges(m).map_err(|e| Error::Input(format!("search grid for layer `{}`: {e}", l.layer)))?;
-            }
             for p in l.candidates() {
-                p.validate()?;
+                p.validate_for(Binning::LogSymmetric).map_err(|e| Error::Input(format!("search grid: {e}")))?;
             }
         }
         Ok(())

@@ -33,6 +33,9 @@ pub const MAX_GRID_COMBINATIONS: usize = 100_000;
 /// Candidates of one layer's grid (O × M × α): each is a GPU re-binning of the cached pairs.
 pub const MAX_LAYER_CANDIDATES: usize = 4096;
 
+/// Shards of one run (`--shard i/n`): a merge holds every shard's counts in memory at once.
+pub const MAX_SHARDS: usize = 10_000;
+
 /// Loader threads (`--threads`): decoding is CPU-bound, so more threads than cores only adds
 /// memory (each holds part of a batch); 256 covers the largest machines.
 pub const MAX_THREADS: usize = 256;

@@ -11,7 +11,7 @@ use nac::error::{check_writable, write_atomic};
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
-use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores};
+use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores, Shard};
 use nac::data::{self, Dataset, Transform};
 use nac::npy::NpyArray;
 use nac::rng::Rng;
@@ -52,6 +52,11 @@ struct SourceArgs {
     /// Loader threads for --data (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Take only part INDEX of COUNT (`--shard 2/8`): a contiguous slice of the selected
+    /// samples (after --balanced), for spreading a run over machines; `nac merge` sums
+    /// profile shards, score shards concatenate (only shard 0 writes the CSV header).
+    #[arg(long)]
+    shard: Option<String>,
 }
 
 /// An opened [`SourceArgs`].
@@ -61,6 +66,10 @@ enum Source {
 }
 
 impl SourceArgs {
+    fn shard(&self) -> Result<Option<Shard>> {
+        self.shard.as_deref().map(Shard::parse).transpose()
+    }
+
     fn open(&self) -> Result<Source> {
         match (&self.input, &self.data) {
             (Some(path), None) => {
@@ -92,6 +101,14 @@ impl Source {
             Source::Array { preprocessing, .. } => preprocessing.clone(),
             Source::Stream { transform, .. } => transform.describe(),
         }
+    }
+
+    /// The samples to run: the `chosen` selection (all samples without), cut to `shard`; `None`
+    /// when that is every sample in order.
+    fn select(&self, chosen: Option<Vec<usize>>, shard: Option<Shard>) -> Option<Vec<usize>> {
+        let Some(shard) = shard else { return chosen };
+        let all = chosen.unwrap_or_else(|| (0..self.len()).collect());
+        Some(all[shard.range(all.len())].to_vec())
     }
 
     /// Where sample `i` of the selection `indices` (all samples without) comes from.
@@ -159,9 +176,8 @@ enum Command {
         /// Checkpoint (.safetensors, f32/f16/bf16, public PyTorch naming).
         #[arg(long)]
         model: PathBuf,
-        /// Input array, float32, shape N×3×H×W.
-        #[arg(long)]
-        input: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         /// Output .npy (float32, N×classes).
         #[arg(long)]
         out: PathBuf,
@@ -323,7 +339,7 @@ fn main() -> ExitCode {
     let gpu = GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone());
     let result = match cli.command {
         Command::Info => info(&gpu),
-        Command::Predict { model, input, out, run } => predict(gpu, model, input, out, &run),
+        Command::Predict { model, source, out, run } => predict(gpu, model, &source, out, &run),
         Command::Selfcheck { arch, batch, size, seed } => selfcheck(gpu, &arch, batch, size, seed),
         Command::Profile { model, source, labels, balanced, seed, layers, preset, layer_params, run, out } => {
             let job = ProfileJob { model, source, labels, balanced, seed, layers, preset, layer_params, run, out };
@@ -441,17 +457,25 @@ fn progress_bar(what: &str, len: usize) -> ProgressBar {
         .with_style(ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} images, {{per_sec}}, eta {{eta}}")).unwrap())
 }
 
-fn predict(gpu: GpuOptions, model: PathBuf, input: PathBuf, out: PathBuf, run: &RunArgs) -> Result<()> {
-    let (data, shape) = load_images(&input)?;
+fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, run: &RunArgs) -> Result<()> {
+    let shard = source.shard()?;
+    let source = source.open()?;
     check_writable(&out)?;
     let mut engine = run.engine(gpu)?;
     let mut model = engine.load_model(&model, run.arch()?)?;
-    let progress = progress_bar("predict", shape[0]);
+    let selected = source.select(None, shard);
+    let samples = selected.as_ref().map_or(source.len(), Vec::len);
+    let progress = progress_bar("predict", samples);
     engine.set_progress(Some(progress.clone()));
-    let logits = engine.predict(&mut model, &data, shape).map_err(in_input(&input))?;
+    let mut logits = Vec::new();
+    source.for_each_batch(selected.as_deref(), run.batch, &mut |_, input, shape| {
+        logits.extend(engine.predict(&mut model, input, shape)?);
+        Ok(())
+    })?;
     progress.finish_and_clear();
-    NpyArray::from_f32(vec![shape[0], model.network.num_classes()], &logits).save(&out)?;
-    eprintln!("wrote {} ({}×{} logits) using {}", out.display(), shape[0], model.network.num_classes(), engine.gpu.info.name);
+    let classes = model.network.num_classes();
+    NpyArray::from_f32(vec![samples, classes], &logits).save(&out)?;
+    eprintln!("wrote {} ({samples}×{classes} logits) using {}", out.display(), engine.gpu.info.name);
     Ok(())
 }
 
@@ -507,6 +531,7 @@ struct ProfileJob {
 }
 
 fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
+    let shard = job.source.shard()?;
     let source = job.source.open()?;
     check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
@@ -531,8 +556,10 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
             Some(chosen)
         }
     };
+    let chosen = source.select(chosen, shard);
     let samples = chosen.as_ref().map_or(source.len(), Vec::len);
     let mut profile = Profile::new(&engine, &model.network, &settings, &source.preprocessing())?;
+    profile.set_shard(shard);
     let bar = progress_bar("profile", samples);
     engine.set_progress(Some(bar.clone()));
     source.for_each_batch(chosen.as_deref(), job.run.batch, &mut |_, input, shape| profile.add(&engine, &mut model, input, shape))?;
@@ -553,6 +580,7 @@ struct ScoreJob {
 }
 
 fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
+    let shard = job.source.shard()?;
     let source = job.source.open()?;
     check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
@@ -563,10 +591,11 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     if let Some(layers) = &job.layers {
         profile.check_layers(layers).map_err(in_profile)?;
     }
-    let bar = progress_bar("score", source.len());
+    let selected = source.select(None, shard);
+    let bar = progress_bar("score", selected.as_ref().map_or(source.len(), Vec::len));
     engine.set_progress(Some(bar.clone()));
     let mut scores: Option<Scores> = None;
-    source.for_each_batch(None, job.run.batch, &mut |_, input, shape| {
+    source.for_each_batch(selected.as_deref(), job.run.batch, &mut |_, input, shape| {
         let part = profile.score(&engine, &mut model, input, shape)?;
         match &mut scores {
             None => scores = Some(part),
@@ -575,7 +604,14 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
         Ok(())
     })?;
     let scores = scores.ok_or_else(|| Error::Input("no samples to score".into()))?;
-    write_atomic(&job.out, scores.to_csv().as_bytes())?;
+    let csv = match shard {
+        None => scores.to_csv(),
+        Some(s) => {
+            let text = scores.to_csv_from(s.range(source.len()).start);
+            if s.index == 0 { text } else { text.split_once('\n').map_or(String::new(), |(_, rows)| rows.to_string()) }
+        }
+    };
+    write_atomic(&job.out, csv.as_bytes())?;
     bar.finish_and_clear();
     let mean = scores.score.iter().map(|&s| s as f64).sum::<f64>() / scores.score.len() as f64;
     eprintln!("wrote {} ({} samples, mean score {mean:.4}) using {}", job.out.display(), scores.score.len(), engine.gpu.info.name);

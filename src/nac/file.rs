@@ -81,6 +81,44 @@ pub struct ProfileHeader {
     /// Samples fed (with `counted = correct`, only the correctly classified ones are counted).
     pub samples: u64,
     pub layers: Vec<LayerHeader>,
+    /// Which part of a sharded profiling run this is (`--shard i/n`); merging checks that the
+    /// shards cover every part exactly once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// Part `index` of `count` (`--shard index/count`): the `index`-th of `count` contiguous,
+/// near-equal slices of the selected samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Parses `i/n` with `0 ≤ i < n ≤ MAX_SHARDS`.
+    pub fn parse(text: &str) -> Result<Shard> {
+        let bad = |why: &str| Error::Input(format!("--shard `{text}`: {why}; expected INDEX/COUNT with 0 ≤ INDEX < COUNT, e.g. 0/4"));
+        let (i, n) = text.split_once('/').ok_or_else(|| bad("no `/`"))?;
+        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad("INDEX is not a whole number"))?, n.trim().parse().map_err(|_| bad("COUNT is not a whole number"))?);
+        if count == 0 || index >= count {
+            return Err(bad("INDEX must be below COUNT"));
+        }
+        limits::check("the shard count", count, limits::MAX_SHARDS, "MAX_SHARDS")?;
+        Ok(Shard { index, count })
+    }
+
+    /// This shard's positions among `total` selected samples.
+    pub fn range(self, total: usize) -> std::ops::Range<usize> {
+        let at = |k: usize| (k as u128 * total as u128 / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl ProfileHeader {
@@ -118,6 +156,30 @@ impl ProfileHeader {
 pub struct ProfileData {
     pub header: ProfileHeader,
     pub counts: Vec<Vec<u32>>,
+}
+
+/// Shards merge only as a whole: all parts are shards of one count, each index exactly once;
+/// or none is a shard.
+fn check_shards(parts: &[ProfileData], names: &[String]) -> Result<()> {
+    let name = |k: usize| names.get(k).cloned().unwrap_or_else(|| format!("part {}", k + 1));
+    let Some(k) = parts.iter().position(|p| p.header.shard.is_some()) else { return Ok(()) };
+    let count = parts[k].header.shard.map_or(0, |s| s.count);
+    let mut seen: Vec<Option<usize>> = vec![None; count];
+    for (i, part) in parts.iter().enumerate() {
+        match part.header.shard {
+            None => return Err(Error::Input(format!("{} is not a shard, but {} is shard {}: merge shards of one run only", name(i), name(k), parts[k].header.shard.unwrap()))),
+            Some(s) if s.count != count => return Err(Error::Input(format!("{} is shard {s}, but {} is shard {} (another shard count)", name(i), name(k), parts[k].header.shard.unwrap()))),
+            Some(s) => match seen[s.index] {
+                Some(j) => return Err(Error::Input(format!("shard {s} is given twice: {} and {}", name(j), name(i)))),
+                None => seen[s.index] = Some(i),
+            },
+        }
+    }
+    let missing: Vec<String> = seen.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| format!("{i}/{count}")).collect();
+    if !missing.is_empty() {
+        return Err(Error::Input(format!("shard {} missing: the {count} shards must all be merged", missing.join(", "))));
+    }
+    Ok(())
 }
 
 impl ProfileData {
@@ -232,7 +294,9 @@ impl ProfileData {
     /// profiling set); `names` label the parts in errors.
     pub fn merge(parts: &[ProfileData], names: &[String]) -> Result<ProfileData> {
         let (first, rest) = parts.split_first().ok_or_else(|| Error::Input("nothing to merge".into()))?;
+        check_shards(parts, names)?;
         let mut merged = first.clone();
+        merged.header.shard = None;
         for (i, part) in rest.iter().enumerate() {
             let name = |k: usize| names.get(k).cloned().unwrap_or_else(|| format!("part {}", k + 1));
             if let Some(why) = first.header.mismatch(&part.header) {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::bins::BinEdges;
-use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, PROFILE_FORMAT, PROFILE_VERSION};
+use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, Shard, PROFILE_FORMAT, PROFILE_VERSION};
 use super::gpu::{histogram_params, record, NacCall, PlanCalls};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
@@ -61,13 +61,19 @@ impl Scores {
 
     /// One row per sample: index, score, each layer's score, predicted class, max softmax, energy.
     pub fn to_csv(&self) -> String {
+        self.to_csv_from(0)
+    }
+
+    /// [`Scores::to_csv`] with indices starting at `first` (a shard's rows carry the positions
+    /// of its samples in the whole run, so shards concatenate into the one-run file).
+    pub fn to_csv_from(&self, first: usize) -> String {
         let mut out = String::from("index,score");
         for l in &self.layers {
             out.push_str(&format!(",{l}"));
         }
         out.push_str(",predicted,max_softmax,energy\n");
         for i in 0..self.score.len() {
-            out.push_str(&format!("{i},{}", self.score[i]));
+            out.push_str(&format!("{},{}", first + i, self.score[i]));
             for layer in &self.layer_scores {
                 out.push_str(&format!(",{}", layer[i]));
             }
@@ -137,6 +143,7 @@ impl Profile {
             counted,
             samples: 0,
             layers: headers,
+            shard: None,
         };
         let zeros: Vec<Vec<u32>> = header.layers.iter().map(|l| vec![0; (l.m - 1) * l.neurons]).collect();
         Self::upload(engine, header, &zeros)
@@ -164,6 +171,11 @@ impl Profile {
 
     pub fn header(&self) -> &ProfileHeader {
         &self.header
+    }
+
+    /// Marks the profile as part `shard` of a sharded run (recorded in its file).
+    pub fn set_shard(&mut self, shard: Option<Shard>) {
+        self.header.shard = shard;
     }
 
     pub fn layer_names(&self) -> Vec<&str> {

@@ -50,3 +50,34 @@ pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
 pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
     dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
 }
+
+/// Samples in one dataset or subset (`profile.samples`, the count an IDX/CIFAR/CSV/npy file
+/// holds). ImageNet-21k has 14 M images; 2^28 keeps an index list (8 bytes a sample) under
+/// 2 GiB and is far more than can be profiled in any reasonable time. A file's claim is
+/// bounded by its actual size anyway; this bounds what a config asks for before any list of
+/// indices is allocated.
+pub const MAX_SAMPLES: usize = 1 << 28;
+
+/// Bytes one gzip-compressed dataset file (IDX or CSV) may decompress to. An IDX file is read
+/// only up to what its header claims (checked against this first); a CSV has no header, so
+/// this is what bounds a gzip bomb. MNIST's training CSV is ~110 MB of text and the biggest
+/// IDX sets a few GB; 8 GiB leaves room.
+pub const MAX_DECOMPRESSED_BYTES: usize = 1 << 33;
+
+/// Nesting of a dataset spec (`corrupt:…:corrupt:…`, `outliers:…`, slices of slices). Real
+/// specs nest two or three deep; every level is a recursion when opening the spec and when
+/// decoding each image, so this keeps a hostile spec from overflowing the stack.
+pub const MAX_SPEC_DEPTH: usize = 32;
+
+/// Steps of one transform (`preprocessing`). The presets have at most four; every step is a
+/// pass over (and possibly a new allocation of) an image of up to `MAX_IMAGE_SIDE` squared.
+pub const MAX_TRANSFORM_STEPS: usize = 64;
+
+/// CPU worker threads of the batch loader (`--threads`). Machines have at most a few hundred
+/// cores; past that each thread is only a stack and a share of the prefetch window.
+pub const MAX_THREADS: usize = 1024;
+
+/// Bytes one decoder (PNG/JPEG, `image::Limits::max_alloc`) may allocate for one image: a
+/// 16-bit RGBA image of `MAX_IMAGE_SIDE` squared is 128 MiB, so 512 MiB (the `image` crate's
+/// own default) leaves room for its working buffers.
+pub const MAX_DECODE_ALLOC: u64 = 512 << 20;

@@ -70,11 +70,9 @@ impl Job {
     fn sample(&self, position: usize) -> Result<Sample> {
         let index = self.indices[position];
         let image = self.dataset.image(index)?;
-        let (h, w) = self.transform.output_size(&image);
-        let values = self
-            .transform
-            .apply(&image)
-            .map_err(|e| Error::Input(format!("{}: {e}", self.dataset.locate(index))))?;
+        let located = |e: Error| Error::Input(format!("{}: {e}", self.dataset.locate(index)));
+        let (h, w) = self.transform.output_size(&image).map_err(located)?;
+        let values = self.transform.apply(&image).map_err(located)?;
         Ok(([3, h as usize, w as usize], values))
     }
 
@@ -159,16 +157,25 @@ pub fn batches(
         window: Mutex::new(Window {
             next_unit: 0,
             consumed: 0,
-            cancelled: batch == 0,
+            cancelled: batch == 0 || threads > crate::limits::MAX_THREADS,
         }),
         wake: Condvar::new(),
     });
-    let mut setup_error =
-        (batch == 0).then(|| Error::Input("batch size must be at least 1".into()));
+    let mut setup_error = if batch == 0 {
+        Some(Error::Input("batch size must be at least 1".into()))
+    } else if threads > crate::limits::MAX_THREADS {
+        Some(Error::Input(format!(
+            "{threads} loader threads, over the limit of {} (MAX_THREADS, see `nac::limits`)",
+            crate::limits::MAX_THREADS
+        )))
+    } else {
+        None
+    };
     let (tx, rx) = channel();
     let total_units = job.indices.len().div_ceil(job.batch) * job.units_per_batch;
     let mut workers = Vec::new();
-    for i in 0..threads.min(total_units) {
+    let spawn = if setup_error.is_some() { 0 } else { threads.min(total_units) };
+    for i in 0..spawn {
         let (job, tx) = (job.clone(), tx.clone());
         match std::thread::Builder::new()
             .name(format!("nac-loader-{i}"))

@@ -143,6 +143,10 @@ fn an_inconsistent_or_oversized_image_is_an_error() {
     let huge = Image { width: u32::MAX, height: u32::MAX, channels: 3, pixels: vec![] };
     assert!(huge.check().is_err());
     assert!(t.apply(&huge).is_err());
+    // 1684887088 × 3649452082 × 3 = 2^64 + 32: with wrapping arithmetic 32 bytes would pass.
+    let wrapped = Image { width: 1_684_887_088, height: 3_649_452_082, channels: 3, pixels: vec![0; 32] };
+    assert!(wrapped.check().is_err());
+    assert!(Transform::parse("resize:2,gray2rgb").unwrap().apply(&wrapped).is_err());
 }
 
 // ---- 2. Readers -----------------------------------------------------------------------------

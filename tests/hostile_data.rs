@@ -562,3 +562,38 @@ fn touch(set: &Dataset) {
     eprintln!("{replayed} fuzzing regressions replayed");
 }
 }
+
+/// A version-1 `.npy` with the given shape text and dtype and these data bytes.
+fn npy(shape: &str, descr: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.bytes());
+    out.extend(data);
+    out
+}
+
+#[test]
+fn npy_specs_with_hostile_shapes_are_errors() {
+    let dir = TempDir::new("npy");
+    for (name, shape, data, parts) in [
+        ("overflow.npy", "(4294967296, 4294967296, 4294967296)", vec![0u8; 10], &["overflow.npy"][..]),
+        ("claim.npy", "(1000000000, 28, 28)", vec![0u8; 784], &["claim.npy"][..]),
+        ("wide.npy", "(1, 1, 5000)", vec![0u8; 5000], &["wide.npy", "MAX_IMAGE_SIDE"][..]),
+        ("rgba.npy", "(1, 2, 2, 4)", vec![0u8; 16], &["rgba.npy", "C = 1 or 3"][..]),
+        ("empty.npy", "(0, 28, 28)", vec![], &["empty.npy"][..]),
+        ("flat.npy", "(3, 0, 2)", vec![], &["flat.npy", "empty"][..]),
+    ] {
+        let path = dir.write(name, &npy(shape, "|u1", &data));
+        let e = error(Dataset::open(&format!("npy:{}", path.display())));
+        assert_mentions(&e, parts);
+    }
+    let images = dir.write("ok.npy", &npy("(2, 1, 1)", "|u1", &[3, 4]));
+    let labels = dir.write("labels.npy", &npy("(3,)", "|u1", &[0, 1, 2]));
+    let e = error(Dataset::open(&format!("npy:{}:{}", images.display(), labels.display())));
+    assert_mentions(&e, &["labels.npy", "3 labels for the 2 images"]);
+}

@@ -56,9 +56,10 @@ impl Job {
     /// Positions in `indices` of work unit `u` (empty past the end).
     fn range(&self, u: usize) -> std::ops::Range<usize> {
         let (b, k) = (u / self.units_per_batch, u % self.units_per_batch);
-        let batch_end = ((b + 1) * self.batch).min(self.indices.len());
-        let start = (b * self.batch + k * self.unit).min(batch_end);
-        start..(start + self.unit).min(batch_end)
+        // Saturating: `batch` may be as large as usize::MAX (one batch of everything).
+        let batch_end = (b + 1).saturating_mul(self.batch).min(self.indices.len());
+        let start = b.saturating_mul(self.batch).saturating_add(k * self.unit).min(batch_end);
+        start..start.saturating_add(self.unit).min(batch_end)
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
@@ -264,12 +265,12 @@ impl Iterator for Batches {
             self.finish();
             return Some(Err(e));
         }
-        let start = self.next * self.job.batch;
+        let start = self.next.saturating_mul(self.job.batch);
         if self.done || start >= self.job.indices.len() {
             self.finish();
             return None;
         }
-        let units = (start..(start + self.job.batch).min(self.job.indices.len()))
+        let units = (start..start.saturating_add(self.job.batch).min(self.job.indices.len()))
             .len()
             .div_ceil(self.job.unit);
         let first = self.next * self.job.units_per_batch;

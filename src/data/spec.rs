@@ -20,6 +20,11 @@
 //! so a path may itself contain `:`. A slice binds to everything before it:
 //! `corrupt:contrast:3:csv:x.csv[0:100]` is samples 0..100 of the corrupted set (the same
 //! images as corrupting `csv:x.csv[0:100]`, since seeds are the indices in the base set).
+//!
+//! [`Dataset::check_spec`] checks the grammar alone (no file opened), as `nac eval` does for
+//! every spec of a config at load. Specs nest at most `MAX_SPEC_DEPTH` levels; files are read
+//! only when regular, and no size a file claims is trusted (see `formats.rs` and
+//! `crate::limits`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,10 @@
 //! "bilinear", align_corners=False, antialias=False)` on a float tensor: output pixel o samples
 //! source coordinate max((o + 0.5)·in/out − 0.5, 0), neighbours clamped to the edge.
 //!
+//! Every size argument and every step's output is at most `MAX_IMAGE_SIDE` a side (an error
+//! naming the step otherwise, from `parse` or from `apply`/`output_size`), and a transform
+//! has at most `MAX_TRANSFORM_STEPS` steps.
+//!
 //! Presets: `cifar10` = `gray2rgb,normalize:0.4914/0.4822/0.4465:0.247/0.2435/0.2616`,
 //! `cifar100` = `gray2rgb,normalize:0.5071/0.4865/0.4409:0.2673/0.2564/0.2762`,
 //! `fmnist` = `pad:2,gray2rgb,normalize:0.286:0.353`,

@@ -68,3 +68,30 @@ pub const MAX_BLOCKS_PER_STAGE: usize = 64;
 /// past the largest storage buffer any adapter binds; a checkpoint's tensors are bounded by
 /// the file instead. Keeps `nac selfcheck --arch wrn-28-16000` from a giant allocation.
 pub const MAX_TENSOR_ELEMENTS: usize = 1 << 30;
+
+/// Samples in one dataset or subset (`profile.samples`, the count an IDX/CIFAR/CSV/npy file
+/// holds). ImageNet-21k has 14 M images; 2^28 keeps an index list (8 bytes a sample) under
+/// 2 GiB and is far more than can be profiled in any reasonable time. A file's claim is
+/// bounded by its actual size anyway; this bounds what a config asks for before any list of
+/// indices is allocated.
+pub const MAX_SAMPLES: usize = 1 << 28;
+
+/// Bytes one gzip-compressed dataset file (IDX or CSV) may decompress to. An IDX file is read
+/// only up to what its header claims (checked against this first); a CSV has no header, so
+/// this is what bounds a gzip bomb. MNIST's training CSV is ~110 MB of text and the biggest
+/// IDX sets a few GB; 8 GiB leaves room.
+pub const MAX_DECOMPRESSED_BYTES: usize = 1 << 33;
+
+/// Nesting of a dataset spec (`corrupt:…:corrupt:…`, `outliers:…`, slices of slices). Real
+/// specs nest two or three deep; every level is a recursion when opening the spec and when
+/// decoding each image, so this keeps a hostile spec from overflowing the stack.
+pub const MAX_SPEC_DEPTH: usize = 32;
+
+/// Steps of one transform (`preprocessing`). The presets have at most four; every step is a
+/// pass over (and possibly a new allocation of) an image of up to `MAX_IMAGE_SIDE` squared.
+pub const MAX_TRANSFORM_STEPS: usize = 64;
+
+/// Bytes one decoder (PNG/JPEG, `image::Limits::max_alloc`) may allocate for one image: a
+/// 16-bit RGBA image of `MAX_IMAGE_SIDE` squared is 128 MiB, so 512 MiB (the `image` crate's
+/// own default) leaves room for its working buffers.
+pub const MAX_DECODE_ALLOC: u64 = 512 << 20;

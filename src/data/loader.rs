@@ -56,9 +56,10 @@ impl Job {
     /// Positions in `indices` of work unit `u` (empty past the end).
     fn range(&self, u: usize) -> std::ops::Range<usize> {
         let (b, k) = (u / self.units_per_batch, u % self.units_per_batch);
-        let batch_end = ((b + 1) * self.batch).min(self.indices.len());
-        let start = (b * self.batch + k * self.unit).min(batch_end);
-        start..(start + self.unit).min(batch_end)
+        // Saturating: `batch` may be as large as usize::MAX (one batch of everything).
+        let batch_end = (b + 1).saturating_mul(self.batch).min(self.indices.len());
+        let start = b.saturating_mul(self.batch).saturating_add(k * self.unit).min(batch_end);
+        start..start.saturating_add(self.unit).min(batch_end)
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
@@ -70,11 +71,9 @@ impl Job {
     fn sample(&self, position: usize) -> Result<Sample> {
         let index = self.indices[position];
         let image = self.dataset.image(index)?;
-        let (h, w) = self.transform.output_size(&image);
-        let values = self
-            .transform
-            .apply(&image)
-            .map_err(|e| Error::Input(format!("{}: {e}", self.dataset.locate(index))))?;
+        let located = |e: Error| Error::Input(format!("{}: {e}", self.dataset.locate(index)));
+        let (h, w) = self.transform.output_size(&image).map_err(located)?;
+        let values = self.transform.apply(&image).map_err(located)?;
         Ok(([3, h as usize, w as usize], values))
     }
 
@@ -159,16 +158,25 @@ pub fn batches(
         window: Mutex::new(Window {
             next_unit: 0,
             consumed: 0,
-            cancelled: batch == 0,
+            cancelled: batch == 0 || threads > crate::limits::MAX_THREADS,
         }),
         wake: Condvar::new(),
     });
-    let mut setup_error =
-        (batch == 0).then(|| Error::Input("batch size must be at least 1".into()));
+    let mut setup_error = if batch == 0 {
+        Some(Error::Input("batch size must be at least 1".into()))
+    } else if threads > crate::limits::MAX_THREADS {
+        Some(Error::Input(format!(
+            "{threads} loader threads, over the limit of {} (MAX_THREADS, see `nac::limits`)",
+            crate::limits::MAX_THREADS
+        )))
+    } else {
+        None
+    };
     let (tx, rx) = channel();
     let total_units = job.indices.len().div_ceil(job.batch) * job.units_per_batch;
     let mut workers = Vec::new();
-    for i in 0..threads.min(total_units) {
+    let spawn = if setup_error.is_some() { 0 } else { threads.min(total_units) };
+    for i in 0..spawn {
         let (job, tx) = (job.clone(), tx.clone());
         match std::thread::Builder::new()
             .name(format!("nac-loader-{i}"))
@@ -257,12 +265,12 @@ impl Iterator for Batches {
             self.finish();
             return Some(Err(e));
         }
-        let start = self.next * self.job.batch;
+        let start = self.next.saturating_mul(self.job.batch);
         if self.done || start >= self.job.indices.len() {
             self.finish();
             return None;
         }
-        let units = (start..(start + self.job.batch).min(self.job.indices.len()))
+        let units = (start..start.saturating_add(self.job.batch).min(self.job.indices.len()))
             .len()
             .div_ceil(self.job.unit);
         let first = self.next * self.job.units_per_batch;

@@ -18,6 +18,13 @@ pub use loader::{batches, load_all, Batch, Batches};
 pub use spec::Dataset;
 pub use transform::Transform;
 
+/// Decodes a PNG/JPEG file's bytes exactly as `folder:` datasets decode their files (`name`
+/// names the file in errors). For fuzzing and tests.
+#[doc(hidden)]
+pub fn decode_image_bytes(name: &str, bytes: &[u8]) -> Result<Image> {
+    formats::decode_bytes(std::path::Path::new(name), bytes)
+}
+
 use crate::error::{Error, Result};
 
 /// A decoded image: 8-bit pixels, HWC row-major (`pixels[(y * width + x) * channels + c]`).
@@ -34,8 +41,12 @@ impl Image {
     /// Checks that the fields agree: 1 or 3 channels, a non-empty size, and exactly
     /// `width × height × channels` pixels.
     pub fn check(&self) -> Result<()> {
-        let expected = self.width as usize * self.height as usize * self.channels as usize;
-        if !matches!(self.channels, 1 | 3) || expected == 0 || self.pixels.len() != expected {
+        // u32 × u32 × u8 can overflow 64 bits; an overflowing size matches no buffer.
+        let expected = (self.width as usize)
+            .checked_mul(self.height as usize)
+            .and_then(|n| n.checked_mul(self.channels as usize));
+        if !matches!(self.channels, 1 | 3) || expected.is_none_or(|e| e == 0 || self.pixels.len() != e) {
+            let expected = expected.map_or_else(|| "more than usize::MAX".to_string(), |e| e.to_string());
             return Err(Error::Input(format!(
                 "image {}×{} with {} channel(s) has {} pixel bytes; expected 1 or 3 channels, a non-empty size and width × height × channels = {expected} bytes",
                 self.width,

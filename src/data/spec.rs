@@ -20,6 +20,11 @@
 //! so a path may itself contain `:`. A slice binds to everything before it:
 //! `corrupt:contrast:3:csv:x.csv[0:100]` is samples 0..100 of the corrupted set (the same
 //! images as corrupting `csv:x.csv[0:100]`, since seeds are the indices in the base set).
+//!
+//! [`Dataset::check_spec`] checks the grammar alone (no file opened), as `nac eval` does for
+//! every spec of a config at load. Specs nest at most `MAX_SPEC_DEPTH` levels; files are read
+//! only when regular, and no size a file claims is trusted (see `formats.rs` and
+//! `crate::limits`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -120,6 +125,130 @@ fn one_or_two_paths(rest: &str) -> (&Path, Option<&Path>) {
     }
 }
 
+/// A spec's parse tree: the grammar, before any file is opened.
+enum Node<'a> {
+    Slice {
+        inner: Box<Node<'a>>,
+        inner_spec: &'a str,
+        range: &'a str,
+        a: usize,
+        b: Option<usize>,
+        step: usize,
+    },
+    Idx(&'a str),
+    Cifar { cifar100: bool, rest: &'a str },
+    Folder(&'a str),
+    Npy(&'a str),
+    Csv(&'a str),
+    Corrupt {
+        corruption: Corruption,
+        severity: u8,
+        inner: Box<Node<'a>>,
+        inner_spec: &'a str,
+    },
+    Outliers {
+        seed: u64,
+        inner: Box<Node<'a>>,
+        inner_spec: &'a str,
+    },
+}
+
+/// Parses `spec` (already trimmed), nested `depth` levels deep in an outer spec.
+fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
+    if depth >= crate::limits::MAX_SPEC_DEPTH {
+        return Err(bad_spec(
+            spec,
+            format!(
+                "nested more than {} levels deep (slices, corrupt:, outliers:; MAX_SPEC_DEPTH, see `nac::limits`)",
+                crate::limits::MAX_SPEC_DEPTH
+            ),
+        ));
+    }
+    if let Some(inner) = spec.strip_suffix(']') {
+        let Some((inner, range)) = inner.rsplit_once('[') else {
+            return Err(bad_spec(spec, "ends with `]` but has no `[` of a slice"));
+        };
+        let bounds: Vec<&str> = range.split(':').collect();
+        let (a, b, step) = match bounds[..] {
+            [a, b] => (a, b, ""),
+            [a, b, step] => (a, b, step),
+            _ => return Err(bad_spec(spec, format!("slice `[{range}]`: expected [a:b] or [a:b:step]"))),
+        };
+        let bound = |text: &str| -> Result<Option<usize>> {
+            let text = text.trim();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            if !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad_spec(spec, format!("slice bound `{text}` is not a non-negative integer")));
+            }
+            text.parse().map(Some).map_err(|_| {
+                bad_spec(spec, format!("slice bound `{text}` is too large (at most {})", usize::MAX))
+            })
+        };
+        let (a, b, step) = (bound(a)?.unwrap_or(0), bound(b)?, bound(step)?.unwrap_or(1));
+        if step == 0 {
+            return Err(bad_spec(spec, "slice step 0: expected a step of at least 1"));
+        }
+        if let Some(b) = b.filter(|&b| a >= b) {
+            return Err(bad_spec(spec, format!("slice [{a}:{b}] is empty")));
+        }
+        let inner_spec = inner.trim();
+        return Ok(Node::Slice {
+            inner: Box::new(parse(inner_spec, depth + 1)?),
+            inner_spec,
+            range,
+            a,
+            b,
+            step,
+        });
+    }
+    let Some((kind, rest)) = spec.split_once(':') else {
+        return Err(bad_spec(spec, "expected KIND:ARGS with KIND one of idx, cifar10, cifar100, folder, npy, csv, corrupt, outliers"));
+    };
+    let path = |rest: &'_ str| {
+        if rest.is_empty() {
+            Err(bad_spec(spec, format!("`{kind}:` needs a path")))
+        } else {
+            Ok(())
+        }
+    };
+    match kind {
+        "idx" => path(rest).map(|_| Node::Idx(rest)),
+        "cifar10" | "cifar100" => path(rest).map(|_| Node::Cifar { cifar100: kind == "cifar100", rest }),
+        "folder" => path(rest).map(|_| Node::Folder(rest)),
+        "npy" => path(rest).map(|_| Node::Npy(rest)),
+        "csv" => path(rest).map(|_| Node::Csv(rest)),
+        "corrupt" => {
+            let mut parts = rest.splitn(3, ':');
+            let (Some(name), Some(severity), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad_spec(spec, "expected corrupt:NAME:SEVERITY:SPEC"));
+            };
+            let corruption = Corruption::parse(name).map_err(|e| bad_spec(spec, e))?;
+            let severity = severity
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|s| (1..=5).contains(s))
+                .ok_or_else(|| bad_spec(spec, format!("severity `{severity}`: expected an integer 1 to 5")))?;
+            let inner_spec = inner.trim();
+            Ok(Node::Corrupt { corruption, severity, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
+        }
+        "outliers" => {
+            // An all-digit first part is the seed: no spec is only digits.
+            let (seed, inner) = match rest.split_once(':') {
+                Some((seed, inner)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
+                    (seed.parse::<u64>().map_err(|_| bad_spec(spec, format!("seed `{seed}` does not fit 64 bits (at most {})", u64::MAX)))?, inner)
+                }
+                _ => (0, rest),
+            };
+            let inner_spec = inner.trim();
+            Ok(Node::Outliers { seed, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
+        }
+        _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected idx, cifar10, cifar100, folder, npy, csv, corrupt or outliers"))),
+    }
+}
+
 impl Dataset {
     fn new(spec: &str, name: String, source: Source, labels: Option<Vec<usize>>) -> Dataset {
         Dataset {
@@ -134,54 +263,38 @@ impl Dataset {
     /// Opens a dataset spec (grammar in the module documentation).
     pub fn open(spec: &str) -> Result<Dataset> {
         let spec = spec.trim();
-        if let Some(inner) = spec.strip_suffix(']') {
-            let Some((inner, range)) = inner.rsplit_once('[') else {
-                return Err(bad_spec(spec, "ends with `]` but has no `[` of a slice"));
-            };
-            let base = Dataset::open(inner)?;
-            let bounds: Vec<&str> = range.split(':').collect();
-            let (a, b, step) = match bounds[..] {
-                [a, b] => (a, b, ""),
-                [a, b, step] => (a, b, step),
-                _ => return Err(bad_spec(spec, format!("slice `[{range}]`: expected [a:b] or [a:b:step]"))),
-            };
-            let bound = |text: &str, default: usize| -> Result<usize> {
-                if text.trim().is_empty() {
-                    return Ok(default);
-                }
-                text.trim().parse().map_err(|_| {
-                    bad_spec(
+        Dataset::open_node(spec, parse(spec, 0)?)
+    }
+
+    /// Checks a spec's grammar (kinds, slices, corruption names, severities, seeds, nesting)
+    /// without opening any file; [`Dataset::open`] checks the same first.
+    pub fn check_spec(spec: &str) -> Result<()> {
+        parse(spec.trim(), 0).map(|_| ())
+    }
+
+    fn open_node(spec: &str, node: Node<'_>) -> Result<Dataset> {
+        match node {
+            Node::Slice { inner, inner_spec, range, a, b, step } => {
+                let base = Dataset::open_node(inner_spec, *inner)?;
+                let b = b.unwrap_or(base.len()).min(base.len());
+                if a >= b {
+                    return Err(bad_spec(
                         spec,
-                        format!("slice bound `{text}` is not a non-negative integer"),
-                    )
-                })
-            };
-            let (a, b, step) = (bound(a, 0)?, bound(b, base.len())?.min(base.len()), bound(step, 1)?);
-            if step == 0 {
-                return Err(bad_spec(spec, "slice step 0: expected a step of at least 1"));
+                        format!("slice [{a}:{b}] of {} samples is empty", base.len()),
+                    ));
+                }
+                let mut sliced = base.subset(&(a..b).step_by(step).collect::<Vec<_>>())?;
+                sliced.spec = spec.to_string();
+                sliced.name = format!("{}[{range}]", base.name);
+                Ok(sliced)
             }
-            if a >= b {
-                return Err(bad_spec(
-                    spec,
-                    format!("slice [{a}:{b}] of {} samples is empty", base.len()),
-                ));
-            }
-            let mut sliced = base.subset(&(a..b).step_by(step).collect::<Vec<_>>())?;
-            sliced.spec = spec.to_string();
-            sliced.name = format!("{}[{range}]", base.name);
-            return Ok(sliced);
-        }
-        let Some((kind, rest)) = spec.split_once(':') else {
-            return Err(bad_spec(spec, "expected KIND:ARGS with KIND one of idx, cifar10, cifar100, folder, npy, csv, corrupt, outliers"));
-        };
-        match kind {
-            "idx" => {
+            Node::Idx(rest) => {
                 let (images, labels) = one_or_two_paths(rest);
                 let (packed, labels) = formats::read_idx(images, labels)?;
                 Ok(Dataset::new(spec, stem(images), Source::Packed(packed), labels))
             }
-            "cifar10" | "cifar100" => {
-                let cifar100 = kind == "cifar100";
+            Node::Cifar { cifar100, rest } => {
+                let kind = if cifar100 { "cifar100" } else { "cifar10" };
                 let (files, name) = match rest.rsplit_once(':') {
                     Some((dir, split @ ("train" | "test"))) => {
                         let dir = Path::new(dir);
@@ -197,49 +310,54 @@ impl Dataset {
                 let (packed, labels) = formats::read_cifar(&files, cifar100)?;
                 Ok(Dataset::new(spec, name, Source::Packed(packed), Some(labels)))
             }
-            "folder" => {
+            Node::Folder(rest) => {
                 let dir = Path::new(rest);
                 let (files, labels) = formats::list_folder(dir)?;
                 Ok(Dataset::new(spec, stem(dir), Source::Files(files), labels))
             }
-            "npy" => {
+            Node::Npy(rest) => {
                 let (images, labels) = one_or_two_paths(rest);
                 let (packed, labels) = formats::read_npy(images, labels)?;
                 Ok(Dataset::new(spec, stem(images), Source::Packed(packed), labels))
             }
-            "csv" => {
+            Node::Csv(rest) => {
                 let (packed, labels) = formats::read_csv(Path::new(rest))?;
                 Ok(Dataset::new(spec, stem(Path::new(rest)), Source::Packed(packed), Some(labels)))
             }
-            "corrupt" => {
-                let mut parts = rest.splitn(3, ':');
-                let (Some(name), Some(severity), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
-                    return Err(bad_spec(spec, "expected corrupt:NAME:SEVERITY:SPEC"));
-                };
-                let corruption = Corruption::parse(name)?;
-                let severity = severity
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|s| (1..=5).contains(s))
-                    .ok_or_else(|| bad_spec(spec, format!("severity `{severity}`: expected 1 to 5")))?;
-                let mut corrupted = Dataset::open(inner)?.corrupted(corruption, severity);
+            Node::Corrupt { corruption, severity, inner, inner_spec } => {
+                let mut corrupted = Dataset::open_node(inner_spec, *inner)?.corrupted(corruption, severity);
                 corrupted.spec = spec.to_string();
                 Ok(corrupted)
             }
-            "outliers" => {
-                // An all-digit first part is the seed: no spec is only digits.
-                let (seed, inner) = match rest.split_once(':') {
-                    Some((seed, inner)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
-                        (seed.parse::<u64>().map_err(|_| bad_spec(spec, format!("seed `{seed}` does not fit 64 bits")))?, inner)
-                    }
-                    _ => (0, rest),
-                };
-                let mut outliers = synthetic_outliers(&Dataset::open(inner)?, seed);
+            Node::Outliers { seed, inner, inner_spec } => {
+                let mut outliers = synthetic_outliers(&Dataset::open_node(inner_spec, *inner)?, seed);
                 outliers.spec = spec.to_string();
                 Ok(outliers)
             }
-            _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected idx, cifar10, cifar100, folder, npy, csv, corrupt or outliers"))),
         }
+    }
+
+    /// IDX images (and labels) from the files' bytes, raw or gzip, as `idx:` opens them.
+    /// For fuzzing and tests: the same reader without the file system.
+    #[doc(hidden)]
+    pub fn from_idx_bytes(images: &[u8], labels: Option<&[u8]>) -> Result<Dataset> {
+        let (images_path, labels_path) = (Path::new("<idx images>"), Path::new("<idx labels>"));
+        let (packed, labels) = formats::idx_from_bytes(images_path, images, labels.map(|l| (labels_path, l)))?;
+        Ok(Dataset::new("idx:<bytes>", "idx".into(), Source::Packed(packed), labels))
+    }
+
+    /// One CIFAR-10 (or CIFAR-100) binary batch from its bytes, as `cifar10:FILE` opens it.
+    #[doc(hidden)]
+    pub fn from_cifar_bytes(bytes: &[u8], cifar100: bool) -> Result<Dataset> {
+        let (packed, labels) = formats::cifar_from_bytes(Path::new("<cifar batch>"), bytes, cifar100)?;
+        Ok(Dataset::new("cifar:<bytes>", "cifar".into(), Source::Packed(packed), Some(labels)))
+    }
+
+    /// A pixel-row CSV (plain or gzip) from its bytes, as `csv:FILE` opens it.
+    #[doc(hidden)]
+    pub fn from_csv_bytes(bytes: &[u8]) -> Result<Dataset> {
+        let (packed, labels) = formats::csv_from_bytes(Path::new("<csv>"), bytes.to_vec())?;
+        Ok(Dataset::new("csv:<bytes>", "csv".into(), Source::Packed(packed), Some(labels)))
     }
 
     /// The spec text this dataset was opened from (for [`Dataset::subset`], the parent's; for

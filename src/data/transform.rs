@@ -16,6 +16,10 @@
 //! "bilinear", align_corners=False, antialias=False)` on a float tensor: output pixel o samples
 //! source coordinate max((o + 0.5)·in/out − 0.5, 0), neighbours clamped to the edge.
 //!
+//! Every size argument and every step's output is at most `MAX_IMAGE_SIDE` a side (an error
+//! naming the step otherwise, from `parse` or from `apply`/`output_size`), and a transform
+//! has at most `MAX_TRANSFORM_STEPS` steps.
+//!
 //! Presets: `cifar10` = `gray2rgb,normalize:0.4914/0.4822/0.4465:0.247/0.2435/0.2616`,
 //! `cifar100` = `gray2rgb,normalize:0.5071/0.4865/0.4409:0.2673/0.2564/0.2762`,
 //! `fmnist` = `pad:2,gray2rgb,normalize:0.286:0.353`,
@@ -24,6 +28,7 @@
 
 use super::Image;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_IMAGE_SIDE, MAX_TRANSFORM_STEPS};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transform {
@@ -68,13 +73,23 @@ struct Planes {
 impl Step {
     fn parse(text: &str) -> std::result::Result<Step, String> {
         let (name, arg) = text.split_once(':').unwrap_or((text, ""));
-        let positive = |s: &str| {
-            s.trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| format!("`{s}` is not a positive integer"))
+        // A size argument: 1..=MAX_IMAGE_SIDE (0 for a pad).
+        let number = |s: &str, min: u64| {
+            let t = s.trim();
+            if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.parse::<u64>().is_ok_and(|v| v < min) {
+                return Err(format!(
+                    "`{s}` is not a {} integer",
+                    if min == 0 { "non-negative" } else { "positive" }
+                ));
+            }
+            match t.parse::<u64>() {
+                Ok(v) if v <= MAX_IMAGE_SIDE as u64 => Ok(v as u32),
+                _ => Err(format!(
+                    "`{s}` is over the limit of {MAX_IMAGE_SIDE} pixels (MAX_IMAGE_SIDE, see `nac::limits`)"
+                )),
+            }
         };
+        let positive = |s: &str| number(s, 1);
         let size = |s: &str| match s.split_once('x') {
             Some((h, w)) => Ok((positive(h)?, positive(w)?)),
             None => positive(s).map(|v| (v, v)),
@@ -96,7 +111,7 @@ impl Step {
         match name.trim() {
             "resize" if arg.contains('x') => size(arg).map(|(h, w)| Step::Resize(h, w)),
             "resize" => positive(arg).map(Step::ResizeShorter),
-            "pad" => arg.trim().parse().map(Step::Pad).map_err(|_| format!("`{arg}` is not a non-negative integer")),
+            "pad" => number(arg, 0).map(Step::Pad),
             "center_crop" => size(arg).map(|(h, w)| Step::CenterCrop(h, w)),
             "gray2rgb" if arg.is_empty() => Ok(Step::Gray2Rgb),
             "gray2rgb" => Err("gray2rgb takes no argument".into()),
@@ -125,27 +140,44 @@ impl Step {
         }
     }
 
-    /// (h, w) after this step.
-    fn size(&self, h: usize, w: usize) -> (usize, usize) {
-        match *self {
+    /// (h, w) after this step on an h×w input (both ≥ 1), or an error when a side would be
+    /// over `MAX_IMAGE_SIDE` (checked arithmetic throughout).
+    fn size(&self, h: usize, w: usize) -> std::result::Result<(usize, usize), String> {
+        let (oh, ow) = match *self {
             Step::ResizeShorter(s) => {
-                let s = s as usize;
+                let s = s as u128;
                 // torchvision: the longer side is int(S · long / short).
+                let long = |long: usize, short: usize| (s * long as u128 / short.max(1) as u128).try_into().unwrap_or(usize::MAX);
                 if w <= h {
-                    (s * h / w.max(1), s)
+                    (long(h, w), s as usize)
                 } else {
-                    (s, s * w / h.max(1))
+                    (s as usize, long(w, h))
                 }
             }
             Step::Resize(oh, ow) => (oh as usize, ow as usize),
-            Step::Pad(p) => (h + 2 * p as usize, w + 2 * p as usize),
+            Step::Pad(p) => {
+                let grow = |side: usize| (p as usize).checked_mul(2).and_then(|p2| side.checked_add(p2)).unwrap_or(usize::MAX);
+                (grow(h), grow(w))
+            }
             Step::CenterCrop(ch, cw) => (ch as usize, cw as usize),
             Step::Gray2Rgb | Step::Normalize { .. } => (h, w),
+        };
+        if oh > MAX_IMAGE_SIDE || ow > MAX_IMAGE_SIDE {
+            let side = |v: usize| if v == usize::MAX { "more than usize::MAX".to_string() } else { v.to_string() };
+            return Err(format!(
+                "{} makes a {}×{} image {}×{}, over the limit of {MAX_IMAGE_SIDE} pixels a side (MAX_IMAGE_SIDE, see `nac::limits`)",
+                self.describe(),
+                h,
+                w,
+                side(oh),
+                side(ow),
+            ));
         }
+        Ok((oh, ow))
     }
 
     fn apply(&self, p: Planes) -> std::result::Result<Planes, String> {
-        let (h, w) = self.size(p.h, p.w);
+        let (h, w) = self.size(p.h, p.w)?;
         Ok(match self {
             Step::ResizeShorter(_) | Step::Resize(..) => resize(&p, h, w),
             Step::Pad(pad) => place(&p, h, w, -(*pad as i64), -(*pad as i64)),
@@ -252,6 +284,13 @@ impl Transform {
         if PRESETS.iter().any(|(n, _)| *n == text) {
             return Transform::preset(text);
         }
+        let count = text.split(',').count();
+        if count > MAX_TRANSFORM_STEPS {
+            return Err(Error::Input(format!(
+                "transform `{}`: {count} steps, over the limit of {MAX_TRANSFORM_STEPS} (MAX_TRANSFORM_STEPS, see `nac::limits`)",
+                short(text)
+            )));
+        }
         let steps = text
             .split(',')
             .enumerate()
@@ -274,9 +313,11 @@ impl Transform {
             .join(",")
     }
 
-    /// The model input of `image`: CHW f32 with 3 channels, `output_size` spatially.
+    /// The model input of `image`: CHW f32 with 3 channels, `output_size` spatially. An image
+    /// (or a step's output) over `MAX_IMAGE_SIDE` a side is an error naming the step.
     pub fn apply(&self, image: &Image) -> Result<Vec<f32>> {
         image.check()?;
+        self.check_input(image)?;
         let (h, w, c) = (
             image.height as usize,
             image.width as usize,
@@ -308,12 +349,41 @@ impl Transform {
         Ok(planes.data)
     }
 
-    /// (h, w) of `apply(image)`.
-    pub fn output_size(&self, image: &Image) -> (u32, u32) {
-        let (h, w) = self.steps.iter().fold(
-            (image.height as usize, image.width as usize),
-            |(h, w), s| s.size(h, w),
-        );
-        (h as u32, w as u32)
+    /// (h, w) of `apply(image)`, or the error `apply` gives for a side over `MAX_IMAGE_SIDE`
+    /// (the same checked size arithmetic). Reads only the image's size.
+    pub fn output_size(&self, image: &Image) -> Result<(u32, u32)> {
+        self.check_input(image)?;
+        let mut size = (image.height as usize, image.width as usize);
+        for step in &self.steps {
+            size = step
+                .size(size.0, size.1)
+                .map_err(|e| Error::Input(format!("transform `{}`: {e}", self.describe())))?;
+        }
+        // Both sides are at most MAX_IMAGE_SIDE here.
+        Ok((size.0 as u32, size.1 as u32))
+    }
+
+    fn check_input(&self, image: &Image) -> Result<()> {
+        if image.width == 0 || image.height == 0 {
+            return Err(Error::Input(format!("transform `{}`: the image is empty ({}×{})", self.describe(), image.width, image.height)));
+        }
+        let side = image.width.max(image.height) as usize;
+        if side > MAX_IMAGE_SIDE {
+            return Err(Error::Input(format!(
+                "transform `{}`: the image is {}×{} (W×H), over the limit of {MAX_IMAGE_SIDE} pixels a side (MAX_IMAGE_SIDE, see `nac::limits`)",
+                self.describe(),
+                image.width,
+                image.height
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `text` cut to 80 characters for an error message.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }

@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::{Dataset, Transform};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::nac::search::{Grid, LayerGrid};
 use crate::nac::{LayerParams, Preset};
 
@@ -143,31 +145,77 @@ pub struct SearchSettings {
 }
 
 impl EvalConfig {
+    /// Reads, parses and validates a config file (see [`EvalConfig::parse`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: EvalConfig = toml::from_str(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-        config.validate().map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+        EvalConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` (the file's name) starts every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let config: EvalConfig = toml::from_str(text).map_err(|e| Error::Input(format!("{origin}: {e}")))?;
+        config.validate().map_err(|e| Error::Input(format!("{origin}: {e}")))?;
         Ok(config)
     }
 
-    /// Checks what TOML typing cannot: non-empty lists, unique names, a search with a criterion.
+    /// Checks what TOML typing cannot, from the text alone (no file is opened): non-empty
+    /// lists, unique names, sizes within `crate::limits`, the grammar of the preprocessing and
+    /// of every dataset spec, a search with a criterion. Errors name the field.
     pub fn validate(&self) -> Result<()> {
+        let field = |name: &str, e: Error| Error::Input(format!("{name}: {e}"));
         if self.models.is_empty() {
             return Err(Error::Input("no [[models]] given".into()));
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            if model.path.as_os_str().is_empty() {
+                return Err(Error::Input(format!("models[{i}].path is empty: expected a weights file")));
+            }
         }
         if self.batch == 0 {
             return Err(Error::Input("batch must be at least 1".into()));
         }
+        limits::check("batch", self.batch, limits::MAX_BATCH, "MAX_BATCH")?;
+        Transform::parse(&self.preprocessing).map_err(|e| field("preprocessing", e))?;
+        let mut specs: Vec<(String, &str)> = vec![("profile.data".into(), &self.profile.data), ("id.test".into(), &self.id.test)];
+        specs.extend(self.id.val.as_deref().map(|s| ("id.val".into(), s)));
+        specs.extend(self.id.sanity.as_deref().map(|s| ("id.sanity".into(), s)));
+        specs.extend(self.ood.iter().enumerate().map(|(i, o)| (format!("ood[{i}].data (`{}`)", o.name), o.data.as_str())));
+        if let Some(ood_val) = self.search.as_ref().and_then(|s| s.ood_val.as_deref()) {
+            specs.push(("search.ood_val".into(), ood_val));
+        }
+        for (name, spec) in specs {
+            Dataset::check_spec(spec).map_err(|e| field(&name, e))?;
+        }
+        if let Some(samples) = self.profile.samples {
+            if samples == 0 {
+                return Err(Error::Input("profile.samples must be at least 1 (or absent for all samples)".into()));
+            }
+            limits::check("profile.samples", samples, limits::MAX_SAMPLES, "MAX_SAMPLES")?;
+        }
         for (i, set) in self.ood.iter().enumerate() {
             if set.name.is_empty() || self.ood[..i].iter().any(|o| o.name == set.name) {
-                return Err(Error::Input(format!("OOD set names must be non-empty and unique; `{}` is not", set.name)));
+                return Err(Error::Input(format!("ood[{i}].name: OOD set names must be non-empty and unique; `{}` is not", set.name)));
+            }
+        }
+        if let Some(layers) = &self.nac.layers {
+            if layers.is_empty() {
+                return Err(Error::Input("nac.layers is empty: list at least one layer, or leave it out for the official list".into()));
+            }
+            limits::check("nac.layers: the number of layers", layers.len(), limits::MAX_LAYERS, "MAX_LAYERS")?;
+            if let Some(i) = layers.iter().position(|l| l.trim().is_empty()) {
+                return Err(Error::Input(format!("nac.layers[{i}] is empty: expected a layer name")));
             }
         }
         if let Some(preset) = &self.nac.preset {
-            preset.parse::<Preset>()?;
+            preset.parse::<Preset>().map_err(|e| field("nac.preset", e))?;
         }
-        self.overrides()?;
+        for (i, p) in self.nac.params.iter().enumerate() {
+            LayerParams::parse(p).map_err(|e| field(&format!("nac.params[{i}]"), e))?;
+        }
         if let Some(search) = &self.search {
+            if let Some(grid) = &search.grid {
+                grid.parse::<Preset>().map_err(|e| field("search.grid", e))?;
+            }
             if search.grid.is_some() != search.layers.is_empty() {
                 return Err(Error::Input("[search] needs exactly one of `grid` (a preset name) or [[search.layers]] tables".into()));
             }

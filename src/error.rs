@@ -67,18 +67,25 @@ the input's values are far outside what the preprocessing produces, or the weigh
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename,
 /// so a crash never leaves a half-written output.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+    write_atomic_with(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+/// Like [`write_atomic`] for output produced piece by piece: `write` streams into the temporary
+/// file, which becomes `path` only if it returns `Ok`.
+pub fn write_atomic_with(path: &std::path::Path, write: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> Result<()> {
     let tmp = temp_path(path);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut buffered = std::io::BufWriter::new(file);
+        write(&mut buffered)?;
+        let file = buffered.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
+    result
 }
 
 /// The temporary file [`write_atomic`] writes before renaming it to `path`.

@@ -13,7 +13,7 @@ use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
 use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores, Shard};
 use nac::data::{self, Dataset, Transform};
-use nac::npy::NpyArray;
+use nac::npy::{NpyArray, NpyDtype};
 use nac::rng::Rng;
 use nac::{limits, reference, Engine, EngineOptions, Error, Result};
 
@@ -234,6 +234,34 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a dataset spec's images as .npy for other tools: uint8 N×H×W×C as stored, or,
+    /// with --preprocessing, float32 N×3×H×W after it; and the labels beside them.
+    Export {
+        /// A dataset spec (README, "Dataset specs"), e.g. corrupt:contrast:3:idx:FILE[0:1000].
+        #[arg(long)]
+        data: String,
+        /// Transform the images (a preset or steps) into float32 N×3×H×W.
+        #[arg(long)]
+        preprocessing: Option<String>,
+        /// The official class-balanced subset of this many samples (see `nac profile`).
+        #[arg(long)]
+        balanced: Option<usize>,
+        #[arg(long, default_value_t = nac::nac::select::OFFICIAL_SEED as u64)]
+        seed: u64,
+        /// Only part INDEX of COUNT of the selected samples (see `nac profile --shard`).
+        #[arg(long)]
+        shard: Option<String>,
+        /// Samples decoded per step (memory stays bounded by it).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Labels output, int64 (default: OUT with `.labels.npy` for `.npy`).
+        #[arg(long)]
+        labels_out: Option<PathBuf>,
+    },
     /// Sum profiles built in shards (same model and settings) into one.
     Merge {
         #[arg(long)]
@@ -347,6 +375,9 @@ fn main() -> ExitCode {
         }
         Command::Score { model, profile, source, layers, run, out } => score(gpu, ScoreJob { model, profile, source, layers, run, out }),
         Command::Merge { out, profiles } => merge(&profiles, &out),
+        Command::Export { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out } => {
+            export(ExportJob { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out })
+        }
         Command::Eval { config, out, threads, models } => nac::eval::EvalConfig::load(&config).and_then(|mut c| {
             if !models.is_empty() {
                 c.models = models.into_iter().map(|path| nac::eval::config::ModelEntry { path, arch: None }).collect();
@@ -563,6 +594,10 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let bar = progress_bar("profile", samples);
     engine.set_progress(Some(bar.clone()));
     source.for_each_batch(chosen.as_deref(), job.run.batch, &mut |_, input, shape| profile.add(&engine, &mut model, input, shape))?;
+    match &chosen {
+        Some(indices) => profile.record_sources(indices.iter().copied()),
+        None => profile.record_sources(0..source.len()),
+    }
     profile.save(&engine, &job.out)?;
     bar.finish_and_clear();
     let described: Vec<String> = settings.iter().map(|p| p.to_string()).collect();
@@ -615,6 +650,96 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     bar.finish_and_clear();
     let mean = scores.score.iter().map(|&s| s as f64).sum::<f64>() / scores.score.len() as f64;
     eprintln!("wrote {} ({} samples, mean score {mean:.4}) using {}", job.out.display(), scores.score.len(), engine.gpu.info.name);
+    Ok(())
+}
+
+struct ExportJob {
+    data: String,
+    preprocessing: Option<String>,
+    balanced: Option<usize>,
+    seed: u64,
+    shard: Option<String>,
+    batch: usize,
+    threads: Option<usize>,
+    out: PathBuf,
+    labels_out: Option<PathBuf>,
+}
+
+fn export(job: ExportJob) -> Result<()> {
+    let shard = job.shard.as_deref().map(Shard::parse).transpose()?;
+    let dataset = Dataset::open(&job.data)?;
+    limits::check("--batch", job.batch.max(1), limits::MAX_BATCH, "MAX_BATCH")?;
+    let labels_out = job.labels_out.clone().unwrap_or_else(|| job.out.with_extension("labels.npy"));
+    check_writable(&job.out)?;
+    if dataset.labels().is_some() {
+        check_writable(&labels_out)?;
+    }
+    let mut chosen: Vec<usize> = (0..dataset.len()).collect();
+    if let Some(total) = job.balanced {
+        let labels = dataset.labels().ok_or_else(|| Error::Input(format!("--balanced needs labels, but `{}` has none", dataset.spec())))?;
+        let classes = labels.iter().max().map_or(0, |&m| m + 1);
+        chosen = class_balanced_subset(labels, classes, total, job.seed)?;
+    }
+    if let Some(s) = shard {
+        chosen = chosen[s.range(chosen.len())].to_vec();
+    }
+    if chosen.is_empty() {
+        return Err(Error::Input(format!("{}: no samples selected", dataset.spec())));
+    }
+    let bar = progress_bar("export", chosen.len());
+    let first = dataset.image(chosen[0])?;
+    nac::error::write_atomic_with(&job.out, |w| {
+        let io = |e: std::io::Error| Error::io(&job.out, e);
+        match &job.preprocessing {
+            None => {
+                let (h, w_, c) = (first.height as usize, first.width as usize, first.channels as usize);
+                w.write_all(&nac::npy::header_bytes(NpyDtype::U8, &[chosen.len(), h, w_, c])).map_err(io)?;
+                for &i in &chosen {
+                    let image = dataset.image(i)?;
+                    if (image.height, image.width, image.channels) != (first.height, first.width, first.channels) {
+                        return Err(Error::Input(format!(
+                            "{} is {}×{}×{}, but {} is {h}×{w_}×{c}: export without --preprocessing needs one image size (add resize/center_crop steps)",
+                            dataset.locate(i),
+                            image.height,
+                            image.width,
+                            image.channels,
+                            dataset.locate(chosen[0])
+                        )));
+                    }
+                    w.write_all(&image.pixels).map_err(io)?;
+                    bar.inc(1);
+                }
+            }
+            Some(p) => {
+                let transform = Transform::parse(p)?;
+                let (h, w_) = transform.output_size(&first)?;
+                w.write_all(&nac::npy::header_bytes(NpyDtype::F32, &[chosen.len(), 3, h as usize, w_ as usize])).map_err(io)?;
+                let threads = job.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
+                for b in data::batches(&dataset, &transform, Some(&chosen), job.batch.max(1), threads) {
+                    let b = b?;
+                    if b.shape[2..] != [h as usize, w_ as usize] {
+                        return Err(Error::Input(format!(
+                            "{} transforms to {}×{}, but the first sample to {h}×{w_}: one array needs one size",
+                            dataset.locate(chosen[b.start]),
+                            b.shape[2],
+                            b.shape[3]
+                        )));
+                    }
+                    w.write_all(bytemuck::cast_slice(&b.input)).map_err(io)?;
+                    bar.inc(b.shape[0] as u64);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    if let Some(labels) = dataset.labels() {
+        NpyArray::from_labels(&chosen.iter().map(|&i| labels[i]).collect::<Vec<_>>()).save(&labels_out)?;
+        eprintln!("wrote {} and {} ({} samples)", job.out.display(), labels_out.display(), chosen.len());
+    } else {
+        eprintln!("wrote {} ({} samples, no labels)", job.out.display(), chosen.len());
+    }
     Ok(())
 }
 

@@ -15,6 +15,24 @@ use std::path::Path;
 
 use crate::error::{write_atomic, Error, Result};
 
+/// The bytes of a version-1 `.npy` header for a C-order array of `dtype` and `shape`: the data
+/// follows, starting on a 64-byte boundary (for writers that stream the data after it).
+pub fn header_bytes(dtype: NpyDtype, shape: &[usize]) -> Vec<u8> {
+    let shape = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", dtype.descr());
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len());
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out
+}
+
 /// Element types this crate reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NpyDtype {
@@ -108,19 +126,7 @@ impl NpyArray {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let shape = match self.shape.len() {
-            1 => format!("({},)", self.shape[0]),
-            _ => format!("({})", self.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
-        };
-        let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", self.dtype.descr());
-        // Pad so that the data starts on a 64-byte boundary, header ends with '\n'.
-        let unpadded = 10 + header.len() + 1;
-        header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-        header.push('\n');
-        let mut out = Vec::with_capacity(10 + header.len() + self.bytes.len());
-        out.extend_from_slice(b"\x93NUMPY\x01\x00");
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
+        let mut out = header_bytes(self.dtype, &self.shape);
         out.extend_from_slice(&self.bytes);
         out
     }

@@ -68,6 +68,12 @@ fn merged_shards_equal_one_run() {
         assert_eq!(a.counts, b.counts, "balanced `{balanced}`");
         assert_eq!(a.header, b.header);
         assert_eq!(b.header.samples, if balanced.is_empty() { 22 } else { 12 });
+        // The header records the source samples counted, as index ranges.
+        let counted: u64 = b.header.sources.iter().map(|r| r[1] - r[0]).sum();
+        assert_eq!(counted, b.header.samples);
+        if balanced.is_empty() {
+            assert_eq!(b.header.sources, vec![[0, 22]]);
+        }
 
         let (success, err) = nac(&[args(&format!("merge --out {merged}")), parts[..3].to_vec()].concat());
         assert!(!success && err.contains("shard 3/4 missing"), "{err}");

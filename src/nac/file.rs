@@ -85,6 +85,21 @@ pub struct ProfileHeader {
     /// shards cover every part exactly once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// The source samples counted, in order, as `[start, end)` index ranges of the input array
+    /// or dataset (`nac profile` records them; empty when unknown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<[u64; 2]>,
+}
+
+/// `indices` as ascending runs `[start, end)`, appended to `ranges` (joined to its last run
+/// where they continue it).
+pub fn push_index_ranges(ranges: &mut Vec<[u64; 2]>, indices: impl IntoIterator<Item = u64>) {
+    for i in indices {
+        match ranges.last_mut() {
+            Some(last) if last[1] == i => last[1] += 1,
+            _ => ranges.push([i, i + 1]),
+        }
+    }
 }
 
 /// Part `index` of `count` (`--shard index/count`): the `index`-th of `count` contiguous,
@@ -297,6 +312,15 @@ impl ProfileData {
         check_shards(parts, names)?;
         let mut merged = first.clone();
         merged.header.shard = None;
+        // Sources in the order of the whole run: shards by index, other parts as given.
+        let mut order: Vec<&ProfileData> = parts.iter().collect();
+        order.sort_by_key(|p| p.header.shard.map_or(0, |s| s.index));
+        merged.header.sources = Vec::new();
+        if order.iter().all(|p| !p.header.sources.is_empty()) {
+            for part in order {
+                push_index_ranges(&mut merged.header.sources, part.header.sources.iter().flat_map(|r| r[0]..r[1]));
+            }
+        }
         for (i, part) in rest.iter().enumerate() {
             let name = |k: usize| names.get(k).cloned().unwrap_or_else(|| format!("part {}", k + 1));
             if let Some(why) = first.header.mismatch(&part.header) {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::bins::BinEdges;
-use super::file::{Binning, Counted, LayerHeader, ProfileData, ProfileHeader, Shard, PROFILE_FORMAT, PROFILE_VERSION};
+use super::file::{push_index_ranges, Binning, Counted, LayerHeader, ProfileData, ProfileHeader, Shard, PROFILE_FORMAT, PROFILE_VERSION};
 use super::gpu::{histogram_params, record, NacCall, PlanCalls};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
@@ -144,6 +144,7 @@ impl Profile {
             samples: 0,
             layers: headers,
             shard: None,
+            sources: Vec::new(),
         };
         let zeros: Vec<Vec<u32>> = header.layers.iter().map(|l| vec![0; (l.m - 1) * l.neurons]).collect();
         Self::upload(engine, header, &zeros)
@@ -176,6 +177,11 @@ impl Profile {
     /// Marks the profile as part `shard` of a sharded run (recorded in its file).
     pub fn set_shard(&mut self, shard: Option<Shard>) {
         self.header.shard = shard;
+    }
+
+    /// Records which source samples (indices into the input array or dataset) were counted.
+    pub fn record_sources(&mut self, indices: impl IntoIterator<Item = usize>) {
+        push_index_ranges(&mut self.header.sources, indices.into_iter().map(|i| i as u64));
     }
 
     pub fn layer_names(&self) -> Vec<&str> {

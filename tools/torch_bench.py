@@ -81,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.dont_write_bytecode = True  # tools/__pycache__/torch_reference.*.pyc is tracked; leave it alone
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_reference import build_model, nac_ue_edges, uniform_kl_loss  # noqa: E402
 

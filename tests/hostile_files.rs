@@ -491,16 +491,21 @@ fn fuzz_regressions_are_errors() {
     eprintln!("{replayed} fuzz regression inputs replayed");
 }
 
-/// Regenerates the fuzzers' seed corpora under `fuzz/seeds/<target>/` (small valid files):
-/// `cargo test --release --test hostile_files write_fuzz_seeds -- --ignored`.
+/// The fuzzers' seed corpora under `fuzz/seeds/<target>/` are the small valid files written
+/// here; `NAC_WRITE_SEEDS=1 cargo test --release --test hostile_files fuzz_seeds` rewrites them.
 #[test]
-#[ignore]
-fn write_fuzz_seeds() {
+fn fuzz_seeds_are_the_valid_files_written_here() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let rewrite = std::env::var_os("NAC_WRITE_SEEDS").is_some();
     let write = |target: &str, name: &str, bytes: &[u8]| {
-        let dir = root.join(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(name), bytes).unwrap();
+        let path = root.join(target).join(name);
+        if rewrite {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(committed == bytes, "{} is stale: rerun with NAC_WRITE_SEEDS=1", path.display());
+        }
     };
     write("npy", "f32_2x3.npy", &NpyArray::from_f32(vec![2, 3], &[1.0, -2.0, 0.5, 3.0, 1e-3, 7.0]).to_bytes());
     write("npy", "f32_1x3x2x2.npy", &NpyArray::from_f32(vec![1, 3, 2, 2], &[0.25; 12]).to_bytes());

@@ -40,23 +40,6 @@ pub const MAX_SHARDS: usize = 10_000;
 /// memory (each holds part of a batch); 256 covers the largest machines.
 pub const MAX_THREADS: usize = 256;
 
-/// An error unless `value ≤ limit`; `what` names the input (file, field or flag).
-pub fn check(what: &str, value: usize, limit: usize, name: &str) -> Result<()> {
-    if value > limit {
-        return Err(Error::Input(format!("{what} is {value}, over the limit of {limit} ({name}, see `nac::limits`)")));
-    }
-    Ok(())
-}
-
-/// `a × b`, or an error naming `what` when the product overflows `usize`.
-pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| Error::Input(format!("{what}: {a} × {b} overflows")))
-}
-
-/// The product of `dims`, or an error naming `what` when it overflows `usize`.
-pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
-}
 
 /// Residual blocks in one stage of a network (a WideResNet's `(depth − 4) / 6`, or blocks counted
 /// in a checkpoint): ResNet-152's deepest stage has 36 and WRN-100 has 16; the bound keeps an
@@ -95,3 +78,21 @@ pub const MAX_TRANSFORM_STEPS: usize = 64;
 /// 16-bit RGBA image of `MAX_IMAGE_SIDE` squared is 128 MiB, so 512 MiB (the `image` crate's
 /// own default) leaves room for its working buffers.
 pub const MAX_DECODE_ALLOC: u64 = 512 << 20;
+
+/// An error unless `value ≤ limit`; `what` names the input (file, field or flag).
+pub fn check(what: &str, value: usize, limit: usize, name: &str) -> Result<()> {
+    if value > limit {
+        return Err(Error::Input(format!("{what} is {value}, over the limit of {limit} ({name}, see `nac::limits`)")));
+    }
+    Ok(())
+}
+
+/// `a × b`, or an error naming `what` when the product overflows `usize`.
+pub fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::Input(format!("{what}: {a} × {b} overflows")))
+}
+
+/// The product of `dims`, or an error naming `what` when it overflows `usize`.
+pub fn product(what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| mul(what, acc, d))
+}

@@ -59,6 +59,15 @@ struct SourceArgs {
     shard: Option<String>,
 }
 
+/// Shard `shard` of the selected samples `all`; an error when it holds none.
+fn take_shard(all: Vec<usize>, shard: Shard) -> Result<Vec<usize>> {
+    let range = shard.range(all.len());
+    if range.is_empty() {
+        return Err(Error::Input(format!("--shard {shard} selects none of the {} samples: use at most {} shards", all.len(), all.len())));
+    }
+    Ok(all[range].to_vec())
+}
+
 /// An opened [`SourceArgs`].
 enum Source {
     Array { path: PathBuf, data: Vec<f32>, shape: [usize; 4], preprocessing: String },
@@ -105,10 +114,9 @@ impl Source {
 
     /// The samples to run: the `chosen` selection (all samples without), cut to `shard`; `None`
     /// when that is every sample in order.
-    fn select(&self, chosen: Option<Vec<usize>>, shard: Option<Shard>) -> Option<Vec<usize>> {
-        let Some(shard) = shard else { return chosen };
-        let all = chosen.unwrap_or_else(|| (0..self.len()).collect());
-        Some(all[shard.range(all.len())].to_vec())
+    fn select(&self, chosen: Option<Vec<usize>>, shard: Option<Shard>) -> Result<Option<Vec<usize>>> {
+        let Some(shard) = shard else { return Ok(chosen) };
+        take_shard(chosen.unwrap_or_else(|| (0..self.len()).collect()), shard).map(Some)
     }
 
     /// Where sample `i` of the selection `indices` (all samples without) comes from.
@@ -494,7 +502,7 @@ fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, r
     check_writable(&out)?;
     let mut engine = run.engine(gpu)?;
     let mut model = engine.load_model(&model, run.arch()?)?;
-    let selected = source.select(None, shard);
+    let selected = source.select(None, shard)?;
     let samples = selected.as_ref().map_or(source.len(), Vec::len);
     let progress = progress_bar("predict", samples);
     engine.set_progress(Some(progress.clone()));
@@ -569,6 +577,9 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
     let preset: Preset = job.preset.parse()?;
     let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network.stage_names()));
+    for layer in &layers {
+        model.network.layer_index(layer)?;
+    }
     let overrides = job.layer_params.iter().map(|t| LayerParams::parse(t)).collect::<Result<Vec<_>>>()?;
     let settings = params::resolve(&layers, Some(preset), &overrides)?;
     let chosen = match job.balanced {
@@ -587,7 +598,7 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
             Some(chosen)
         }
     };
-    let chosen = source.select(chosen, shard);
+    let chosen = source.select(chosen, shard)?;
     let samples = chosen.as_ref().map_or(source.len(), Vec::len);
     let mut profile = Profile::new(&engine, &model.network, &settings, &source.preprocessing())?;
     profile.set_shard(shard);
@@ -626,7 +637,7 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
     if let Some(layers) = &job.layers {
         profile.check_layers(layers).map_err(in_profile)?;
     }
-    let selected = source.select(None, shard);
+    let selected = source.select(None, shard)?;
     let bar = progress_bar("score", selected.as_ref().map_or(source.len(), Vec::len));
     engine.set_progress(Some(bar.clone()));
     let mut scores: Option<Scores> = None;
@@ -681,7 +692,7 @@ fn export(job: ExportJob) -> Result<()> {
         chosen = class_balanced_subset(labels, classes, total, job.seed)?;
     }
     if let Some(s) = shard {
-        chosen = chosen[s.range(chosen.len())].to_vec();
+        chosen = take_shard(chosen, s)?;
     }
     if chosen.is_empty() {
         return Err(Error::Input(format!("{}: no samples selected", dataset.spec())));

@@ -270,6 +270,13 @@ enum Command {
         #[arg(long)]
         labels_out: Option<PathBuf>,
     },
+    /// Convert a PyTorch checkpoint (`torch.save` .pth/.ckpt, a state dict possibly wrapped in
+    /// {'state_dict': …} with `module.`/`model.` prefixes) to safetensors in the public naming.
+    /// No Python runs: a restricted reader refuses anything but tensors and plain containers.
+    Convert {
+        input: PathBuf,
+        out: PathBuf,
+    },
     /// Sum profiles built in shards (same model and settings) into one.
     Merge {
         #[arg(long)]
@@ -383,6 +390,7 @@ fn main() -> ExitCode {
         }
         Command::Score { model, profile, source, layers, run, out } => score(gpu, ScoreJob { model, profile, source, layers, run, out }),
         Command::Merge { out, profiles } => merge(&profiles, &out),
+        Command::Convert { input, out } => convert(&input, &out),
         Command::Export { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out } => {
             export(ExportJob { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out })
         }
@@ -751,6 +759,30 @@ fn export(job: ExportJob) -> Result<()> {
     } else {
         eprintln!("wrote {} ({} samples, no labels)", job.out.display(), chosen.len());
     }
+    Ok(())
+}
+
+fn convert(input: &Path, out: &Path) -> Result<()> {
+    check_writable(out)?;
+    let bytes = std::fs::read(input).map_err(|e| Error::io(input, e))?;
+    if !nac::model::pth::is_pth(&bytes) {
+        return Err(Error::Input(format!("{}: not a PyTorch zip checkpoint (torch.save of PyTorch ≥ 1.6)", input.display())));
+    }
+    let tensors = nac::model::pth::read(input, &bytes)?;
+    let strip = tensors.iter().all(|t| t.name.starts_with("module."));
+    let views = tensors
+        .iter()
+        .map(|t| {
+            let name = if strip { &t.name["module.".len()..] } else { t.name.as_str() };
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| Error::Input(format!("{}: tensor `{name}`: {e}", input.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let st = safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising {}: {e}", out.display())))?;
+    let arch = nac::model::from_bytes(input, &bytes, None).map(|n| n.spec.to_string()).unwrap_or_else(|e| format!("no architecture nac runs ({e})"));
+    write_atomic(out, &st)?;
+    eprintln!("wrote {} ({} tensors; {arch})", out.display(), tensors.len());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Models: checkpoint reading, architecture detection, synthetic checkpoints.
 
 pub mod arch;
+pub mod pth;
 pub mod synthetic;
 pub mod weights;
 

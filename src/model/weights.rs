@@ -39,28 +39,36 @@ impl TensorStore {
         Self::from_bytes(path, &map)
     }
 
-    /// Parses safetensors bytes; `path` is only used in error messages.
+    /// Parses safetensors bytes, or a PyTorch `torch.save` checkpoint (zip; see
+    /// [`crate::model::pth`]); `path` is only used in error messages.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if super::pth::is_pth(bytes) {
+            let tensors = super::pth::read(path, bytes)?;
+            return Self::from_entries(path, tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes.as_slice())));
+        }
         let err = |message: String| Error::Weights { path: path.to_path_buf(), message };
         let st = SafeTensors::deserialize(bytes).map_err(|e| err(invalid_safetensors(bytes, &e)))?;
-        let names = st.names();
-        let strip_module = !names.is_empty() && names.iter().all(|n| n.starts_with("module."));
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st.iter().map(|(n, v)| (n.to_string(), v)).collect();
+        Self::from_entries(path, views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())))
+    }
+
+    /// Tensors `(name, dtype, shape, little-endian bytes)` converted to f32; a `module.` prefix
+    /// on every name is stripped and BatchNorm counters skipped.
+    fn from_entries<'a>(path: &Path, entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])> + Clone) -> Result<Self> {
+        let err = |message: String| Error::Weights { path: path.to_path_buf(), message };
+        let strip_module = entries.clone().next().is_some() && entries.clone().all(|(n, ..)| n.starts_with("module."));
         let mut tensors = BTreeMap::new();
-        for (name, view) in st.iter() {
+        for (name, dtype, shape, data) in entries {
             let key = if strip_module { &name["module.".len()..] } else { name };
             if is_ignorable_counter(key) {
                 continue;
             }
-            let data = convert_to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            let data = convert_to_f32(dtype, data).ok_or_else(|| {
                 err(format!(
-                    "tensor `{key}`: dtype {:?} is not supported; expected F32, F16 or BF16",
-                    view.dtype()
+                    "tensor `{key}`: dtype {dtype:?} is not supported; expected F32, F16 or BF16"
                 ))
             })?;
-            tensors.insert(
-                key.to_string(),
-                RawTensor { shape: view.shape().to_vec(), dtype: view.dtype(), data },
-            );
+            tensors.insert(key.to_string(), RawTensor { shape: shape.to_vec(), dtype, data });
         }
         Ok(TensorStore { path: path.to_path_buf(), tensors })
     }

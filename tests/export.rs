@@ -5,21 +5,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use common::{nac_ok as nac, s};
 
 use nac::data::{self, Dataset, Transform};
 use nac::nac::class_balanced_subset;
 use nac::npy::{NpyArray, NpyDtype};
-
-fn nac(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nac")).args(args).output().unwrap();
-    assert!(out.status.success(), "nac {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn export_writes_what_the_loader_reads() {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::s;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,6 +20,7 @@ use nac::npy::NpyArray;
 
 const ARCH: ArchSpec = ArchSpec::WideResNet { depth: 10, width: 1 };
 
+/// Runs `nac`: (exit code, stderr).
 fn nac(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_nac")).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -27,10 +30,6 @@ fn model_file(dir: &Path, classes: usize) -> PathBuf {
     let path = dir.join(format!("wrn{classes}.safetensors"));
     SyntheticModel::new(ARCH, classes, 3).unwrap().save(&path, StorageDtype::F32).unwrap();
     path
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Inputs whose values are finite but overflow f32 inside the network: `predict`, `profile` and

@@ -4,24 +4,15 @@
 
 mod common;
 
+use common::{nac, nac_ok as ok};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
 use nac::nac::ProfileData;
 use nac::npy::NpyArray;
-
-fn nac(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nac")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn ok(args: &[String]) {
-    let (success, err) = nac(args);
-    assert!(success, "nac {args:?}: {err}");
-}
 
 fn args(text: &str) -> Vec<String> {
     text.split_whitespace().map(String::from).collect()

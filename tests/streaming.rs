@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
+use common::{nac_ok as nac, s};
 
 use nac::data::{self, Dataset, Transform};
 use nac::model::synthetic::SyntheticModel;
@@ -13,15 +12,6 @@ use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
 use nac::nac::ProfileData;
 use nac::npy::NpyArray;
-
-fn nac(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nac")).args(args).output().unwrap();
-    assert!(out.status.success(), "nac {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn streamed_sets_equal_preprocessed_arrays() {
@@ -70,11 +60,7 @@ fn streamed_sets_equal_preprocessed_arrays() {
     assert_eq!(csv.lines().count(), n + 1);
     assert_eq!(csv, std::fs::read_to_string(&arrayed).unwrap());
 
-    let other = Command::new(env!("CARGO_BIN_EXE_nac"))
-        .args(["score", "--model", s(&model), "--profile", s(&profile), "--data", &spec, "--preprocessing", "pad:2,gray2rgb", "--out", s(&streamed)])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&other.stderr);
-    assert!(!other.status.success() && err.contains("was built with preprocessing"), "{err}");
+    let (success, err) = common::nac(&["score", "--model", s(&model), "--profile", s(&profile), "--data", &spec, "--preprocessing", "pad:2,gray2rgb", "--out", s(&streamed)]);
+    assert!(!success && err.contains("was built with preprocessing"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

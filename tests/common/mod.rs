@@ -59,3 +59,21 @@ pub fn write_idx(path: &std::path::Path, images: &[u8], n: usize, labels: &[u8])
     l.extend(labels);
     std::fs::write(path.to_str().unwrap().replace("images-idx3", "labels-idx1"), l).unwrap();
 }
+
+/// Runs the `nac` binary with `args`: (success, stderr).
+pub fn nac<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nac")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `nac` with `args` and fails the test, showing its stderr, unless it succeeds.
+#[track_caller]
+pub fn nac_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) {
+    let (success, err) = nac(args);
+    assert!(success, "nac {args:?}: {err}");
+}
+
+/// A path as `&str`, for building command lines.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}

@@ -527,7 +527,12 @@ fn touch(set: &Dataset) {
         if let Ok(image) = nac::data::decode_image_bytes("fuzz.png", &data) {
             image.check().unwrap();
             if image.pixels.len() <= 1 << 16 {
-                Transform::parse("resize:8,center_crop:6,gray2rgb").unwrap().apply(&image).unwrap();
+                let t = Transform::parse("resize:8,center_crop:6,gray2rgb").unwrap();
+                match (t.output_size(&image), t.apply(&image)) {
+                    (Ok(size), Ok(out)) => assert_eq!((size, out.len()), ((6, 6), 3 * 36)),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => panic!("output_size {a:?} and apply {:?} disagree", b.map(|v| v.len())),
+                }
             }
         }
         replayed += 1;

@@ -24,7 +24,8 @@ fn main() -> nac::Result<()> {
     let settings = params::resolve(&layers, Some(Preset::Cifar10), &[])?;
     let size = 16;
     let shape = |n: usize| [n, 3, size, size];
-    let (train_a, train_b, test) = (random_inputs(12, 3, size, size, 1), random_inputs(12, 3, size, size, 2), random_inputs(6, 3, size, size, 3));
+    let (train_a, train_b, test) =
+        (random_inputs(12, 3, size, size, 1), random_inputs(12, 3, size, size, 2), random_inputs(6, 3, size, size, 3));
 
     // Profile: every batch fed is added to the per-layer histograms on the GPU.
     let mut profile = Profile::new(&engine, &model.network, &settings, "none")?;

@@ -100,7 +100,14 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
 
     // Cached pairs with the official layers' neuron counts, from a random source.
     let neurons: Vec<usize> = {
-        let one = PooledStates::compute(engine, &mut model, &input[..3 * settings.size * settings.size], [1, 3, settings.size, settings.size], &refs, None)?;
+        let one = PooledStates::compute(
+            engine,
+            &mut model,
+            &input[..3 * settings.size * settings.size],
+            [1, 3, settings.size, settings.size],
+            &refs,
+            None,
+        )?;
         refs.iter().map(|l| one.read_values(engine, l).map(|v| v.len() / 2)).collect::<Result<_>>()?
     };
     let n = settings.search_samples;
@@ -174,7 +181,16 @@ pub fn peak_gflops(engine: &Engine) -> Result<f64> {
     let mut iterations: u32 = 16;
     loop {
         let params = ElementwiseParams { total: THREADS, width: iterations, ..Default::default() };
-        let run = || engine.kernels.run_single(&engine.gpu, Kernel::PeakFma, bytemuck::bytes_of(&params), workgroups, &[None, None, None], THREADS as usize);
+        let run = || {
+            engine.kernels.run_single(
+                &engine.gpu,
+                Kernel::PeakFma,
+                bytemuck::bytes_of(&params),
+                workgroups,
+                &[None, None, None],
+                THREADS as usize,
+            )
+        };
         run()?;
         let started = Instant::now();
         let out = run()?;

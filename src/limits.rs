@@ -40,7 +40,6 @@ pub const MAX_SHARDS: usize = 10_000;
 /// memory (each holds part of a batch); 256 covers the largest machines.
 pub const MAX_THREADS: usize = 256;
 
-
 /// Residual blocks in one stage of a network (a WideResNet's `(depth − 4) / 6`, or blocks counted
 /// in a checkpoint): ResNet-152's deepest stage has 36 and WRN-100 has 16; the bound keeps an
 /// architecture named on the command line (`wrn-DEPTH-WIDTH`) from sizing an endless random

@@ -7,12 +7,15 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use nac::data::{self, Dataset, Transform};
 use nac::error::{check_writable, write_atomic};
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
-use nac::nac::{class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores, Shard};
-use nac::data::{self, Dataset, Transform};
+use nac::nac::{
+    class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores,
+    Shard,
+};
 use nac::npy::{NpyArray, NpyDtype};
 use nac::rng::Rng;
 use nac::{limits, reference, Engine, EngineOptions, Error, Result};
@@ -67,6 +70,9 @@ fn take_shard(all: Vec<usize>, shard: Shard) -> Result<Vec<usize>> {
     }
     Ok(all[range].to_vec())
 }
+
+/// What [`Source::for_each_batch`] calls with each batch: (first sample, NCHW values, shape).
+type OnBatch<'a> = dyn FnMut(usize, &[f32], [usize; 4]) -> Result<()> + 'a;
 
 /// An opened [`SourceArgs`].
 enum Source {
@@ -131,7 +137,7 @@ impl Source {
     /// Calls `f(first, input, shape)` on NCHW batches of the selected samples in order: the
     /// whole array at once (the engine chunks it), or the stream `batch` samples at a time.
     /// A non-finite result is located in the source.
-    fn for_each_batch(&self, indices: Option<&[usize]>, batch: usize, f: &mut dyn FnMut(usize, &[f32], [usize; 4]) -> Result<()>) -> Result<()> {
+    fn for_each_batch(&self, indices: Option<&[usize]>, batch: usize, f: &mut OnBatch) -> Result<()> {
         let locate = |first: usize| move |e: Error| e.locate_sample(|i| self.locate(indices, first + i));
         match self {
             Source::Array { data, shape, .. } => match indices {
@@ -273,10 +279,7 @@ enum Command {
     /// Convert a PyTorch checkpoint (`torch.save` .pth/.ckpt, a state dict possibly wrapped in
     /// {'state_dict': …} with `module.`/`model.` prefixes) to safetensors in the public naming.
     /// No Python runs: a restricted reader refuses anything but tensors and plain containers.
-    Convert {
-        input: PathBuf,
-        out: PathBuf,
-    },
+    Convert { input: PathBuf, out: PathBuf },
     /// Sum profiles built in shards (same model and settings) into one.
     Merge {
         #[arg(long)]
@@ -485,9 +488,10 @@ fn info(options: &GpuOptions) -> Result<()> {
 fn load_images(path: &Path) -> Result<(Vec<f32>, [usize; 4])> {
     let array = NpyArray::load(path)?;
     let data = array.to_f32(path)?;
-    let shape: [usize; 4] = array.shape.as_slice().try_into().map_err(|_| {
-        Error::Input(format!("{}: expected a 4-D float32 array N×3×H×W, found shape {:?}", path.display(), array.shape))
-    })?;
+    let shape: [usize; 4] =
+        array.shape.as_slice().try_into().map_err(|_| {
+            Error::Input(format!("{}: expected a 4-D float32 array N×3×H×W, found shape {:?}", path.display(), array.shape))
+        })?;
     Ok((data, shape))
 }
 
@@ -500,8 +504,9 @@ fn load_labels(path: &Path, samples: usize) -> Result<Vec<usize>> {
 }
 
 fn progress_bar(what: &str, len: usize) -> ProgressBar {
-    ProgressBar::new(len as u64)
-        .with_style(ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} images, {{per_sec}}, eta {{eta}}")).unwrap())
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} images, {{per_sec}}, eta {{eta}}")).unwrap(),
+    )
 }
 
 fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, run: &RunArgs) -> Result<()> {
@@ -594,10 +599,13 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
         None => None,
         Some(total) => {
             let labels = match (&source, &job.labels) {
-                (Source::Stream { dataset, .. }, None) => {
-                    dataset.labels().ok_or_else(|| Error::Input(format!("--balanced needs labels, but `{}` has none", dataset.spec())))?.to_vec()
+                (Source::Stream { dataset, .. }, None) => dataset
+                    .labels()
+                    .ok_or_else(|| Error::Input(format!("--balanced needs labels, but `{}` has none", dataset.spec())))?
+                    .to_vec(),
+                (Source::Stream { .. }, Some(_)) => {
+                    return Err(Error::Input("--labels goes with --input; a --data set brings its own labels".into()))
                 }
-                (Source::Stream { .. }, Some(_)) => return Err(Error::Input("--labels goes with --input; a --data set brings its own labels".into())),
                 (Source::Array { .. }, Some(path)) => load_labels(path, source.len())?,
                 (Source::Array { .. }, None) => return Err(Error::Input("--balanced needs --labels".into())),
             };
@@ -662,7 +670,11 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
         None => scores.to_csv(),
         Some(s) => {
             let text = scores.to_csv_from(s.range(source.len()).start);
-            if s.index == 0 { text } else { text.split_once('\n').map_or(String::new(), |(_, rows)| rows.to_string()) }
+            if s.index == 0 {
+                text
+            } else {
+                text.split_once('\n').map_or(String::new(), |(_, rows)| rows.to_string())
+            }
         }
     };
     write_atomic(&job.out, csv.as_bytes())?;
@@ -780,7 +792,9 @@ fn convert(input: &Path, out: &Path) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let st = safetensors::serialize(views, None).map_err(|e| Error::Input(format!("serialising {}: {e}", out.display())))?;
-    let arch = nac::model::from_bytes(input, &bytes, None).map(|n| n.spec.to_string()).unwrap_or_else(|e| format!("no architecture nac runs ({e})"));
+    let arch = nac::model::from_bytes(input, &bytes, None)
+        .map(|n| n.spec.to_string())
+        .unwrap_or_else(|e| format!("no architecture nac runs ({e})"));
     write_atomic(out, &st)?;
     eprintln!("wrote {} ({} tensors; {arch})", out.display(), tensors.len());
     Ok(())
@@ -816,7 +830,8 @@ fn model_evaluation(
     let bar = progress_bar("NAC-ME", shape[0] * checkpoints.len());
     engine.set_progress(Some(bar.clone()));
     let images = LabelledImages { input: &data, shape, labels: &labels };
-    let report = evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref()).map_err(in_input(&input))?;
+    let report =
+        evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref()).map_err(in_input(&input))?;
     bar.finish_and_clear();
     println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
     for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {
@@ -826,7 +841,9 @@ fn model_evaluation(
     }
     match report.spearman {
         Some(rho) => println!("Spearman rank correlation (NAC-ME vs test accuracy): {rho:.4}"),
-        None if report.test_accuracies.is_some() => println!("Spearman rank correlation: undefined (fewer than two checkpoints, or a constant column)"),
+        None if report.test_accuracies.is_some() => {
+            println!("Spearman rank correlation: undefined (fewer than two checkpoints, or a constant column)")
+        }
         None => {}
     }
     if let Some(path) = out {

@@ -111,13 +111,19 @@ impl NpyArray {
             NpyDtype::I32 => self.bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect(),
             NpyDtype::I64 => self.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
             other => {
-                return Err(Error::Input(format!("{}: labels must be integers (uint8, int32, int64), found {}", path.display(), other.descr())))
+                return Err(Error::Input(format!(
+                    "{}: labels must be integers (uint8, int32, int64), found {}",
+                    path.display(),
+                    other.descr()
+                )))
             }
         };
         values
             .iter()
             .enumerate()
-            .map(|(i, &v)| usize::try_from(v).map_err(|_| Error::Input(format!("{}: label {i} is {v}; labels must be ≥ 0", path.display()))))
+            .map(|(i, &v)| {
+                usize::try_from(v).map_err(|_| Error::Input(format!("{}: label {i} is {v}; labels must be ≥ 0", path.display())))
+            })
             .collect()
     }
 
@@ -157,10 +163,7 @@ impl NpyArray {
             _ => return Err(bad(format!("unsupported format version {major}.{minor} (expected 1.0, 2.0 or 3.0)"))),
         };
         let Some(len_field) = bytes.get(8..header_start) else {
-            return Err(bad(format!(
-                "file of {} bytes ends inside the {len_bytes}-byte header length of version {major}.0",
-                bytes.len()
-            )));
+            return Err(bad(format!("file of {} bytes ends inside the {len_bytes}-byte header length of version {major}.0", bytes.len())));
         };
         let header_len = len_field.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         let data_start = header_start.checked_add(header_len);
@@ -226,13 +229,20 @@ fn parse_header(text: &[u8]) -> std::result::Result<Header, String> {
         let duplicate = match key.as_str() {
             "descr" => {
                 if p.peek() != Some(b'\'') && p.peek() != Some(b'"') {
-                    return Err(format!("byte {value_at}: 'descr' must be a dtype string such as '<f4' (structured dtypes are not supported)"));
+                    return Err(format!(
+                        "byte {value_at}: 'descr' must be a dtype string such as '<f4' (structured dtypes are not supported)"
+                    ));
                 }
                 descr.replace(p.string()?).is_some()
             }
             "fortran_order" => fortran_order.replace(p.boolean()?).is_some(),
             "shape" => shape.replace(p.shape()?).is_some(),
-            other => return Err(format!("byte {value_at}: unexpected key '{}' (expected 'descr', 'fortran_order', 'shape')", other.escape_default())),
+            other => {
+                return Err(format!(
+                    "byte {value_at}: unexpected key '{}' (expected 'descr', 'fortran_order', 'shape')",
+                    other.escape_default()
+                ))
+            }
         };
         if duplicate {
             return Err(format!("byte {value_at}: key '{key}' appears twice"));

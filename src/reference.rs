@@ -52,10 +52,7 @@ pub struct ReferenceOutput {
 /// Panics when the padded input is smaller than the kernel or the stride is 0.
 pub fn conv_out_size(n: usize, kernel: usize, stride: usize, padding: usize) -> usize {
     assert!(stride > 0, "stride must be positive");
-    assert!(
-        n + 2 * padding >= kernel,
-        "input length {n} with padding {padding} is smaller than the kernel {kernel}"
-    );
+    assert!(n + 2 * padding >= kernel, "input length {n} with padding {padding} is smaller than the kernel {kernel}");
     (n + 2 * padding - kernel) / stride + 1
 }
 
@@ -672,18 +669,10 @@ pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> 
         return Err(Error::Input(format!("reference: input shape {shape:?} has an empty dimension")));
     }
     if c != net.in_channels() {
-        return Err(Error::Input(format!(
-            "reference: input has {c} channels but {} expects {}",
-            net.spec,
-            net.in_channels()
-        )));
+        return Err(Error::Input(format!("reference: input has {c} channels but {} expects {}", net.spec, net.in_channels())));
     }
     if input.len() != b * c * h * w {
-        return Err(Error::Input(format!(
-            "reference: input has {} values but shape {shape:?} needs {}",
-            input.len(),
-            b * c * h * w
-        )));
+        return Err(Error::Input(format!("reference: input has {} values but shape {shape:?} needs {}", input.len(), b * c * h * w)));
     }
     let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
     let nst = num_stages(net);
@@ -923,12 +912,7 @@ mod tests {
 
     #[test]
     fn fd_resnet18_32x32() {
-        check_network(
-            ArchSpec::ResNet18_32x32,
-            8,
-            11,
-            &[[2, 64, 8, 8], [2, 128, 4, 4], [2, 256, 2, 2], [2, 512, 1, 1], [2, 512, 1, 1]],
-        );
+        check_network(ArchSpec::ResNet18_32x32, 8, 11, &[[2, 64, 8, 8], [2, 128, 4, 4], [2, 256, 2, 2], [2, 512, 1, 1], [2, 512, 1, 1]]);
     }
 
     #[test]
@@ -943,12 +927,7 @@ mod tests {
 
     #[test]
     fn fd_wide_resnet_10_2() {
-        check_network(
-            ArchSpec::WideResNet { depth: 10, width: 2 },
-            8,
-            13,
-            &[[2, 32, 8, 8], [2, 64, 4, 4], [2, 128, 2, 2], [2, 128, 1, 1]],
-        );
+        check_network(ArchSpec::WideResNet { depth: 10, width: 2 }, 8, 13, &[[2, 32, 8, 8], [2, 64, 4, 4], [2, 128, 2, 2], [2, 128, 1, 1]]);
     }
 
     #[test]
@@ -1196,7 +1175,13 @@ mod tests {
 
     #[test]
     fn batch_norm_pool_linear_small_cases() {
-        let bn = BatchNorm { name: "bn".into(), gamma: vec![2.0, 0.5], beta: vec![1.0, -1.0], mean: vec![1.0, 0.0], var: vec![4.0 - 1e-5, 1.0 - 1e-5] };
+        let bn = BatchNorm {
+            name: "bn".into(),
+            gamma: vec![2.0, 0.5],
+            beta: vec![1.0, -1.0],
+            mean: vec![1.0, 0.0],
+            var: vec![4.0 - 1e-5, 1.0 - 1e-5],
+        };
         let x = [3.0, 5.0, 2.0, -2.0];
         let y = batch_norm(&x, [1, 2, 1, 2], &bn);
         // channel 0: (x−1)/2·2+1 = x; channel 1: x/1·0.5−1.
@@ -1218,12 +1203,7 @@ mod tests {
         assert_eq!(linear_backward_data(&[1.0, 0.0, 1.0, 2.0], 2, &fc), [1.0, 2.0, 3.0, -1.0, 2.0, 5.0]);
         // Adjoint identity for the linear part.
         let mut rng = Rng::new(31);
-        let fc = Linear {
-            out_features: 7,
-            in_features: 5,
-            weight: (0..35).map(|_| rng.normal()).collect(),
-            bias: vec![0.0; 7],
-        };
+        let fc = Linear { out_features: 7, in_features: 5, weight: (0..35).map(|_| rng.normal()).collect(), bias: vec![0.0; 7] };
         let x = normal_vec(&mut rng, 15);
         let dy = normal_vec(&mut rng, 21);
         let lhs = dot(&dy, &linear(&x, 3, &fc));

@@ -106,7 +106,11 @@ fn pooled_pairs_do_not_depend_on_batching_order_or_input_sizes() {
         let batches: Vec<_> = ranges.iter().map(|r| Ok(batch_of(&set, r.clone()))).collect();
         let pooled = PooledStates::compute_streamed(&engine, &mut model, set.len(), &LAYERS, None, batches).unwrap();
         for (i, (got, want)) in per_sample(&engine, &pooled).iter().zip(&alone).enumerate() {
-            assert!(got == want, "trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} of side {} differs from pooling it alone", set[i].side);
+            assert!(
+                got == want,
+                "trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} of side {} differs from pooling it alone",
+                set[i].side
+            );
         }
     }
 }
@@ -121,8 +125,11 @@ fn profiles_and_scores_do_not_depend_on_batching() {
     let n = 11;
     let input = random_inputs(n, 3, side, side, 5);
     let per = 3 * side * side;
-    let params: Vec<LayerParams> =
-        vec![LayerParams::new("avgpool", 2.0, 50, 10.0), LayerParams::new("block3", 1.0, 500, 100.0), LayerParams::new("block1", 3.0, 50, 0.01)];
+    let params: Vec<LayerParams> = vec![
+        LayerParams::new("avgpool", 2.0, 50, 10.0),
+        LayerParams::new("block3", 1.0, 500, 100.0),
+        LayerParams::new("block1", 3.0, 50, 0.01),
+    ];
 
     let whole_engine = common::engine();
     let mut whole_model = model(&whole_engine);
@@ -193,7 +200,10 @@ fn eval_of_mixed_size_folders_scores_identical_sets_alike() {
         img.save(reversed.join(format!("{}.png", 3 - i))).unwrap();
     }
     let model = dir.join("model.safetensors");
-    SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 3, 9).unwrap().save(&model, nac::model::weights::StorageDtype::F32).unwrap();
+    SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 3, 9)
+        .unwrap()
+        .save(&model, nac::model::weights::StorageDtype::F32)
+        .unwrap();
     let (folder, other_order) = (format!("folder:{}", images.display()), format!("folder:{}", reversed.display()));
     let config = format!(
         "preprocessing = \"gray2rgb\"\nbatch = 2\npictures = false\n[[models]]\npath = \"{}\"\n[profile]\ndata = \"{folder}\"\n[id]\ntest = \"{folder}\"\n[[ood]]\nname = \"same\"\ngroup = \"near\"\ndata = \"{other_order}\"\n[nac]\nlayers = [\"avgpool\", \"block3\", \"block1\"]\n",

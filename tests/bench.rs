@@ -38,7 +38,10 @@ fn stage_times_cover_the_pass_and_count_its_convolutions() {
     let input = random_inputs(n, 3, 12, 12, 9);
     let stages = engine.time_stages(&mut model, &input, [n, 3, 12, 12], &["avgpool", "block1"]).unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["input", "stem", "block1 forward", "block2 forward", "block3 forward", "head", "block3 backward", "block2 backward"]);
+    assert_eq!(
+        names,
+        ["input", "stem", "block1 forward", "block2 forward", "block3 forward", "head", "block3 backward", "block2 backward"]
+    );
     assert!(stages.iter().all(|s| s.samples == n && s.seconds >= 0.0 && s.seconds < 60.0), "{stages:?}");
     assert!(stages.iter().filter(|s| s.name.contains("forward") || s.name.contains("backward")).all(|s| s.seconds > 0.0), "{stages:?}");
     let forward: u64 = stages.iter().filter(|s| s.name == "stem" || s.name.ends_with("forward")).map(|s| s.flop).sum();
@@ -57,7 +60,14 @@ fn the_peak_kernel_computes_its_fma_chains() {
     let params = ElementwiseParams { total: threads, width: iterations, ..Default::default() };
     let kernels = Kernels::new(&engine.gpu).unwrap();
     let out = kernels
-        .run_single(&engine.gpu, Kernel::PeakFma, bytemuck::bytes_of(&params), [threads.div_ceil(256), 1, 1], &[None, None, None], threads as usize)
+        .run_single(
+            &engine.gpu,
+            Kernel::PeakFma,
+            bytemuck::bytes_of(&params),
+            [threads.div_ceil(256), 1, 1],
+            &[None, None, None],
+            threads as usize,
+        )
         .unwrap();
     for (i, &got) in out.iter().enumerate() {
         let s = (i as u32 & 1023) as f64 * 1e-4;

@@ -65,20 +65,11 @@ fn predict_errors_name_the_problem_and_write_nothing() {
     let garbage = dir.join("garbage.npy");
     std::fs::write(&garbage, b"not numpy").unwrap();
 
-    for (input, expected) in [
-        (&bad_input, "expected a 4-D float32 array"),
-        (&gray, "expected [N ≥ 1, 3, H ≥ 1, W ≥ 1]"),
-        (&garbage, "not a valid .npy file"),
-    ] {
-        let output = nac()
-            .args(["predict", "--model"])
-            .arg(&model_path)
-            .arg("--input")
-            .arg(input)
-            .arg("--out")
-            .arg(&out_path)
-            .output()
-            .unwrap();
+    for (input, expected) in
+        [(&bad_input, "expected a 4-D float32 array"), (&gray, "expected [N ≥ 1, 3, H ≥ 1, W ≥ 1]"), (&garbage, "not a valid .npy file")]
+    {
+        let output =
+            nac().args(["predict", "--model"]).arg(&model_path).arg("--input").arg(input).arg("--out").arg(&out_path).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success());
         assert!(stderr.contains(expected), "stderr `{stderr}` should contain `{expected}`");
@@ -136,11 +127,29 @@ fn profile_score_merge_and_me_match_the_library() {
     let p = |name: &str| dir.join(name);
 
     // Profile the class-balanced subset (8 of 9: 2 per class) with one override.
-    run_ok(nac().args(["profile", "--model"]).arg(&model_path).arg("--input").arg(&x).arg("--labels").arg(&y)
-        .args(["--balanced", "8", "--seed", "3", "--layers", "avgpool,block3,block1", "--preset", "cifar10"])
-        .args(["--layer-params", "block1:2/52/0.5", "--preprocessing", "test-prep", "--batch", "4", "--out"]).arg(p("profile.safetensors")));
-    run_ok(nac().args(["score", "--model"]).arg(&model_path).arg("--profile").arg(p("profile.safetensors"))
-        .arg("--input").arg(&x).args(["--preprocessing", "test-prep", "--batch", "3", "--out"]).arg(p("scores.csv")));
+    run_ok(
+        nac()
+            .args(["profile", "--model"])
+            .arg(&model_path)
+            .arg("--input")
+            .arg(&x)
+            .arg("--labels")
+            .arg(&y)
+            .args(["--balanced", "8", "--seed", "3", "--layers", "avgpool,block3,block1", "--preset", "cifar10"])
+            .args(["--layer-params", "block1:2/52/0.5", "--preprocessing", "test-prep", "--batch", "4", "--out"])
+            .arg(p("profile.safetensors")),
+    );
+    run_ok(
+        nac()
+            .args(["score", "--model"])
+            .arg(&model_path)
+            .arg("--profile")
+            .arg(p("profile.safetensors"))
+            .arg("--input")
+            .arg(&x)
+            .args(["--preprocessing", "test-prep", "--batch", "3", "--out"])
+            .arg(p("scores.csv")),
+    );
 
     let engine = common::engine();
     let mut model = engine.load_model(&model_path, None).unwrap();
@@ -167,8 +176,17 @@ fn profile_score_merge_and_me_match_the_library() {
         (&model_path, "none", "avgpool,block3,block1", "preprocessing `test-prep`, not `none`"),
         (&model_path, "test-prep", "avgpool,block1", "covers layers avgpool,block3,block1, not avgpool,block1"),
     ] {
-        let out = nac().args(["score", "--model"]).arg(model_arg).arg("--profile").arg(p("profile.safetensors"))
-            .arg("--input").arg(&x).args(["--preprocessing", prep, "--layers", layers, "--out"]).arg(p("refused.csv")).output().unwrap();
+        let out = nac()
+            .args(["score", "--model"])
+            .arg(model_arg)
+            .arg("--profile")
+            .arg(p("profile.safetensors"))
+            .arg("--input")
+            .arg(&x)
+            .args(["--preprocessing", prep, "--layers", layers, "--out"])
+            .arg(p("refused.csv"))
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && !p("refused.csv").exists(), "{stderr}");
         assert!(stderr.contains("profile.safetensors") && stderr.contains(expected), "{stderr}");
@@ -178,8 +196,15 @@ fn profile_score_merge_and_me_match_the_library() {
     for (name, range) in [("a", 0..5), ("b", 5..9)] {
         let xs = p(&format!("x{name}.npy"));
         NpyArray::from_f32(vec![range.len(), 3, 10, 10], &input[range.start * per..range.end * per]).save(&xs).unwrap();
-        run_ok(nac().args(["profile", "--model"]).arg(&model_path).arg("--input").arg(&xs)
-            .args(["--layers", "avgpool,block3,block1", "--layer-params", "block1:2/52/0.5", "--out"]).arg(p(&format!("{name}.safetensors"))));
+        run_ok(
+            nac()
+                .args(["profile", "--model"])
+                .arg(&model_path)
+                .arg("--input")
+                .arg(&xs)
+                .args(["--layers", "avgpool,block3,block1", "--layer-params", "block1:2/52/0.5", "--out"])
+                .arg(p(&format!("{name}.safetensors"))),
+        );
     }
     run_ok(nac().args(["merge", "--out"]).arg(p("merged.safetensors")).arg(p("a.safetensors")).arg(p("b.safetensors")));
     let mut whole = Profile::new(&engine, &model.network, &settings, "none").unwrap();
@@ -187,8 +212,18 @@ fn profile_score_merge_and_me_match_the_library() {
     assert_eq!(ProfileData::load(&p("merged.safetensors")).unwrap(), whole.to_data(&engine).unwrap());
 
     // NAC-ME over two checkpoints.
-    let stdout = run_ok(nac().arg("me").arg("--checkpoints").arg(format!("{},{}", model_path.display(), other_path.display()))
-        .arg("--input").arg(&x).arg("--labels").arg(&y).args(["--accuracies", "0.9,0.8", "--o", "2", "--out"]).arg(p("me.json")));
+    let stdout = run_ok(
+        nac()
+            .arg("me")
+            .arg("--checkpoints")
+            .arg(format!("{},{}", model_path.display(), other_path.display()))
+            .arg("--input")
+            .arg(&x)
+            .arg("--labels")
+            .arg(&y)
+            .args(["--accuracies", "0.9,0.8", "--o", "2", "--out"])
+            .arg(p("me.json")),
+    );
     let me = MeSettings { o: 2.0, ..MeSettings::default() };
     let images = LabelledImages { input: &input, shape, labels: &labels };
     let want = evaluate_checkpoints(&engine, &[model_path.clone(), other_path.clone()], None, images, &me, Some(&[0.9, 0.8])).unwrap();

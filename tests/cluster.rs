@@ -59,10 +59,21 @@ fn slurm_and_kubernetes_recipes_give_the_one_machine_profile() {
     let data = dir.join("set-images-idx3-ubyte");
     common::write_idx(&data, &images, n, &labels);
     let nac = env!("CARGO_BIN_EXE_nac");
-    let job: Vec<String> = ["--model", model.to_str().unwrap(), "--data", &format!("idx:{}", data.display()), "--preprocessing", "pad:2,gray2rgb", "--balanced", "15", "--batch", "4"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let job: Vec<String> = [
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        &format!("idx:{}", data.display()),
+        "--preprocessing",
+        "pad:2,gray2rgb",
+        "--balanced",
+        "15",
+        "--batch",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let whole = dir.join("whole.safetensors");
     run(Command::new(nac).arg("profile").args(&job).arg("--out").arg(&whole));
     let want = ProfileData::load(&whole).unwrap();
@@ -105,15 +116,30 @@ fn slurm_and_kubernetes_recipes_give_the_one_machine_profile() {
     assert_eq!(ProfileData::load(&result).unwrap().counts, want.counts);
 
     // A large set scored the same way: CSV shards concatenated in order.
-    let score: Vec<String> = ["--model", model.to_str().unwrap(), "--profile", whole.to_str().unwrap(), "--data", &format!("idx:{}", data.display()), "--preprocessing", "pad:2,gray2rgb"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let score: Vec<String> = [
+        "--model",
+        model.to_str().unwrap(),
+        "--profile",
+        whole.to_str().unwrap(),
+        "--data",
+        &format!("idx:{}", data.display()),
+        "--preprocessing",
+        "pad:2,gray2rgb",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let one = dir.join("one.csv");
     run(Command::new(nac).arg("score").args(&score).arg("--out").arg(&one));
     let parts = dir.join("score-parts");
     for index in 0..3 {
-        run(Command::new(script("nac-shard.sh")).arg(&parts).arg("score").args(&score).env("NAC_SHARD_INDEX", index.to_string()).env("NAC_SHARDS", "3").env("NAC", nac));
+        run(Command::new(script("nac-shard.sh"))
+            .arg(&parts)
+            .arg("score")
+            .args(&score)
+            .env("NAC_SHARD_INDEX", index.to_string())
+            .env("NAC_SHARDS", "3")
+            .env("NAC", nac));
     }
     let gathered = dir.join("gathered.csv");
     run(Command::new(script("nac-gather.sh")).arg(&parts).arg("score").arg(&gathered).env("NAC_SHARDS", "3"));

@@ -13,11 +13,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "nac-data-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir = std::env::temp_dir().join(format!("nac-data-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -42,10 +38,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 fn open_err(spec: &str) -> String {
     match Dataset::open(spec) {
-        Ok(d) => panic!(
-            "`{spec}` opened ({} samples) but should have failed",
-            d.len()
-        ),
+        Ok(d) => panic!("`{spec}` opened ({} samples) but should have failed", d.len()),
         Err(e) => e.to_string(),
     }
 }
@@ -53,20 +46,12 @@ fn open_err(spec: &str) -> String {
 #[track_caller]
 fn assert_mentions(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(
-            message.contains(part),
-            "error `{message}` does not mention `{part}`"
-        );
+        assert!(message.contains(part), "error `{message}` does not mention `{part}`");
     }
 }
 
 fn gray(width: u32, height: u32, pixels: Vec<u8>) -> Image {
-    Image {
-        width,
-        height,
-        channels: 1,
-        pixels,
-    }
+    Image { width, height, channels: 1, pixels }
 }
 
 fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -78,13 +63,8 @@ fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
 
 /// 3 images of 2×3 (H×W) with pixel (n, y, x) = 10n + 3y + x, labels 7, 8, 9.
 fn idx_pair() -> (Vec<u8>, Vec<u8>) {
-    let pixels: Vec<u8> = (0..3u8)
-        .flat_map(|n| (0..6u8).map(move |p| 10 * n + p))
-        .collect();
-    (
-        idx_bytes(0x803, &[3, 2, 3], &pixels),
-        idx_bytes(0x801, &[3], &[7, 8, 9]),
-    )
+    let pixels: Vec<u8> = (0..3u8).flat_map(|n| (0..6u8).map(move |p| 10 * n + p)).collect();
+    (idx_bytes(0x803, &[3, 2, 3], &pixels), idx_bytes(0x801, &[3], &[7, 8, 9]))
 }
 
 #[test]
@@ -101,55 +81,24 @@ fn idx_raw_and_gzip_with_sibling_labels() {
     for spec in [
         raw_spec.clone(),
         format!("idx:{}", dir.path("g-images-idx3-ubyte.gz").display()),
-        format!(
-            "idx:{}:{}",
-            dir.path("plain-name").display(),
-            dir.path("t-labels-idx1-ubyte").display()
-        ),
+        format!("idx:{}:{}", dir.path("plain-name").display(), dir.path("t-labels-idx1-ubyte").display()),
     ] {
         let d = Dataset::open(&spec).unwrap();
         assert_eq!(d.len(), 3, "{spec}");
         assert_eq!(d.spec(), spec);
         assert_eq!(d.labels(), Some(&[7, 8, 9][..]), "{spec}");
-        assert_eq!(
-            d.image(2).unwrap(),
-            gray(3, 2, vec![20, 21, 22, 23, 24, 25]),
-            "{spec}"
-        );
+        assert_eq!(d.image(2).unwrap(), gray(3, 2, vec![20, 21, 22, 23, 24, 25]), "{spec}");
     }
-    assert_eq!(
-        Dataset::open(&raw_spec).unwrap().name(),
-        "t-images-idx3-ubyte"
-    );
-    assert_eq!(
-        Dataset::open(&format!(
-            "idx:{}",
-            dir.path("g-images-idx3-ubyte.gz").display()
-        ))
-        .unwrap()
-        .name(),
-        "g-images-idx3-ubyte"
-    );
+    assert_eq!(Dataset::open(&raw_spec).unwrap().name(), "t-images-idx3-ubyte");
+    assert_eq!(Dataset::open(&format!("idx:{}", dir.path("g-images-idx3-ubyte.gz").display())).unwrap().name(), "g-images-idx3-ubyte");
     // No sibling: no labels.
-    assert_eq!(
-        Dataset::open(&format!("idx:{}", dir.path("plain-name").display()))
-            .unwrap()
-            .labels(),
-        None
-    );
+    assert_eq!(Dataset::open(&format!("idx:{}", dir.path("plain-name").display())).unwrap().labels(), None);
 
     // A labels file of the wrong count.
     std::fs::write(dir.path("c-images-idx3-ubyte"), &images).unwrap();
-    std::fs::write(
-        dir.path("c-labels-idx1-ubyte"),
-        idx_bytes(0x801, &[2], &[1, 2]),
-    )
-    .unwrap();
+    std::fs::write(dir.path("c-labels-idx1-ubyte"), idx_bytes(0x801, &[2], &[1, 2])).unwrap();
     assert_mentions(
-        &open_err(&format!(
-            "idx:{}",
-            dir.path("c-images-idx3-ubyte").display()
-        )),
+        &open_err(&format!("idx:{}", dir.path("c-images-idx3-ubyte").display())),
         &["c-labels-idx1-ubyte", "2 labels", "3 images"],
     );
 }
@@ -161,28 +110,14 @@ fn idx_errors_name_the_file_and_what_was_expected() {
     let truncated = dir.path("trunc-images-idx3-ubyte");
     std::fs::write(&truncated, &images[..images.len() - 1]).unwrap();
     let message = open_err(&format!("idx:{}", truncated.display()));
-    assert_mentions(
-        &message,
-        &[
-            &truncated.display().to_string(),
-            "truncated",
-            "need 34 bytes",
-            "has 33",
-        ],
-    );
+    assert_mentions(&message, &[&truncated.display().to_string(), "truncated", "need 34 bytes", "has 33"]);
 
     let bad = dir.path("bad-images-idx3-ubyte");
     std::fs::write(&bad, idx_bytes(0x804, &[3, 2, 3], &images[16..])).unwrap();
-    assert_mentions(
-        &open_err(&format!("idx:{}", bad.display())),
-        &[&bad.display().to_string(), "0x00000804", "0x00000803"],
-    );
+    assert_mentions(&open_err(&format!("idx:{}", bad.display())), &[&bad.display().to_string(), "0x00000804", "0x00000803"]);
 
     let missing = dir.path("missing-images-idx3-ubyte");
-    assert_mentions(
-        &open_err(&format!("idx:{}", missing.display())),
-        &[&missing.display().to_string()],
-    );
+    assert_mentions(&open_err(&format!("idx:{}", missing.display())), &[&missing.display().to_string()]);
 }
 
 /// CIFAR records with planes value(n, c, p) = (n·50 + c·7 + p) mod 256.
@@ -203,11 +138,7 @@ fn check_cifar_pixels(d: &Dataset) {
         assert_eq!((image.width, image.height, image.channels), (32, 32, 3));
         for p in 0..1024 {
             for c in 0..3 {
-                assert_eq!(
-                    image.pixels[p * 3 + c] as usize,
-                    (n * 50 + c * 7 + p) % 256,
-                    "image {n} pixel {p} channel {c}"
-                );
+                assert_eq!(image.pixels[p * 3 + c] as usize, (n * 50 + c * 7 + p) % 256, "image {n} pixel {p} channel {c}");
             }
         }
     }
@@ -219,13 +150,9 @@ fn cifar10_and_cifar100_binary_batches() {
     let labels = [[0, 3], [0, 9], [0, 1]];
     std::fs::write(dir.path("test_batch.bin"), cifar_records(&labels, false)).unwrap();
     let d = Dataset::open(&format!("cifar10:{}:test", dir.0.display())).unwrap();
-    assert_eq!(
-        (d.len(), d.labels(), d.name().as_str()),
-        (3, Some(&[3, 9, 1][..]), "cifar10_test")
-    );
+    assert_eq!((d.len(), d.labels(), d.name().as_str()), (3, Some(&[3, 9, 1][..]), "cifar10_test"));
     check_cifar_pixels(&d);
-    let single =
-        Dataset::open(&format!("cifar10:{}", dir.path("test_batch.bin").display())).unwrap();
+    let single = Dataset::open(&format!("cifar10:{}", dir.path("test_batch.bin").display())).unwrap();
     assert_eq!(single.image(1).unwrap(), d.image(1).unwrap());
 
     let fine = [[4, 55], [19, 99], [0, 0]];
@@ -240,26 +167,16 @@ fn cifar10_and_cifar100_binary_batches() {
     std::fs::write(&truncated, bytes).unwrap();
     assert_mentions(
         &open_err(&format!("cifar10:{}", truncated.display())),
-        &[
-            &truncated.display().to_string(),
-            "record 2",
-            "byte offset 6146",
-        ],
+        &[&truncated.display().to_string(), "record 2", "byte offset 6146"],
     );
 
     let mut bytes = cifar_records(&labels, false);
     bytes[3073] = 12;
     std::fs::write(dir.path("label.bin"), bytes).unwrap();
-    assert_mentions(
-        &open_err(&format!("cifar10:{}", dir.path("label.bin").display())),
-        &["label 12", "byte offset 3073"],
-    );
+    assert_mentions(&open_err(&format!("cifar10:{}", dir.path("label.bin").display())), &["label 12", "byte offset 3073"]);
 
     // train = data_batch_1..5: a missing one is named.
-    assert_mentions(
-        &open_err(&format!("cifar10:{}:train", dir.0.display())),
-        &["data_batch_1.bin"],
-    );
+    assert_mentions(&open_err(&format!("cifar10:{}:train", dir.0.display())), &["data_batch_1.bin"]);
 }
 
 #[test]
@@ -274,84 +191,39 @@ fn image_folders_with_classes_and_flat() {
     rgb.save(classes.join("cat/b.png")).unwrap();
     let luma = image::GrayImage::from_fn(2, 2, |x, y| image::Luma([(x + 2 * y) as u8 * 50]));
     luma.save(classes.join("cat/a.PNG")).unwrap();
-    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 100, 50]))
-        .save(classes.join("dog/c.jpg"))
-        .unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 100, 50])).save(classes.join("dog/c.jpg")).unwrap();
     std::fs::write(classes.join("dog/notes.txt"), "not an image").unwrap();
 
     let d = Dataset::open(&format!("folder:{}", classes.display())).unwrap();
     assert_eq!(d.len(), 3);
     assert_eq!(d.name(), "classes");
-    assert_eq!(
-        d.labels(),
-        Some(&[0, 0, 1][..]),
-        "cat (a.PNG, b.png) then dog (c.jpg)"
-    );
+    assert_eq!(d.labels(), Some(&[0, 0, 1][..]), "cat (a.PNG, b.png) then dog (c.jpg)");
     assert_eq!(d.image(0).unwrap(), gray(2, 2, vec![0, 50, 100, 150]));
-    assert_eq!(
-        d.image(1).unwrap(),
-        Image {
-            width: 3,
-            height: 2,
-            channels: 3,
-            pixels: rgb.into_raw()
-        }
-    );
+    assert_eq!(d.image(1).unwrap(), Image { width: 3, height: 2, channels: 3, pixels: rgb.into_raw() });
     let jpeg = d.image(2).unwrap();
     assert_eq!((jpeg.width, jpeg.height, jpeg.channels), (8, 8, 3));
-    assert!(jpeg
-        .pixels
-        .chunks(3)
-        .all(|p| p[0].abs_diff(200) < 8 && p[1].abs_diff(100) < 8 && p[2].abs_diff(50) < 8));
+    assert!(jpeg.pixels.chunks(3).all(|p| p[0].abs_diff(200) < 8 && p[1].abs_diff(100) < 8 && p[2].abs_diff(50) < 8));
 
     let flat = dir.path("flat");
     std::fs::create_dir_all(&flat).unwrap();
-    image::RgbaImage::from_pixel(2, 1, image::Rgba([1, 2, 3, 4]))
-        .save(flat.join("x.png"))
-        .unwrap();
+    image::RgbaImage::from_pixel(2, 1, image::Rgba([1, 2, 3, 4])).save(flat.join("x.png")).unwrap();
     std::fs::write(flat.join("y.png"), b"\x89PNG garbage").unwrap();
     let d = Dataset::open(&format!("folder:{}", flat.display())).unwrap();
     assert_eq!((d.len(), d.labels()), (2, None));
-    assert_eq!(
-        d.image(0).unwrap(),
-        Image {
-            width: 2,
-            height: 1,
-            channels: 3,
-            pixels: vec![1, 2, 3, 1, 2, 3]
-        }
-    );
-    assert_mentions(
-        &d.image(1).unwrap_err().to_string(),
-        &[&flat.join("y.png").display().to_string(), "decode"],
-    );
+    assert_eq!(d.image(0).unwrap(), Image { width: 2, height: 1, channels: 3, pixels: vec![1, 2, 3, 1, 2, 3] });
+    assert_mentions(&d.image(1).unwrap_err().to_string(), &[&flat.join("y.png").display().to_string(), "decode"]);
 
     std::fs::create_dir_all(dir.path("none")).unwrap();
-    assert_mentions(
-        &open_err(&format!("folder:{}", dir.path("none").display())),
-        &["no .png/.jpg/.jpeg images"],
-    );
+    assert_mentions(&open_err(&format!("folder:{}", dir.path("none").display())), &["no .png/.jpg/.jpeg images"]);
 }
 
 #[test]
 fn npy_uint8_arrays_with_labels() {
     let dir = TempDir::new("npy");
     let gray_path = dir.path("gray.npy");
-    NpyArray {
-        shape: vec![2, 2, 3],
-        dtype: NpyDtype::U8,
-        bytes: (0..12).collect(),
-    }
-    .save(&gray_path)
-    .unwrap();
+    NpyArray { shape: vec![2, 2, 3], dtype: NpyDtype::U8, bytes: (0..12).collect() }.save(&gray_path).unwrap();
     let rgb_path = dir.path("rgb.npy");
-    NpyArray {
-        shape: vec![2, 1, 2, 3],
-        dtype: NpyDtype::U8,
-        bytes: (100..112).collect(),
-    }
-    .save(&rgb_path)
-    .unwrap();
+    NpyArray { shape: vec![2, 1, 2, 3], dtype: NpyDtype::U8, bytes: (100..112).collect() }.save(&rgb_path).unwrap();
     let labels_path = dir.path("labels.npy");
     NpyArray::from_labels(&[4, 2]).save(&labels_path).unwrap();
     assert_eq!(NpyArray::load(&labels_path).unwrap().dtype, NpyDtype::I64);
@@ -359,43 +231,16 @@ fn npy_uint8_arrays_with_labels() {
     let d = Dataset::open(&format!("npy:{}", gray_path.display())).unwrap();
     assert_eq!((d.len(), d.labels(), d.name().as_str()), (2, None, "gray"));
     assert_eq!(d.image(1).unwrap(), gray(3, 2, (6..12).collect()));
-    let d = Dataset::open(&format!(
-        "npy:{}:{}",
-        rgb_path.display(),
-        labels_path.display()
-    ))
-    .unwrap();
+    let d = Dataset::open(&format!("npy:{}:{}", rgb_path.display(), labels_path.display())).unwrap();
     assert_eq!(d.labels(), Some(&[4, 2][..]));
-    assert_eq!(
-        d.image(1).unwrap(),
-        Image {
-            width: 2,
-            height: 1,
-            channels: 3,
-            pixels: (106..112).collect()
-        }
-    );
+    assert_eq!(d.image(1).unwrap(), Image { width: 2, height: 1, channels: 3, pixels: (106..112).collect() });
 
     let float_path = dir.path("float.npy");
-    NpyArray::from_f32(vec![1, 2, 2], &[0.0; 4])
-        .save(&float_path)
-        .unwrap();
-    assert_mentions(
-        &open_err(&format!("npy:{}", float_path.display())),
-        &[&float_path.display().to_string(), "uint8", "float32"],
-    );
+    NpyArray::from_f32(vec![1, 2, 2], &[0.0; 4]).save(&float_path).unwrap();
+    assert_mentions(&open_err(&format!("npy:{}", float_path.display())), &[&float_path.display().to_string(), "uint8", "float32"]);
     let four_channels = dir.path("four.npy");
-    NpyArray {
-        shape: vec![1, 1, 1, 4],
-        dtype: NpyDtype::U8,
-        bytes: vec![0; 4],
-    }
-    .save(&four_channels)
-    .unwrap();
-    assert_mentions(
-        &open_err(&format!("npy:{}", four_channels.display())),
-        &["C = 1 or 3"],
-    );
+    NpyArray { shape: vec![1, 1, 1, 4], dtype: NpyDtype::U8, bytes: vec![0; 4] }.save(&four_channels).unwrap();
+    assert_mentions(&open_err(&format!("npy:{}", four_channels.display())), &["C = 1 or 3"]);
 }
 
 #[test]
@@ -406,68 +251,39 @@ fn pixel_row_csv_plain_and_gzip() {
     std::fs::write(dir.path("small_gz.csv.gz"), gzip(text.as_bytes())).unwrap();
     for (file, name) in [("small.csv", "small"), ("small_gz.csv.gz", "small_gz")] {
         let d = Dataset::open(&format!("csv:{}", dir.path(file).display())).unwrap();
-        assert_eq!(
-            (d.len(), d.labels(), d.name().as_str()),
-            (2, Some(&[5, 0][..]), name)
-        );
+        assert_eq!((d.len(), d.labels(), d.name().as_str()), (2, Some(&[5, 0][..]), name));
         assert_eq!(d.image(0).unwrap(), gray(2, 2, vec![0, 1, 2, 3]));
         assert_eq!(d.image(1).unwrap(), gray(2, 2, vec![255, 254, 253, 252]));
     }
     std::fs::write(dir.path("bad.csv"), "0,1,2,3,5\n0,1,2,3,4\n0,x,2,3,1\n").unwrap();
-    assert_mentions(
-        &open_err(&format!("csv:{}", dir.path("bad.csv").display())),
-        &["bad.csv", "line 3, column 2", "`x`"],
-    );
+    assert_mentions(&open_err(&format!("csv:{}", dir.path("bad.csv").display())), &["bad.csv", "line 3, column 2", "`x`"]);
     std::fs::write(dir.path("range.csv"), "0,1,256,3,5\n").unwrap();
-    assert_mentions(
-        &open_err(&format!("csv:{}", dir.path("range.csv").display())),
-        &["line 1, column 3", "0-255"],
-    );
+    assert_mentions(&open_err(&format!("csv:{}", dir.path("range.csv").display())), &["line 1, column 3", "0-255"]);
     std::fs::write(dir.path("ragged.csv"), "0,1,2,3,5\n0,1,2,5\n").unwrap();
-    assert_mentions(
-        &open_err(&format!("csv:{}", dir.path("ragged.csv").display())),
-        &["line 2", "4 columns, expected 5"],
-    );
+    assert_mentions(&open_err(&format!("csv:{}", dir.path("ragged.csv").display())), &["line 2", "4 columns, expected 5"]);
 }
 
 /// 10 gray 3×3 images with distinct pixels, labels 0..10.
 fn small_set() -> Dataset {
-    let images = (0..10u8)
-        .map(|n| gray(3, 3, (0..9).map(|p| n * 20 + p).collect()))
-        .collect();
+    let images = (0..10u8).map(|n| gray(3, 3, (0..9).map(|p| n * 20 + p).collect())).collect();
     Dataset::from_images("small", images, Some((0..10).collect()))
 }
 
 #[test]
 fn slices_corruptions_outliers_and_subsets() {
     let dir = TempDir::new("specs");
-    std::fs::write(
-        dir.path("s.csv"),
-        (0..6)
-            .map(|n| format!("{n},{n},{n},{n},{n}\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    std::fs::write(dir.path("s.csv"), (0..6).map(|n| format!("{n},{n},{n},{n},{n}\n")).collect::<String>()).unwrap();
     let base = format!("csv:{}", dir.path("s.csv").display());
     let d = Dataset::open(&format!("{base}[2:4]")).unwrap();
     assert_eq!((d.len(), d.labels()), (2, Some(&[2, 3][..])));
     assert_eq!(d.image(0).unwrap().pixels, vec![2; 4]);
     assert_eq!(d.name(), "s[2:4]");
-    assert_eq!(
-        Dataset::open(&format!("{base}[:2]")).unwrap().labels(),
-        Some(&[0, 1][..])
-    );
-    assert_eq!(
-        Dataset::open(&format!("{base}[4:]")).unwrap().labels(),
-        Some(&[4, 5][..])
-    );
+    assert_eq!(Dataset::open(&format!("{base}[:2]")).unwrap().labels(), Some(&[0, 1][..]));
+    assert_eq!(Dataset::open(&format!("{base}[4:]")).unwrap().labels(), Some(&[4, 5][..]));
     assert_eq!(Dataset::open(&format!("{base}[4:100]")).unwrap().len(), 2);
     assert_mentions(&open_err(&format!("{base}[5:5]")), &["empty"]);
     assert_mentions(&open_err(&format!("{base}[a:2]")), &["`a`"]);
-    assert_eq!(
-        Dataset::open(&format!("{base}[1::2]")).unwrap().labels(),
-        Some(&[1, 3, 5][..])
-    );
+    assert_eq!(Dataset::open(&format!("{base}[1::2]")).unwrap().labels(), Some(&[1, 3, 5][..]));
     let strided = Dataset::open(&format!("{base}[:5:3]")).unwrap();
     assert_eq!(strided.labels(), Some(&[0, 3][..]));
     assert_eq!(strided.image(1).unwrap().pixels, vec![3; 4]);
@@ -476,38 +292,21 @@ fn slices_corruptions_outliers_and_subsets() {
     assert_mentions(&open_err(&format!("{base}[0:4:1:1]")), &["[a:b:step]"]);
 
     let corrupt = Dataset::open(&format!("corrupt:invert:3:{base}")).unwrap();
-    assert_eq!(
-        (corrupt.len(), corrupt.labels().map(<[usize]>::len)),
-        (6, Some(6))
-    );
+    assert_eq!((corrupt.len(), corrupt.labels().map(<[usize]>::len)), (6, Some(6)));
     assert_eq!(corrupt.image(2).unwrap().pixels, vec![253; 4]);
     // A slice of a corrupted set equals corrupting the slice: seeds are the base indices.
     let noisy = Dataset::open(&format!("corrupt:gaussian_noise:5:{base}[3:5]")).unwrap();
     let whole = Dataset::open(&format!("corrupt:gaussian_noise:5:{base}")).unwrap();
     assert_eq!(noisy.image(1).unwrap(), whole.image(4).unwrap());
-    assert_mentions(
-        &open_err(&format!("corrupt:fog:3:{base}")),
-        &["unknown corruption `fog`"],
-    );
-    assert_mentions(
-        &open_err(&format!("corrupt:contrast:6:{base}")),
-        &["severity `6`"],
-    );
+    assert_mentions(&open_err(&format!("corrupt:fog:3:{base}")), &["unknown corruption `fog`"]);
+    assert_mentions(&open_err(&format!("corrupt:contrast:6:{base}")), &["severity `6`"]);
 
     let outliers = Dataset::open(&format!("outliers:{base}")).unwrap();
     assert_eq!((outliers.len(), outliers.labels()), (6, None));
-    assert_eq!(
-        outliers.image(3).unwrap(),
-        synthetic_outliers(&Dataset::open(&base).unwrap(), 0)
-            .image(3)
-            .unwrap()
-    );
+    assert_eq!(outliers.image(3).unwrap(), synthetic_outliers(&Dataset::open(&base).unwrap(), 0).image(3).unwrap());
     let seeded = synthetic_outliers(&Dataset::open(&base).unwrap(), 9);
     assert_eq!(seeded.spec(), format!("outliers:9:{base}"));
-    assert_eq!(
-        Dataset::open(seeded.spec()).unwrap().image(0).unwrap(),
-        seeded.image(0).unwrap()
-    );
+    assert_eq!(Dataset::open(seeded.spec()).unwrap().image(0).unwrap(), seeded.image(0).unwrap());
 
     let set = small_set();
     let sub = set.subset(&[7, 2, 7]).unwrap();
@@ -515,14 +314,8 @@ fn slices_corruptions_outliers_and_subsets() {
     assert_eq!(sub.image(1).unwrap(), set.image(2).unwrap());
     assert_eq!(sub.locate(1), format!("{}: entry 1 (sample 2 of the source data)", set.spec()));
     assert_eq!(set.locate(4), format!("{}: sample 4", set.spec()));
-    assert_eq!(
-        sub.subset(&[1]).unwrap().image(0).unwrap(),
-        set.image(2).unwrap()
-    );
-    assert_mentions(
-        &set.subset(&[1, 10]).unwrap_err().to_string(),
-        &["subset index 10", "entry 1", "10 samples"],
-    );
+    assert_eq!(sub.subset(&[1]).unwrap().image(0).unwrap(), set.image(2).unwrap());
+    assert_mentions(&set.subset(&[1, 10]).unwrap_err().to_string(), &["subset index 10", "entry 1", "10 samples"]);
     assert_mentions(&set.image(10).unwrap_err().to_string(), &["index 10"]);
     assert_mentions(&open_err("nope:x"), &["unknown kind `nope`"]);
 }
@@ -550,78 +343,30 @@ fn transform_steps_against_hand_computed_values() {
         assert_values(&out[c * 16..(c + 1) * 16], &want);
     }
     // Without gray2rgb a gray image cannot feed the model.
-    assert_mentions(
-        &Transform::parse("pad:1")
-            .unwrap()
-            .apply(&image)
-            .unwrap_err()
-            .to_string(),
-        &["1 channel", "gray2rgb"],
-    );
-    assert_mentions(
-        &Transform::parse("normalize:0.1/0.2/0.3:0.5")
-            .unwrap()
-            .apply(&image)
-            .unwrap_err()
-            .to_string(),
-        &["gray2rgb first"],
-    );
+    assert_mentions(&Transform::parse("pad:1").unwrap().apply(&image).unwrap_err().to_string(), &["1 channel", "gray2rgb"]);
+    assert_mentions(&Transform::parse("normalize:0.1/0.2/0.3:0.5").unwrap().apply(&image).unwrap_err().to_string(), &["gray2rgb first"]);
 
     // Bilinear, half-pixel centers: 2 → 4 samples at -0.25 (clamped), 0.25, 0.75, 1.25.
-    let up = Transform::parse("resize:4x4,gray2rgb")
-        .unwrap()
-        .apply(&gray(2, 2, vec![0, 255, 255, 0]))
-        .unwrap();
+    let up = Transform::parse("resize:4x4,gray2rgb").unwrap().apply(&gray(2, 2, vec![0, 255, 255, 0])).unwrap();
     let row = |a: f32, b: f32| [a, 0.75 * a + 0.25 * b, 0.25 * a + 0.75 * b, b];
     let (r0, r1) = (row(0.0, 1.0), row(1.0, 0.0));
-    let mix = |wa: f32| -> Vec<f32> {
-        r0.iter()
-            .zip(&r1)
-            .map(|(a, b)| wa * a + (1.0 - wa) * b)
-            .collect()
-    };
+    let mix = |wa: f32| -> Vec<f32> { r0.iter().zip(&r1).map(|(a, b)| wa * a + (1.0 - wa) * b).collect() };
     let want: Vec<f32> = [mix(1.0), mix(0.75), mix(0.25), mix(0.0)].concat();
     assert_values(&up[..16], &want);
     assert_values(&up[16..32], &want);
     // 4 → 2 samples at 0.5 and 2.5: the mean of each 2×2 block.
-    let down = Transform::parse("resize:2,gray2rgb")
-        .unwrap()
-        .apply(&gray(4, 4, (0..16).map(|v| v * 10).collect()))
-        .unwrap();
-    let block = |y: u32, x: u32| {
-        (0..2)
-            .flat_map(|dy| (0..2).map(move |dx| ((y + dy) * 4 + x + dx) as f32 * 10.0))
-            .sum::<f32>()
-            / 4.0
-            / 255.0
-    };
-    assert_values(
-        &down[..4],
-        &[block(0, 0), block(0, 2), block(2, 0), block(2, 2)],
-    );
+    let down = Transform::parse("resize:2,gray2rgb").unwrap().apply(&gray(4, 4, (0..16).map(|v| v * 10).collect())).unwrap();
+    let block =
+        |y: u32, x: u32| (0..2).flat_map(|dy| (0..2).map(move |dx| ((y + dy) * 4 + x + dx) as f32 * 10.0)).sum::<f32>() / 4.0 / 255.0;
+    assert_values(&down[..4], &[block(0, 0), block(0, 2), block(2, 0), block(2, 2)]);
     // resize:S sets the shorter side, the longer one is truncated (torchvision).
-    assert_eq!(
-        Transform::parse("resize:4")
-            .unwrap()
-            .output_size(&gray(3, 5, vec![0; 15]))
-            .unwrap(),
-        (6, 4)
-    );
-    assert_eq!(
-        Transform::preset("imagenet")
-            .unwrap()
-            .output_size(&gray(500, 375, vec![0; 500 * 375]))
-            .unwrap(),
-        (224, 224)
-    );
+    assert_eq!(Transform::parse("resize:4").unwrap().output_size(&gray(3, 5, vec![0; 15])).unwrap(), (6, 4));
+    assert_eq!(Transform::preset("imagenet").unwrap().output_size(&gray(500, 375, vec![0; 500 * 375])).unwrap(), (224, 224));
 
     // Center crop: top = round((h − S)/2), ties to even (Python): 7→2: 2.5 → 2; 5→2: 1.5 → 2.
     let column = |h: u32| gray(1, h, (0..h as u8).collect());
     let crop = |h: u32, s: u32| -> Vec<f32> {
-        let out = Transform::parse(&format!("center_crop:{s}x1,gray2rgb"))
-            .unwrap()
-            .apply(&column(h))
-            .unwrap();
+        let out = Transform::parse(&format!("center_crop:{s}x1,gray2rgb")).unwrap().apply(&column(h)).unwrap();
         out[..s as usize].iter().map(|v| v * 255.0).collect()
     };
     assert_values(&crop(7, 2), &[2.0, 3.0]);
@@ -631,80 +376,33 @@ fn transform_steps_against_hand_computed_values() {
     // Larger than the image: zero padding, ⌊(S − h)/2⌋ above.
     assert_values(&crop(2, 5), &[0.0, 0.0, 1.0, 0.0, 0.0]);
 
-    assert_mentions(
-        &Transform::parse("pad:2,blur:3").unwrap_err().to_string(),
-        &["step 2", "unknown step `blur`"],
-    );
-    assert_mentions(
-        &Transform::parse("normalize:0.5:0").unwrap_err().to_string(),
-        &["positive"],
-    );
-    assert_mentions(
-        &Transform::parse("resize:0").unwrap_err().to_string(),
-        &["positive integer"],
-    );
+    assert_mentions(&Transform::parse("pad:2,blur:3").unwrap_err().to_string(), &["step 2", "unknown step `blur`"]);
+    assert_mentions(&Transform::parse("normalize:0.5:0").unwrap_err().to_string(), &["positive"]);
+    assert_mentions(&Transform::parse("resize:0").unwrap_err().to_string(), &["positive integer"]);
 }
 
 #[test]
 fn presets_describe_and_round_trip() {
-    assert_eq!(
-        Transform::preset("fmnist").unwrap().describe(),
-        "pad:2,gray2rgb,normalize:0.286:0.353"
-    );
+    assert_eq!(Transform::preset("fmnist").unwrap().describe(), "pad:2,gray2rgb,normalize:0.286:0.353");
     assert_eq!(Transform::preset("none").unwrap().describe(), "gray2rgb");
     for name in ["cifar10", "cifar100", "fmnist", "imagenet", "none"] {
         let t = Transform::preset(name).unwrap();
         assert_eq!(Transform::parse(name).unwrap(), t);
-        assert_eq!(
-            Transform::parse(&t.describe()).unwrap(),
-            t,
-            "{name}: {}",
-            t.describe()
-        );
-        assert_eq!(
-            Transform::parse(&t.describe()).unwrap().describe(),
-            t.describe()
-        );
+        assert_eq!(Transform::parse(&t.describe()).unwrap(), t, "{name}: {}", t.describe());
+        assert_eq!(Transform::parse(&t.describe()).unwrap().describe(), t.describe());
     }
     let t = Transform::parse("resize:8x6, center_crop:4x2 ,normalize:0.5:0.25").unwrap();
-    assert_eq!(
-        t.describe(),
-        "resize:8x6,center_crop:4x2,normalize:0.5:0.25"
-    );
-    assert_mentions(
-        &Transform::preset("svhn").unwrap_err().to_string(),
-        &["svhn", "fmnist"],
-    );
+    assert_eq!(t.describe(), "resize:8x6,center_crop:4x2,normalize:0.5:0.25");
+    assert_mentions(&Transform::preset("svhn").unwrap_err().to_string(), &["svhn", "fmnist"]);
 
     // fmnist: 28×28 → 32×32, black border = (0 − 0.286)/0.353, every channel equal.
-    let out = Transform::preset("fmnist")
-        .unwrap()
-        .apply(&gray(28, 28, vec![255; 784]))
-        .unwrap();
+    let out = Transform::preset("fmnist").unwrap().apply(&gray(28, 28, vec![255; 784])).unwrap();
     assert_eq!(out.len(), 3 * 32 * 32);
-    assert!(
-        (out[0] + 0.286 / 0.353).abs() < 1e-6
-            && (out[2 * 32 + 2] - (1.0 - 0.286) / 0.353).abs() < 1e-6
-    );
+    assert!((out[0] + 0.286 / 0.353).abs() < 1e-6 && (out[2 * 32 + 2] - (1.0 - 0.286) / 0.353).abs() < 1e-6);
     assert_eq!(out[..1024], out[2048..]);
     // cifar10 per channel.
-    let out = Transform::preset("cifar10")
-        .unwrap()
-        .apply(&Image {
-            width: 1,
-            height: 1,
-            channels: 3,
-            pixels: vec![255, 0, 51],
-        })
-        .unwrap();
-    assert_values(
-        &out,
-        &[
-            (1.0 - 0.4914) / 0.247,
-            -0.4822 / 0.2435,
-            (0.2 - 0.4465) / 0.2616,
-        ],
-    );
+    let out = Transform::preset("cifar10").unwrap().apply(&Image { width: 1, height: 1, channels: 3, pixels: vec![255, 0, 51] }).unwrap();
+    assert_values(&out, &[(1.0 - 0.4914) / 0.247, -0.4822 / 0.2435, (0.2 - 0.4465) / 0.2616]);
 }
 
 #[test]
@@ -714,67 +412,23 @@ fn batches_match_load_all_and_carry_labels() {
     let all = load_all(&set, &t, None, 2).unwrap();
     assert_eq!((all.start, all.shape), (0, [10, 3, 3, 3]));
     assert_eq!(all.labels, Some((0..10).collect()));
-    assert_eq!(
-        all.input[27..54],
-        t.apply(&set.image(1).unwrap()).unwrap()[..]
-    );
+    assert_eq!(all.input[27..54], t.apply(&set.image(1).unwrap()).unwrap()[..]);
 
-    let parts: Vec<_> = batches(&set, &t, None, 4, 3)
-        .collect::<nac::Result<_>>()
-        .unwrap();
-    assert_eq!(
-        parts
-            .iter()
-            .map(|b| (b.start, b.shape[0]))
-            .collect::<Vec<_>>(),
-        [(0, 4), (4, 4), (8, 2)]
-    );
-    assert_eq!(
-        parts
-            .iter()
-            .flat_map(|b| b.input.clone())
-            .collect::<Vec<_>>(),
-        all.input
-    );
-    assert_eq!(
-        parts
-            .iter()
-            .flat_map(|b| b.labels.clone().unwrap())
-            .collect::<Vec<_>>(),
-        (0..10).collect::<Vec<_>>()
-    );
+    let parts: Vec<_> = batches(&set, &t, None, 4, 3).collect::<nac::Result<_>>().unwrap();
+    assert_eq!(parts.iter().map(|b| (b.start, b.shape[0])).collect::<Vec<_>>(), [(0, 4), (4, 4), (8, 2)]);
+    assert_eq!(parts.iter().flat_map(|b| b.input.clone()).collect::<Vec<_>>(), all.input);
+    assert_eq!(parts.iter().flat_map(|b| b.labels.clone().unwrap()).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
 
     // Chosen indices, in their order; 1 thread or many give the same.
     let order = [9, 0, 3, 3, 5];
     let chosen = load_all(&set, &t, Some(&order), 1).unwrap();
     assert_eq!(chosen.labels, Some(order.to_vec()));
     for threads in [1, 2, 5, 16] {
-        let parts: Vec<_> = batches(&set, &t, Some(&order), 2, threads)
-            .collect::<nac::Result<_>>()
-            .unwrap();
-        assert_eq!(
-            parts
-                .iter()
-                .flat_map(|b| b.input.clone())
-                .collect::<Vec<_>>(),
-            chosen.input,
-            "{threads} threads"
-        );
+        let parts: Vec<_> = batches(&set, &t, Some(&order), 2, threads).collect::<nac::Result<_>>().unwrap();
+        assert_eq!(parts.iter().flat_map(|b| b.input.clone()).collect::<Vec<_>>(), chosen.input, "{threads} threads");
     }
-    assert_mentions(
-        &load_all(&set, &t, Some(&[1, 12]), 2)
-            .unwrap_err()
-            .to_string(),
-        &["index 12"],
-    );
-    assert_mentions(
-        &batches(&set, &t, None, 0, 2)
-            .next()
-            .unwrap()
-            .unwrap_err()
-            .to_string(),
-        &["batch size"],
-    );
+    assert_mentions(&load_all(&set, &t, Some(&[1, 12]), 2).unwrap_err().to_string(), &["index 12"]);
+    assert_mentions(&batches(&set, &t, None, 0, 2).next().unwrap().unwrap_err().to_string(), &["batch size"]);
     assert_eq!(batches(&set, &t, Some(&[]), 4, 2).count(), 0);
     assert!(load_all(&set, &t, Some(&[]), 2).is_err());
 }
@@ -791,11 +445,7 @@ fn batches_dropped_early_do_not_hang_and_report_mismatched_sizes() {
         drop(it);
         let _ = tx.send(first.shape);
     });
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("dropping the batch iterator hung"),
-        [4, 3, 224, 224]
-    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(60)).expect("dropping the batch iterator hung"), [4, 3, 224, 224]);
 
     let mut images: Vec<Image> = (0..8).map(|_| gray(3, 3, vec![1; 9])).collect();
     images[5] = gray(4, 3, vec![1; 12]);
@@ -804,37 +454,19 @@ fn batches_dropped_early_do_not_hang_and_report_mismatched_sizes() {
     assert_eq!(results.len(), 2, "the iterator stops after the error");
     assert!(results[0].is_ok());
     let message = results[1].as_ref().unwrap_err().to_string();
-    assert_mentions(
-        &message,
-        &["sample 5", "[3, 3, 4]", "sample 4", "[3, 3, 3]"],
-    );
+    assert_mentions(&message, &["sample 5", "[3, 3, 4]", "sample 4", "[3, 3, 3]"]);
     // In a subset the message names the sample of the source, not only the entry.
     let subset = set.subset(&[0, 5, 1]).unwrap();
-    let message = load_all(&subset, &Transform::preset("none").unwrap(), None, 2)
-        .unwrap_err()
-        .to_string();
+    let message = load_all(&subset, &Transform::preset("none").unwrap(), None, 2).unwrap_err().to_string();
     assert_mentions(&message, &["entry 1 (sample 5 of the source data)", "[3, 3, 4]"]);
     // A resize step fixes it.
-    assert!(load_all(
-        &set,
-        &Transform::parse("resize:3x3,gray2rgb").unwrap(),
-        None,
-        2
-    )
-    .is_ok());
+    assert!(load_all(&set, &Transform::parse("resize:3x3,gray2rgb").unwrap(), None, 2).is_ok());
 }
 
 fn random_image(seed: u64, channels: u8) -> Image {
     let mut rng = nac::rng::Rng::new(seed);
     let (width, height) = (32, 24);
-    Image {
-        width,
-        height,
-        channels,
-        pixels: (0..width * height * channels as u32)
-            .map(|_| rng.below(256) as u8)
-            .collect(),
-    }
+    Image { width, height, channels, pixels: (0..width * height * channels as u32).map(|_| rng.below(256) as u8).collect() }
 }
 
 #[test]
@@ -845,41 +477,16 @@ fn corruptions_are_deterministic_change_the_image_and_keep_its_size() {
             assert_eq!(Corruption::parse(c.name()).unwrap(), c);
             for severity in [1, 5] {
                 let a = c.apply(&image, severity, 11);
-                assert_eq!(
-                    a,
-                    c.apply(&image, severity, 11),
-                    "{} is not deterministic",
-                    c.name()
-                );
+                assert_eq!(a, c.apply(&image, severity, 11), "{} is not deterministic", c.name());
                 assert_eq!(
                     (a.width, a.height, a.channels, a.pixels.len()),
-                    (
-                        image.width,
-                        image.height,
-                        image.channels,
-                        image.pixels.len()
-                    )
+                    (image.width, image.height, image.channels, image.pixels.len())
                 );
-                assert_ne!(
-                    a,
-                    image,
-                    "{} severity {severity} left the image unchanged",
-                    c.name()
-                );
+                assert_ne!(a, image, "{} severity {severity} left the image unchanged", c.name());
             }
         }
-        for c in [
-            Corruption::GaussianNoise,
-            Corruption::ShotNoise,
-            Corruption::ImpulseNoise,
-            Corruption::PixelShuffle,
-        ] {
-            assert_ne!(
-                c.apply(&image, 5, 1),
-                c.apply(&image, 5, 2),
-                "{} ignores its seed",
-                c.name()
-            );
+        for c in [Corruption::GaussianNoise, Corruption::ShotNoise, Corruption::ImpulseNoise, Corruption::PixelShuffle] {
+            assert_ne!(c.apply(&image, 5, 1), c.apply(&image, 5, 2), "{} ignores its seed", c.name());
         }
         // Pixel shuffle permutes whole pixels.
         let shuffled = Corruption::PixelShuffle.apply(&image, 3, 5);
@@ -889,38 +496,18 @@ fn corruptions_are_deterministic_change_the_image_and_keep_its_size() {
         after.sort();
         assert_eq!(before, after);
     }
-    assert_eq!(
-        Corruption::parse("Gaussian-Noise").unwrap(),
-        Corruption::GaussianNoise
-    );
+    assert_eq!(Corruption::parse("Gaussian-Noise").unwrap(), Corruption::GaussianNoise);
     // Contrast at severity 5 pulls everything to the mean; brightness raises the value.
     let image = gray(2, 1, vec![0, 200]);
-    assert_eq!(
-        Corruption::Contrast.apply(&image, 5, 0).pixels,
-        vec![85, 115]
-    );
-    assert_eq!(
-        Corruption::Brightness.apply(&image, 5, 0).pixels,
-        vec![77, 255]
-    );
+    assert_eq!(Corruption::Contrast.apply(&image, 5, 0).pixels, vec![85, 115]);
+    assert_eq!(Corruption::Brightness.apply(&image, 5, 0).pixels, vec![77, 255]);
 
-    let set = Dataset::from_images(
-        "r",
-        (0..8).map(|i| random_image(i, 3)).collect(),
-        Some(vec![1; 8]),
-    );
+    let set = Dataset::from_images("r", (0..8).map(|i| random_image(i, 3)).collect(), Some(vec![1; 8]));
     let outliers = synthetic_outliers(&set, 3);
-    assert_eq!(
-        (outliers.len(), outliers.labels(), outliers.name().as_str()),
-        (8, None, "r_outliers")
-    );
+    assert_eq!((outliers.len(), outliers.labels(), outliers.name().as_str()), (8, None, "r_outliers"));
     assert_eq!(
         outliers.image(0).unwrap(),
-        Corruption::GaussianNoise.apply(
-            &set.image(0).unwrap(),
-            5,
-            3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        )
+        Corruption::GaussianNoise.apply(&set.image(0).unwrap(), 5, 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     );
     assert_eq!(outliers.image(6).unwrap(), outliers.image(6).unwrap());
     assert_ne!(outliers.image(5).unwrap(), set.image(5).unwrap());

@@ -14,7 +14,12 @@ use nac::nac::{PooledStates, Profile};
 const ARCH: ArchSpec = ArchSpec::WideResNet { depth: 10, width: 2 };
 
 fn grid() -> Grid {
-    let layer = |name: &str, o: &[f64], m: &[usize], alpha: &[f64]| LayerGrid { layer: name.into(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() };
+    let layer = |name: &str, o: &[f64], m: &[usize], alpha: &[f64]| LayerGrid {
+        layer: name.into(),
+        o: o.to_vec(),
+        m: m.to_vec(),
+        alpha: alpha.to_vec(),
+    };
     Grid {
         layers: vec![
             layer("avgpool", &[1.0, 3.0], &[50], &[10.0, 1000.0]),
@@ -37,10 +42,12 @@ fn search_on_cached_pairs_matches_network_reruns() {
     // OOD validation: the same kind of noise, a little stronger (a hard split, so the grid matters).
     let ood_input: Vec<f32> = random_inputs(12, 3, 16, 16, 3).iter().map(|v| v * 1.2).collect();
     let layers = ["avgpool", "block3", "block1"];
-    let pool = |model: &mut nac::Model, input: &[f32], n: usize| PooledStates::compute(&engine, model, input, shape(n), &layers, None).unwrap();
+    let pool =
+        |model: &mut nac::Model, input: &[f32], n: usize| PooledStates::compute(&engine, model, input, shape(n), &layers, None).unwrap();
     let sets = (pool(&mut model, &profile_input, 24), pool(&mut model, &id_input, 12), pool(&mut model, &ood_input, 12));
     let grid = grid();
-    let found = search(&engine, &model.network, &grid, &SearchSets { profile: &sets.0, id_val: &sets.1, ood_val: &sets.2 }, "test").unwrap();
+    let found =
+        search(&engine, &model.network, &grid, &SearchSets { profile: &sets.0, id_val: &sets.1, ood_val: &sets.2 }, "test").unwrap();
 
     assert_eq!(found.trials.len(), grid.combinations());
     assert_eq!(found.trials.len(), 2 * 2 * 4 * 2);
@@ -186,7 +193,10 @@ fn eval_config_errors_name_the_problem() {
     let cases = [
         (format!("{base}[search]\ngrid = \"cifar10\"\nid_only = true\n"), "needs an ID validation set"),
         (format!("{base}[search]\ngrid = \"cifar10\"\n"), "selects nothing"),
-        (format!("{base}[[ood]]\nname = \"x\"\ngroup = \"far\"\ndata = \"idx:c\"\n[search]\ngrid = \"cifar10\"\nood_val = \"idx:c\"\n"), "needs an ID validation"),
+        (
+            format!("{base}[[ood]]\nname = \"x\"\ngroup = \"far\"\ndata = \"idx:c\"\n[search]\ngrid = \"cifar10\"\nood_val = \"idx:c\"\n"),
+            "needs an ID validation",
+        ),
         (format!("{base}bogus = 1\n"), "bogus"),
         (format!("{base}[[ood]]\nname = \"x\"\ngroup = \"middle\"\ndata = \"idx:c\"\n"), "middle"),
         (format!("{base}[nac]\nparams = [\"layer3:1/2\"]\n"), "layer3:1/2"),
@@ -198,7 +208,8 @@ fn eval_config_errors_name_the_problem() {
         assert!(err.contains("bad.toml") && err.contains(needle), "`{err}` should name the file and `{needle}`");
     }
     let with_val = base.replace("test = \"idx:b\"\n", "test = \"idx:b\"\nval = \"idx:v\"\n");
-    let leak = format!("{with_val}[[ood]]\nname = \"x\"\ngroup = \"far\"\ndata = \"idx:c\"\n[search]\ngrid = \"cifar10\"\nood_val = \"idx:c\"\n");
+    let leak =
+        format!("{with_val}[[ood]]\nname = \"x\"\ngroup = \"far\"\ndata = \"idx:c\"\n[search]\ngrid = \"cifar10\"\nood_val = \"idx:c\"\n");
     std::fs::write(&path, leak).unwrap();
     let err = EvalConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("never takes part in selection"), "{err}");
@@ -210,11 +221,13 @@ fn eval_config_errors_name_the_problem() {
 #[test]
 fn eval_cli_model_flags_replace_the_config_models() {
     let dir = common::temp_dir("eval-cli");
-    let models: Vec<_> = (0..2).map(|seed| {
-        let path = dir.join(format!("seed{seed}.safetensors"));
-        SyntheticModel::new(ARCH, 3, 40 + seed).unwrap().save(&path, StorageDtype::F32).unwrap();
-        path
-    }).collect();
+    let models: Vec<_> = (0..2)
+        .map(|seed| {
+            let path = dir.join(format!("seed{seed}.safetensors"));
+            SyntheticModel::new(ARCH, 3, 40 + seed).unwrap().save(&path, StorageDtype::F32).unwrap();
+            path
+        })
+        .collect();
     let images: Vec<u8> = (0..16 * 64).map(|i| ((i * 37 + i / 64 * 11) % 251) as u8).collect();
     let labels: Vec<u8> = (0..16).map(|i| (i % 3) as u8).collect();
     let data = dir.join("set-images-idx3-ubyte");

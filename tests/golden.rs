@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use nac::model::synthetic::{random_inputs, SyntheticModel};
-use nac::nac::{nac_me, nac_me_pooled, Binning, LabelledImages, Counted, LayerParams, MeSettings, PooledStates, Profile};
+use nac::nac::{nac_me, nac_me_pooled, Binning, Counted, LabelledImages, LayerParams, MeSettings, PooledStates, Profile};
 use nac::{Engine, Model};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -77,7 +77,14 @@ fn ambiguous(sz: f32, sg: f32, dz: f64, dg: f64, alpha: f64, edges: &[f64]) -> O
 /// Compares GPU counts `[bins][neurons]` with the golden bins of the profiling samples. An
 /// ambiguous sample may land in a neighbouring bin; every other count must agree. Returns
 /// (ambiguous samples, samples that moved per neuron).
-fn check_histogram(what: &str, gpu: &[u32], golden_bins: &[i64], ambiguity: &[Option<(i64, i64)>], edges: &[f64], neurons: usize) -> (usize, Vec<usize>) {
+fn check_histogram(
+    what: &str,
+    gpu: &[u32],
+    golden_bins: &[i64],
+    ambiguity: &[Option<(i64, i64)>],
+    edges: &[f64],
+    neurons: usize,
+) -> (usize, Vec<usize>) {
     let bins = edges.len() - 1;
     let samples = golden_bins.len() / neurons;
     let mut certain = vec![0i64; bins * neurons];
@@ -107,7 +114,12 @@ fn check_histogram(what: &str, gpu: &[u32], golden_bins: &[i64], ambiguity: &[Op
             let i = b * neurons + n;
             let d = gpu[i] as i64 - certain[i];
             assert!(d >= 0, "{what}: neuron {n} bin {b}: GPU count {} below the {} certain samples", gpu[i], certain[i]);
-            assert!(d == 0 || allowed[i], "{what}: neuron {n} bin {b}: GPU count {} vs golden {}, and no sample near an edge explains it", gpu[i], golden[i]);
+            assert!(
+                d == 0 || allowed[i],
+                "{what}: neuron {n} bin {b}: GPU count {} vs golden {}, and no sample near an edge explains it",
+                gpu[i],
+                golden[i]
+            );
             extra += d;
             moved[n] += (gpu[i] as i64 - golden[i]).max(0) as usize;
         }
@@ -160,7 +172,14 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| LayerParams::new(l["name"].as_str().unwrap(), l["o"].as_f64().unwrap(), l["m"].as_u64().unwrap() as usize, l["alpha"].as_f64().unwrap()))
+            .map(|l| {
+                LayerParams::new(
+                    l["name"].as_str().unwrap(),
+                    l["o"].as_f64().unwrap(),
+                    l["m"].as_u64().unwrap() as usize,
+                    l["alpha"].as_f64().unwrap(),
+                )
+            })
             .collect();
         let mut profile = Profile::new(engine, &network, &params, "golden").unwrap();
         profile.add_pooled(engine, &profile_set).unwrap();
@@ -182,7 +201,8 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
             // the largest coverage difference between the bins it may fall in (GPU counts), a
             // neuron with moved profiling samples by the coverage they carry.
             let bins_n = p.m as i64 - 1;
-            let coverage = |b: i64, n: usize| if (0..bins_n).contains(&b) { (counts[l][b as usize * neurons + n] as f64 / p.o).min(1.0) } else { 0.0 };
+            let coverage =
+                |b: i64, n: usize| if (0..bins_n).contains(&b) { (counts[l][b as usize * neurons + n] as f64 / p.o).min(1.0) } else { 0.0 };
             for (t, a) in allowance.iter_mut().enumerate() {
                 let mut sum = 0.0;
                 for (n, &moved_n) in moved.iter().enumerate() {
@@ -203,17 +223,21 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         let mut excused = Vec::new();
         for t in 0..nt {
             let d = (scores.score[t] as f64 - want[t]).abs();
-            assert!(d <= 1e-5 + allowance[t], "{} {name}: sample {t} score {} vs {} (allowance {:.2e})", case.name, scores.score[t], want[t], allowance[t]);
+            assert!(
+                d <= 1e-5 + allowance[t],
+                "{} {name}: sample {t} score {} vs {} (allowance {:.2e})",
+                case.name,
+                scores.score[t],
+                want[t],
+                allowance[t]
+            );
             if d > 1e-5 {
                 excused.push(format!("sample {t}: |Δ| {d:.2e} ≤ allowance {:.2e}", allowance[t]));
             } else {
                 worst = worst.max(d);
             }
         }
-        eprintln!(
-            "{} {name}: scores max |Δ| {worst:.2e}; beyond 1e-5 (explained by ambiguous states): {excused:?}",
-            case.name
-        );
+        eprintln!("{} {name}: scores max |Δ| {worst:.2e}; beyond 1e-5 (explained by ambiguous states): {excused:?}", case.name);
         assert!(worst <= 1e-5);
 
         // The fused kernels (states straight from the pass's z and g) on the official preset

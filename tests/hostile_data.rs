@@ -14,11 +14,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "nac-hostile-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir = std::env::temp_dir().join(format!("nac-hostile-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
@@ -463,109 +459,108 @@ mod new_api {
         EvalConfig::parse(GOOD, "x.toml").unwrap();
     }
 
-// ---- Fuzzing regressions --------------------------------------------------------------------
+    // ---- Fuzzing regressions --------------------------------------------------------------------
 
-/// The inputs of `tests/fuzz-regressions/<target>/`, if any.
-fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|entries| entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
-}
-
-/// Every image of a dataset an entry point accepted (a few, for big ones) must decode.
-fn touch(set: &Dataset) {
-    assert!(!set.is_empty());
-    for i in [0, set.len() / 2, set.len() - 1] {
-        set.image(i).unwrap().check().unwrap();
+    /// The inputs of `tests/fuzz-regressions/<target>/`, if any.
+    fn regressions(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions").join(target);
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).map(|entries| entries.map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
+        files.sort();
+        files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
     }
-}
+
+    /// Every image of a dataset an entry point accepted (a few, for big ones) must decode.
+    fn touch(set: &Dataset) {
+        assert!(!set.is_empty());
+        for i in [0, set.len() / 2, set.len() - 1] {
+            set.image(i).unwrap().check().unwrap();
+        }
+    }
 
     #[test]
     fn fuzz_regressions_replay_without_panics() {
-    let mut replayed = 0;
-    for (path, data) in regressions("idx") {
-        eprintln!("idx: {}", path.display());
-        let Some((&mode, rest)) = data.split_first() else { continue };
-        let (images, labels) = if mode & 4 != 0 && !rest.is_empty() {
-            let at = rest[0] as usize * (rest.len() - 1) / 255;
-            let (a, b) = rest[1..].split_at(at.min(rest.len() - 1));
-            (a.to_vec(), Some(b.to_vec()))
-        } else {
-            (rest.to_vec(), None)
-        };
-        let (images, labels) = match mode & 3 {
-            1 => (gzip(&images), labels.map(|l| gzip(&l))),
-            _ => (images, labels),
-        };
-        if let Ok(set) = Dataset::from_idx_bytes(&images, labels.as_deref()) {
-            touch(&set);
+        let mut replayed = 0;
+        for (path, data) in regressions("idx") {
+            eprintln!("idx: {}", path.display());
+            let Some((&mode, rest)) = data.split_first() else { continue };
+            let (images, labels) = if mode & 4 != 0 && !rest.is_empty() {
+                let at = rest[0] as usize * (rest.len() - 1) / 255;
+                let (a, b) = rest[1..].split_at(at.min(rest.len() - 1));
+                (a.to_vec(), Some(b.to_vec()))
+            } else {
+                (rest.to_vec(), None)
+            };
+            let (images, labels) = match mode & 3 {
+                1 => (gzip(&images), labels.map(|l| gzip(&l))),
+                _ => (images, labels),
+            };
+            if let Ok(set) = Dataset::from_idx_bytes(&images, labels.as_deref()) {
+                touch(&set);
+            }
+            replayed += 1;
         }
-        replayed += 1;
-    }
-    for (path, data) in regressions("cifar") {
-        eprintln!("cifar: {}", path.display());
-        let Some((&mode, rest)) = data.split_first() else { continue };
-        if let Ok(set) = Dataset::from_cifar_bytes(rest, mode & 1 != 0) {
-            touch(&set);
+        for (path, data) in regressions("cifar") {
+            eprintln!("cifar: {}", path.display());
+            let Some((&mode, rest)) = data.split_first() else { continue };
+            if let Ok(set) = Dataset::from_cifar_bytes(rest, mode & 1 != 0) {
+                touch(&set);
+            }
+            replayed += 1;
         }
-        replayed += 1;
-    }
-    for (path, data) in regressions("csv") {
-        eprintln!("csv: {}", path.display());
-        let Some((&mode, rest)) = data.split_first() else { continue };
-        let bytes = if mode & 1 != 0 { gzip(rest) } else { rest.to_vec() };
-        if let Ok(set) = Dataset::from_csv_bytes(&bytes) {
-            touch(&set);
+        for (path, data) in regressions("csv") {
+            eprintln!("csv: {}", path.display());
+            let Some((&mode, rest)) = data.split_first() else { continue };
+            let bytes = if mode & 1 != 0 { gzip(rest) } else { rest.to_vec() };
+            if let Ok(set) = Dataset::from_csv_bytes(&bytes) {
+                touch(&set);
+            }
+            replayed += 1;
         }
-        replayed += 1;
-    }
-    for (path, data) in regressions("images") {
-        eprintln!("images: {}", path.display());
-        if let Ok(image) = nac::data::decode_image_bytes("fuzz.png", &data) {
-            image.check().unwrap();
-            if image.pixels.len() <= 1 << 16 {
-                let t = Transform::parse("resize:8,center_crop:6,gray2rgb").unwrap();
-                match (t.output_size(&image), t.apply(&image)) {
-                    (Ok(size), Ok(out)) => assert_eq!((size, out.len()), ((6, 6), 3 * 36)),
-                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                    (a, b) => panic!("output_size {a:?} and apply {:?} disagree", b.map(|v| v.len())),
+        for (path, data) in regressions("images") {
+            eprintln!("images: {}", path.display());
+            if let Ok(image) = nac::data::decode_image_bytes("fuzz.png", &data) {
+                image.check().unwrap();
+                if image.pixels.len() <= 1 << 16 {
+                    let t = Transform::parse("resize:8,center_crop:6,gray2rgb").unwrap();
+                    match (t.output_size(&image), t.apply(&image)) {
+                        (Ok(size), Ok(out)) => assert_eq!((size, out.len()), ((6, 6), 3 * 36)),
+                        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                        (a, b) => panic!("output_size {a:?} and apply {:?} disagree", b.map(|v| v.len())),
+                    }
                 }
             }
+            replayed += 1;
         }
-        replayed += 1;
-    }
-    for (path, data) in regressions("spec") {
-        eprintln!("spec: {}", path.display());
-        let text = String::from_utf8_lossy(&data);
-        let _ = Dataset::check_spec(&text);
-        if !text.contains('/') && !text.contains("..") {
-            // Relative to the test's folder: nothing there, so open fails after parsing.
-            let _ = Dataset::open(&format!("{text}"));
+        for (path, data) in regressions("spec") {
+            eprintln!("spec: {}", path.display());
+            let text = String::from_utf8_lossy(&data);
+            let _ = Dataset::check_spec(&text);
+            if !text.contains('/') && !text.contains("..") {
+                // Relative to the test's folder: nothing there, so open fails after parsing.
+                let _ = Dataset::open(&format!("{text}"));
+            }
+            replayed += 1;
         }
-        replayed += 1;
-    }
-    for (path, data) in regressions("transform") {
-        eprintln!("transform: {}", path.display());
-        let text = String::from_utf8_lossy(&data);
-        if let Ok(t) = Transform::parse(&text) {
-            for image in [gray(7, 5), Image { width: 3, height: 4, channels: 3, pixels: (0..36).collect() }] {
-                if let (Ok((h, w)), Ok(out)) = (t.output_size(&image), t.apply(&image)) {
-                    assert_eq!(out.len(), 3 * h as usize * w as usize);
+        for (path, data) in regressions("transform") {
+            eprintln!("transform: {}", path.display());
+            let text = String::from_utf8_lossy(&data);
+            if let Ok(t) = Transform::parse(&text) {
+                for image in [gray(7, 5), Image { width: 3, height: 4, channels: 3, pixels: (0..36).collect() }] {
+                    if let (Ok((h, w)), Ok(out)) = (t.output_size(&image), t.apply(&image)) {
+                        assert_eq!(out.len(), 3 * h as usize * w as usize);
+                    }
                 }
             }
+            replayed += 1;
         }
-        replayed += 1;
+        for (path, data) in regressions("eval_config") {
+            eprintln!("eval_config: {}", path.display());
+            let _ = EvalConfig::parse(&String::from_utf8_lossy(&data), "fuzz.toml");
+            replayed += 1;
+        }
+        eprintln!("{replayed} fuzzing regressions replayed");
     }
-    for (path, data) in regressions("eval_config") {
-        eprintln!("eval_config: {}", path.display());
-        let _ = EvalConfig::parse(&String::from_utf8_lossy(&data), "fuzz.toml");
-        replayed += 1;
-    }
-    eprintln!("{replayed} fuzzing regressions replayed");
-}
 }
 
 /// A version-1 `.npy` with the given shape text and dtype and these data bytes.

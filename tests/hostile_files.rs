@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 /// A `.npy` version 1.0 file with `header` as its header text (padded, newline-terminated).
 fn npy_v1(header: &[u8], data: &[u8]) -> Vec<u8> {
     let mut h = header.to_vec();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(b' ');
     }
     h.push(b'\n');
@@ -102,8 +102,11 @@ fn header_json(samples: u64, layers: Vec<Value>) -> Value {
     })
 }
 
+/// A profile's count tensors: (name, shape, values).
+type Counts = Vec<(&'static str, Vec<usize>, Vec<u32>)>;
+
 /// A valid one-layer profile: `avgpool`, 4 neurons, M = 50, 10 samples.
-fn good_profile() -> (Value, Vec<(&'static str, Vec<usize>, Vec<u32>)>) {
+fn good_profile() -> (Value, Counts) {
     let mut counts = vec![0u32; 49 * 4];
     for n in 0..4 {
         counts[(20 + n) * 4 + n] = 10;
@@ -217,7 +220,10 @@ fn npy_header_is_parsed_strictly() {
     }
     assert_contains(&npy_err(&npy_v1(b"{'descr': '>f4', 'fortran_order': False, 'shape': (1,)}", &[0; 4])), &["'>f4'", "big-endian"]);
     assert_contains(&npy_err(&npy_v1(b"{'descr': '<f4', 'fortran_order': True, 'shape': (1, 2)}", &[0; 8])), &["Fortran-order"]);
-    assert_contains(&npy_err(&npy_v1(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", &[0; 8])), &["needs 12 data bytes", "found 8"]);
+    assert_contains(
+        &npy_err(&npy_v1(b"{'descr': '<f4', 'fortran_order': False, 'shape': (3,)}", &[0; 8])),
+        &["needs 12 data bytes", "found 8"],
+    );
 }
 
 // ---------------------------------------------------------------- checkpoints
@@ -320,10 +326,17 @@ fn checkpoint_with_zero_classes_is_an_error() {
 fn checkpoint_bad_offsets_and_sizes_name_the_tensor() {
     let data = vec![0u8; 32];
     let past_end = json!({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "fc.weight": {"dtype": "F32", "shape": [8], "data_offsets": [8, 40]}});
-    assert_contains(&checkpoint_err(&safetensors_raw(&past_end, &data)), &["tensor `fc.weight`", "[8, 40]", "run past the end", "32 data bytes"]);
+    assert_contains(
+        &checkpoint_err(&safetensors_raw(&past_end, &data)),
+        &["tensor `fc.weight`", "[8, 40]", "run past the end", "32 data bytes"],
+    );
     let wrong_size = json!({"conv1.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}, "b": {"dtype": "F32", "shape": [5], "data_offsets": [12, 32]}});
-    assert_contains(&checkpoint_err(&safetensors_raw(&wrong_size, &data)), &["tensor `conv1.weight`", "F32 shape [2, 2] needs 16 bytes", "hold 12"]);
-    let gap = json!({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [6], "data_offsets": [8, 32]}});
+    assert_contains(
+        &checkpoint_err(&safetensors_raw(&wrong_size, &data)),
+        &["tensor `conv1.weight`", "F32 shape [2, 2] needs 16 bytes", "hold 12"],
+    );
+    let gap =
+        json!({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [6], "data_offsets": [8, 32]}});
     assert_contains(&checkpoint_err(&safetensors_raw(&gap, &data)), &["tensor `b`", "gap"]);
     let overflow = json!({"a": {"dtype": "F32", "shape": [4294967296u64, 4294967296u64], "data_offsets": [0, 32]}});
     assert_contains(&checkpoint_err(&safetensors_raw(&overflow, &data)), &["tensor `a`", "overflows"]);
@@ -479,7 +492,8 @@ fn fuzz_regressions_are_errors() {
                 // What `nac::model::from_bytes` (the fuzz target) does.
                 "checkpoint" => TensorStore::from_bytes(&file, &bytes).and_then(|s| nac::model::arch::from_store(&s, None)).map(|_| ()),
                 _ => ProfileData::from_bytes(&bytes, &file)
-                    .and_then(|p| ProfileData::merge(&[p.clone(), p], &["a".into(), "b".into()])).map(|_| ()),
+                    .and_then(|p| ProfileData::merge(&[p.clone(), p], &["a".into(), "b".into()]))
+                    .map(|_| ()),
             });
             match outcome {
                 Ok(Err(_)) => replayed += 1,
@@ -533,7 +547,10 @@ fn fuzz_seeds_are_the_valid_files_written_here() {
     h["binning"] = json!("uniform");
     h["counted"] = json!("correct");
     h["layers"][0]["edges"] = json!(BinEdges::uniform(4).unwrap().edges);
-    let t = vec![("counts.block3", vec![3, 2], vec![1, 0, 2, 3, 0, 0]), ("counts.avgpool", vec![4, 3], vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])];
+    let t = vec![
+        ("counts.block3", vec![3, 2], vec![1, 0, 2, 3, 0, 0]),
+        ("counts.avgpool", vec![4, 3], vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]),
+    ];
     ProfileData::from_bytes(&profile_raw(&h, &t), Path::new("seed")).unwrap();
     write("profile", "me_two_layers.nacprofile", &profile_raw(&h, &t));
 }

@@ -220,6 +220,10 @@ fn eval_of_overflowing_samples_names_the_set_and_sample() {
     let text = std::fs::read_to_string(&config).unwrap().replace("pad:4,gray2rgb", "pad:4,gray2rgb,normalize:-1:1e-38");
     std::fs::write(&config, text).unwrap();
     let err = run_eval(&dir, &config).err().unwrap().to_string();
-    assert!(err.starts_with("profile set: idx:") && err.contains("[0:6]: entry 0 (sample 0 of the source data): the network's outputs are not finite"), "{err}");
+    assert!(
+        err.starts_with("profile set: idx:")
+            && err.contains("[0:6]: entry 0 (sample 0 of the source data): the network's outputs are not finite"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

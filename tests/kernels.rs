@@ -8,8 +8,8 @@ mod common;
 use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
-    conv_flags, conv_workgroups, flat_workgroups, pool_flags, ConvParams, ElementwiseParams, Kernel, Kernels,
-    LinearParams, PoolParams, ELEMENTWISE_RELU,
+    conv_flags, conv_workgroups, flat_workgroups, pool_flags, ConvParams, ElementwiseParams, Kernel, Kernels, LinearParams, PoolParams,
+    ELEMENTWISE_RELU,
 };
 use nac::model::arch::{Conv, Linear};
 use nac::reference;
@@ -81,7 +81,18 @@ const CONV_CASES: &[ConvCase] = &[
 /// GEMM parameters of a conv (forward: M = output pixels, N = cout; data gradient: M = input
 /// pixels, N = cin).
 #[allow(clippy::too_many_arguments)]
-fn conv_params(b: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize, flags: u32, backward: bool) -> ConvParams {
+fn conv_params(
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    flags: u32,
+    backward: bool,
+) -> ConvParams {
     let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
     let (m, n, kk) = if backward { (b * h * w, cin, k * k * cout) } else { (b * oh * ow, cout, k * k * cin) };
     let u = |v: usize| v as u32;
@@ -302,13 +313,7 @@ fn pooling_kernels() {
                 })
                 .collect();
             let p = PoolParams { out_h: h as u32, out_w: w as u32, total: n as u32, flags, ..p };
-            let got = s.run(
-                Kernel::AvgPoolBackward,
-                bytemuck::bytes_of(&p),
-                s.flat(n),
-                &[Some(&dfeat), Some(&mask), Some(&scale)],
-                n,
-            );
+            let got = s.run(Kernel::AvgPoolBackward, bytemuck::bytes_of(&p), s.flat(n), &[Some(&dfeat), Some(&mask), Some(&scale)], n);
             assert_close(&format!("avg_pool_backward {shape:?} flags {flags}"), &got, &want, KERNEL_TOL);
         }
     }
@@ -345,6 +350,11 @@ fn classifier_head_kernels() {
         let dy = random_vec(&mut s.rng, b * classes, 0.1);
         let p = LinearParams { total: (b * f) as u32, ..p };
         let dx = s.run(Kernel::LinearBackward, bytemuck::bytes_of(&p), s.flat(b * f), &[Some(&dy), Some(&fc.weight), None], b * f);
-        assert_close(&format!("linear_backward {b}×{classes}→{f}"), &dx, &reference::linear_backward_data(&to_f64(&dy), b, &fc), KERNEL_TOL);
+        assert_close(
+            &format!("linear_backward {b}×{classes}→{f}"),
+            &dx,
+            &reference::linear_backward_data(&to_f64(&dy), b, &fc),
+            KERNEL_TOL,
+        );
     }
 }

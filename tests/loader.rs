@@ -100,7 +100,10 @@ fn unknown_architecture_and_extra_tensors_are_rejected() {
 
     // An explicit architecture that does not fit the file.
     let path = write("resnet.safetensors", &resnet18_tensors());
-    assert_mentions(&load_err(&path, Some(ArchSpec::WideResNet { depth: 16, width: 4 })), &["tensor `conv1.weight`", "expected shape [16, 3, 3, 3]", "found [64, 3, 3, 3]"]);
+    assert_mentions(
+        &load_err(&path, Some(ArchSpec::WideResNet { depth: 16, width: 4 })),
+        &["tensor `conv1.weight`", "expected shape [16, 3, 3, 3]", "found [64, 3, 3, 3]"],
+    );
     assert!("wrn-15-2".parse::<ArchSpec>().is_err());
     assert!("resnet19".parse::<ArchSpec>().is_err());
 }

@@ -33,9 +33,12 @@ fn golden_metrics_match_sklearn() {
     assert!(g.cases.len() >= 12, "sklearn {}: {} cases", g.sklearn, g.cases.len());
     for c in &g.cases {
         let m = ood_metrics(&c.id, &c.ood).unwrap();
-        for (what, got, want) in
-            [("auroc", m.auroc, c.auroc), ("fpr95", m.fpr95, c.fpr95), ("aupr_in", m.aupr_in, c.aupr_in), ("aupr_out", m.aupr_out, c.aupr_out)]
-        {
+        for (what, got, want) in [
+            ("auroc", m.auroc, c.auroc),
+            ("fpr95", m.fpr95, c.fpr95),
+            ("aupr_in", m.aupr_in, c.aupr_in),
+            ("aupr_out", m.aupr_out, c.aupr_out),
+        ] {
             assert!((got - want).abs() <= 1e-6, "{} {what}: {got} vs sklearn {} {want}", c.name, g.sklearn);
         }
         let fast = auroc(&c.id, &c.ood);

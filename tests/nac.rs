@@ -44,7 +44,14 @@ fn histograms_of_states_on_every_edge_match_float64_binning() {
     let engine = common::engine();
     let mut rng = Rng::new(41);
     // M = 5000 has 4999 bins, more than workgroup memory holds: the global-atomics path.
-    for (m, binning) in [(4, Binning::LogSymmetric), (50, Binning::LogSymmetric), (51, Binning::Uniform), (500, Binning::LogSymmetric), (1000, Binning::LogSymmetric), (5000, Binning::LogSymmetric)] {
+    for (m, binning) in [
+        (4, Binning::LogSymmetric),
+        (50, Binning::LogSymmetric),
+        (51, Binning::Uniform),
+        (500, Binning::LogSymmetric),
+        (1000, Binning::LogSymmetric),
+        (5000, Binning::LogSymmetric),
+    ] {
         for (samples, neurons) in [(1, 1), (37, 7), (5, 65), (3, 257)] {
             let edges = binning.edges(m).unwrap();
             let states = probing_states(&edges, &mut rng, samples * neurons);
@@ -65,9 +72,21 @@ fn histograms_of_states_on_every_edge_match_float64_binning() {
 fn scores_of_states_match_the_cpu_reference() {
     let engine = common::engine();
     let mut rng = Rng::new(42);
-    let layers = [("a", 65usize, LayerParams::new("a", 3.0, 50, 1.0)), ("b", 7, LayerParams::new("b", 1.5, 500, 1.0)), ("c", 300, LayerParams::new("c", 2.0, 1000, 1.0))];
+    let layers = [
+        ("a", 65usize, LayerParams::new("a", 3.0, 50, 1.0)),
+        ("b", 7, LayerParams::new("b", 1.5, 500, 1.0)),
+        ("c", 300, LayerParams::new("c", 2.0, 1000, 1.0)),
+    ];
     let (profiled, scored) = (33usize, 9usize);
-    let mut profile = Profile::for_layout(&engine, &identity(), &layers.iter().map(|(_, n, p)| (p.clone(), *n)).collect::<Vec<_>>(), "", Binning::LogSymmetric, Counted::All).unwrap();
+    let mut profile = Profile::for_layout(
+        &engine,
+        &identity(),
+        &layers.iter().map(|(_, n, p)| (p.clone(), *n)).collect::<Vec<_>>(),
+        "",
+        Binning::LogSymmetric,
+        Counted::All,
+    )
+    .unwrap();
     let make = |rng: &mut Rng, samples: usize| -> Vec<Vec<f32>> {
         layers.iter().map(|(_, n, p)| probing_states(&BinEdges::log_symmetric(p.m).unwrap(), rng, samples * n)).collect()
     };
@@ -255,7 +274,10 @@ fn profile_files_round_trip_and_refuse_other_models() {
     // Another model of the same architecture: refused, naming both fingerprints.
     let other = small_model(&engine, 12);
     let err = Profile::load(&engine, &other.network, &path).err().unwrap().to_string();
-    assert!(err.contains("profile.safetensors") && err.contains(&h.model_fingerprint) && err.contains(&other.network.fingerprint()), "{err}");
+    assert!(
+        err.contains("profile.safetensors") && err.contains(&h.model_fingerprint) && err.contains(&other.network.fingerprint()),
+        "{err}"
+    );
     // Another architecture: the layer that does not fit is named.
     let wide = engine.upload(SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 2 }, 5, 1).unwrap().network);
     let err = Profile::load(&engine, &wide.network, &path).err().unwrap().to_string();
@@ -276,7 +298,10 @@ fn profile_files_round_trip_and_refuse_other_models() {
         assert!(err.contains(&format!("{name}.safetensors")), "{err}");
     }
     let weights = dir.join("weights.safetensors");
-    SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 5, 1).unwrap().save(&weights, nac::model::weights::StorageDtype::F32).unwrap();
+    SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 5, 1)
+        .unwrap()
+        .save(&weights, nac::model::weights::StorageDtype::F32)
+        .unwrap();
     assert!(ProfileData::load(&weights).unwrap_err().to_string().contains("not a NAC profile"));
 }
 
@@ -287,7 +312,8 @@ fn correct_only_profiles_count_only_correct_samples() {
     let n = 6;
     let input = random_inputs(n, 3, SIZE, SIZE, 14);
     let shape = [n, 3, SIZE, SIZE];
-    let predicted = PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().read_predictions(&engine).unwrap().class;
+    let predicted =
+        PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().read_predictions(&engine).unwrap().class;
     // Half the labels right.
     let labels: Vec<usize> = predicted.iter().enumerate().map(|(i, &p)| if i % 2 == 0 { p } else { (p + 1) % 5 }).collect();
     let params = [LayerParams::new("avgpool", 2.0, 50, 0.1)];

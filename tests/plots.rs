@@ -82,7 +82,9 @@ fn roc_of_a_perfect_classifier_hits_the_top_left() {
     assert_eq!(img.dimensions(), (640, 660));
     assert!(colours(&img) > 5);
     // plot area is x 90..620, y 56..586: the perfect curve runs along the left and top edges
-    let near = |x0: u32, y0: u32| (x0.saturating_sub(4)..x0 + 5).any(|x| (y0.saturating_sub(4)..y0 + 5).any(|y| img.get_pixel(x, y).0 == PALETTE[1]));
+    let near = |x0: u32, y0: u32| {
+        (x0.saturating_sub(4)..x0 + 5).any(|x| (y0.saturating_sub(4)..y0 + 5).any(|y| img.get_pixel(x, y).0 == PALETTE[1]))
+    };
     assert!(near(91, 58) && near(91, 300) && near(300, 57) && near(600, 57));
     // the real curve lies between the diagonal and the top-left corner
     assert!(count(&img, PALETTE[0], 90..620) > 500);

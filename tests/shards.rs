@@ -68,7 +68,9 @@ fn merged_shards_equal_one_run() {
 
         let (success, err) = nac(&[args(&format!("merge --out {merged}")), parts[..3].to_vec()].concat());
         assert!(!success && err.contains("shard 3/4 missing"), "{err}");
-        let (success, err) = nac(&[args(&format!("merge --out {merged}")), vec![parts[0].clone(), parts[1].clone(), parts[1].clone(), parts[3].clone()]].concat());
+        let (success, err) =
+            nac(&[args(&format!("merge --out {merged}")), vec![parts[0].clone(), parts[1].clone(), parts[1].clone(), parts[3].clone()]]
+                .concat());
         assert!(!success && err.contains("shard 1/4 is given twice") && err.contains("part1.safetensors"), "{err}");
         let (success, err) = nac(&[args(&format!("merge --out {merged}")), vec![whole.clone(), parts[0].clone()]].concat());
         assert!(!success && err.contains("whole.safetensors is not a shard"), "{err}");

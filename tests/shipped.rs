@@ -29,7 +29,12 @@ fn shipped_models_match_pytorch_on_bundled_images() {
         let mut model = engine.load_model(&path, None).unwrap();
         assert_eq!(model.network.spec.to_string(), entry["arch"].as_str().unwrap(), "{}: detected architecture", path.display());
         let logits = engine.predict(&mut model, &batch.input, batch.shape).unwrap();
-        let want: Vec<f64> = entry["logits"].as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect();
+        let want: Vec<f64> = entry["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
         // New weights need new goldens: tools/shipped_golden.py.
         common::assert_close(&format!("{} logits", path.display()), &logits, &want, 1e-4);
         let predictions = |logits: &[f64]| -> Vec<usize> {

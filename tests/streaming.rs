@@ -35,7 +35,8 @@ fn streamed_sets_equal_preprocessed_arrays() {
 
     for balanced in [None, Some("9")] {
         let (streamed, arrayed) = (dir.join("streamed.safetensors"), dir.join("arrayed.safetensors"));
-        let mut a = vec!["profile", "--model", s(&model), "--data", &spec, "--preprocessing", preprocessing, "--batch", "4", "--out", s(&streamed)];
+        let mut a =
+            vec!["profile", "--model", s(&model), "--data", &spec, "--preprocessing", preprocessing, "--batch", "4", "--out", s(&streamed)];
         let mut b = vec!["profile", "--model", s(&model), "--input", s(&x), "--preprocessing", &canonical, "--out", s(&arrayed)];
         a.extend(layers);
         b.extend(layers);
@@ -54,13 +55,39 @@ fn streamed_sets_equal_preprocessed_arrays() {
 
     let profile = dir.join("streamed.safetensors");
     let (streamed, arrayed) = (dir.join("streamed.csv"), dir.join("arrayed.csv"));
-    nac(&["score", "--model", s(&model), "--profile", s(&profile), "--data", &spec, "--preprocessing", preprocessing, "--batch", "5", "--out", s(&streamed)]);
+    nac(&[
+        "score",
+        "--model",
+        s(&model),
+        "--profile",
+        s(&profile),
+        "--data",
+        &spec,
+        "--preprocessing",
+        preprocessing,
+        "--batch",
+        "5",
+        "--out",
+        s(&streamed),
+    ]);
     nac(&["score", "--model", s(&model), "--profile", s(&profile), "--input", s(&x), "--preprocessing", &canonical, "--out", s(&arrayed)]);
     let csv = std::fs::read_to_string(&streamed).unwrap();
     assert_eq!(csv.lines().count(), n + 1);
     assert_eq!(csv, std::fs::read_to_string(&arrayed).unwrap());
 
-    let (success, err) = common::nac(&["score", "--model", s(&model), "--profile", s(&profile), "--data", &spec, "--preprocessing", "pad:2,gray2rgb", "--out", s(&streamed)]);
+    let (success, err) = common::nac(&[
+        "score",
+        "--model",
+        s(&model),
+        "--profile",
+        s(&profile),
+        "--data",
+        &spec,
+        "--preprocessing",
+        "pad:2,gray2rgb",
+        "--out",
+        s(&streamed),
+    ]);
     assert!(!success && err.contains("was built with preprocessing"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -47,6 +47,11 @@ fn balanced_subsets_equal_the_official_code() {
         assert_eq!(sizes, want_sizes, "the label formula must match the script's");
         let (n, seed) = (case["n"].as_u64().unwrap() as usize, case["seed"].as_u64().unwrap());
         let want: Vec<usize> = case["chosen"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-        assert_eq!(class_balanced_subset(&labels, classes, n, seed).unwrap(), want, "{} labels over {classes} classes, n {n}, seed {seed}", count);
+        assert_eq!(
+            class_balanced_subset(&labels, classes, n, seed).unwrap(),
+            want,
+            "{} labels over {classes} classes, n {n}, seed {seed}",
+            count
+        );
     }
 }

@@ -10,9 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(t) = Transform::parse(text) else { return };
     assert_eq!(Transform::parse(&t.describe()).unwrap(), t, "describe round trip");
-    let big = text
-        .split(|c: char| !c.is_ascii_digit())
-        .any(|run| run.len() > 3 || run.parse::<u32>().is_ok_and(|v| v > 256));
+    let big = text.split(|c: char| !c.is_ascii_digit()).any(|run| run.len() > 3 || run.parse::<u32>().is_ok_and(|v| v > 256));
     let images = [
         Image { width: 7, height: 5, channels: 1, pixels: (0..35).collect() },
         Image { width: 3, height: 4, channels: 3, pixels: (0..36).collect() },

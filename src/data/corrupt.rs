@@ -48,12 +48,7 @@ impl Corruption {
         ALL.iter()
             .copied()
             .find(|c| c.name() == key)
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "unknown corruption `{name}`; expected one of {}",
-                    ALL.map(Corruption::name).join(", ")
-                ))
-            })
+            .ok_or_else(|| Error::Input(format!("unknown corruption `{name}`; expected one of {}", ALL.map(Corruption::name).join(", "))))
     }
 
     pub fn name(self) -> &'static str {
@@ -91,9 +86,7 @@ impl Corruption {
             }
             Corruption::ShotNoise => {
                 let lambda = [500.0, 250.0, 100.0, 75.0, 50.0][s];
-                x.iter()
-                    .map(|&v| (poisson(&mut rng, v as f64 * lambda) / lambda) as f32)
-                    .collect()
+                x.iter().map(|&v| (poisson(&mut rng, v as f64 * lambda) / lambda) as f32).collect()
             }
             Corruption::ImpulseNoise => {
                 let amount = [0.01, 0.02, 0.03, 0.05, 0.07][s];
@@ -105,23 +98,12 @@ impl Corruption {
                     })
                     .collect()
             }
-            Corruption::GaussianBlur => blur(
-                &x,
-                image.width as usize,
-                image.height as usize,
-                c,
-                [0.4, 0.6, 0.7, 0.8, 1.0][s],
-            ),
+            Corruption::GaussianBlur => blur(&x, image.width as usize, image.height as usize, c, [0.4, 0.6, 0.7, 0.8, 1.0][s]),
             Corruption::Contrast => {
                 let factor = [0.75, 0.5, 0.4, 0.3, 0.15][s];
                 let pixels = (x.len() / c) as f32;
-                let means: Vec<f32> = (0..c)
-                    .map(|ch| x.iter().skip(ch).step_by(c).sum::<f32>() / pixels)
-                    .collect();
-                x.iter()
-                    .enumerate()
-                    .map(|(i, &v)| (v - means[i % c]) * factor + means[i % c])
-                    .collect()
+                let means: Vec<f32> = (0..c).map(|ch| x.iter().skip(ch).step_by(c).sum::<f32>() / pixels).collect();
+                x.iter().enumerate().map(|(i, &v)| (v - means[i % c]) * factor + means[i % c]).collect()
             }
             Corruption::Brightness => {
                 let add = [0.05, 0.1, 0.15, 0.2, 0.3][s];
@@ -131,8 +113,7 @@ impl Corruption {
                     .flat_map(|px| {
                         let v = px.iter().fold(0.0f32, |a, &b| a.max(b));
                         let raised = (v + add).min(1.0);
-                        px.iter()
-                            .map(move |&p| if v > 0.0 { p * raised / v } else { raised })
+                        px.iter().map(move |&p| if v > 0.0 { p * raised / v } else { raised })
                     })
                     .collect()
             }
@@ -141,21 +122,12 @@ impl Corruption {
                 for i in (1..order.len()).rev() {
                     order.swap(i, rng.below(i + 1));
                 }
-                order
-                    .iter()
-                    .flat_map(|&p| x[p * c..(p + 1) * c].iter().copied())
-                    .collect()
+                order.iter().flat_map(|&p| x[p * c..(p + 1) * c].iter().copied()).collect()
             }
             Corruption::Invert => x.iter().map(|v| 1.0 - v).collect(),
         };
-        let pixels = y
-            .iter()
-            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
-            .collect();
-        Image {
-            pixels,
-            ..image.clone()
-        }
+        let pixels = y.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        Image { pixels, ..image.clone() }
     }
 }
 
@@ -163,9 +135,7 @@ impl Corruption {
 /// approximation above (its error there is below what u8 rounding keeps).
 fn poisson(rng: &mut Rng, lambda: f64) -> f64 {
     if lambda >= 30.0 {
-        return (lambda + lambda.sqrt() * rng.normal() as f64)
-            .round()
-            .max(0.0);
+        return (lambda + lambda.sqrt() * rng.normal() as f64).round().max(0.0);
     }
     let limit = (-lambda).exp();
     let (mut k, mut product) = (0.0, rng.next_f64());
@@ -179,9 +149,7 @@ fn poisson(rng: &mut Rng, lambda: f64) -> f64 {
 /// Separable Gaussian blur of HWC `x`, edge pixels repeated.
 fn blur(x: &[f32], w: usize, h: usize, c: usize, sigma: f32) -> Vec<f32> {
     let radius = (4.0 * sigma + 0.5) as i64;
-    let kernel: Vec<f32> = (-radius..=radius)
-        .map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
+    let kernel: Vec<f32> = (-radius..=radius).map(|d| (-(d * d) as f32 / (2.0 * sigma * sigma)).exp()).collect();
     let total: f32 = kernel.iter().sum();
     let pass = |src: &[f32], horizontal: bool| -> Vec<f32> {
         let mut out = vec![0.0; src.len()];
@@ -209,12 +177,7 @@ fn blur(x: &[f32], w: usize, h: usize, c: usize, sigma: f32) -> Vec<f32> {
 
 /// Outlier `index` of a synthetic set: the kinds cycle with the index.
 pub(crate) fn outlier(image: &Image, index: usize, seed: u64) -> Image {
-    const KINDS: [Corruption; 4] = [
-        Corruption::GaussianNoise,
-        Corruption::GaussianBlur,
-        Corruption::Contrast,
-        Corruption::PixelShuffle,
-    ];
+    const KINDS: [Corruption; 4] = [Corruption::GaussianNoise, Corruption::GaussianBlur, Corruption::Contrast, Corruption::PixelShuffle];
     let seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
     KINDS[index % KINDS.len()].apply(image, 5, seed)
 }

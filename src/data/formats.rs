@@ -29,14 +29,7 @@ impl Packed {
     /// Checks the size fields of a format against the limits and the buffer, and builds the
     /// holder: at least one image, sides 1..=`MAX_IMAGE_SIDE`, 1 or 3 channels and exactly
     /// count × height × width × channels bytes.
-    fn new(
-        path: &Path,
-        count: usize,
-        height: usize,
-        width: usize,
-        channels: u8,
-        pixels: Vec<u8>,
-    ) -> Result<Packed> {
+    fn new(path: &Path, count: usize, height: usize, width: usize, channels: u8, pixels: Vec<u8>) -> Result<Packed> {
         if height == 0 || width == 0 {
             return Err(input(path, format!("image size {height}×{width} is empty")));
         }
@@ -56,10 +49,7 @@ impl Packed {
         if pixels.len() != expected {
             return Err(input(
                 path,
-                format!(
-                    "{count} images of {height}×{width}×{channels} need {expected} pixel bytes, found {}",
-                    pixels.len()
-                ),
+                format!("{count} images of {height}×{width}×{channels} need {expected} pixel bytes, found {}", pixels.len()),
             ));
         }
         Ok(Packed {
@@ -75,12 +65,7 @@ impl Packed {
     /// Image `i` (< count; `Dataset` checks the index first).
     pub fn image(&self, i: usize) -> Image {
         let size = self.width as usize * self.height as usize * self.channels as usize;
-        Image {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            pixels: self.pixels[i * size..(i + 1) * size].to_vec(),
-        }
+        Image { width: self.width, height: self.height, channels: self.channels, pixels: self.pixels[i * size..(i + 1) * size].to_vec() }
     }
 }
 
@@ -106,15 +91,10 @@ fn is_gzip(bytes: &[u8]) -> bool {
 /// far decompression got.
 fn read_up_to(path: &Path, reader: impl Read, limit: u64, out: &mut Vec<u8>) -> Result<()> {
     let before = out.len();
-    reader.take(limit).read_to_end(out).map_err(|e| {
-        input(
-            path,
-            format!(
-                "corrupt gzip stream ({e}) after {} decompressed bytes",
-                out.len() - before
-            ),
-        )
-    })?;
+    reader
+        .take(limit)
+        .read_to_end(out)
+        .map_err(|e| input(path, format!("corrupt gzip stream ({e}) after {} decompressed bytes", out.len() - before)))?;
     Ok(())
 }
 
@@ -128,12 +108,7 @@ fn maybe_gunzip(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     let limit = limits::MAX_DECOMPRESSED_BYTES as u64;
     read_up_to(path, flate2::read::MultiGzDecoder::new(&raw[..]), limit + 1, &mut out)?;
     if out.len() as u64 > limit {
-        return Err(input(
-            path,
-            format!(
-                "decompresses to more than {limit} bytes (MAX_DECOMPRESSED_BYTES, see `nac::limits`)"
-            ),
-        ));
+        return Err(input(path, format!("decompresses to more than {limit} bytes (MAX_DECOMPRESSED_BYTES, see `nac::limits`)")));
     }
     Ok(out)
 }
@@ -173,10 +148,7 @@ fn idx_bytes(path: &Path, raw: &[u8], magic: u32, what: &str) -> Result<(Vec<usi
     }
     let found = be_u32(&head, 0);
     if found != magic {
-        return Err(input(
-            path,
-            format!("bad IDX magic 0x{found:08x} at offset 0: expected 0x{magic:08x} ({what})"),
-        ));
+        return Err(input(path, format!("bad IDX magic 0x{found:08x} at offset 0: expected 0x{magic:08x} ({what})")));
     }
     if head.len() < header {
         return Err(truncated_header());
@@ -210,11 +182,8 @@ fn idx_bytes(path: &Path, raw: &[u8], magic: u32, what: &str) -> Result<(Vec<usi
             _ => format!("dimensions {dims_text}"),
         };
         let per = dims[1..].iter().product::<usize>();
-        let held = if found_len >= expected || per == 0 {
-            String::new()
-        } else {
-            format!(", which holds {} whole", (found_len - header) / per)
-        };
+        let held =
+            if found_len >= expected || per == 0 { String::new() } else { format!(", which holds {} whole", (found_len - header) / per) };
         return Err(input(
             path,
             format!(
@@ -230,11 +199,7 @@ fn idx_bytes(path: &Path, raw: &[u8], magic: u32, what: &str) -> Result<(Vec<usi
 
 /// IDX images (magic 0x803, N×H×W) and optionally labels (magic 0x801) from their bytes (raw
 /// or gzip); the paths name them in errors.
-pub(crate) fn idx_from_bytes(
-    images: &Path,
-    image_bytes: &[u8],
-    labels: Option<(&Path, &[u8])>,
-) -> Result<(Packed, Option<Vec<usize>>)> {
+pub(crate) fn idx_from_bytes(images: &Path, image_bytes: &[u8], labels: Option<(&Path, &[u8])>) -> Result<(Packed, Option<Vec<usize>>)> {
     let (dims, pixels) = idx_bytes(images, image_bytes, 0x0803, "unsigned-byte images N×H×W")?;
     let packed = Packed::new(images, dims[0], dims[1], dims[2], 1, pixels)?;
     let labels = match labels {
@@ -250,10 +215,7 @@ pub(crate) fn idx_from_bytes(
 
 /// An IDX image file (magic 0x803, N×H×W) and its labels (magic 0x801): the explicit file, or
 /// else the sibling named with `images-idx3` replaced by `labels-idx1` when it exists.
-pub(crate) fn read_idx(
-    images: &Path,
-    labels: Option<&Path>,
-) -> Result<(Packed, Option<Vec<usize>>)> {
+pub(crate) fn read_idx(images: &Path, labels: Option<&Path>) -> Result<(Packed, Option<Vec<usize>>)> {
     let sibling = images
         .file_name()
         .and_then(|n| n.to_str())
@@ -272,32 +234,20 @@ pub(crate) fn read_idx(
 
 fn check_count(labels: &Path, found: usize, images: &Path, expected: usize) -> Result<()> {
     if found != expected {
-        return Err(input(
-            labels,
-            format!(
-                "{found} labels for the {expected} images of {}",
-                images.display()
-            ),
-        ));
+        return Err(input(labels, format!("{found} labels for the {expected} images of {}", images.display())));
     }
     Ok(())
 }
 
 /// The records of one CIFAR binary batch file, appended to `pixels` (HWC) and `labels`.
-fn cifar_records(
-    path: &Path,
-    bytes: &[u8],
-    cifar100: bool,
-    pixels: &mut Vec<u8>,
-    labels: &mut Vec<usize>,
-) -> Result<()> {
+fn cifar_records(path: &Path, bytes: &[u8], cifar100: bool, pixels: &mut Vec<u8>, labels: &mut Vec<usize>) -> Result<()> {
     let (label_bytes, classes) = if cifar100 { (2, 100) } else { (1, 10) };
     let record = label_bytes + 3072;
     let whole = bytes.len() / record;
     if bytes.is_empty() {
         return Err(input(path, format!("empty file: expected records of {record} bytes")));
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(input(
             path,
             format!(
@@ -311,10 +261,7 @@ fn cifar_records(
     limits::check(&format!("{}: records so far", path.display()), total, limits::MAX_SAMPLES, "MAX_SAMPLES")?;
     if cifar100 {
         if let Some(k) = bytes.chunks_exact(record).position(|rec| rec[0] >= 20) {
-            return Err(input(
-                path,
-                format!("coarse label {} at byte offset {}: expected < 20", bytes[k * record], k * record),
-            ));
+            return Err(input(path, format!("coarse label {} at byte offset {}: expected < 20", bytes[k * record], k * record)));
         }
     }
     pixels.reserve(whole * 3072);
@@ -322,13 +269,7 @@ fn cifar_records(
     for (k, rec) in bytes.chunks_exact(record).enumerate() {
         let label = rec[label_bytes - 1] as usize;
         if label >= classes {
-            return Err(input(
-                path,
-                format!(
-                    "label {label} at byte offset {}: expected < {classes}",
-                    k * record + label_bytes - 1
-                ),
-            ));
+            return Err(input(path, format!("label {label} at byte offset {}: expected < {classes}", k * record + label_bytes - 1)));
         }
         labels.push(label);
         let planes = &rec[label_bytes..];
@@ -370,10 +311,7 @@ fn dtype_name(dtype: NpyDtype) -> &'static str {
 }
 
 /// A uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3) and an optional integer labels `.npy`.
-pub(crate) fn read_npy(
-    images: &Path,
-    labels: Option<&Path>,
-) -> Result<(Packed, Option<Vec<usize>>)> {
+pub(crate) fn read_npy(images: &Path, labels: Option<&Path>) -> Result<(Packed, Option<Vec<usize>>)> {
     let array = NpyArray::load(images)?;
     if array.dtype != NpyDtype::U8 {
         return Err(input(
@@ -384,15 +322,7 @@ pub(crate) fn read_npy(
     let (n, h, w, c) = match array.shape[..] {
         [n, h, w] => (n, h, w, 1),
         [n, h, w, c @ (1 | 3)] => (n, h, w, c as u8),
-        _ => {
-            return Err(input(
-                images,
-                format!(
-                    "shape {:?}: expected N×H×W or N×H×W×C with C = 1 or 3",
-                    array.shape
-                ),
-            ))
-        }
+        _ => return Err(input(images, format!("shape {:?}: expected N×H×W or N×H×W×C with C = 1 or 3", array.shape))),
     };
     // Packed::new checks the sides and that the shape's product is the data's length.
     let packed = Packed::new(images, n, h, w, c, array.bytes)?;
@@ -410,12 +340,7 @@ pub(crate) fn read_npy(
 /// A pixel-row CSV from its bytes (plain or gzip; see [`read_csv`]).
 pub(crate) fn csv_from_bytes(path: &Path, raw: Vec<u8>) -> Result<(Packed, Vec<usize>)> {
     let bytes = maybe_gunzip(path, raw)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        input(
-            path,
-            format!("not UTF-8 text (at byte {})", e.valid_up_to()),
-        )
-    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| input(path, format!("not UTF-8 text (at byte {})", e.valid_up_to())))?;
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     let mut columns: Option<(usize, usize)> = None;
     let mut first = true;
@@ -435,33 +360,30 @@ pub(crate) fn csv_from_bytes(path: &Path, raw: Vec<u8>) -> Result<(Packed, Vec<u
                 // The exact integer square root of cols − 1 (no float rounding).
                 let pixels = cols - 1;
                 let side = (pixels as f64).sqrt() as usize;
-                let side = (side.saturating_sub(1)..=side + 1)
-                    .find(|s| s.checked_mul(*s) == Some(pixels))
-                    .unwrap_or(0);
+                let side = (side.saturating_sub(1)..=side + 1).find(|s| s.checked_mul(*s) == Some(pixels)).unwrap_or(0);
                 if side == 0 {
-                    return Err(input(path, format!("line {line_no}: {cols} columns; expected a square image's pixels (e.g. 784 = 28×28) then the label")));
+                    return Err(input(
+                        path,
+                        format!("line {line_no}: {cols} columns; expected a square image's pixels (e.g. 784 = 28×28) then the label"),
+                    ));
                 }
-                limits::check(&format!("{}: line {line_no}: the image side", path.display()), side, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
+                limits::check(
+                    &format!("{}: line {line_no}: the image side", path.display()),
+                    side,
+                    limits::MAX_IMAGE_SIDE,
+                    "MAX_IMAGE_SIDE",
+                )?;
                 *columns.insert((cols, side))
             }
         };
         if fields.len() != cols {
-            return Err(input(
-                path,
-                format!(
-                    "line {line_no}: {} columns, expected {cols} like the first data row",
-                    fields.len()
-                ),
-            ));
+            return Err(input(path, format!("line {line_no}: {} columns, expected {cols} like the first data row", fields.len())));
         }
         let value = |column: usize, max: f64, what: &str| -> Result<f64> {
             let field = fields[column - 1];
             match field.parse::<f64>() {
                 Ok(v) if v.fract() == 0.0 && (0.0..=max).contains(&v) => Ok(v),
-                _ => Err(input(
-                    path,
-                    format!("line {line_no}, column {column}: `{field}` is not {what}"),
-                )),
+                _ => Err(input(path, format!("line {line_no}, column {column}: `{field}` is not {what}"))),
             }
         };
         for column in 1..cols {
@@ -472,10 +394,7 @@ pub(crate) fn csv_from_bytes(path: &Path, raw: Vec<u8>) -> Result<(Packed, Vec<u
     let Some((_, side)) = columns else {
         return Err(input(path, "no data rows"));
     };
-    Ok((
-        Packed::new(path, labels.len(), side, side, 1, pixels)?,
-        labels,
-    ))
+    Ok((Packed::new(path, labels.len(), side, side, 1, pixels)?, labels))
 }
 
 /// Pixel-row CSV (plain or gzip): each row is a square gray image's pixels (0-255, row-major)
@@ -485,9 +404,7 @@ pub(crate) fn read_csv(path: &Path) -> Result<(Packed, Vec<usize>)> {
 }
 
 fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
 /// The image files in `dir` (and below it when `recursive`), sorted by path.
@@ -532,10 +449,7 @@ pub(crate) fn list_folder(dir: &Path) -> Result<(Vec<PathBuf>, Option<Vec<usize>
     }
     let files = images_in(dir, false)?;
     if files.is_empty() {
-        return Err(input(
-            dir,
-            "no .png/.jpg/.jpeg images in the folder or its sub-folders",
-        ));
+        return Err(input(dir, "no .png/.jpg/.jpeg images in the folder or its sub-folders"));
     }
     Ok((files, None))
 }
@@ -565,19 +479,9 @@ pub(crate) fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Image> {
     })?;
     let (width, height) = (decoded.width(), decoded.height());
     let image = if decoded.color().has_color() {
-        Image {
-            width,
-            height,
-            channels: 3,
-            pixels: decoded.into_rgb8().into_raw(),
-        }
+        Image { width, height, channels: 3, pixels: decoded.into_rgb8().into_raw() }
     } else {
-        Image {
-            width,
-            height,
-            channels: 1,
-            pixels: decoded.into_luma8().into_raw(),
-        }
+        Image { width, height, channels: 1, pixels: decoded.into_luma8().into_raw() }
     };
     image.check().map_err(|e| input(path, e))?;
     Ok(image)

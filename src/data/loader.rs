@@ -63,9 +63,7 @@ impl Job {
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
-        self.window
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn sample(&self, position: usize) -> Result<Sample> {
@@ -89,25 +87,15 @@ impl Job {
                 window.next_unit += 1;
                 return Some(u);
             }
-            window = self
-                .wake
-                .wait(window)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            window = self.wake.wait(window).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
     }
 
     fn work(&self, tx: Sender<(usize, Result<Vec<Sample>>)>) {
         while let Some(u) = self.claim() {
             // A panic in a decoder must reach the caller as an error, not leave it waiting.
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                self.range(u).map(|p| self.sample(p)).collect()
-            }))
-            .unwrap_or_else(|_| {
-                Err(Error::Input(format!(
-                    "{}: a loader worker panicked on samples {:?}",
-                    self.dataset.spec(),
-                    self.range(u)
-                )))
+            let result = catch_unwind(AssertUnwindSafe(|| self.range(u).map(|p| self.sample(p)).collect())).unwrap_or_else(|_| {
+                Err(Error::Input(format!("{}: a loader worker panicked on samples {:?}", self.dataset.spec(), self.range(u))))
             });
             if tx.send((u, result)).is_err() {
                 return;
@@ -138,13 +126,7 @@ pub struct Batches {
 /// samples on `threads` CPU worker threads, prefetching up to 2 batches ahead, so the caller's
 /// GPU work on batch i overlaps the decoding of batch i+1. All images of one batch must produce
 /// the same shape (error naming the index otherwise). Yields in order; stops after an error.
-pub fn batches(
-    dataset: &Dataset,
-    transform: &Transform,
-    indices: Option<&[usize]>,
-    batch: usize,
-    threads: usize,
-) -> Batches {
+pub fn batches(dataset: &Dataset, transform: &Transform, indices: Option<&[usize]>, batch: usize, threads: usize) -> Batches {
     let indices = indices.map_or_else(|| (0..dataset.len()).collect(), <[usize]>::to_vec);
     let threads = threads.max(1);
     let unit = batch.div_ceil(threads).max(1);
@@ -155,11 +137,7 @@ pub fn batches(
         indices,
         batch: batch.max(1),
         unit,
-        window: Mutex::new(Window {
-            next_unit: 0,
-            consumed: 0,
-            cancelled: batch == 0 || threads > crate::limits::MAX_THREADS,
-        }),
+        window: Mutex::new(Window { next_unit: 0, consumed: 0, cancelled: batch == 0 || threads > crate::limits::MAX_THREADS }),
         wake: Condvar::new(),
     });
     let mut setup_error = if batch == 0 {
@@ -178,10 +156,7 @@ pub fn batches(
     let spawn = if setup_error.is_some() { 0 } else { threads.min(total_units) };
     for i in 0..spawn {
         let (job, tx) = (job.clone(), tx.clone());
-        match std::thread::Builder::new()
-            .name(format!("nac-loader-{i}"))
-            .spawn(move || job.work(tx))
-        {
+        match std::thread::Builder::new().name(format!("nac-loader-{i}")).spawn(move || job.work(tx)) {
             Ok(handle) => workers.push(handle),
             Err(e) if workers.is_empty() => {
                 setup_error = Some(Error::Input(format!("cannot start a loader thread: {e}")));
@@ -190,15 +165,7 @@ pub fn batches(
             Err(_) => break,
         }
     }
-    Batches {
-        job,
-        rx: Some(rx),
-        workers,
-        pending: HashMap::new(),
-        next: 0,
-        setup_error,
-        done: false,
-    }
+    Batches { job, rx: Some(rx), workers, pending: HashMap::new(), next: 0, setup_error, done: false }
 }
 
 impl Batches {
@@ -212,11 +179,7 @@ impl Batches {
                 Some(Ok((v, result))) => {
                     self.pending.insert(v, result);
                 }
-                _ => {
-                    return Err(Error::Input(
-                        "the loader workers stopped before finishing".into(),
-                    ))
-                }
+                _ => return Err(Error::Input("the loader workers stopped before finishing".into())),
             }
         }
     }
@@ -233,17 +196,9 @@ impl Batches {
             )));
         }
         let chosen = &job.indices[start..start + samples.len()];
-        let labels = job
-            .dataset
-            .labels()
-            .map(|l| chosen.iter().map(|&i| l[i]).collect());
+        let labels = job.dataset.labels().map(|l| chosen.iter().map(|&i| l[i]).collect());
         let input = samples.into_iter().flat_map(|(_, values)| values).collect();
-        Ok(Batch {
-            start,
-            input,
-            shape: [chosen.len(), shape[0], shape[1], shape[2]],
-            labels,
-        })
+        Ok(Batch { start, input, shape: [chosen.len(), shape[0], shape[1], shape[2]], labels })
     }
 
     /// Stops the workers and waits for them (each finishes at most its current unit).
@@ -270,9 +225,7 @@ impl Iterator for Batches {
             self.finish();
             return None;
         }
-        let units = (start..start.saturating_add(self.job.batch).min(self.job.indices.len()))
-            .len()
-            .div_ceil(self.job.unit);
+        let units = (start..start.saturating_add(self.job.batch).min(self.job.indices.len())).len().div_ceil(self.job.unit);
         let first = self.next * self.job.units_per_batch;
         let mut samples = Vec::new();
         for u in first..first + units {
@@ -302,25 +255,12 @@ impl Drop for Batches {
 }
 
 /// The whole dataset (or `indices` of it) in one NCHW batch; an error when there are no samples.
-pub fn load_all(
-    dataset: &Dataset,
-    transform: &Transform,
-    indices: Option<&[usize]>,
-    threads: usize,
-) -> Result<Batch> {
+pub fn load_all(dataset: &Dataset, transform: &Transform, indices: Option<&[usize]>, threads: usize) -> Result<Batch> {
     let n = indices.map_or(dataset.len(), <[usize]>::len);
     if n == 0 {
-        return Err(Error::Input(format!(
-            "{}: no samples to load",
-            dataset.spec()
-        )));
+        return Err(Error::Input(format!("{}: no samples to load", dataset.spec())));
     }
     batches(dataset, transform, indices, n, threads)
         .next()
-        .unwrap_or_else(|| {
-            Err(Error::Input(format!(
-                "{}: no samples to load",
-                dataset.spec()
-            )))
-        })
+        .unwrap_or_else(|| Err(Error::Input(format!("{}: no samples to load", dataset.spec()))))
 }

@@ -42,9 +42,7 @@ impl Image {
     /// `width × height × channels` pixels.
     pub fn check(&self) -> Result<()> {
         // u32 × u32 × u8 can overflow 64 bits; an overflowing size matches no buffer.
-        let expected = (self.width as usize)
-            .checked_mul(self.height as usize)
-            .and_then(|n| n.checked_mul(self.channels as usize));
+        let expected = (self.width as usize).checked_mul(self.height as usize).and_then(|n| n.checked_mul(self.channels as usize));
         if !matches!(self.channels, 1 | 3) || expected.is_none_or(|e| e == 0 || self.pixels.len() != e) {
             let expected = expected.map_or_else(|| "more than usize::MAX".to_string(), |e| e.to_string());
             return Err(Error::Input(format!(

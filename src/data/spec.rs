@@ -51,15 +51,8 @@ enum Source {
     Packed(Packed),
     Images(Vec<Image>),
     Files(Vec<PathBuf>),
-    Corrupt {
-        base: Dataset,
-        corruption: Corruption,
-        severity: u8,
-    },
-    Outliers {
-        base: Dataset,
-        seed: u64,
-    },
+    Corrupt { base: Dataset, corruption: Corruption, severity: u8 },
+    Outliers { base: Dataset, seed: u64 },
 }
 
 impl Source {
@@ -77,11 +70,7 @@ impl Source {
             Source::Packed(p) => Ok(p.image(pos)),
             Source::Images(v) => Ok(v[pos].clone()),
             Source::Files(v) => formats::decode_file(&v[pos]),
-            Source::Corrupt {
-                base,
-                corruption,
-                severity,
-            } => Ok(corruption.apply(&base.image(pos)?, *severity, pos as u64)),
+            Source::Corrupt { base, corruption, severity } => Ok(corruption.apply(&base.image(pos)?, *severity, pos as u64)),
             Source::Outliers { base, seed } => Ok(outlier(&base.image(pos)?, pos, *seed)),
         }
     }
@@ -89,11 +78,7 @@ impl Source {
 
 impl fmt::Debug for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dataset")
-            .field("spec", &self.spec)
-            .field("len", &self.len())
-            .field("labelled", &self.labels.is_some())
-            .finish()
+        f.debug_struct("Dataset").field("spec", &self.spec).field("len", &self.len()).field("labelled", &self.labels.is_some()).finish()
     }
 }
 
@@ -103,14 +88,9 @@ fn bad_spec(spec: &str, message: impl fmt::Display) -> Error {
 
 /// The file name without `.gz` and then without its last extension.
 fn stem(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
     let name = name.strip_suffix(".gz").unwrap_or(&name);
-    Path::new(name)
-        .file_stem()
-        .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned())
+    Path::new(name).file_stem().map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 /// `PATH` or `PATH:SECOND`: the whole text when it names an existing file, else split at the
@@ -127,30 +107,14 @@ fn one_or_two_paths(rest: &str) -> (&Path, Option<&Path>) {
 
 /// A spec's parse tree: the grammar, before any file is opened.
 enum Node<'a> {
-    Slice {
-        inner: Box<Node<'a>>,
-        inner_spec: &'a str,
-        range: &'a str,
-        a: usize,
-        b: Option<usize>,
-        step: usize,
-    },
+    Slice { inner: Box<Node<'a>>, inner_spec: &'a str, range: &'a str, a: usize, b: Option<usize>, step: usize },
     Idx(&'a str),
     Cifar { cifar100: bool, rest: &'a str },
     Folder(&'a str),
     Npy(&'a str),
     Csv(&'a str),
-    Corrupt {
-        corruption: Corruption,
-        severity: u8,
-        inner: Box<Node<'a>>,
-        inner_spec: &'a str,
-    },
-    Outliers {
-        seed: u64,
-        inner: Box<Node<'a>>,
-        inner_spec: &'a str,
-    },
+    Corrupt { corruption: Corruption, severity: u8, inner: Box<Node<'a>>, inner_spec: &'a str },
+    Outliers { seed: u64, inner: Box<Node<'a>>, inner_spec: &'a str },
 }
 
 /// Parses `spec` (already trimmed), nested `depth` levels deep in an outer spec.
@@ -182,9 +146,7 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
             if !text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad_spec(spec, format!("slice bound `{text}` is not a non-negative integer")));
             }
-            text.parse().map(Some).map_err(|_| {
-                bad_spec(spec, format!("slice bound `{text}` is too large (at most {})", usize::MAX))
-            })
+            text.parse().map(Some).map_err(|_| bad_spec(spec, format!("slice bound `{text}` is too large (at most {})", usize::MAX)))
         };
         let (a, b, step) = (bound(a)?.unwrap_or(0), bound(b)?, bound(step)?.unwrap_or(1));
         if step == 0 {
@@ -194,14 +156,7 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
             return Err(bad_spec(spec, format!("slice [{a}:{b}] is empty")));
         }
         let inner_spec = inner.trim();
-        return Ok(Node::Slice {
-            inner: Box::new(parse(inner_spec, depth + 1)?),
-            inner_spec,
-            range,
-            a,
-            b,
-            step,
-        });
+        return Ok(Node::Slice { inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec, range, a, b, step });
     }
     let Some((kind, rest)) = spec.split_once(':') else {
         return Err(bad_spec(spec, "expected KIND:ARGS with KIND one of idx, cifar10, cifar100, folder, npy, csv, corrupt, outliers"));
@@ -237,9 +192,11 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
         "outliers" => {
             // An all-digit first part is the seed: no spec is only digits.
             let (seed, inner) = match rest.split_once(':') {
-                Some((seed, inner)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => {
-                    (seed.parse::<u64>().map_err(|_| bad_spec(spec, format!("seed `{seed}` does not fit 64 bits (at most {})", u64::MAX)))?, inner)
-                }
+                Some((seed, inner)) if !seed.is_empty() && seed.bytes().all(|b| b.is_ascii_digit()) => (
+                    seed.parse::<u64>()
+                        .map_err(|_| bad_spec(spec, format!("seed `{seed}` does not fit 64 bits (at most {})", u64::MAX)))?,
+                    inner,
+                ),
                 _ => (0, rest),
             };
             let inner_spec = inner.trim();
@@ -251,13 +208,7 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
 
 impl Dataset {
     fn new(spec: &str, name: String, source: Source, labels: Option<Vec<usize>>) -> Dataset {
-        Dataset {
-            spec: spec.to_string(),
-            name,
-            source: Arc::new(source),
-            view: None,
-            labels: labels.map(Into::into),
-        }
+        Dataset { spec: spec.to_string(), name, source: Arc::new(source), view: None, labels: labels.map(Into::into) }
     }
 
     /// Opens a dataset spec (grammar in the module documentation).
@@ -278,10 +229,7 @@ impl Dataset {
                 let base = Dataset::open_node(inner_spec, *inner)?;
                 let b = b.unwrap_or(base.len()).min(base.len());
                 if a >= b {
-                    return Err(bad_spec(
-                        spec,
-                        format!("slice [{a}:{b}] of {} samples is empty", base.len()),
-                    ));
+                    return Err(bad_spec(spec, format!("slice [{a}:{b}] of {} samples is empty", base.len())));
                 }
                 let mut sliced = base.subset(&(a..b).step_by(step).collect::<Vec<_>>())?;
                 sliced.spec = spec.to_string();
@@ -382,9 +330,7 @@ impl Dataset {
     }
 
     pub fn len(&self) -> usize {
-        self.view
-            .as_ref()
-            .map_or_else(|| self.source.len(), |v| v.len())
+        self.view.as_ref().map_or_else(|| self.source.len(), |v| v.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -398,40 +344,22 @@ impl Dataset {
     /// Image `index` (decoded now for folders, copied from memory otherwise).
     pub fn image(&self, index: usize) -> Result<Image> {
         if index >= self.len() {
-            return Err(Error::Input(format!(
-                "{}: index {index} is out of range for {} samples",
-                self.spec,
-                self.len()
-            )));
+            return Err(Error::Input(format!("{}: index {index} is out of range for {} samples", self.spec, self.len())));
         }
-        self.source
-            .image(self.view.as_ref().map_or(index, |v| v[index]))
+        self.source.image(self.view.as_ref().map_or(index, |v| v[index]))
     }
 
     /// The samples at `indices` (in that order, repeats allowed).
     pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
         if let Some((at, &bad)) = indices.iter().enumerate().find(|&(_, &i)| i >= self.len()) {
-            return Err(Error::Input(format!(
-                "{}: subset index {bad} (entry {at}) is out of range for {} samples",
-                self.spec,
-                self.len()
-            )));
+            return Err(Error::Input(format!("{}: subset index {bad} (entry {at}) is out of range for {} samples", self.spec, self.len())));
         }
         let view: Arc<[usize]> = match &self.view {
             Some(v) => indices.iter().map(|&i| v[i]).collect(),
             None => indices.into(),
         };
-        let labels = self
-            .labels
-            .as_ref()
-            .map(|l| indices.iter().map(|&i| l[i]).collect());
-        Ok(Dataset {
-            spec: self.spec.clone(),
-            name: self.name.clone(),
-            source: self.source.clone(),
-            view: Some(view),
-            labels,
-        })
+        let labels = self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect());
+        Ok(Dataset { spec: self.spec.clone(), name: self.name.clone(), source: self.source.clone(), view: Some(view), labels })
     }
 
     /// An in-memory dataset; the images may differ in size.
@@ -440,20 +368,9 @@ impl Dataset {
     /// If `labels` is given with a length other than `images.len()` (a caller bug).
     pub fn from_images(name: &str, images: Vec<Image>, labels: Option<Vec<usize>>) -> Dataset {
         if let Some(l) = &labels {
-            assert_eq!(
-                l.len(),
-                images.len(),
-                "Dataset::from_images({name}): {} labels for {} images",
-                l.len(),
-                images.len()
-            );
+            assert_eq!(l.len(), images.len(), "Dataset::from_images({name}): {} labels for {} images", l.len(), images.len());
         }
-        Dataset::new(
-            &format!("memory:{name}"),
-            name.to_string(),
-            Source::Images(images),
-            labels,
-        )
+        Dataset::new(&format!("memory:{name}"), name.to_string(), Source::Images(images), labels)
     }
 
     /// Every image corrupted at `severity` (clamped to 1-5), seeded by its index; labels kept.
@@ -463,11 +380,7 @@ impl Dataset {
         Dataset {
             spec: format!("corrupt:{}:{severity}:{}", corruption.name(), self.spec),
             name: format!("{}_{}_{severity}", self.name, corruption.name()),
-            source: Arc::new(Source::Corrupt {
-                base: self.clone(),
-                corruption,
-                severity,
-            }),
+            source: Arc::new(Source::Corrupt { base: self.clone(), corruption, severity }),
             view: None,
             labels: self.labels.clone(),
         }
@@ -475,19 +388,7 @@ impl Dataset {
 
     /// Unlabelled outliers derived from `base` (see [`synthetic_outliers`]).
     pub(crate) fn outliers(base: &Dataset, seed: u64) -> Dataset {
-        let spec = if seed == 0 {
-            format!("outliers:{}", base.spec)
-        } else {
-            format!("outliers:{seed}:{}", base.spec)
-        };
-        Dataset::new(
-            &spec,
-            format!("{}_outliers", base.name),
-            Source::Outliers {
-                base: base.clone(),
-                seed,
-            },
-            None,
-        )
+        let spec = if seed == 0 { format!("outliers:{}", base.spec) } else { format!("outliers:{seed}:{}", base.spec) };
+        Dataset::new(&spec, format!("{}_outliers", base.name), Source::Outliers { base: base.clone(), seed }, None)
     }
 }

@@ -46,19 +46,10 @@ enum Step {
 }
 
 const PRESETS: [(&str, &str); 5] = [
-    (
-        "cifar10",
-        "gray2rgb,normalize:0.4914/0.4822/0.4465:0.247/0.2435/0.2616",
-    ),
-    (
-        "cifar100",
-        "gray2rgb,normalize:0.5071/0.4865/0.4409:0.2673/0.2564/0.2762",
-    ),
+    ("cifar10", "gray2rgb,normalize:0.4914/0.4822/0.4465:0.247/0.2435/0.2616"),
+    ("cifar100", "gray2rgb,normalize:0.5071/0.4865/0.4409:0.2673/0.2564/0.2762"),
     ("fmnist", "pad:2,gray2rgb,normalize:0.286:0.353"),
-    (
-        "imagenet",
-        "resize:256,center_crop:224,gray2rgb,normalize:0.485/0.456/0.406:0.229/0.224/0.225",
-    ),
+    ("imagenet", "resize:256,center_crop:224,gray2rgb,normalize:0.485/0.456/0.406:0.229/0.224/0.225"),
     ("none", "gray2rgb"),
 ];
 
@@ -77,16 +68,11 @@ impl Step {
         let number = |s: &str, min: u64| {
             let t = s.trim();
             if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.parse::<u64>().is_ok_and(|v| v < min) {
-                return Err(format!(
-                    "`{s}` is not a {} integer",
-                    if min == 0 { "non-negative" } else { "positive" }
-                ));
+                return Err(format!("`{s}` is not a {} integer", if min == 0 { "non-negative" } else { "positive" }));
             }
             match t.parse::<u64>() {
                 Ok(v) if v <= MAX_IMAGE_SIDE as u64 => Ok(v as u32),
-                _ => Err(format!(
-                    "`{s}` is over the limit of {MAX_IMAGE_SIDE} pixels (MAX_IMAGE_SIDE, see `nac::limits`)"
-                )),
+                _ => Err(format!("`{s}` is over the limit of {MAX_IMAGE_SIDE} pixels (MAX_IMAGE_SIDE, see `nac::limits`)")),
             }
         };
         let positive = |s: &str| number(s, 1);
@@ -97,11 +83,7 @@ impl Step {
         let list = |s: &str| -> std::result::Result<Vec<f32>, String> {
             let values = s
                 .split('/')
-                .map(|v| {
-                    v.trim()
-                        .parse::<f32>()
-                        .map_err(|_| format!("`{v}` is not a number"))
-                })
+                .map(|v| v.trim().parse::<f32>().map_err(|_| format!("`{v}` is not a number")))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             match values.len() {
                 1 | 3 => Ok(values),
@@ -182,11 +164,7 @@ impl Step {
             Step::ResizeShorter(_) | Step::Resize(..) => resize(&p, h, w),
             Step::Pad(pad) => place(&p, h, w, -(*pad as i64), -(*pad as i64)),
             Step::CenterCrop(..) => place(&p, h, w, crop_offset(p.h, h), crop_offset(p.w, w)),
-            Step::Gray2Rgb if p.c == 1 => Planes {
-                c: 3,
-                data: p.data.repeat(3),
-                ..p
-            },
+            Step::Gray2Rgb if p.c == 1 => Planes { c: 3, data: p.data.repeat(3), ..p },
             Step::Gray2Rgb => p,
             Step::Normalize { mean, std } => {
                 if mean.len() != 1 && mean.len() != p.c || std.len() != 1 && std.len() != p.c {
@@ -271,10 +249,7 @@ impl Transform {
     pub fn preset(name: &str) -> Result<Transform> {
         match PRESETS.iter().find(|(n, _)| *n == name.trim()) {
             Some((_, steps)) => Transform::parse(steps),
-            None => Err(Error::Input(format!(
-                "unknown transform preset `{name}`; expected one of {}",
-                PRESETS.map(|(n, _)| n).join(", ")
-            ))),
+            None => Err(Error::Input(format!("unknown transform preset `{name}`; expected one of {}", PRESETS.map(|(n, _)| n).join(", ")))),
         }
     }
 
@@ -295,9 +270,7 @@ impl Transform {
             .split(',')
             .enumerate()
             .map(|(i, step)| {
-                Step::parse(step.trim()).map_err(|e| {
-                    Error::Input(format!("transform `{text}`, step {} `{step}`: {e}", i + 1))
-                })
+                Step::parse(step.trim()).map_err(|e| Error::Input(format!("transform `{text}`, step {} `{step}`: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Transform { steps })
@@ -306,11 +279,7 @@ impl Transform {
     /// The canonical step list, e.g. `pad:2,gray2rgb,normalize:0.286:0.353`;
     /// `Transform::parse(&t.describe()) == t`.
     pub fn describe(&self) -> String {
-        self.steps
-            .iter()
-            .map(Step::describe)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.steps.iter().map(Step::describe).collect::<Vec<_>>().join(",")
     }
 
     /// The model input of `image`: CHW f32 with 3 channels, `output_size` spatially. An image
@@ -318,26 +287,11 @@ impl Transform {
     pub fn apply(&self, image: &Image) -> Result<Vec<f32>> {
         image.check()?;
         self.check_input(image)?;
-        let (h, w, c) = (
-            image.height as usize,
-            image.width as usize,
-            image.channels as usize,
-        );
-        let data = (0..c)
-            .flat_map(|ch| {
-                image
-                    .pixels
-                    .iter()
-                    .skip(ch)
-                    .step_by(c)
-                    .map(|&v| v as f32 / 255.0)
-            })
-            .collect();
+        let (h, w, c) = (image.height as usize, image.width as usize, image.channels as usize);
+        let data = (0..c).flat_map(|ch| image.pixels.iter().skip(ch).step_by(c).map(|&v| v as f32 / 255.0)).collect();
         let mut planes = Planes { c, h, w, data };
         for step in &self.steps {
-            planes = step
-                .apply(planes)
-                .map_err(|e| Error::Input(format!("transform `{}`: {e}", self.describe())))?;
+            planes = step.apply(planes).map_err(|e| Error::Input(format!("transform `{}`: {e}", self.describe())))?;
         }
         if planes.c != 3 {
             return Err(Error::Input(format!(
@@ -355,9 +309,7 @@ impl Transform {
         self.check_input(image)?;
         let mut size = (image.height as usize, image.width as usize);
         for step in &self.steps {
-            size = step
-                .size(size.0, size.1)
-                .map_err(|e| Error::Input(format!("transform `{}`: {e}", self.describe())))?;
+            size = step.size(size.0, size.1).map_err(|e| Error::Input(format!("transform `{}`: {e}", self.describe())))?;
         }
         // Both sides are at most MAX_IMAGE_SIDE here.
         Ok((size.0 as u32, size.1 as u32))

@@ -1,9 +1,7 @@
 //! The static graph of one forward + backward-to-layer pass: a list of kernel calls over
 //! symbolic tensors (NHWC, per-sample shapes). Built once per (input size, requested layers).
 
-use crate::kernels::{
-    conv_flags, pool_flags, ConvParams, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
-};
+use crate::kernels::{conv_flags, pool_flags, ConvParams, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU};
 
 use super::weights::{GpuBody, GpuConv, GpuHead, GpuScaleShift, GpuWeights};
 
@@ -227,13 +225,7 @@ impl Graph {
     }
 
     fn elementwise(&mut self, kernel: Kernel, reads: Vec<Input>, shape: TensorShape, flags: u32) -> TensorId {
-        let p = ElementwiseParams {
-            channels: shape.c as u32,
-            height: shape.h as u32,
-            width: shape.w as u32,
-            flags,
-            ..Default::default()
-        };
+        let p = ElementwiseParams { channels: shape.c as u32, height: shape.h as u32, width: shape.w as u32, flags, ..Default::default() };
         self.push(kernel, ParamTemplate::Elementwise { p, per_sample: shape.elements() as u32 }, reads, shape)
     }
 
@@ -282,11 +274,7 @@ impl Graph {
         if scale.is_some() {
             flags |= pool_flags::SCALE;
         }
-        let reads = vec![
-            Input::Tensor(dfeat),
-            Self::tensor_or_unused(mask),
-            scale.cloned().map(Input::Weight).unwrap_or(Input::Unused),
-        ];
+        let reads = vec![Input::Tensor(dfeat), Self::tensor_or_unused(mask), scale.cloned().map(Input::Weight).unwrap_or(Input::Unused)];
         self.pool(Kernel::AvgPoolBackward, reads, x, x, flags, x.elements())
     }
 
@@ -421,9 +409,23 @@ impl Graph {
                                 grad = match &block.shortcut {
                                     Some(sc) => {
                                         let sc_grad = g.conv_backward(sc, grad, *input_shape, None, None, None);
-                                        g.conv_backward(&block.conv1, dh, *input_shape, Some((sc_grad, false)), Some(*a), Some(&block.bn1.scale))
+                                        g.conv_backward(
+                                            &block.conv1,
+                                            dh,
+                                            *input_shape,
+                                            Some((sc_grad, false)),
+                                            Some(*a),
+                                            Some(&block.bn1.scale),
+                                        )
                                     }
-                                    None => g.conv_backward(&block.conv1, dh, *input_shape, Some((grad, true)), Some(*a), Some(&block.bn1.scale)),
+                                    None => g.conv_backward(
+                                        &block.conv1,
+                                        dh,
+                                        *input_shape,
+                                        Some((grad, true)),
+                                        Some(*a),
+                                        Some(&block.bn1.scale),
+                                    ),
                                 };
                             }
                             grads[s - 1] = Some(grad);

@@ -13,11 +13,11 @@ use crate::gpu::{Gpu, GpuOptions};
 use crate::kernels::Kernels;
 use crate::model::{self, ArchSpec, Network};
 
-pub use graph::TensorShape;
-pub use weights::{pack_backward, pack_forward};
 use graph::Graph;
+pub use graph::TensorShape;
 use plan::Plan;
 use weights::GpuWeights;
+pub use weights::{pack_backward, pack_forward};
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -287,13 +287,20 @@ impl Engine {
     /// an adapter without `TIMESTAMP_QUERY`.
     pub fn time_stages(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<Vec<StageTime>> {
         if !self.gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
-            return Err(Error::Input(format!("{} has no timestamp queries (TIMESTAMP_QUERY): per-stage GPU times are not available", self.gpu.info.name)));
+            return Err(Error::Input(format!(
+                "{} has no timestamp queries (TIMESTAMP_QUERY): per-stage GPU times are not available",
+                self.gpu.info.name
+            )));
         }
         let plan = self.plan_for(model, input, shape, layers)?;
         let samples = plan.capacity.min(shape[0]);
         let stages = plan.stages();
         let count = 2 * stages.len() as u32;
-        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("stage times"), ty: wgpu::QueryType::Timestamp, count });
+        let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("stage times"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
         let resolved = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("stage times"),
             size: count as u64 * 8,

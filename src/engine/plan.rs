@@ -74,12 +74,8 @@ impl Plan {
         let mut tensor_buffer = vec![usize::MAX; graph.tensors.len()];
         let allocate = |t: TensorId, buffers: &mut Vec<wgpu::Buffer>, free: &mut Vec<usize>| -> usize {
             let need = bytes(t);
-            let best = free
-                .iter()
-                .enumerate()
-                .filter(|(_, &b)| buffers[b].size() >= need)
-                .min_by_key(|(_, &b)| buffers[b].size())
-                .map(|(i, _)| i);
+            let best =
+                free.iter().enumerate().filter(|(_, &b)| buffers[b].size() >= need).min_by_key(|(_, &b)| buffers[b].size()).map(|(i, _)| i);
             match best {
                 Some(i) => free.swap_remove(i),
                 None => {
@@ -209,7 +205,8 @@ impl Plan {
                 beginning_of_pass_write_index: Some(2 * i as u32),
                 end_of_pass_write_index: Some(2 * i as u32 + 1),
             };
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timed stage"), timestamp_writes: Some(timestamp_writes) });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timed stage"), timestamp_writes: Some(timestamp_writes) });
             self.dispatch(kernels, &mut pass, range);
         }
     }

@@ -227,7 +227,10 @@ impl EvalConfig {
             }
             if let Some(ood_val) = &search.ood_val {
                 if let Some(test) = self.ood.iter().find(|o| &o.data == ood_val) {
-                    return Err(Error::Input(format!("[search] ood_val is the test set `{}`: a test set never takes part in selection", test.name)));
+                    return Err(Error::Input(format!(
+                        "[search] ood_val is the test set `{}`: a test set never takes part in selection",
+                        test.name
+                    )));
                 }
             }
         }

@@ -64,7 +64,11 @@ pub fn demo_config(root: &Path, size: DemoSize) -> Result<EvalConfig> {
         profile: ProfileSet { data: format!("{}[0:{profile}]", file("fmnist-profile")?), samples: None, seed: 0 },
         id: IdSets { test: format!("{test}[0:{n}]"), val: Some(format!("{val}[0:{v}]")), sanity },
         ood: vec![
-            OodSet { name: "fmnist-impulse".into(), group: Group::Near, data: format!("corrupt:impulse_noise:5:{test}[{}:{}]", 1000 - n, 1000) },
+            OodSet {
+                name: "fmnist-impulse".into(),
+                group: Group::Near,
+                data: format!("corrupt:impulse_noise:5:{test}[{}:{}]", 1000 - n, 1000),
+            },
             OodSet { name: "mnist".into(), group: Group::Far, data: format!("{}[0:{n}]", file("mnist")?) },
         ],
         nac: NacSettings { layers: None, preset: Some("cifar10".into()), params: Vec::new() },

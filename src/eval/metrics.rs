@@ -30,7 +30,11 @@ fn threshold_groups(id: &[f32], ood: &[f32]) -> Vec<(u64, u64)> {
             groups.push((0, 0));
         }
         let g = groups.last_mut().unwrap();
-        if is_ood { g.1 += 1 } else { g.0 += 1 }
+        if is_ood {
+            g.1 += 1
+        } else {
+            g.0 += 1
+        }
     }
     groups
 }
@@ -38,11 +42,13 @@ fn threshold_groups(id: &[f32], ood: &[f32]) -> Vec<(u64, u64)> {
 /// Cumulative (fps, tps) per threshold of a curve whose positives are `pos` of each group.
 fn cumulative(groups: impl Iterator<Item = (u64, u64)>) -> Vec<(f64, f64)> {
     let (mut fp, mut tp) = (0u64, 0u64);
-    groups.map(|(neg, pos)| {
-        fp += neg;
-        tp += pos;
-        (fp as f64, tp as f64)
-    }).collect()
+    groups
+        .map(|(neg, pos)| {
+            fp += neg;
+            tp += pos;
+            (fp as f64, tp as f64)
+        })
+        .collect()
 }
 
 fn roc_from_groups(groups: &[(u64, u64)]) -> (Vec<f64>, Vec<f64>) {
@@ -56,8 +62,7 @@ fn roc_from_groups(groups: &[(u64, u64)]) -> (Vec<f64>, Vec<f64>) {
 /// then the point (recall 0, precision 1) appended.
 fn pr_area(pts: &[(f64, f64)]) -> f64 {
     let p = pts.last().unwrap().1;
-    let curve: Vec<(f64, f64)> =
-        pts.iter().rev().map(|&(fp, tp)| (tp / p, tp / (tp + fp))).chain(std::iter::once((0.0, 1.0))).collect();
+    let curve: Vec<(f64, f64)> = pts.iter().rev().map(|&(fp, tp)| (tp / p, tp / (tp + fp))).chain(std::iter::once((0.0, 1.0))).collect();
     // recall decreases along the curve, so sklearn's auc takes direction −1
     curve.windows(2).map(|w| (w[0].0 - w[1].0) * (w[0].1 + w[1].1) / 2.0).sum()
 }

@@ -311,7 +311,12 @@ pub fn score_histogram(path: &Path, title: &str, xlabel: &str, series: &[Series]
         .iter()
         .map(|s| {
             let mut counts = vec![0usize; BINS];
-            let n = s.values.iter().filter(|v| v.is_finite()).inspect(|&&v| counts[(((v as f64 - lo) / width) as usize).min(BINS - 1)] += 1).count();
+            let n = s
+                .values
+                .iter()
+                .filter(|v| v.is_finite())
+                .inspect(|&&v| counts[(((v as f64 - lo) / width) as usize).min(BINS - 1)] += 1)
+                .count();
             counts.iter().map(|&c| if n == 0 { 0.0 } else { c as f64 / (n as f64 * width) }).collect()
         })
         .collect();
@@ -371,7 +376,8 @@ pub fn roc_plot(path: &Path, title: &str, curves: &[(&str, &[f64], &[f64])]) -> 
     ax.draw(&mut img, title, "FPR (ID flagged as OOD)", "TPR (OOD detected)");
     line(&mut img, ax.px(0.0, 0.0), ax.px(1.0, 1.0), [150, 150, 150], 1, Some((8.0, 6.0)));
     for (i, (_, fpr, tpr)) in curves.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = fpr.iter().zip(tpr.iter()).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(&x, &y)| ax.px(x, y)).collect();
+        let pts: Vec<(f64, f64)> =
+            fpr.iter().zip(tpr.iter()).filter(|(x, y)| x.is_finite() && y.is_finite()).map(|(&x, &y)| ax.px(x, y)).collect();
         for w in pts.windows(2) {
             line(&mut img, w[0], w[1], PALETTE[i % PALETTE.len()], 3, None);
         }

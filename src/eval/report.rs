@@ -31,7 +31,9 @@ pub fn csv(report: &EvalReport) -> String {
         let acc = model.accuracy.map_or(String::new(), |a| format!("{:.4}", 100.0 * a));
         for method in &model.methods {
             let rows = method.sets.iter().map(|s| (s.name.as_str(), format!("{:?}", s.group).to_lowercase(), &s.metrics));
-            let means = [("near", &method.near), ("far", &method.far)].into_iter().filter_map(|(n, m)| m.as_ref().map(|m| (n, "mean".to_string(), m)));
+            let means = [("near", &method.near), ("far", &method.far)]
+                .into_iter()
+                .filter_map(|(n, m)| m.as_ref().map(|m| (n, "mean".to_string(), m)));
             for (name, group, m) in rows.chain(means) {
                 let _ = writeln!(
                     out,
@@ -146,7 +148,8 @@ fn method_notes(method: &MethodReport) -> String {
         }
         let _ = writeln!(out, "\n|---|{}", "---|".repeat(targets.len()));
         for s in with_thresholds {
-            let cells: Vec<String> = s.thresholds.iter().map(|t| format!("{:.2} ({:.2})", 100.0 * t.ood_tpr, 100.0 * t.id_test_fpr)).collect();
+            let cells: Vec<String> =
+                s.thresholds.iter().map(|t| format!("{:.2} ({:.2})", 100.0 * t.ood_tpr, 100.0 * t.id_test_fpr)).collect();
             let _ = writeln!(out, "| {} | {} |", s.name, cells.join(" | "));
         }
     }

@@ -141,12 +141,8 @@ pub fn run(engine: &mut Engine, config: &EvalConfig, options: &EvalOptions) -> R
         let pictures = (config.pictures && index == 0).then_some(options.out.as_path());
         models.push(evaluate_model(engine, prepared, &sets, &entry.path, config, &transform, options, pictures)?);
     }
-    let report = EvalReport {
-        preprocessing: transform.describe(),
-        summary: summarize(&models),
-        models,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let report =
+        EvalReport { preprocessing: transform.describe(), summary: summarize(&models), models, seconds: started.elapsed().as_secs_f64() };
     report::write_all(&report, &options.out)?;
     Ok(report)
 }
@@ -221,7 +217,9 @@ fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) 
     let classes = network.num_classes();
     let check_labels = |what: &str, set: &Dataset| -> Result<()> {
         match set.labels().and_then(|l| l.iter().position(|&c| c >= classes).map(|i| (i, l[i]))) {
-            Some((i, label)) => Err(Error::Input(format!("{what} set: {} has label {label}, but the model has {classes} classes", set.locate(i)))),
+            Some((i, label)) => {
+                Err(Error::Input(format!("{what} set: {} has label {label}, but the model has {classes} classes", set.locate(i))))
+            }
             None => Ok(()),
         }
     };
@@ -231,7 +229,8 @@ fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) 
             let labels = sets.profile.labels().ok_or_else(|| {
                 Error::Input(format!("profile.samples needs labels for a class-balanced subset, but `{}` has none", sets.profile.spec()))
             })?;
-            let chosen = class_balanced_subset(labels, classes, n, config.profile.seed).map_err(|e| Error::Input(format!("profile.samples: {e}")))?;
+            let chosen = class_balanced_subset(labels, classes, n, config.profile.seed)
+                .map_err(|e| Error::Input(format!("profile.samples: {e}")))?;
             sets.profile.subset(&chosen)?
         }
         None => sets.profile.clone(),
@@ -419,11 +418,10 @@ fn pool_set(
     engine.set_progress(Some(bar.clone()));
     let labels = if labelled { set.labels() } else { None };
     let batches = data::batches(set, transform, None, batch, options.threads).map(|b| b.map(|b| (b.start, b.input, b.shape)));
-    let pooled = PooledStates::compute_streamed(engine, model, set.len(), layers, labels, batches)
-        .map_err(|e| match e {
-            Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
-            e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),
-        });
+    let pooled = PooledStates::compute_streamed(engine, model, set.len(), layers, labels, batches).map_err(|e| match e {
+        Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
+        e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),
+    });
     engine.set_progress(None);
     bar.finish_and_clear();
     pooled
@@ -506,7 +504,13 @@ fn summarize(models: &[ModelReport]) -> Vec<MethodSummary> {
                 .map(|name| {
                     let values: Vec<&OodMetrics> = models.iter().filter_map(|m| report::row(&m.methods[k], &name)).collect();
                     let stat = |f: fn(&OodMetrics) -> f64| metrics::mean_std(&values.iter().map(|v| f(v)).collect::<Vec<_>>());
-                    SummaryRow { fpr95: stat(|m| m.fpr95), auroc: stat(|m| m.auroc), aupr_in: stat(|m| m.aupr_in), aupr_out: stat(|m| m.aupr_out), name }
+                    SummaryRow {
+                        fpr95: stat(|m| m.fpr95),
+                        auroc: stat(|m| m.auroc),
+                        aupr_in: stat(|m| m.aupr_in),
+                        aupr_out: stat(|m| m.aupr_out),
+                        name,
+                    }
                 })
                 .collect();
             MethodSummary { name: method.name.clone(), accuracy, rows }

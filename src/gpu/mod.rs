@@ -134,9 +134,10 @@ impl Gpu {
             Some(want) => {
                 let lower = want.to_lowercase();
                 let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&lower)).ok_or_else(|| {
-                    Error::NoAdapter(format!("no adapter name contains `{want}`; available: {}", names.join(", ")))
-                })?
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&lower))
+                    .ok_or_else(|| Error::NoAdapter(format!("no adapter name contains `{want}`; available: {}", names.join(", "))))?
             }
         };
         let info = adapter.get_info();
@@ -184,7 +185,10 @@ impl Gpu {
     fn buffer_size(&self, label: &str, bytes: u64) -> u64 {
         let size = bytes.max(16).next_multiple_of(4);
         if size > self.limits.max_buffer_size {
-            self.refuse(format!("buffer `{label}` needs {size} bytes, over this adapter's max_buffer_size of {} bytes", self.limits.max_buffer_size));
+            self.refuse(format!(
+                "buffer `{label}` needs {size} bytes, over this adapter's max_buffer_size of {} bytes",
+                self.limits.max_buffer_size
+            ));
             return 16;
         }
         size
@@ -278,9 +282,7 @@ impl Gpu {
             let s = status.clone();
             buffer.map_async(wgpu::MapMode::Read, .., move |r| s.lock().unwrap().push(r));
         }
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check_while("computing results to read back")?;
         for r in status.lock().unwrap().iter() {
             r.clone().map_err(|e| Error::Gpu(format!("mapping a readback buffer: {e}")))?;

@@ -86,12 +86,7 @@ impl Kernel {
     pub fn read_bindings(self) -> usize {
         match self {
             Kernel::ConvForward | Kernel::ConvBackwardData => 5,
-            Kernel::NacHistogram
-            | Kernel::NacScore
-            | Kernel::NacCoverage
-            | Kernel::NacPairs
-            | Kernel::NacCombine
-            | Kernel::NacPredict => 4,
+            Kernel::NacHistogram | Kernel::NacScore | Kernel::NacCoverage | Kernel::NacPairs | Kernel::NacCombine | Kernel::NacPredict => 4,
             _ => 3,
         }
     }

@@ -119,8 +119,7 @@ pub const BN_EPS: f64 = 1e-5;
 impl BatchNorm {
     /// Per-channel `(scale, shift)` such that `bn(x) = scale·x + shift`, computed in f64.
     pub fn scale_shift(&self) -> (Vec<f64>, Vec<f64>) {
-        let scale: Vec<f64> =
-            self.gamma.iter().zip(&self.var).map(|(&g, &v)| g as f64 / (v as f64 + BN_EPS).sqrt()).collect();
+        let scale: Vec<f64> = self.gamma.iter().zip(&self.var).map(|(&g, &v)| g as f64 / (v as f64 + BN_EPS).sqrt()).collect();
         let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((&b, &m), &s)| b as f64 - m as f64 * s).collect();
         (scale, shift)
     }
@@ -199,9 +198,10 @@ impl Network {
     /// Position of a layer name in `layer_names()`, or an error listing the valid names.
     pub fn layer_index(&self, name: &str) -> Result<usize> {
         let names = self.layer_names();
-        names.iter().position(|n| n == name).ok_or_else(|| {
-            Error::Input(format!("unknown layer `{name}` for {}; expected one of {}", self.spec, names.join(", ")))
-        })
+        names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| Error::Input(format!("unknown layer `{name}` for {}; expected one of {}", self.spec, names.join(", "))))
     }
 
     /// Channels of each stage's output.
@@ -286,9 +286,7 @@ impl TensorSource for StoreSource<'_> {
     /// `running_var`) no negative value: a NaN or Inf weight, or a negative variance (whose
     /// square root is NaN), would make every output NaN without an error.
     fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>> {
-        let t = self.store.tensors.get(name).ok_or_else(|| {
-            self.error(format!("missing tensor `{name}` (expected shape {shape:?})"))
-        })?;
+        let t = self.store.tensors.get(name).ok_or_else(|| self.error(format!("missing tensor `{name}` (expected shape {shape:?})")))?;
         if t.shape != shape {
             return Err(self.error(format!("tensor `{name}`: expected shape {shape:?}, found {:?}", t.shape)));
         }
@@ -296,10 +294,7 @@ impl TensorSource for StoreSource<'_> {
         if let Some(i) = t.data.iter().position(|&v| bad(v)) {
             let v = t.data[i];
             let why = if v.is_finite() { "a negative variance" } else { "not a finite number" };
-            return Err(self.error(format!(
-                "tensor `{name}`: element {i} (index {:?}) is {v}, {why}",
-                unravel(i, shape)
-            )));
+            return Err(self.error(format!("tensor `{name}`: element {i} (index {:?}) is {v}, {why}", unravel(i, shape))));
         }
         self.used.insert(name.to_string());
         Ok(t.data.clone())
@@ -356,10 +351,7 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
                 .map(|depth| ArchSpec::TorchResNet { depth })
                 .ok_or_else(|| err(format!("unknown architecture: 7×7 stem with blocks per stage {blocks:?} (bottleneck: {bottleneck}) matches no torchvision ResNet")))
         }
-        _ => Err(err(format!(
-            "unknown architecture: stem `conv1.weight` has shape {:?} and blocks per stage {blocks:?}",
-            stem.shape
-        ))),
+        _ => Err(err(format!("unknown architecture: stem `conv1.weight` has shape {:?} and blocks per stage {blocks:?}", stem.shape))),
     }
 }
 
@@ -421,10 +413,7 @@ impl Builder<'_> {
                 if bottleneck {
                     convs.push((self.conv(&format!("{p}.conv1"), in_planes, planes, 1, 1, 0)?, self.bn(&format!("{p}.bn1"), planes)?));
                     convs.push((self.conv(&format!("{p}.conv2"), planes, planes, 3, stride, 1)?, self.bn(&format!("{p}.bn2"), planes)?));
-                    convs.push((
-                        self.conv(&format!("{p}.conv3"), planes, planes * 4, 1, 1, 0)?,
-                        self.bn(&format!("{p}.bn3"), planes * 4)?,
-                    ));
+                    convs.push((self.conv(&format!("{p}.conv3"), planes, planes * 4, 1, 1, 0)?, self.bn(&format!("{p}.bn3"), planes * 4)?));
                 } else {
                     convs.push((self.conv(&format!("{p}.conv1"), in_planes, planes, 3, stride, 1)?, self.bn(&format!("{p}.bn1"), planes)?));
                     convs.push((self.conv(&format!("{p}.conv2"), planes, planes, 3, 1, 1)?, self.bn(&format!("{p}.bn2"), planes)?));

@@ -145,7 +145,11 @@ impl TensorRef {
         let size = self.storage.kind.size();
         let numel = self.storage.numel;
         if storage.len() != numel.checked_mul(size).ok_or("storage size overflows")? {
-            return Err(format!("storage `{}` holds {} bytes, but the pickle says {numel} elements of {size} bytes", self.storage.key, storage.len()));
+            return Err(format!(
+                "storage `{}` holds {} bytes, but the pickle says {numel} elements of {size} bytes",
+                self.storage.key,
+                storage.len()
+            ));
         }
         if self.shape.len() != self.stride.len() {
             return Err(format!("shape {:?} and stride {:?} differ in length", self.shape, self.stride));
@@ -156,8 +160,11 @@ impl TensorRef {
         }
         // The last element's position bounds every other one.
         let last = self.shape.iter().zip(&self.stride).try_fold(self.offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?));
-        if !last.is_some_and(|l| l < numel) {
-            return Err(format!("shape {:?}, stride {:?} and offset {} reach past its storage of {numel} elements", self.shape, self.stride, self.offset));
+        if last.is_none_or(|l| l >= numel) {
+            return Err(format!(
+                "shape {:?}, stride {:?} and offset {} reach past its storage of {numel} elements",
+                self.shape, self.stride, self.offset
+            ));
         }
         let mut out = Vec::with_capacity(count * size);
         let mut index = vec![0usize; self.shape.len()];
@@ -247,9 +254,11 @@ impl<'a> Unpickler<'a> {
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("byte {}: {n} bytes needed, {} left (truncated pickle)", self.at, self.data.len() - self.at)
-        })?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| format!("byte {}: {n} bytes needed, {} left (truncated pickle)", self.at, self.data.len() - self.at))?;
         let out = &self.data[self.at..end];
         self.at = end;
         Ok(out)
@@ -283,7 +292,8 @@ impl<'a> Unpickler<'a> {
 
     /// The values above the topmost mark, which is removed.
     fn pop_mark(&mut self) -> std::result::Result<Vec<Value>, String> {
-        let mark = self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| format!("byte {}: no MARK on the stack", self.at))?;
+        let mark =
+            self.stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or_else(|| format!("byte {}: no MARK on the stack", self.at))?;
         let items = self.stack.split_off(mark + 1);
         self.stack.pop();
         Ok(items)
@@ -419,7 +429,9 @@ impl<'a> Unpickler<'a> {
                 }
                 0x93 => {
                     let (name, module) = (self.pop()?, self.pop()?);
-                    let (Value::Str(module), Value::Str(name)) = (module, name) else { return Err(format!("byte {at}: STACK_GLOBAL of non-strings")) };
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err(format!("byte {at}: STACK_GLOBAL of non-strings"));
+                    };
                     let g = self.global(&module, &name)?;
                     self.stack.push(Value::Global(g));
                 }
@@ -540,6 +552,10 @@ fn state_dict(top: &Value) -> std::result::Result<Vec<(String, TensorRef)>, Stri
             }
         }
     }
-    let keys: Vec<String> = items.iter().take(8).map(|(k, v)| if let Value::Str(s) = k { format!("`{s}` ({})", v.kind()) } else { k.kind().to_string() }).collect();
+    let keys: Vec<String> = items
+        .iter()
+        .take(8)
+        .map(|(k, v)| if let Value::Str(s) = k { format!("`{s}` ({})", v.kind()) } else { k.kind().to_string() })
+        .collect();
     Err(format!("no dict of tensors at the top or under state_dict/model_state_dict/model/net/state (top-level keys: {})", keys.join(", ")))
 }

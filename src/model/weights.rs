@@ -63,11 +63,8 @@ impl TensorStore {
             if is_ignorable_counter(key) {
                 continue;
             }
-            let data = convert_to_f32(dtype, data).ok_or_else(|| {
-                err(format!(
-                    "tensor `{key}`: dtype {dtype:?} is not supported; expected F32, F16 or BF16"
-                ))
-            })?;
+            let data = convert_to_f32(dtype, data)
+                .ok_or_else(|| err(format!("tensor `{key}`: dtype {dtype:?} is not supported; expected F32, F16 or BF16")))?;
             tensors.insert(key.to_string(), RawTensor { shape: shape.to_vec(), dtype, data });
         }
         Ok(TensorStore { path: path.to_path_buf(), tensors })
@@ -109,7 +106,8 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
         let Ok(dtype) = serde_json::from_value::<Dtype>(dtype_text.clone()) else {
             return fail(format!("unknown dtype {dtype_text}"));
         };
-        let Some(shape) = info.get("shape").and_then(|v| v.as_array()).and_then(|v| v.iter().map(|d| d.as_u64()).collect::<Option<Vec<u64>>>())
+        let Some(shape) =
+            info.get("shape").and_then(|v| v.as_array()).and_then(|v| v.iter().map(|d| d.as_u64()).collect::<Option<Vec<u64>>>())
         else {
             return fail("`shape` is not a list of non-negative integers".into());
         };
@@ -158,14 +156,8 @@ fn convert_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     // Copy out byte-wise: the tensor's offset in the file need not be aligned for f32 reads.
     Some(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         _ => return None,
     })
 }
@@ -189,12 +181,8 @@ pub fn serialize_tensors(
         .map(|(name, shape, data)| {
             let (dt, bytes): (Dtype, Vec<u8>) = match dtype {
                 StorageDtype::F32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                StorageDtype::F16 => {
-                    (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
-                }
-                StorageDtype::BF16 => {
-                    (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect())
-                }
+                StorageDtype::F16 => (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+                StorageDtype::BF16 => (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
             };
             (name.clone(), dt, shape.clone(), bytes)
         })

@@ -115,7 +115,10 @@ impl Shard {
     pub fn parse(text: &str) -> Result<Shard> {
         let bad = |why: &str| Error::Input(format!("--shard `{text}`: {why}; expected INDEX/COUNT with 0 ≤ INDEX < COUNT, e.g. 0/4"));
         let (i, n) = text.split_once('/').ok_or_else(|| bad("no `/`"))?;
-        let (index, count): (usize, usize) = (i.trim().parse().map_err(|_| bad("INDEX is not a whole number"))?, n.trim().parse().map_err(|_| bad("COUNT is not a whole number"))?);
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad("INDEX is not a whole number"))?,
+            n.trim().parse().map_err(|_| bad("COUNT is not a whole number"))?,
+        );
         if count == 0 || index >= count {
             return Err(bad("INDEX must be below COUNT"));
         }
@@ -160,9 +163,11 @@ impl ProfileHeader {
         if let Some((_, why)) = checks.into_iter().find(|(differs, _)| *differs) {
             return Some(why);
         }
-        self.layers.iter().zip(&other.layers).find(|(a, b)| a != b).map(|(a, b)| {
-            format!("layer `{}` settings O/M/α {}/{}/{} vs {}/{}/{}", a.name, a.o, a.m, a.alpha, b.o, b.m, b.alpha)
-        })
+        self.layers
+            .iter()
+            .zip(&other.layers)
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| format!("layer `{}` settings O/M/α {}/{}/{} vs {}/{}/{}", a.name, a.o, a.m, a.alpha, b.o, b.m, b.alpha))
     }
 }
 
@@ -182,8 +187,22 @@ fn check_shards(parts: &[ProfileData], names: &[String]) -> Result<()> {
     let mut seen: Vec<Option<usize>> = vec![None; count];
     for (i, part) in parts.iter().enumerate() {
         match part.header.shard {
-            None => return Err(Error::Input(format!("{} is not a shard, but {} is shard {}: merge shards of one run only", name(i), name(k), parts[k].header.shard.unwrap()))),
-            Some(s) if s.count != count => return Err(Error::Input(format!("{} is shard {s}, but {} is shard {} (another shard count)", name(i), name(k), parts[k].header.shard.unwrap()))),
+            None => {
+                return Err(Error::Input(format!(
+                    "{} is not a shard, but {} is shard {}: merge shards of one run only",
+                    name(i),
+                    name(k),
+                    parts[k].header.shard.unwrap()
+                )))
+            }
+            Some(s) if s.count != count => {
+                return Err(Error::Input(format!(
+                    "{} is shard {s}, but {} is shard {} (another shard count)",
+                    name(i),
+                    name(k),
+                    parts[k].header.shard.unwrap()
+                )))
+            }
             Some(s) => match seen[s.index] {
                 Some(j) => return Err(Error::Input(format!("shard {s} is given twice: {} and {}", name(j), name(i)))),
                 None => seen[s.index] = Some(i),
@@ -258,9 +277,7 @@ impl ProfileData {
             if header.layers[..i].iter().any(|l| l.name == layer.name) {
                 return Err(lfail("listed twice".into()));
             }
-            LayerParams::new(&layer.name, layer.o, layer.m, layer.alpha)
-                .validate_for(header.binning)
-                .map_err(|e| fail(e.to_string()))?;
+            LayerParams::new(&layer.name, layer.o, layer.m, layer.alpha).validate_for(header.binning).map_err(|e| fail(e.to_string()))?;
             if layer.neurons == 0 {
                 return Err(lfail("0 neurons".into()));
             }
@@ -326,9 +343,10 @@ impl ProfileData {
             if let Some(why) = first.header.mismatch(&part.header) {
                 return Err(Error::Input(format!("cannot merge {} into {}: {why}", name(i + 1), name(0))));
             }
-            merged.header.samples = merged.header.samples.checked_add(part.header.samples).ok_or_else(|| {
-                Error::Input(format!("cannot merge {} into {}: the sample counts overflow u64", name(i + 1), name(0)))
-            })?;
+            merged.header.samples =
+                merged.header.samples.checked_add(part.header.samples).ok_or_else(|| {
+                    Error::Input(format!("cannot merge {} into {}: the sample counts overflow u64", name(i + 1), name(0)))
+                })?;
             if merged.counts.len() != part.counts.len() || merged.counts.iter().zip(&part.counts).any(|(a, b)| a.len() != b.len()) {
                 return Err(Error::Input(format!("cannot merge {} into {}: count arrays differ in size", name(i + 1), name(0))));
             }

@@ -106,11 +106,8 @@ pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls:
 /// workgroup; global atomics when even one neuron's bins do not fit.
 pub(crate) fn histogram_params(neurons: usize, hw: usize, edges: usize, alpha: f64, flags: u32) -> NacParams {
     let bins = (edges - 1) as u32;
-    let (block_neurons, flags) = if bins <= NAC_LOCAL_SLOTS {
-        ((NAC_LOCAL_SLOTS / bins).clamp(1, 64), flags)
-    } else {
-        (64, flags | nac_flags::GLOBAL_ATOMICS)
-    };
+    let (block_neurons, flags) =
+        if bins <= NAC_LOCAL_SLOTS { ((NAC_LOCAL_SLOTS / bins).clamp(1, 64), flags) } else { (64, flags | nac_flags::GLOBAL_ATOMICS) };
     NacParams {
         hw: hw as u32,
         neurons: neurons as u32,

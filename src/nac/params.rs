@@ -176,7 +176,9 @@ mod tests {
 
     #[test]
     fn parse_rejects_malformed_text() {
-        for bad in ["layer3", "layer3:1/2", "layer3:a/50/1", "layer3:5/50/-1", ":5/50/1", "layer3:0/50/1", "layer3:inf/50/1", "layer3:5/50/NaN"] {
+        for bad in
+            ["layer3", "layer3:1/2", "layer3:a/50/1", "layer3:5/50/-1", ":5/50/1", "layer3:0/50/1", "layer3:inf/50/1", "layer3:5/50/NaN"]
+        {
             assert!(LayerParams::parse(bad).is_err(), "{bad}");
         }
         for (m, ue, me) in [(50, true, true), (51, false, true), (2, false, true), (1, false, false), (1 << 17, false, false)] {

@@ -162,7 +162,8 @@ impl PooledStates {
         if let Some(l) = labels {
             check_labels(l, total, classes)?;
         }
-        let mut pooling = Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
+        let mut pooling =
+            Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
         let mut seen = vec![false; total];
         for batch in batches {
             let (first, input, shape) = batch?;
@@ -254,9 +255,11 @@ impl PooledStates {
     }
 
     pub(crate) fn pairs(&self, layer: &str) -> Result<&wgpu::Buffer> {
-        self.layers.iter().find(|(n, _, _)| n == layer).map(|(_, _, b)| b).ok_or_else(|| {
-            Error::Input(format!("layer `{layer}` was not pooled (pooled layers: {})", self.layer_names().join(", ")))
-        })
+        self.layers
+            .iter()
+            .find(|(n, _, _)| n == layer)
+            .map(|(_, _, b)| b)
+            .ok_or_else(|| Error::Input(format!("layer `{layer}` was not pooled (pooled layers: {})", self.layer_names().join(", "))))
     }
 
     pub(crate) fn neurons(&self, layer: &str) -> usize {

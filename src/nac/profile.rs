@@ -157,7 +157,13 @@ impl Profile {
         }
         for (l, c) in header.layers.iter().zip(counts) {
             if c.len() != (l.m - 1) * l.neurons {
-                return Err(Error::Input(format!("layer `{}`: {} counts, expected {} bins × {} neurons", l.name, c.len(), l.m - 1, l.neurons)));
+                return Err(Error::Input(format!(
+                    "layer `{}`: {} counts, expected {} bins × {} neurons",
+                    l.name,
+                    c.len(),
+                    l.m - 1,
+                    l.neurons
+                )));
             }
             let edges = header.binning.edges(l.m)?;
             check_counts_fit(engine, &l.name, l.m, l.neurons)?;
@@ -210,11 +216,7 @@ impl Profile {
     /// Fails unless `layers` are the profile's layers, in order.
     pub fn check_layers(&self, layers: &[String]) -> Result<()> {
         if self.layer_names() != layers.iter().map(|s| s.as_str()).collect::<Vec<_>>() {
-            return Err(Error::Input(format!(
-                "the profile covers layers {}, not {}",
-                self.layer_names().join(","),
-                layers.join(",")
-            )));
+            return Err(Error::Input(format!("the profile covers layers {}, not {}", self.layer_names().join(","), layers.join(","))));
         }
         Ok(())
     }
@@ -326,7 +328,10 @@ impl Profile {
                 let pairs = pooled.pairs(&layer.name)?;
                 let neurons = pooled.neurons(&layer.name);
                 if neurons != layer.neurons {
-                    return Err(Error::Input(format!("layer `{}`: the cache has {neurons} neurons, the profile {}", layer.name, layer.neurons)));
+                    return Err(Error::Input(format!(
+                        "layer `{}`: the cache has {neurons} neurons, the profile {}",
+                        layer.name, layer.neurons
+                    )));
                 }
                 Ok(make(l, layer, gpu_layer, pairs))
             })
@@ -381,8 +386,13 @@ impl Profile {
             .zip(&self.layers)
             .enumerate()
             .map(|(l, (layer, gpu_layer))| {
-                let params =
-                    NacParams { neurons: layer.neurons as u32, edges: layer.m as u32, o: layer.o as f32, layer: l as u32, ..Default::default() };
+                let params = NacParams {
+                    neurons: layer.neurons as u32,
+                    edges: layer.m as u32,
+                    o: layer.o as f32,
+                    layer: l as u32,
+                    ..Default::default()
+                };
                 NacCall::new(engine, Kernel::NacCoverage, params, [None, None, None, Some(&gpu_layer.counts)], &out)
             })
             .collect();
@@ -428,11 +438,10 @@ impl Profile {
     }
 
     pub fn load(engine: &Engine, network: &Network, path: &Path) -> Result<Self> {
-        Self::from_data(engine, network, ProfileData::load(path)?)
-            .map_err(|e| match e {
-                Error::Input(m) => Error::Input(format!("profile {}: {m}", path.display())),
-                other => other,
-            })
+        Self::from_data(engine, network, ProfileData::load(path)?).map_err(|e| match e {
+            Error::Input(m) => Error::Input(format!("profile {}: {m}", path.display())),
+            other => other,
+        })
     }
 }
 
@@ -507,7 +516,11 @@ impl ScoreOutputs {
             engine.gpu.readback_buffer((self.layers * self.total * 4) as u64),
             engine.gpu.readback_buffer((SUMMARY_STRIDE * self.total * 4) as u64),
         ];
-        let sources = [(&self.scores, self.total), (&self.layer_scores, self.layers * self.total), (&predictions.summary, SUMMARY_STRIDE * self.total)];
+        let sources = [
+            (&self.scores, self.total),
+            (&self.layer_scores, self.layers * self.total),
+            (&predictions.summary, SUMMARY_STRIDE * self.total),
+        ];
         for ((src, len), dst) in sources.iter().zip(&staging) {
             encoder.copy_buffer_to_buffer(src, 0, dst, 0, (*len * 4) as u64);
         }
@@ -517,7 +530,10 @@ impl ScoreOutputs {
         Predictions::check_finite(&summary)?;
         if let Some(i) = layer_scores.iter().position(|v| !v.is_finite()) {
             let layer = &profile.header.layers[i / self.total].name;
-            return Err(Error::NotFinite { sample: i % self.total, message: format!("its NAC score of layer `{layer}` is {}: {NOT_FINITE_HELP}", layer_scores[i]) });
+            return Err(Error::NotFinite {
+                sample: i % self.total,
+                message: format!("its NAC score of layer `{layer}` is {}: {NOT_FINITE_HELP}", layer_scores[i]),
+            });
         }
         if let Some(i) = score.iter().position(|v| !v.is_finite()) {
             return Err(Error::NotFinite { sample: i, message: format!("its NAC score is {}: {NOT_FINITE_HELP}", score[i]) });

@@ -12,14 +12,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::file::Binning;
 use super::params::{LayerParams, Preset};
 use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::Engine;
-use super::file::Binning;
 use crate::error::{Error, Result};
-use crate::limits;
 use crate::eval::metrics::auroc;
+use crate::limits;
 use crate::model::Network;
 
 /// Candidate values of one layer.
@@ -88,7 +88,9 @@ impl Grid {
             .map(|layer| {
                 let role = layer.strip_prefix("block").map(|k| format!("layer{k}")).unwrap_or_else(|| layer.clone());
                 let (_, (o, m, alpha)) = table.iter().find(|(name, _)| *name == role).ok_or_else(|| {
-                    Error::Input(format!("the {preset} search grid has no values for layer `{layer}` (it covers avgpool, layer3, layer2, layer1)"))
+                    Error::Input(format!(
+                        "the {preset} search grid has no values for layer `{layer}` (it covers avgpool, layer3, layer2, layer1)"
+                    ))
                 })?;
                 Ok(LayerGrid { layer: layer.clone(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() })
             })
@@ -116,7 +118,10 @@ impl Grid {
             let what = format!("the search grid for layer `{}` (O × M × α candidates)", l.layer);
             limits::check(&what, l.candidate_count(), limits::MAX_LAYER_CANDIDATES, "MAX_LAYER_CANDIDATES")?;
         }
-        let what = format!("the search grid's number of combinations ({})", self.layers.iter().map(|l| l.candidate_count().to_string()).collect::<Vec<_>>().join(" × "));
+        let what = format!(
+            "the search grid's number of combinations ({})",
+            self.layers.iter().map(|l| l.candidate_count().to_string()).collect::<Vec<_>>().join(" × ")
+        );
         limits::check(&what, self.combinations(), limits::MAX_GRID_COMBINATIONS, "MAX_GRID_COMBINATIONS")?;
         for l in &self.layers {
             for p in l.candidates() {

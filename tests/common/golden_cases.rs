@@ -14,6 +14,15 @@ pub struct GoldenCase {
 }
 
 pub const CASES: &[GoldenCase] = &[
-    GoldenCase { name: "resnet18_32x32", arch: "resnet18_32x32", classes: 10, model_seed: 11, input_seed: 15, n_profile: 20, n_test: 10, size: 32 },
+    GoldenCase {
+        name: "resnet18_32x32",
+        arch: "resnet18_32x32",
+        classes: 10,
+        model_seed: 11,
+        input_seed: 15,
+        n_profile: 20,
+        n_test: 10,
+        size: 32,
+    },
     GoldenCase { name: "wrn-16-4", arch: "wrn-16-4", classes: 10, model_seed: 21, input_seed: 23, n_profile: 20, n_test: 10, size: 32 },
 ];

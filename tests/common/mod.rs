@@ -33,12 +33,7 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> f64 {
     let err = rel_err(got, want);
-    assert!(
-        err <= tolerance,
-        "{what}: relative error {err:.3e} exceeds {tolerance:.0e} (len {} vs {})",
-        got.len(),
-        want.len()
-    );
+    assert!(err <= tolerance, "{what}: relative error {err:.3e} exceeds {tolerance:.0e} (len {} vs {})", got.len(), want.len());
     let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     assert!(scale > 0.0, "{what}: the reference is all zeros, so the comparison proves nothing");
     eprintln!("{what}: relative error {err:.2e}");

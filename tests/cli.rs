@@ -163,6 +163,7 @@ fn profile_score_merge_and_me_match_the_library() {
     let subset: Vec<f32> = chosen.iter().flat_map(|&i| input[i * per..(i + 1) * per].to_vec()).collect();
     let mut profile = Profile::new(&engine, &model.network, &settings, "test-prep").unwrap();
     profile.add(&engine, &mut model, &subset, [8, 3, 10, 10]).unwrap();
+    profile.record_sources(chosen.iter().copied());
     let saved = ProfileData::load(&p("profile.safetensors")).unwrap();
     assert_eq!(saved, profile.to_data(&engine).unwrap(), "the CLI profile is the library's");
     let scores = profile.score(&engine, &mut model, &input, shape).unwrap();

@@ -86,7 +86,8 @@ pub struct ProfileHeader {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
     /// The source samples counted, in order, as `[start, end)` index ranges of the input array
-    /// or dataset (`nac profile` records them; empty when unknown).
+    /// or dataset (`nac profile` records them, merged shards keep them; empty when unknown, as
+    /// after merging profiles of different inputs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<[u64; 2]>,
 }
@@ -329,11 +330,12 @@ impl ProfileData {
         check_shards(parts, names)?;
         let mut merged = first.clone();
         merged.header.shard = None;
-        // Sources in the order of the whole run: shards by index, other parts as given.
+        // Source indices only mean something within one source: shards of one run give the
+        // run's (in shard order); profiles of other inputs merge into "unknown".
         let mut order: Vec<&ProfileData> = parts.iter().collect();
         order.sort_by_key(|p| p.header.shard.map_or(0, |s| s.index));
         merged.header.sources = Vec::new();
-        if order.iter().all(|p| !p.header.sources.is_empty()) {
+        if first.header.shard.is_some() && order.iter().all(|p| !p.header.sources.is_empty()) {
             for part in order {
                 push_index_ranges(&mut merged.header.sources, part.header.sources.iter().flat_map(|r| r[0]..r[1]));
             }

@@ -32,9 +32,9 @@ pub struct DemoSize {
 impl DemoSize {
     /// Everything bundled: 1000 profile, 1000 test, 1000 MNIST, 250 + 250 validation.
     pub const FULL: DemoSize = DemoSize { profile: 1000, test: 1000, val: 250 };
-    /// What a CPU rasteriser finishes in under three minutes: lavapipe on 2 cores runs about
-    /// 0.8 ResNet-18 NAC passes per second, and the demo makes 120 of them at this size.
-    pub const CPU: DemoSize = DemoSize { profile: 30, test: 20, val: 10 };
+    /// What a CPU rasteriser finishes in under three minutes: lavapipe (Mesa 25) on 2 cores
+    /// runs about 2 ResNet-18 NAC passes per second, and the demo makes 240 of them at this size.
+    pub const CPU: DemoSize = DemoSize { profile: 60, test: 40, val: 20 };
 }
 
 /// The demo's configuration for a checkout at `root`.

@@ -1,5 +1,6 @@
 //! The `nac` command line.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,8 +14,7 @@ use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
 use nac::nac::{
-    class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Scores,
-    Shard,
+    class_balanced_subset, evaluate_checkpoints, params, LabelledImages, LayerParams, MeSettings, Preset, Profile, ProfileData, Shard,
 };
 use nac::npy::{NpyArray, NpyDtype};
 use nac::rng::Rng;
@@ -70,9 +70,6 @@ fn take_shard(all: Vec<usize>, shard: Shard) -> Result<Vec<usize>> {
     }
     Ok(all[range].to_vec())
 }
-
-/// What [`Source::for_each_batch`] calls with each batch: (first sample, NCHW values, shape).
-type OnBatch<'a> = dyn FnMut(usize, &[f32], [usize; 4]) -> Result<()> + 'a;
 
 /// An opened [`SourceArgs`].
 enum Source {
@@ -134,28 +131,31 @@ impl Source {
         }
     }
 
-    /// Calls `f(first, input, shape)` on NCHW batches of the selected samples in order: the
-    /// whole array at once (the engine chunks it), or the stream `batch` samples at a time.
-    /// A non-finite result is located in the source.
-    fn for_each_batch(&self, indices: Option<&[usize]>, batch: usize, f: &mut OnBatch) -> Result<()> {
-        let locate = |first: usize| move |e: Error| e.locate_sample(|i| self.locate(indices, first + i));
+    /// The selected samples as NCHW batches `(position, values, shape)`: the whole array at once
+    /// (the engine chunks it), or the stream `batch` samples at a time from the loader.
+    fn batches<'a>(
+        &'a self,
+        indices: Option<&'a [usize]>,
+        batch: usize,
+    ) -> Box<dyn Iterator<Item = Result<(usize, Cow<'a, [f32]>, [usize; 4])>> + 'a> {
         match self {
             Source::Array { data, shape, .. } => match indices {
-                None => f(0, data, *shape).map_err(locate(0)),
+                None => Box::new(std::iter::once(Ok((0, Cow::Borrowed(data.as_slice()), *shape)))),
                 Some(chosen) => {
                     let per = shape[1] * shape[2] * shape[3];
                     let picked: Vec<f32> = chosen.iter().flat_map(|&i| data[i * per..(i + 1) * per].iter().copied()).collect();
-                    f(0, &picked, [chosen.len(), shape[1], shape[2], shape[3]]).map_err(locate(0))
+                    Box::new(std::iter::once(Ok((0, Cow::Owned(picked), [chosen.len(), shape[1], shape[2], shape[3]]))))
                 }
             },
-            Source::Stream { dataset, transform, threads } => {
-                for b in data::batches(dataset, transform, indices, batch, *threads) {
-                    let b = b?;
-                    f(b.start, &b.input, b.shape).map_err(locate(b.start))?;
-                }
-                Ok(())
-            }
+            Source::Stream { dataset, transform, threads } => Box::new(
+                data::batches(dataset, transform, indices, batch, *threads).map(|b| b.map(|b| (b.start, Cow::Owned(b.input), b.shape))),
+            ),
         }
+    }
+
+    /// Names the source of the sample behind a non-finite result (`indices`: the selection).
+    fn locate_error<'a>(&'a self, indices: Option<&'a [usize]>) -> impl Fn(Error) -> Error + 'a {
+        move |e| e.locate_sample(|i| self.locate(indices, i))
     }
 }
 
@@ -520,10 +520,12 @@ fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, r
     let progress = progress_bar("predict", samples);
     engine.set_progress(Some(progress.clone()));
     let mut logits = Vec::new();
-    source.for_each_batch(selected.as_deref(), run.batch, &mut |_, input, shape| {
-        logits.extend(engine.predict(&mut model, input, shape)?);
-        Ok(())
-    })?;
+    for batch in source.batches(selected.as_deref(), run.batch) {
+        let (first, input, shape) = batch?;
+        let part =
+            engine.predict(&mut model, &input, shape).map_err(|e| e.locate_sample(|i| source.locate(selected.as_deref(), first + i)))?;
+        logits.extend(part);
+    }
     progress.finish_and_clear();
     let classes = model.network.num_classes();
     NpyArray::from_f32(vec![samples, classes], &logits).save(&out)?;
@@ -620,7 +622,9 @@ fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
     profile.set_shard(shard);
     let bar = progress_bar("profile", samples);
     engine.set_progress(Some(bar.clone()));
-    source.for_each_batch(chosen.as_deref(), job.run.batch, &mut |_, input, shape| profile.add(&engine, &mut model, input, shape))?;
+    profile
+        .add_streamed(&engine, &mut model, samples, None, source.batches(chosen.as_deref(), job.run.batch))
+        .map_err(source.locate_error(chosen.as_deref()))?;
     match &chosen {
         Some(indices) => profile.record_sources(indices.iter().copied()),
         None => profile.record_sources(0..source.len()),
@@ -654,18 +658,11 @@ fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
         profile.check_layers(layers).map_err(in_profile)?;
     }
     let selected = source.select(None, shard)?;
-    let bar = progress_bar("score", selected.as_ref().map_or(source.len(), Vec::len));
+    let samples = selected.as_ref().map_or(source.len(), Vec::len);
+    let bar = progress_bar("score", samples);
     engine.set_progress(Some(bar.clone()));
-    let mut scores: Option<Scores> = None;
-    source.for_each_batch(selected.as_deref(), job.run.batch, &mut |_, input, shape| {
-        let part = profile.score(&engine, &mut model, input, shape)?;
-        match &mut scores {
-            None => scores = Some(part),
-            Some(all) => all.append(part),
-        }
-        Ok(())
-    })?;
-    let scores = scores.ok_or_else(|| Error::Input("no samples to score".into()))?;
+    let batches = source.batches(selected.as_deref(), job.run.batch);
+    let scores = profile.score_streamed(&engine, &mut model, samples, batches).map_err(source.locate_error(selected.as_deref()))?;
     let csv = match shard {
         None => scores.to_csv(),
         Some(s) => {

@@ -220,3 +220,32 @@ fn eval_of_mixed_size_folders_scores_identical_sets_alike() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A whole set streamed through `add_streamed` / `score_streamed` in shuffled batches of mixed
+/// input sizes equals adding and scoring each sample on its own.
+#[test]
+fn streamed_profiles_and_scores_equal_per_sample_runs() {
+    let mut rng = Rng::new(9);
+    let set = samples(&mut rng, 11);
+    let params = vec![LayerParams::new("avgpool", 2.0, 50, 10.0), LayerParams::new("block2", 1.0, 500, 1.0)];
+    let alone_engine = common::engine();
+    let mut alone_model = model(&alone_engine);
+    let mut alone = Profile::new(&alone_engine, &alone_model.network, &params, "").unwrap();
+    for s in &set {
+        alone.add(&alone_engine, &mut alone_model, &s.input, [1, 3, s.side, s.side]).unwrap();
+    }
+    let alone_scores: Vec<f32> =
+        set.iter().map(|s| alone.score(&alone_engine, &mut alone_model, &s.input, [1, 3, s.side, s.side]).unwrap().score[0]).collect();
+
+    for max_batch in [64, 2] {
+        let engine = common::engine_with(EngineOptions { max_batch, ..EngineOptions::default() });
+        let mut m = model(&engine);
+        let mut streamed = Profile::new(&engine, &m.network, &params, "").unwrap();
+        let batches: Vec<_> = shuffled_batches(&mut rng, &set).into_iter().map(|r| Ok(batch_of(&set, r))).collect();
+        streamed.add_streamed(&engine, &mut m, set.len(), None, batches).unwrap();
+        assert_eq!(streamed.counts(&engine).unwrap(), alone.counts(&alone_engine).unwrap(), "max batch {max_batch}");
+        let batches: Vec<_> = shuffled_batches(&mut rng, &set).into_iter().map(|r| Ok(batch_of(&set, r))).collect();
+        let scores = streamed.score_streamed(&engine, &mut m, set.len(), batches).unwrap();
+        assert_eq!(scores.score, alone_scores, "max batch {max_batch}");
+    }
+}

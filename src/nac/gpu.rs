@@ -1,8 +1,8 @@
 //! Recording the NAC kernels (`shaders/nac.wgsl`): one uniform and one bind group per call,
 //! created once per batch run and re-parameterised per chunk.
 
-use crate::engine::{ChunkBuffers, Engine};
-use crate::error::Result;
+use crate::engine::{ChunkBuffers, Engine, Model};
+use crate::error::{Error, Result};
 use crate::kernels::{flat_workgroups, nac_flags, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
 
 /// A bound NAC kernel call.
@@ -90,6 +90,41 @@ impl PlanCalls {
         }
         record(engine, encoder, calls);
         Ok(())
+    }
+}
+
+/// One NCHW batch of a set: (position of its first sample in the set, values, shape).
+pub type SetBatch<I> = Result<(usize, I, [usize; 4])>;
+
+/// Runs the pass to `layers` over a set of `total` samples that arrive as batches in any order
+/// and of any input size (the prefetching loader's, or one whole array), handing every chunk to
+/// `record` with set-wide sample positions, and waits for the last; every sample must arrive
+/// exactly once. NAC work over a whole set (pooling, profiling, scoring) is recorded once per
+/// plan here (see [`PlanCalls`]), not once per batch.
+pub(crate) fn run_set<I: AsRef<[f32]>>(
+    engine: &Engine,
+    model: &mut Model,
+    total: usize,
+    layers: &[&str],
+    batches: impl IntoIterator<Item = SetBatch<I>>,
+    record: &mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<()> {
+    let mut seen = vec![false; total];
+    for batch in batches {
+        let (first, input, shape) = batch?;
+        let range = first..first.saturating_add(shape[0]);
+        if range.end > total || seen[range.clone()].iter().any(|&s| s) {
+            return Err(Error::Input(format!("a batch of samples {range:?} overlaps another or exceeds the {total} samples")));
+        }
+        seen[range].iter_mut().for_each(|s| *s = true);
+        engine.run_chunks(model, input.as_ref(), shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
+            record(&ChunkBuffers { start: first + chunk.start, layers: chunk.layers.clone(), ..*chunk }, encoder)
+        })?;
+    }
+    engine.finish()?;
+    match seen.iter().position(|&s| !s) {
+        Some(missing) => Err(Error::Input(format!("no batch delivered sample {missing} of {total}"))),
+        None => Ok(()),
     }
 }
 

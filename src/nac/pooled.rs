@@ -3,7 +3,7 @@
 //! from the cache is a re-binning (parameter search, parity checks). A cache can also hold
 //! pairs or finished states computed elsewhere (`from_host`).
 
-use super::gpu::{NacCall, PlanCalls};
+use super::gpu::{run_set, NacCall, PlanCalls, SetBatch};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result, NOT_FINITE_HELP};
@@ -156,7 +156,7 @@ impl PooledStates {
         total: usize,
         layers: &[&str],
         labels: Option<&[usize]>,
-        batches: impl IntoIterator<Item = Result<(usize, I, [usize; 4])>>,
+        batches: impl IntoIterator<Item = SetBatch<I>>,
     ) -> Result<Self> {
         let classes = model.network.num_classes();
         if let Some(l) = labels {
@@ -164,23 +164,7 @@ impl PooledStates {
         }
         let mut pooling =
             Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
-        let mut seen = vec![false; total];
-        for batch in batches {
-            let (first, input, shape) = batch?;
-            let range = first..first + shape[0];
-            if range.end > total || seen[range.clone()].iter().any(|&s| s) {
-                return Err(Error::Input(format!("a batch of samples {range:?} overlaps another or exceeds the {total} samples")));
-            }
-            seen[range].iter_mut().for_each(|s| *s = true);
-            engine.run_chunks(model, input.as_ref(), shape, layers, &mut |chunk: &ChunkBuffers, encoder| {
-                let chunk = ChunkBuffers { start: first + chunk.start, layers: chunk.layers.clone(), ..*chunk };
-                pooling.record(engine, &chunk, encoder)
-            })?;
-        }
-        engine.finish()?;
-        if let Some(missing) = seen.iter().position(|&s| !s) {
-            return Err(Error::Input(format!("no batch delivered sample {missing} of {total}")));
-        }
+        run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder))?;
         engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
         pooling.predictions.read_checked(engine, total)?;
         Ok(PooledStates {

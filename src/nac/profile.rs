@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::bins::BinEdges;
 use super::file::{push_index_ranges, Binning, Counted, LayerHeader, ProfileData, ProfileHeader, Shard, PROFILE_FORMAT, PROFILE_VERSION};
-use super::gpu::{histogram_params, record, NacCall, PlanCalls};
+use super::gpu::{histogram_params, record, run_set, NacCall, PlanCalls, SetBatch};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
 use crate::engine::{ChunkBuffers, Engine, Model};
@@ -48,17 +48,6 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// Appends the scores of the samples that follow (same profile, so the same layers).
-    pub fn append(&mut self, mut next: Scores) {
-        self.score.append(&mut next.score);
-        for (mine, theirs) in self.layer_scores.iter_mut().zip(&mut next.layer_scores) {
-            mine.append(theirs);
-        }
-        self.predicted.append(&mut next.predicted);
-        self.max_softmax.append(&mut next.max_softmax);
-        self.energy.append(&mut next.energy);
-    }
-
     /// One row per sample: index, score, each layer's score, predicted class, max softmax, energy.
     pub fn to_csv(&self) -> String {
         self.to_csv_from(0)
@@ -236,32 +225,46 @@ impl Profile {
     /// an error (e.g. a sample whose pass overflows) the histograms may hold part of the batch:
     /// discard the profile.
     pub fn add(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<()> {
-        if self.header.counted == Counted::Correct {
-            return Err(Error::Input("this profile counts only correctly classified samples: use add_labelled".into()));
-        }
-        self.add_impl(engine, model, input, shape, None)
+        self.add_streamed(engine, model, shape[0], None, [Ok((0, input, shape))])
     }
 
     /// Like [`Profile::add`] for a profile that counts only correctly classified samples.
     pub fn add_labelled(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: &[usize]) -> Result<()> {
-        if self.header.counted == Counted::All {
-            return Err(Error::Input("this profile counts every sample: use add".into()));
-        }
-        check_labels(labels, shape[0], model.network.num_classes())?;
-        self.add_impl(engine, model, input, shape, Some(labels))
+        self.add_streamed(engine, model, shape[0], Some(labels), [Ok((0, input, shape))])
     }
 
-    fn add_impl(&mut self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], labels: Option<&[usize]>) -> Result<()> {
+    /// Adds a set of `total` samples that arrive as NCHW batches `(first sample, input, shape)`
+    /// in any order and of any input size (e.g. from the prefetching loader), with their
+    /// `labels` when the profile counts only correctly classified samples. The histogram calls
+    /// are bound once per plan for the whole set; a non-finite sample is an error naming its
+    /// position in the set.
+    pub fn add_streamed<I: AsRef<[f32]>>(
+        &mut self,
+        engine: &Engine,
+        model: &mut Model,
+        total: usize,
+        labels: Option<&[usize]>,
+        batches: impl IntoIterator<Item = SetBatch<I>>,
+    ) -> Result<()> {
+        match (self.header.counted, labels) {
+            (Counted::Correct, None) => {
+                return Err(Error::Input("this profile counts only correctly classified samples: give labels".into()))
+            }
+            (Counted::All, Some(_)) => return Err(Error::Input("this profile counts every sample: give no labels".into())),
+            _ => {}
+        }
         self.check_fingerprint(model.fingerprint())?;
-        let total = shape[0];
         let classes = model.network.num_classes();
+        if let Some(l) = labels {
+            check_labels(l, total, classes)?;
+        }
         // Predictions are made even when every sample counts: a non-finite one must fail the run.
         let predictions = Predictions::new(engine, total, labels);
         let flags = if labels.is_some() { nac_flags::MASKED } else { 0 };
         let names = self.layer_names();
         let mut calls = PlanCalls::new();
         let (header, layers) = (&self.header, &self.layers);
-        engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
+        run_set(engine, model, total, &names, batches, &mut |chunk: &ChunkBuffers, encoder| {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for ((layer, gpu_layer), lb) in header.layers.iter().zip(layers).zip(&chunk.layers) {
@@ -278,7 +281,6 @@ impl Profile {
                 Ok(calls)
             })
         })?;
-        engine.finish()?;
         engine.gpu.check_while(&format!("profiling layers {}", names.join(", ")))?;
         predictions.read_checked(engine, total)?;
         self.header.samples += total as u64;
@@ -341,14 +343,26 @@ impl Profile {
     /// NAC-UE scores of an NCHW batch (spec §3): per layer the mean over neurons of
     /// `min(count[bin(s)] / O, 1)`, then the mean over layers. One readback at the end.
     pub fn score(&self, engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4]) -> Result<Scores> {
+        self.score_streamed(engine, model, shape[0], [Ok((0, input, shape))])
+    }
+
+    /// [`Profile::score`] of a set of `total` samples arriving as batches, like
+    /// [`Profile::add_streamed`]: the scoring calls are bound once per plan, the outputs hold the
+    /// whole set, and they are read back once.
+    pub fn score_streamed<I: AsRef<[f32]>>(
+        &self,
+        engine: &Engine,
+        model: &mut Model,
+        total: usize,
+        batches: impl IntoIterator<Item = SetBatch<I>>,
+    ) -> Result<Scores> {
         self.check_fingerprint(model.fingerprint())?;
-        let total = shape[0];
         let classes = model.network.num_classes();
         let outputs = ScoreOutputs::new(engine, self.layers.len(), total);
         let predictions = Predictions::new(engine, total, None);
         let names = self.layer_names();
         let mut calls = PlanCalls::new();
-        engine.run_chunks(model, input, shape, &names, &mut |chunk: &ChunkBuffers, encoder| {
+        run_set(engine, model, total, &names, batches, &mut |chunk: &ChunkBuffers, encoder| {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for (l, ((layer, gpu_layer), lb)) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers).enumerate() {
@@ -358,7 +372,6 @@ impl Profile {
                 Ok(calls)
             })
         })?;
-        engine.finish()?;
         outputs.finish(engine, engine.gpu.device.create_command_encoder(&Default::default()), self, &predictions)
     }
 

@@ -71,6 +71,9 @@ fn take_shard(all: Vec<usize>, shard: Shard) -> Result<Vec<usize>> {
     Ok(all[range].to_vec())
 }
 
+/// NCHW batches `(position in the selection, values, shape)` of a [`Source`].
+type SourceBatches<'a> = Box<dyn Iterator<Item = Result<(usize, Cow<'a, [f32]>, [usize; 4])>> + 'a>;
+
 /// An opened [`SourceArgs`].
 enum Source {
     Array { path: PathBuf, data: Vec<f32>, shape: [usize; 4], preprocessing: String },
@@ -133,11 +136,7 @@ impl Source {
 
     /// The selected samples as NCHW batches `(position, values, shape)`: the whole array at once
     /// (the engine chunks it), or the stream `batch` samples at a time from the loader.
-    fn batches<'a>(
-        &'a self,
-        indices: Option<&'a [usize]>,
-        batch: usize,
-    ) -> Box<dyn Iterator<Item = Result<(usize, Cow<'a, [f32]>, [usize; 4])>> + 'a> {
+    fn batches<'a>(&'a self, indices: Option<&'a [usize]>, batch: usize) -> SourceBatches<'a> {
         match self {
             Source::Array { data, shape, .. } => match indices {
                 None => Box::new(std::iter::once(Ok((0, Cow::Borrowed(data.as_slice()), *shape)))),

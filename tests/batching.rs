@@ -66,7 +66,7 @@ type SampleResult = (Vec<Vec<f32>>, (usize, f32, f32));
 /// Per sample: each layer's pooled pairs and the prediction summary.
 fn per_sample(engine: &Engine, pooled: &PooledStates) -> Vec<SampleResult> {
     let layers: Vec<Vec<f32>> = LAYERS.iter().map(|l| pooled.read_values(engine, l).unwrap()).collect();
-    let predicted = pooled.read_predictions(engine).unwrap();
+    let predicted = pooled.predictions();
     (0..pooled.samples)
         .map(|i| {
             let pairs = layers

@@ -156,7 +156,7 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         common::assert_close(&format!("{} {layer} pooled Σz ({neurons} neurons)", case.name), &gz, &wide(sz), 1e-4);
         common::assert_close(&format!("{} {layer} pooled Σg ({neurons} neurons)", case.name), &gg, &wide(sg), 1e-4);
     }
-    let predicted = profile_set.read_predictions(engine).unwrap().class;
+    let predicted = profile_set.predictions().class;
     let logits = &g.f32s["logits"];
     for (i, &p) in predicted.iter().enumerate() {
         let row = &logits[i * case.classes..(i + 1) * case.classes];

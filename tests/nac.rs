@@ -184,7 +184,7 @@ fn pooled_pairs_and_predictions_of_a_pass_match_the_readback() {
         }
         common::assert_close(&format!("pairs {}", out.name), &got, &want, 1e-5);
     }
-    let predicted = cache.read_predictions(&engine).unwrap();
+    let predicted = cache.predictions();
     for b in 0..n {
         let row: Vec<f64> = pass.logits[b * 5..(b + 1) * 5].iter().map(|&x| x as f64).collect();
         let best = (0..5).fold(0, |k, c| if row[c] > row[k] { c } else { k });
@@ -312,8 +312,7 @@ fn correct_only_profiles_count_only_correct_samples() {
     let n = 6;
     let input = random_inputs(n, 3, SIZE, SIZE, 14);
     let shape = [n, 3, SIZE, SIZE];
-    let predicted =
-        PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().read_predictions(&engine).unwrap().class;
+    let predicted = PooledStates::compute(&engine, &mut model, &input, shape, &["avgpool"], None).unwrap().predictions().class;
     // Half the labels right.
     let labels: Vec<usize> = predicted.iter().enumerate().map(|(i, &p)| if i % 2 == 0 { p } else { (p + 1) % 5 }).collect();
     let params = [LayerParams::new("avgpool", 2.0, 50, 0.1)];

@@ -358,12 +358,11 @@ fn evaluate_model(
             select(APS, set, format!("AUROC of ID val against OOD val `{spec}`"))?;
         }
     }
-    // One readback per set serves both baselines.
-    let read = |set: &PooledStates| set.read_predictions(engine);
-    let test_pred = read(&pools.id_test)?;
-    let val_pred = pools.id_val.as_ref().map(read).transpose()?;
-    let sanity_pred = pools.sanity.as_ref().map(read).transpose()?;
-    let ood_pred: Vec<Predicted> = pools.ood.iter().map(read).collect::<Result<_>>()?;
+    // The predictions read back when each set was pooled serve both baselines.
+    let test_pred = pools.id_test.predictions();
+    let val_pred = pools.id_val.as_ref().map(PooledStates::predictions);
+    let sanity_pred = pools.sanity.as_ref().map(PooledStates::predictions);
+    let ood_pred: Vec<Predicted> = pools.ood.iter().map(PooledStates::predictions).collect();
     let baseline = |name: &str, pick: fn(&Predicted) -> Vec<f32>| MethodScores {
         name: name.into(),
         params: None,

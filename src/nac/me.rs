@@ -54,7 +54,7 @@ pub fn nac_me_pooled(engine: &Engine, network: &Network, pooled: &PooledStates, 
     let mut profile = Profile::with_binning(engine, network, &params, "", Binning::Uniform, Counted::Correct)?;
     profile.add_pooled(engine, pooled)?;
     let value = profile.coverage(engine)?[0];
-    let correct = pooled.read_predictions(engine)?.correct.iter().filter(|&&c| c).count();
+    let correct = pooled.predictions().correct.iter().filter(|&&c| c).count();
     Ok(MeResult { value, correct, samples: pooled.samples })
 }
 

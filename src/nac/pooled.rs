@@ -130,6 +130,8 @@ pub struct PooledStates {
     pub(crate) predictions: Predictions,
     /// Whether the predictions' "correct" flags come from labels.
     labelled: bool,
+    /// The prediction summary on the host, read back (and checked finite) once when pooled.
+    summary: Vec<f32>,
 }
 
 impl PooledStates {
@@ -166,8 +168,9 @@ impl PooledStates {
             Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
         run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder))?;
         engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
-        pooling.predictions.read_checked(engine, total)?;
+        let summary = pooling.predictions.read_checked(engine, total)?;
         Ok(PooledStates {
+            summary,
             samples: total,
             model_fingerprint: model.fingerprint().to_string(),
             values: CachedValues::Pairs,
@@ -219,6 +222,7 @@ impl PooledStates {
             layers: buffers,
             predictions: Predictions { summary: engine.gpu.upload_f32("predictions", &summary), labels: None },
             labelled: predictions.is_some(),
+            summary,
         })
     }
 
@@ -258,8 +262,8 @@ impl PooledStates {
         engine.gpu.read_f32(self.pairs(layer)?, self.samples * neurons * per_neuron)
     }
 
-    /// Reads the predictions back.
-    pub fn read_predictions(&self, engine: &Engine) -> Result<Predicted> {
-        Ok(Predictions::unpack(&self.predictions.read_checked(engine, self.samples)?))
+    /// The predictions, as read back once when the set was pooled.
+    pub fn predictions(&self) -> Predicted {
+        Predictions::unpack(&self.summary)
     }
 }

@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 use nac::data::{batches, Dataset, Image, Transform};
 use nac::eval::EvalConfig;
 
+#[path = "../fuzz/inputs.rs"]
+mod fuzz_inputs;
+
+/// A fuzz target's name and body.
+type FuzzTarget = (&'static str, fn(&[u8]));
+
 /// A fresh directory removed when dropped.
 struct TempDir(PathBuf);
 
@@ -470,67 +476,24 @@ mod new_api {
         files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
     }
 
-    /// Every image of a dataset an entry point accepted (a few, for big ones) must decode.
-    fn touch(set: &Dataset) {
-        assert!(!set.is_empty());
-        for i in [0, set.len() / 2, set.len() - 1] {
-            set.image(i).unwrap().check().unwrap();
-        }
-    }
-
     #[test]
     fn fuzz_regressions_replay_without_panics() {
         let mut replayed = 0;
-        for (path, data) in regressions("idx") {
-            eprintln!("idx: {}", path.display());
-            let Some((&mode, rest)) = data.split_first() else { continue };
-            let (images, labels) = if mode & 4 != 0 && !rest.is_empty() {
-                let at = rest[0] as usize * (rest.len() - 1) / 255;
-                let (a, b) = rest[1..].split_at(at.min(rest.len() - 1));
-                (a.to_vec(), Some(b.to_vec()))
-            } else {
-                (rest.to_vec(), None)
-            };
-            let (images, labels) = match mode & 3 {
-                1 => (gzip(&images), labels.map(|l| gzip(&l))),
-                _ => (images, labels),
-            };
-            if let Ok(set) = Dataset::from_idx_bytes(&images, labels.as_deref()) {
-                touch(&set);
+        // The dataset, transform and config targets' own bodies (`fuzz/inputs.rs`).
+        let targets: [FuzzTarget; 6] = [
+            ("idx", fuzz_inputs::idx),
+            ("cifar", fuzz_inputs::cifar),
+            ("csv", fuzz_inputs::csv),
+            ("images", fuzz_inputs::images),
+            ("transform", fuzz_inputs::transform),
+            ("eval_config", fuzz_inputs::eval_config),
+        ];
+        for (target, run) in targets {
+            for (path, data) in regressions(target) {
+                eprintln!("{target}: {}", path.display());
+                run(&data);
+                replayed += 1;
             }
-            replayed += 1;
-        }
-        for (path, data) in regressions("cifar") {
-            eprintln!("cifar: {}", path.display());
-            let Some((&mode, rest)) = data.split_first() else { continue };
-            if let Ok(set) = Dataset::from_cifar_bytes(rest, mode & 1 != 0) {
-                touch(&set);
-            }
-            replayed += 1;
-        }
-        for (path, data) in regressions("csv") {
-            eprintln!("csv: {}", path.display());
-            let Some((&mode, rest)) = data.split_first() else { continue };
-            let bytes = if mode & 1 != 0 { gzip(rest) } else { rest.to_vec() };
-            if let Ok(set) = Dataset::from_csv_bytes(&bytes) {
-                touch(&set);
-            }
-            replayed += 1;
-        }
-        for (path, data) in regressions("images") {
-            eprintln!("images: {}", path.display());
-            if let Ok(image) = nac::data::decode_image_bytes("fuzz.png", &data) {
-                image.check().unwrap();
-                if image.pixels.len() <= 1 << 16 {
-                    let t = Transform::parse("resize:8,center_crop:6,gray2rgb").unwrap();
-                    match (t.output_size(&image), t.apply(&image)) {
-                        (Ok(size), Ok(out)) => assert_eq!((size, out.len()), ((6, 6), 3 * 36)),
-                        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
-                        (a, b) => panic!("output_size {a:?} and apply {:?} disagree", b.map(|v| v.len())),
-                    }
-                }
-            }
-            replayed += 1;
         }
         for (path, data) in regressions("spec") {
             eprintln!("spec: {}", path.display());
@@ -542,37 +505,13 @@ mod new_api {
             }
             replayed += 1;
         }
-        for (path, data) in regressions("transform") {
-            eprintln!("transform: {}", path.display());
-            let text = String::from_utf8_lossy(&data);
-            if let Ok(t) = Transform::parse(&text) {
-                for image in [gray(7, 5), Image { width: 3, height: 4, channels: 3, pixels: (0..36).collect() }] {
-                    if let (Ok((h, w)), Ok(out)) = (t.output_size(&image), t.apply(&image)) {
-                        assert_eq!(out.len(), 3 * h as usize * w as usize);
-                    }
-                }
-            }
-            replayed += 1;
-        }
-        for (path, data) in regressions("eval_config") {
-            eprintln!("eval_config: {}", path.display());
-            let _ = EvalConfig::parse(&String::from_utf8_lossy(&data), "fuzz.toml");
-            replayed += 1;
-        }
         eprintln!("{replayed} fuzzing regressions replayed");
     }
 }
 
-/// A version-1 `.npy` with the given shape text and dtype and these data bytes.
-fn npy(shape: &str, descr: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.bytes());
+/// A `.npy` of uint8 with this shape and these data bytes (which need not match it).
+fn npy(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = nac::npy::header_bytes(nac::npy::NpyDtype::U8, shape);
     out.extend(data);
     out
 }
@@ -581,19 +520,19 @@ fn npy(shape: &str, descr: &str, data: &[u8]) -> Vec<u8> {
 fn npy_specs_with_hostile_shapes_are_errors() {
     let dir = TempDir::new("npy");
     for (name, shape, data, parts) in [
-        ("overflow.npy", "(4294967296, 4294967296, 4294967296)", vec![0u8; 10], &["overflow.npy"][..]),
-        ("claim.npy", "(1000000000, 28, 28)", vec![0u8; 784], &["claim.npy"][..]),
-        ("wide.npy", "(1, 1, 5000)", vec![0u8; 5000], &["wide.npy", "MAX_IMAGE_SIDE"][..]),
-        ("rgba.npy", "(1, 2, 2, 4)", vec![0u8; 16], &["rgba.npy", "C = 1 or 3"][..]),
-        ("empty.npy", "(0, 28, 28)", vec![], &["empty.npy"][..]),
-        ("flat.npy", "(3, 0, 2)", vec![], &["flat.npy", "empty"][..]),
+        ("overflow.npy", &[4294967296, 4294967296, 4294967296][..], vec![0u8; 10], &["overflow.npy"][..]),
+        ("claim.npy", &[1000000000, 28, 28], vec![0u8; 784], &["claim.npy"][..]),
+        ("wide.npy", &[1, 1, 5000], vec![0u8; 5000], &["wide.npy", "MAX_IMAGE_SIDE"][..]),
+        ("rgba.npy", &[1, 2, 2, 4], vec![0u8; 16], &["rgba.npy", "C = 1 or 3"][..]),
+        ("empty.npy", &[0, 28, 28], vec![], &["empty.npy"][..]),
+        ("flat.npy", &[3, 0, 2], vec![], &["flat.npy", "empty"][..]),
     ] {
-        let path = dir.write(name, &npy(shape, "|u1", &data));
+        let path = dir.write(name, &npy(shape, &data));
         let e = error(Dataset::open(&format!("npy:{}", path.display())));
         assert_mentions(&e, parts);
     }
-    let images = dir.write("ok.npy", &npy("(2, 1, 1)", "|u1", &[3, 4]));
-    let labels = dir.write("labels.npy", &npy("(3,)", "|u1", &[0, 1, 2]));
+    let images = dir.write("ok.npy", &npy(&[2, 1, 1], &[3, 4]));
+    let labels = dir.write("labels.npy", &npy(&[3], &[0, 1, 2]));
     let e = error(Dataset::open(&format!("npy:{}:{}", images.display(), labels.display())));
     assert_mentions(&e, &["labels.npy", "3 labels for the 2 images"]);
 }

@@ -66,6 +66,7 @@ fn hostile_pickles_and_archives_are_refused() {
         ("hostile_os_system.pth", "system` is not allowed in a tensor state dict (refused, nothing was run)"),
         ("hostile_truncated.pth", "not a PyTorch zip checkpoint"),
         ("hostile_lying_storage.pth", "but the pickle says"),
+        ("hostile_broadcast.pth", "more than its storage of 1"),
     ] {
         let err = TensorStore::open(&golden(file)).err().unwrap_or_else(|| panic!("{file} was accepted")).to_string();
         assert!(err.contains(file) && err.contains(needle), "{file}: `{err}` should contain `{needle}`");

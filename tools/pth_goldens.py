@@ -64,6 +64,9 @@ with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as z:
     z.writestr("evil/version", "3\n")
 open(os.path.join(out, "hostile_os_system.pth"), "wb").write(buffer.getvalue())
 
+# Hostile: a broadcast view claiming 2^40 elements of a one-element storage.
+torch.save({"w": torch.zeros(1).expand(2**40)}, os.path.join(out, "hostile_broadcast.pth"))
+
 # Hostile: truncated archive, and a storage shorter than the pickle claims.
 good = open(os.path.join(out, "layouts.pth"), "rb").read()
 open(os.path.join(out, "hostile_truncated.pth"), "wb").write(good[: len(good) // 2])

@@ -10,16 +10,10 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use nac::data::Dataset;
+use nac::npy::NpyDtype;
 
-fn npy(shape: &str, descr: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.bytes());
+fn npy(dtype: NpyDtype, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = nac::npy::header_bytes(dtype, shape);
     out.extend(data);
     out
 }
@@ -54,8 +48,8 @@ fn folder() -> &'static PathBuf {
             ("c", cifar(&[3])),
             ("test_batch.bin", cifar(&[9])),
             ("h", cifar(&[4, 42])),
-            ("n", npy("(2, 3, 2)", "|u1", &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])),
-            ("nl", npy("(2,)", "<i8", &[1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0])),
+            ("n", npy(NpyDtype::U8, &[2, 3, 2], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11])),
+            ("nl", npy(NpyDtype::I64, &[2], &[1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0])),
             ("d/a/x.png", include_bytes!("../seeds/images/gray.png").to_vec()),
             ("d/b/y.png", include_bytes!("../seeds/images/rgb.png").to_vec()),
             ("e/z.PNG", include_bytes!("../seeds/images/rgba.png").to_vec()),

@@ -158,6 +158,14 @@ impl TensorRef {
         if count == 0 {
             return Ok(Vec::new());
         }
+        // A state dict's tensors are stored, not broadcast: more elements than the storage
+        // holds (stride 0) would size an allocation the file does not bound.
+        if count > numel {
+            return Err(format!(
+                "shape {:?} has {count} elements, more than its storage of {numel} (a broadcast view is not a stored tensor)",
+                self.shape
+            ));
+        }
         // The last element's position bounds every other one.
         let last = self.shape.iter().zip(&self.stride).try_fold(self.offset, |a, (&d, &s)| a.checked_add((d - 1).checked_mul(s)?));
         if last.is_none_or(|l| l >= numel) {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, StageTime};
 use crate::error::{Error, Result};
+use crate::kernels::tune::Tuning;
 use crate::kernels::{flat_workgroups, ElementwiseParams, Kernel};
 use crate::model::synthetic::{random_inputs, SyntheticModel};
 use crate::model::ArchSpec;
@@ -39,6 +40,13 @@ pub struct StageReport {
     pub fraction_of_peak: Option<f64>,
 }
 
+/// The kernel variant one conv call of the NAC pass runs with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConvChoice {
+    pub stage: String,
+    pub variant: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BenchReport {
     pub adapter: String,
@@ -67,6 +75,9 @@ pub struct BenchReport {
     pub pass_gflops: Option<f64>,
     /// FP32 FMA throughput measured by `shaders/peak.wgsl`, with `--peak`.
     pub peak_gflops: Option<f64>,
+    /// `fixed` (`--no-tune`) or `measured`, and the variant of each conv call of the NAC pass.
+    pub tuning: String,
+    pub conv_variants: Vec<ConvChoice>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -148,6 +159,12 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
     let pass_gflop = stages.iter().map(|s| s.gflop).sum::<f64>();
     let pass_gpu_s = timed.then(|| stages.iter().map(|s| s.gpu_s).sum::<f64>());
 
+    let conv_variants =
+        engine.conv_variants(&mut model, shape, &refs)?.into_iter().map(|(stage, variant)| ConvChoice { stage, variant }).collect();
+    let tuning = match engine.tuning() {
+        Tuning::Fixed => "fixed",
+        Tuning::Measure { .. } => "measured",
+    };
     let info = &engine.gpu.info;
     Ok(BenchReport {
         adapter: info.name.clone(),
@@ -168,6 +185,8 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
         pass_gflop,
         pass_gflops: pass_gpu_s.map(|s| pass_gflop / s.max(1e-12)),
         peak_gflops,
+        tuning: tuning.into(),
+        conv_variants,
     })
 }
 

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nac::data::{self, Dataset, Transform};
 use nac::error::{check_writable, write_atomic};
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
+use nac::kernels::tune::Tuning;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
 use nac::nac::{
@@ -32,6 +33,10 @@ struct Cli {
     /// Use the adapter whose name contains this text (env NAC_ADAPTER).
     #[arg(long, global = true)]
     adapter: Option<String>,
+    /// Use each conv kernel's fixed default variant instead of the fastest one measured on this
+    /// adapter (measured once per shape and cached: README, "Kernel tuning").
+    #[arg(long, global = true)]
+    no_tune: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,7 +180,7 @@ impl RunArgs {
         self.arch.as_deref().map(str::parse).transpose()
     }
 
-    fn engine(&self, gpu: GpuOptions) -> Result<Engine> {
+    fn engine(&self, gpu: Device) -> Result<Engine> {
         engine_for_batch(gpu, self.batch)
     }
 }
@@ -381,9 +386,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let gpu = GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone());
+    let gpu = Device {
+        adapter: GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone()),
+        tuning: if cli.no_tune { Tuning::Fixed } else { Tuning::measured() },
+    };
     let result = match cli.command {
-        Command::Info => info(&gpu),
+        Command::Info => info(&gpu.adapter),
         Command::Predict { model, source, out, run } => predict(gpu, model, &source, out, &run),
         Command::Selfcheck { arch, batch, size, seed } => selfcheck(gpu, &arch, batch, size, seed),
         Command::Profile { model, source, labels, balanced, seed, layers, preset, layer_params, run, out } => {
@@ -421,13 +429,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The adapter the command line asked for and how its conv kernels are chosen.
+struct Device {
+    adapter: GpuOptions,
+    tuning: Tuning,
+}
+
+impl Device {
+    fn engine(self, max_batch: usize) -> Result<Engine> {
+        Engine::new(EngineOptions { gpu: self.adapter, max_batch, max_binding_bytes: None, tuning: self.tuning })
+    }
+}
+
 /// An engine submitting up to `batch` samples at once; `--batch` within [1, MAX_BATCH].
-fn engine_for_batch(gpu: GpuOptions, batch: usize) -> Result<Engine> {
+fn engine_for_batch(gpu: Device, batch: usize) -> Result<Engine> {
     if batch == 0 {
         return Err(Error::Input("--batch must be at least 1".into()));
     }
     limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
-    Engine::new(EngineOptions { gpu, max_batch: batch, ..Default::default() })
+    gpu.engine(batch)
 }
 
 /// Names the sample of `input` behind a non-finite result.
@@ -435,9 +455,9 @@ fn in_input(input: &Path) -> impl Fn(Error) -> Error + '_ {
     move |e| e.locate_sample(|i| format!("{}: sample {i}", input.display()))
 }
 
-fn demo(gpu: GpuOptions, out: PathBuf, root: Option<PathBuf>, threads: Option<usize>, full: bool) -> Result<()> {
+fn demo(gpu: Device, out: PathBuf, root: Option<PathBuf>, threads: Option<usize>, full: bool) -> Result<()> {
     use nac::eval::demo::{default_root, demo_config, DemoSize};
-    let engine = Engine::new(EngineOptions { gpu, max_batch: 64, ..Default::default() })?;
+    let engine = gpu.engine(64)?;
     let on_cpu = engine.gpu.info.device_type == wgpu::DeviceType::Cpu;
     let size = if on_cpu && !full { DemoSize::CPU } else { DemoSize::FULL };
     if size != DemoSize::FULL {
@@ -459,7 +479,7 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
     Ok(())
 }
 
-fn bench(gpu: GpuOptions, settings: nac::bench::BenchSettings, out: &Path) -> Result<()> {
+fn bench(gpu: Device, settings: nac::bench::BenchSettings, out: &Path) -> Result<()> {
     limits::check("--size", settings.size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
     check_writable(out)?;
     let engine = engine_for_batch(gpu, settings.batch)?;
@@ -508,7 +528,7 @@ fn progress_bar(what: &str, len: usize) -> ProgressBar {
     )
 }
 
-fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, run: &RunArgs) -> Result<()> {
+fn predict(gpu: Device, model: PathBuf, source: &SourceArgs, out: PathBuf, run: &RunArgs) -> Result<()> {
     let shard = source.shard()?;
     let source = source.open()?;
     check_writable(&out)?;
@@ -532,12 +552,12 @@ fn predict(gpu: GpuOptions, model: PathBuf, source: &SourceArgs, out: PathBuf, r
     Ok(())
 }
 
-fn selfcheck(gpu: GpuOptions, arch: &str, batch: usize, size: usize, seed: u64) -> Result<()> {
+fn selfcheck(gpu: Device, arch: &str, batch: usize, size: usize, seed: u64) -> Result<()> {
     let spec: ArchSpec = arch.parse()?;
     limits::check("--size", size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
     limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
     limits::product("--batch × 3 × --size × --size", &[batch, 3, size, size])?;
-    let engine = Engine::new(EngineOptions { gpu, ..Default::default() })?;
+    let engine = gpu.engine(EngineOptions::default().max_batch)?;
     println!("adapter: {} ({:?}, {:?})", engine.gpu.info.name, engine.gpu.info.backend, engine.gpu.info.device_type);
     let synthetic = SyntheticModel::new(spec, 10, seed)?;
     let mut model = engine.upload(synthetic.network.clone());
@@ -583,7 +603,7 @@ struct ProfileJob {
     out: PathBuf,
 }
 
-fn profile(gpu: GpuOptions, job: ProfileJob) -> Result<()> {
+fn profile(gpu: Device, job: ProfileJob) -> Result<()> {
     let shard = job.source.shard()?;
     let source = job.source.open()?;
     check_writable(&job.out)?;
@@ -644,7 +664,7 @@ struct ScoreJob {
     out: PathBuf,
 }
 
-fn score(gpu: GpuOptions, job: ScoreJob) -> Result<()> {
+fn score(gpu: Device, job: ScoreJob) -> Result<()> {
     let shard = job.source.shard()?;
     let source = job.source.open()?;
     check_writable(&job.out)?;
@@ -808,7 +828,7 @@ fn merge(paths: &[PathBuf], out: &Path) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn model_evaluation(
-    gpu: GpuOptions,
+    gpu: Device,
     checkpoints: &[PathBuf],
     input: PathBuf,
     labels: PathBuf,

@@ -8,7 +8,7 @@ mod common;
 use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
-    conv_flags, conv_workgroups, flat_workgroups, pool_flags, ConvParams, ElementwiseParams, Kernel, Kernels, LinearParams, PoolParams,
+    conv_flags, flat_workgroups, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams, PoolParams,
     ELEMENTWISE_RELU,
 };
 use nac::model::arch::{Conv, Linear};
@@ -55,6 +55,11 @@ impl Setup {
         self.kernels.run_single(&self.engine.gpu, kernel, params, workgroups, reads, out_len).unwrap()
     }
 
+    /// One call of a conv variant; the output is NaN-poisoned first.
+    fn conv(&self, variant: ConvVariant, backward: bool, p: &ConvParams, reads: &[Option<&[f32]>], out_len: usize) -> Vec<f32> {
+        self.kernels.run_conv(&self.engine.gpu, variant, backward, p, reads, out_len).unwrap()
+    }
+
     fn flat(&self, threads: usize) -> [u32; 3] {
         flat_workgroups(threads as u32, self.engine.gpu.max_workgroups_per_dim())
     }
@@ -76,6 +81,9 @@ const CONV_CASES: &[ConvCase] = &[
     (5, 17, 9, 9, 130, 3, 1, 1),
     (1, 64, 8, 8, 64, 3, 1, 1),
     (3, 31, 4, 4, 7, 3, 2, 1),
+    // Stride 3 with odd sizes: phases of unequal size in the direct data gradient.
+    (2, 9, 10, 7, 6, 3, 3, 1),
+    (1, 5, 5, 8, 3, 1, 3, 0),
 ];
 
 /// GEMM parameters of a conv (forward: M = output pixels, N = cout; data gradient: M = input
@@ -115,6 +123,20 @@ fn conv_params(
     }
 }
 
+/// Every conv variant against the f64 reference, and against each other: they accumulate each
+/// output in the same K order with the same fused multiply-adds (skipped taps only add zeros),
+/// so they must agree exactly, and the tuner's choice can never change a result.
+fn check_variants(s: &Setup, backward: bool, p: &ConvParams, reads: &[Option<&[f32]>], want: &[f64], what: &str) {
+    let first = s.conv(ConvVariant::CANDIDATES[0], backward, p, reads, want.len());
+    for variant in ConvVariant::CANDIDATES {
+        let got = s.conv(variant, backward, p, reads, want.len());
+        assert_close(&format!("{what} {}", variant.name()), &got, want, KERNEL_TOL);
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != first[i]) {
+            panic!("{what}: {} differs from {} at {i}: {} vs {}", variant.name(), ConvVariant::CANDIDATES[0].name(), got[i], first[i]);
+        }
+    }
+}
+
 #[test]
 fn conv_forward_with_every_epilogue() {
     let mut s = setup(11);
@@ -142,16 +164,9 @@ fn conv_forward_with_every_epilogue() {
                 *v = t;
             }
             let p = conv_params(b, cin, h, w, cout, k, stride, pad, flags, false);
-            let m = p.m_total;
             let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
-            let got = s.run(
-                Kernel::ConvForward,
-                bytemuck::bytes_of(&p),
-                conv_workgroups(m, cout as u32),
-                &[Some(&xin), Some(&packed), Some(&bias), Some(&residual), None],
-                want.len(),
-            );
-            assert_close(&format!("conv forward case {case} flags {flags}"), &got, &want, KERNEL_TOL);
+            let reads = [Some(&xin[..]), Some(&packed[..]), Some(&bias[..]), Some(&residual[..]), None];
+            check_variants(&s, false, &p, &reads, &want, &format!("conv forward case {case} flags {flags}"));
         }
     }
 }
@@ -200,15 +215,8 @@ fn conv_backward_data_with_every_epilogue() {
                 })
                 .collect();
             let p = conv_params(b, cin, h, w, cout, k, stride, pad, flags, true);
-            let m = p.m_total;
-            let got = s.run(
-                Kernel::ConvBackwardData,
-                bytemuck::bytes_of(&p),
-                conv_workgroups(m, cin as u32),
-                &[Some(&dy_nhwc), Some(&packed), Some(&scale), Some(&residual), Some(&mask)],
-                want.len(),
-            );
-            assert_close(&format!("conv backward case {case} flags {flags}"), &got, &want, KERNEL_TOL);
+            let reads = [Some(&dy_nhwc[..]), Some(&packed[..]), Some(&scale[..]), Some(&residual[..]), Some(&mask[..])];
+            check_variants(&s, true, &p, &reads, &want, &format!("conv backward case {case} flags {flags}"));
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The static graph of one forward + backward-to-layer pass: a list of kernel calls over
 //! symbolic tensors (NHWC, per-sample shapes). Built once per (input size, requested layers).
 
-use crate::kernels::{conv_flags, pool_flags, ConvParams, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU};
+use crate::kernels::{
+    conv_flags, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
+};
 
 use super::weights::{GpuBody, GpuConv, GpuHead, GpuScaleShift, GpuWeights};
 
@@ -41,13 +43,13 @@ pub enum ParamTemplate {
 
 impl ParamTemplate {
     /// The parameter bytes and thread count for `batch` samples; conv calls return their
-    /// GEMM size `(m, n)` instead of a thread count.
+    /// parameters instead of a thread count (the variant sizes the dispatch).
     pub fn at_batch(&self, batch: u32) -> (Vec<u8>, Dispatch) {
         match *self {
             ParamTemplate::Conv { mut p, backward } => {
                 p.batch = batch;
                 p.m_total = batch * if backward { p.in_h * p.in_w } else { p.out_h * p.out_w };
-                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Gemm { m: p.m_total, n: p.n_total })
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Conv { p, backward })
             }
             ParamTemplate::Elementwise { mut p, per_sample } => {
                 p.batch = batch;
@@ -70,7 +72,7 @@ impl ParamTemplate {
 
 #[derive(Clone, Copy, Debug)]
 pub enum Dispatch {
-    Gemm { m: u32, n: u32 },
+    Conv { p: ConvParams, backward: bool },
     Flat(u32),
 }
 
@@ -80,6 +82,8 @@ pub struct Call {
     pub params: ParamTemplate,
     pub reads: Vec<Input>,
     pub output: TensorId,
+    /// How a conv call runs (the engine chooses it per shape before binding the plan).
+    pub variant: ConvVariant,
     /// The part of the network it belongs to (`stem`, `layer2 forward`, `head`, …), for
     /// per-stage timing.
     pub stage: String,
@@ -127,7 +131,7 @@ impl Graph {
 
     fn push(&mut self, kernel: Kernel, params: ParamTemplate, reads: Vec<Input>, out: TensorShape) -> TensorId {
         let output = self.tensor(out);
-        self.calls.push(Call { kernel, params, reads, output, stage: self.stage.clone() });
+        self.calls.push(Call { kernel, params, reads, output, variant: ConvVariant::Tiled, stage: self.stage.clone() });
         output
     }
 

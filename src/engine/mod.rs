@@ -10,11 +10,12 @@ use std::path::Path;
 
 use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::gpu::{Gpu, GpuOptions};
+use crate::kernels::tune::{Tuner, Tuning};
 use crate::kernels::Kernels;
 use crate::model::{self, ArchSpec, Network};
 
-use graph::Graph;
 pub use graph::TensorShape;
+use graph::{Graph, ParamTemplate};
 use plan::Plan;
 use weights::GpuWeights;
 pub use weights::{pack_backward, pack_forward};
@@ -28,17 +29,21 @@ pub struct EngineOptions {
     /// Caps the storage binding size below the adapter's (to test chunking, or to bound
     /// memory per buffer).
     pub max_binding_bytes: Option<u64>,
+    /// How conv kernel variants are chosen: fixed per adapter type (the default, deterministic)
+    /// or measured once per shape and cached (the CLI's default; `--no-tune` fixes them).
+    pub tuning: Tuning,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { gpu: GpuOptions::from_env(), max_batch: 64, max_binding_bytes: None }
+        EngineOptions { gpu: GpuOptions::from_env(), max_batch: 64, max_binding_bytes: None, tuning: Tuning::Fixed }
     }
 }
 
 pub struct Engine {
     pub gpu: Gpu,
     pub(crate) kernels: Kernels,
+    tuner: Tuner,
     options: EngineOptions,
     progress: Option<indicatif::ProgressBar>,
     /// The last chunk [`Engine::run_chunks`] submitted and nobody has waited for yet, with its
@@ -100,7 +105,8 @@ impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
         let kernels = Kernels::new(&gpu)?;
-        Ok(Engine { gpu, kernels, options, progress: None, in_flight: Default::default() })
+        let tuner = Tuner::new(options.tuning.clone());
+        Ok(Engine { gpu, kernels, tuner, options, progress: None, in_flight: Default::default() })
     }
 
     /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
@@ -245,7 +251,8 @@ impl Engine {
         let max_batch = self.options.max_batch.max(1);
         let fits = |p: &Plan| p.capacity >= p.limit_capacity.min(max_batch).min(batch);
         if !model.plans.get(&key).is_some_and(fits) {
-            let graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
+            let mut graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
+            self.choose_conv_variants(&mut graph, max_batch.min(batch))?;
             let limit_capacity = plan::max_capacity(&graph, self.binding_limit(), self.gpu.max_workgroups_per_dim());
             if limit_capacity == 0 {
                 return Err(Error::Input(format!(
@@ -257,6 +264,35 @@ impl Engine {
             model.plans.insert(key.clone(), Plan::new(&self.gpu, &self.kernels, graph, capacity, limit_capacity)?);
         }
         Ok(model.plans.get_mut(&key).unwrap())
+    }
+
+    /// How this engine chooses conv variants.
+    pub fn tuning(&self) -> &Tuning {
+        self.tuner.tuning()
+    }
+
+    /// Sets the variant of every conv call (measured at up to `batch` samples when tuning).
+    fn choose_conv_variants(&self, graph: &mut Graph, batch: usize) -> Result<()> {
+        for call in &mut graph.calls {
+            if let ParamTemplate::Conv { p, backward } = call.params {
+                call.variant = self.tuner.choose(&self.gpu, &self.kernels, &p, backward, batch as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The conv variant of each conv call of the plan for this input size and layer set, in
+    /// call order, as (stage, variant name): what `nac bench` reports.
+    pub fn conv_variants(&self, model: &mut Model, shape: [usize; 4], layers: &[&str]) -> Result<Vec<(String, String)>> {
+        let input = vec![0.0; shape.iter().product()];
+        let plan = self.plan_for(model, &input, shape, layers)?;
+        Ok(plan
+            .graph
+            .calls
+            .iter()
+            .filter(|c| matches!(c.params, ParamTemplate::Conv { .. }))
+            .map(|c| (c.stage.clone(), c.variant.name()))
+            .collect())
     }
 
     /// Writes chunk `[start, start + n)` of the input and records the pass over it (timed per
@@ -276,8 +312,8 @@ impl Engine {
         self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
         match timestamps {
-            Some(queries) => plan.encode_timed(&self.kernels, &mut encoder, queries),
-            None => plan.encode(&self.kernels, &mut encoder),
+            Some(queries) => plan.encode_timed(&mut encoder, queries),
+            None => plan.encode(&mut encoder),
         }
         encoder
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{conv_workgroups, flat_workgroups, Kernels};
+use crate::kernels::{flat_workgroups, Kernels};
 
 use super::graph::{Dispatch, Graph, Input, TensorId};
 
@@ -27,6 +27,8 @@ pub struct Plan {
     buffers: Vec<wgpu::Buffer>,
     params: Vec<wgpu::Buffer>,
     bind_groups: Vec<wgpu::BindGroup>,
+    /// Pipeline of each call (conv calls: their variant's).
+    pipelines: Vec<wgpu::ComputePipeline>,
     /// Batch size the parameter buffers currently describe.
     params_batch: usize,
     workgroups: Vec<[u32; 3]>,
@@ -40,9 +42,8 @@ pub fn max_capacity(graph: &Graph, max_binding_bytes: u64, max_per_dim: u32) -> 
     let largest = graph.tensors.iter().map(|t| t.elements()).max().unwrap_or(1).max(1) as u64;
     let mut cap = (max_binding_bytes / (4 * largest)) as usize;
     for call in &graph.calls {
-        if let (_, Dispatch::Gemm { m, .. }) = call.params.at_batch(1) {
-            let rows_per_sample = m as u64;
-            cap = cap.min(((max_per_dim as u64 * crate::kernels::CONV_TILE as u64) / rows_per_sample) as usize);
+        if let (_, Dispatch::Conv { p, backward }) = call.params.at_batch(1) {
+            cap = cap.min(call.variant.max_batch(&p, backward, max_per_dim).min(usize::MAX as u64) as usize);
         }
     }
     cap
@@ -99,6 +100,14 @@ impl Plan {
             return Err(Error::Gpu(format!("a plan buffer exceeds the binding limit of {} bytes", gpu.max_binding_bytes())));
         }
 
+        let pipelines = graph
+            .calls
+            .iter()
+            .map(|call| match call.params {
+                super::graph::ParamTemplate::Conv { backward, .. } => kernels.conv_pipeline(gpu, backward, call.variant),
+                _ => Ok(kernels.pipeline(call.kernel).clone()),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut params = Vec::with_capacity(n_calls);
         let mut bind_groups = Vec::with_capacity(n_calls);
@@ -117,7 +126,7 @@ impl Plan {
                 .collect();
             bind_groups.push(kernels.bind_group(gpu, call.kernel, &uniform, &reads, &buffers[tensor_buffer[call.output]]));
             params.push(uniform);
-            workgroups.push(Self::workgroups(gpu, dispatch));
+            workgroups.push(Self::workgroups(gpu, call, dispatch));
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("binding the plan: {e}")));
@@ -132,15 +141,16 @@ impl Plan {
             buffers,
             params,
             bind_groups,
+            pipelines,
             params_batch: capacity,
             workgroups,
             readback,
         })
     }
 
-    fn workgroups(gpu: &Gpu, dispatch: Dispatch) -> [u32; 3] {
+    fn workgroups(gpu: &Gpu, call: &super::graph::Call, dispatch: Dispatch) -> [u32; 3] {
         match dispatch {
-            Dispatch::Gemm { m, n } => conv_workgroups(m, n),
+            Dispatch::Conv { p, backward } => call.variant.workgroups(&p, backward),
             Dispatch::Flat(threads) => flat_workgroups(threads, gpu.max_workgroups_per_dim()),
         }
     }
@@ -158,7 +168,7 @@ impl Plan {
         for (i, call) in self.graph.calls.iter().enumerate() {
             let (bytes, dispatch) = call.params.at_batch(batch as u32);
             gpu.queue.write_buffer(&self.params[i], 0, &bytes);
-            self.workgroups[i] = Self::workgroups(gpu, dispatch);
+            self.workgroups[i] = Self::workgroups(gpu, call, dispatch);
         }
         self.params_batch = batch;
     }
@@ -179,9 +189,9 @@ impl Plan {
     }
 
     /// Records every call of the pass into one compute pass.
-    pub fn encode(&self, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder) {
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac pass"), timestamp_writes: None });
-        self.dispatch(kernels, &mut pass, 0..self.graph.calls.len());
+        self.dispatch(&mut pass, 0..self.graph.calls.len());
     }
 
     /// The stages of the pass in call order, each with its range of calls.
@@ -198,7 +208,7 @@ impl Plan {
 
     /// Records the pass as one compute pass per stage (see [`Plan::stages`]), stage `i` writing
     /// its start and end timestamps to queries `2i` and `2i + 1`.
-    pub fn encode_timed(&self, kernels: &Kernels, encoder: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
+    pub fn encode_timed(&self, encoder: &mut wgpu::CommandEncoder, queries: &wgpu::QuerySet) {
         for (i, (_, range)) in self.stages().into_iter().enumerate() {
             let timestamp_writes = wgpu::ComputePassTimestampWrites {
                 query_set: queries,
@@ -207,14 +217,14 @@ impl Plan {
             };
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timed stage"), timestamp_writes: Some(timestamp_writes) });
-            self.dispatch(kernels, &mut pass, range);
+            self.dispatch(&mut pass, range);
         }
     }
 
-    fn dispatch(&self, kernels: &Kernels, pass: &mut wgpu::ComputePass, calls: std::ops::Range<usize>) {
+    fn dispatch(&self, pass: &mut wgpu::ComputePass, calls: std::ops::Range<usize>) {
         for i in calls {
             let [x, y, z] = self.workgroups[i];
-            pass.set_pipeline(kernels.pipeline(self.graph.calls[i].kernel));
+            pass.set_pipeline(&self.pipelines[i]);
             pass.set_bind_group(0, &self.bind_groups[i], &[]);
             pass.dispatch_workgroups(x, y, z);
         }

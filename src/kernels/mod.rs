@@ -1,12 +1,20 @@
 //! Compute kernels: one WGSL file per family under `shaders/`, compiled once per device into
 //! pipelines with explicit bind group layouts, plus the parameter blocks each one reads.
 
+use std::sync::{Mutex, OnceLock};
+
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
-const CONV_WGSL: &str = include_str!("../../shaders/conv.wgsl");
+mod conv;
+pub mod tune;
+pub use conv::ConvVariant;
+
+// Each conv variant is the shared part (parameters, bindings, epilogue) followed by its body.
+const CONV_WGSL: &str = concat!(include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv.wgsl"));
+const CONV_DIRECT_WGSL: &str = concat!(include_str!("../../shaders/conv_common.wgsl"), include_str!("../../shaders/conv_direct.wgsl"));
 const ELEMENTWISE_WGSL: &str = include_str!("../../shaders/elementwise.wgsl");
 const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
 const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
@@ -201,15 +209,10 @@ pub mod nac_flags {
 /// Histogram slots in workgroup memory (`LOCAL_SLOTS` in `shaders/nac.wgsl`).
 pub const NAC_LOCAL_SLOTS: u32 = 4096;
 
-/// Tile edge of the conv GEMM in both M and N (see `shaders/conv.wgsl`).
+/// Tile edge of the tiled conv GEMM in both M and N (see `shaders/conv.wgsl`).
 pub const CONV_TILE: u32 = 64;
 /// Threads per workgroup of the flat (one thread per element) kernels.
 pub const FLAT_WORKGROUP: u32 = 256;
-
-/// Workgroup counts for a conv GEMM of `m × n` outputs.
-pub fn conv_workgroups(m: u32, n: u32) -> [u32; 3] {
-    [n.div_ceil(CONV_TILE), m.div_ceil(CONV_TILE), 1]
-}
 
 /// Workgroup counts for `threads` flat threads, folded into 2-D to respect `max_per_dim`.
 pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
@@ -218,11 +221,15 @@ pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
     [x, groups.div_ceil(x), 1]
 }
 
-/// All pipelines, built once per device.
+/// All pipelines, built once per device; conv variants other than the tiled one are built on
+/// first use.
 pub struct Kernels {
     pipelines: Vec<(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     /// Bound where a call leaves a read binding unused.
     placeholder: wgpu::Buffer,
+    direct_module: OnceLock<wgpu::ShaderModule>,
+    /// (backward, variant) → pipeline, for the variants built so far.
+    conv_pipelines: Mutex<Vec<((bool, ConvVariant), wgpu::ComputePipeline)>>,
 }
 
 fn layout_for(gpu: &Gpu, reads: usize) -> wgpu::BindGroupLayout {
@@ -283,7 +290,51 @@ impl Kernels {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("compiling kernels: {e}")));
         }
-        Ok(Kernels { pipelines, placeholder: gpu.storage_buffer("unused binding", 16) })
+        Ok(Kernels {
+            pipelines,
+            placeholder: gpu.storage_buffer("unused binding", 16),
+            direct_module: OnceLock::new(),
+            conv_pipelines: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The pipeline of a conv variant in one direction, compiled on first use. Conv calls of
+    /// every variant share the bind group layout of [`Kernel::ConvForward`].
+    pub fn conv_pipeline(&self, gpu: &Gpu, backward: bool, variant: ConvVariant) -> Result<wgpu::ComputePipeline> {
+        if variant == ConvVariant::Tiled {
+            return Ok(self.pipeline(if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward }).clone());
+        }
+        let mut built = self.conv_pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, pipeline)) = built.iter().find(|(key, _)| *key == (backward, variant)) {
+            return Ok(pipeline.clone());
+        }
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.direct_module.get_or_init(|| {
+            gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("conv direct"),
+                source: wgpu::ShaderSource::Wgsl(CONV_DIRECT_WGSL.into()),
+            })
+        });
+        let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&self.entry(Kernel::ConvForward).2)],
+            immediate_size: 0,
+        });
+        let mut constants = vec![("BACKWARD", if backward { 1.0 } else { 0.0 })];
+        constants.extend(variant.constants());
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("conv direct"),
+            layout: Some(&layout),
+            module,
+            entry_point: Some("direct"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("compiling conv variant {}: {e}", variant.name())));
+        }
+        built.push(((backward, variant), pipeline.clone()));
+        Ok(pipeline)
     }
 
     fn entry(&self, kernel: Kernel) -> &(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout) {
@@ -330,6 +381,36 @@ impl Kernels {
         reads: &[Option<&[f32]>],
         output_len: usize,
     ) -> Result<Vec<f32>> {
+        self.run_with(gpu, kernel, self.pipeline(kernel), params, workgroups, reads, output_len)
+    }
+
+    /// [`Kernels::run_single`] for one conv variant (reads: source, weights, channel, residual,
+    /// mask), with the variant's own dispatch size.
+    pub fn run_conv(
+        &self,
+        gpu: &Gpu,
+        variant: ConvVariant,
+        backward: bool,
+        params: &ConvParams,
+        reads: &[Option<&[f32]>],
+        output_len: usize,
+    ) -> Result<Vec<f32>> {
+        let pipeline = self.conv_pipeline(gpu, backward, variant)?;
+        let kernel = if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward };
+        self.run_with(gpu, kernel, &pipeline, bytemuck::bytes_of(params), variant.workgroups(params, backward), reads, output_len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_with(
+        &self,
+        gpu: &Gpu,
+        kernel: Kernel,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        workgroups: [u32; 3],
+        reads: &[Option<&[f32]>],
+        output_len: usize,
+    ) -> Result<Vec<f32>> {
         let uniform = gpu.uniform_buffer("params", params);
         let inputs: Vec<wgpu::Buffer> = reads.iter().map(|r| gpu.upload_f32("input", r.unwrap_or(&[0.0; 4]))).collect();
         let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
@@ -338,7 +419,7 @@ impl Kernels {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(self.pipeline(kernel));
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }

@@ -1,0 +1,85 @@
+// 2-D convolution as an implicit GEMM over NHWC activations.
+//
+// Forward (BACKWARD = false):  out[m, n] = Σ_k A[m, k] · W[k, n]
+//   m = (b, oy, ox) output pixel, n = output channel, k = (ky, kx, ci) with ci fastest,
+//   A[m, k] = in[b, oy·s + ky − p, ox·s + kx − p, ci] (0 outside the image).
+// Backward data (BACKWARD = true): the same GEMM computes ∂L/∂in from ∂L/∂out:
+//   m = (b, iy, ix) input pixel, n = input channel, k = (ky, kx, co) with co fastest,
+//   A[m, k] = dout[b, oy, ox, co] where oy·s = iy + p − ky (0 unless divisible and in range).
+// Weights are packed on the host as [K][N] (N contiguous) for each direction.
+//
+// This file is shared by the variants (`conv.wgsl`: workgroup-memory tiles; `conv_direct.wgsl`:
+// register tiles); the engine prepends it to each.
+
+override BACKWARD: bool = false;
+
+struct Params {
+    batch: u32,
+    in_h: u32,
+    in_w: u32,
+    in_c: u32,
+    out_h: u32,
+    out_w: u32,
+    out_c: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+    m_total: u32,
+    n_total: u32,
+    k_total: u32,
+    flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Epilogue, applied in this order:
+// v = acc; +channel[n] (BIAS); +residual (RESIDUAL unless RESIDUAL_LAST); max(v,0) (RELU);
+// ·[mask>0] (MASK); ·channel[n] (SCALE); +residual (RESIDUAL with RESIDUAL_LAST).
+const FLAG_BIAS: u32 = 1u;
+const FLAG_RESIDUAL: u32 = 2u;
+const FLAG_RELU: u32 = 4u;
+const FLAG_MASK: u32 = 8u;
+const FLAG_SCALE: u32 = 16u;
+const FLAG_RESIDUAL_LAST: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> weights: array<f32>;
+@group(0) @binding(3) var<storage, read> channel: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read> mask: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dst: array<f32>;
+
+// Applies the epilogue to four consecutive columns of row m and stores those in range.
+fn store_row(m: u32, n0: u32, acc: vec4<f32>) {
+    if (m >= p.m_total) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + j;
+        if (n >= p.n_total) {
+            return;
+        }
+        let idx = m * p.n_total + n;
+        var v = acc[j];
+        if ((p.flags & FLAG_BIAS) != 0u) {
+            v += channel[n];
+        }
+        if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == FLAG_RESIDUAL) {
+            v += residual[idx];
+        }
+        if ((p.flags & FLAG_RELU) != 0u) {
+            v = max(v, 0.0);
+        }
+        if ((p.flags & FLAG_MASK) != 0u && !(mask[idx] > 0.0)) {
+            v = 0.0;
+        }
+        if ((p.flags & FLAG_SCALE) != 0u) {
+            v *= channel[n];
+        }
+        if ((p.flags & (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) == (FLAG_RESIDUAL | FLAG_RESIDUAL_LAST)) {
+            v += residual[idx];
+        }
+        dst[idx] = v;
+    }
+}

@@ -1,0 +1,119 @@
+//! The convolution kernel family: variants of one implicit GEMM (`shaders/conv_common.wgsl`),
+//! chosen per (direction, shape) by measurement (`super::tune`) or by a fixed rule.
+
+use super::ConvParams;
+
+/// One way of running the conv GEMM. Every variant computes the same sums in the same K order
+/// per output (tap by tap, channels ascending), so results agree to float rounding of the
+/// accumulation, and all are tested against the f64 reference on the same shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConvVariant {
+    /// 64 × 64 output tiles staged through workgroup memory by 16 × 16 threads of 4 × 4
+    /// outputs (`shaders/conv.wgsl`): what suits GPUs with fast shared memory.
+    Tiled,
+    /// Register tiles without workgroup memory or barriers (`shaders/conv_direct.wgsl`):
+    /// `lanes` invocations per workgroup, each with `rows` pixels × `4·vecs` channels; the
+    /// strided data gradient is split into phases without structural zeros.
+    Direct { lanes: u32, rows: u32, vecs: u32 },
+}
+
+impl ConvVariant {
+    /// The family the tuner measures. Small on purpose: every candidate is compiled and timed
+    /// once per shape on first use.
+    pub const CANDIDATES: [ConvVariant; 8] = [
+        ConvVariant::Tiled,
+        ConvVariant::Direct { lanes: 8, rows: 4, vecs: 4 },
+        ConvVariant::Direct { lanes: 8, rows: 6, vecs: 4 },
+        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4 },
+        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 2 },
+        ConvVariant::Direct { lanes: 8, rows: 16, vecs: 2 },
+        ConvVariant::Direct { lanes: 64, rows: 2, vecs: 4 },
+        ConvVariant::Direct { lanes: 64, rows: 4, vecs: 2 },
+    ];
+
+    /// The untuned choice (`--no-tune`): register tiles on CPU adapters, where workgroup
+    /// memory and barriers are emulated (measured fastest on lavapipe, see `benches/NOTES.md`);
+    /// shared-memory tiles elsewhere.
+    pub fn default_for(device: wgpu::DeviceType) -> ConvVariant {
+        match device {
+            wgpu::DeviceType::Cpu => ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4 },
+            _ => ConvVariant::Tiled,
+        }
+    }
+
+    /// Stable name, used in the tuning cache and in `nac bench`.
+    pub fn name(self) -> String {
+        match self {
+            ConvVariant::Tiled => "tiled".into(),
+            ConvVariant::Direct { lanes, rows, vecs } => format!("direct-{lanes}x{rows}x{vecs}"),
+        }
+    }
+
+    /// The candidate of that name.
+    pub fn parse(name: &str) -> Option<ConvVariant> {
+        Self::CANDIDATES.into_iter().find(|v| v.name() == name)
+    }
+
+    /// Pipeline-overridable constants besides `BACKWARD`.
+    pub(super) fn constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            ConvVariant::Tiled => Vec::new(),
+            ConvVariant::Direct { lanes, rows, vecs } => vec![("LANES", lanes as f64), ("ROWS", rows as f64), ("VECS", vecs as f64)],
+        }
+    }
+
+    /// (GEMM rows, GEMM columns) one workgroup covers.
+    fn tile(self) -> (u32, u32) {
+        match self {
+            ConvVariant::Tiled => (super::CONV_TILE, super::CONV_TILE),
+            ConvVariant::Direct { lanes, rows, vecs } => (lanes * rows, 4 * vecs),
+        }
+    }
+
+    /// Phases of the dispatch (workgroup z): the direct data gradient runs one per
+    /// `(iy mod s, ix mod s)`.
+    fn phases(self, p: &ConvParams, backward: bool) -> u32 {
+        match self {
+            ConvVariant::Direct { .. } if backward => p.stride * p.stride,
+            _ => 1,
+        }
+    }
+
+    /// GEMM rows of one sample in one phase (the largest phase).
+    fn rows_per_sample(self, p: &ConvParams, backward: bool) -> u64 {
+        let (h, w) = if backward { (p.in_h, p.in_w) } else { (p.out_h, p.out_w) };
+        match self {
+            ConvVariant::Direct { .. } if backward => (h.div_ceil(p.stride) * w.div_ceil(p.stride)) as u64,
+            _ => (h * w) as u64,
+        }
+    }
+
+    /// Workgroup counts of a call with parameters `p` (its `batch` set).
+    pub fn workgroups(self, p: &ConvParams, backward: bool) -> [u32; 3] {
+        let (tile_m, tile_n) = self.tile();
+        let rows = self.rows_per_sample(p, backward) * p.batch as u64;
+        [p.n_total.div_ceil(tile_n), rows.div_ceil(tile_m as u64) as u32, self.phases(p, backward)]
+    }
+
+    /// The most samples whose dispatch keeps within `max_per_dim` workgroups per dimension.
+    pub fn max_batch(self, p: &ConvParams, backward: bool, max_per_dim: u32) -> u64 {
+        let (tile_m, _) = self.tile();
+        (max_per_dim as u64 * tile_m as u64) / self.rows_per_sample(p, backward).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_are_distinct() {
+        let names: Vec<String> = ConvVariant::CANDIDATES.iter().map(|v| v.name()).collect();
+        for (i, v) in ConvVariant::CANDIDATES.iter().enumerate() {
+            assert_eq!(ConvVariant::parse(&names[i]), Some(*v));
+            assert!(!names[..i].contains(&names[i]), "duplicate name {}", names[i]);
+        }
+        assert_eq!(ConvVariant::parse("direct-8x99x4"), None);
+        assert!(ConvVariant::CANDIDATES.contains(&ConvVariant::default_for(wgpu::DeviceType::Cpu)));
+    }
+}

@@ -96,6 +96,19 @@ impl Profile {
         Self::for_layout(engine, &identity, &sized, preprocessing, binning, counted)
     }
 
+    /// A profile whose entries may repeat a layer with other parameters: the parameter
+    /// search bins and scores many candidates of each layer in one submission. Never saved.
+    pub(crate) fn for_candidates(engine: &Engine, network: &Network, candidates: &[LayerParams], preprocessing: &str) -> Result<Self> {
+        let channels = network.layer_channels();
+        let mut sized = Vec::with_capacity(candidates.len());
+        for p in candidates {
+            network.layer_index(&p.layer)?;
+            sized.push((p.clone(), channels.iter().find(|(n, _)| *n == p.layer).unwrap().1));
+        }
+        let identity = ModelIdentity { arch: network.spec.to_string(), fingerprint: network.fingerprint() };
+        Self::build(engine, &identity, &sized, preprocessing, Binning::LogSymmetric, Counted::All, true)
+    }
+
     /// An empty profile over named groups of neurons `(params, neurons)` of the model
     /// `identity`, for states that come from elsewhere ([`PooledStates::from_host`]).
     pub fn for_layout(
@@ -106,13 +119,25 @@ impl Profile {
         binning: Binning,
         counted: Counted,
     ) -> Result<Self> {
+        Self::build(engine, identity, layers, preprocessing, binning, counted, false)
+    }
+
+    fn build(
+        engine: &Engine,
+        identity: &ModelIdentity,
+        layers: &[(LayerParams, usize)],
+        preprocessing: &str,
+        binning: Binning,
+        counted: Counted,
+        repeats: bool,
+    ) -> Result<Self> {
         if layers.is_empty() {
             return Err(Error::Input("a profile needs at least one layer".into()));
         }
         let mut headers: Vec<LayerHeader> = Vec::with_capacity(layers.len());
         for (p, neurons) in layers {
             p.validate_for(binning)?;
-            if headers.iter().any(|h| h.name == p.layer) {
+            if !repeats && headers.iter().any(|h| h.name == p.layer) {
                 return Err(Error::Input(format!("layer `{}` is listed twice", p.layer)));
             }
             if *neurons == 0 {

@@ -160,6 +160,9 @@ pub struct SearchResult {
     pub seconds: f64,
 }
 
+/// Histogram counts the search keeps on the GPU at once (candidates are binned in groups).
+const SEARCH_COUNT_BYTES: u64 = 256 << 20;
+
 /// One layer candidate with its ID-val and OOD-val layer scores.
 type ScoredCandidate = (LayerParams, Vec<f32>, Vec<f32>);
 
@@ -167,20 +170,36 @@ type ScoredCandidate = (LayerParams, Vec<f32>, Vec<f32>);
 pub fn search(engine: &Engine, network: &Network, grid: &Grid, sets: &SearchSets, preprocessing: &str) -> Result<SearchResult> {
     grid.validate()?;
     let started = Instant::now();
-    let mut per_layer: Vec<Vec<ScoredCandidate>> = Vec::with_capacity(grid.layers.len());
-    let mut layer_evaluations = 0;
-    for layer in &grid.layers {
-        let mut scored = Vec::new();
-        for params in layer.candidates() {
-            let mut profile = Profile::new(engine, network, std::slice::from_ref(&params), preprocessing)?;
-            profile.add_pooled(engine, sets.profile)?;
-            let id = profile.score_pooled(engine, sets.id_val)?.layer_scores.remove(0);
-            let ood = profile.score_pooled(engine, sets.ood_val)?.layer_scores.remove(0);
-            scored.push((params, id, ood));
-            layer_evaluations += 1;
+    // Every layer's candidates binned and scored together: one profile, one histogram
+    // submission and one scoring readback per set for each group of candidates whose counts
+    // fit the budget, instead of an allocation and three submissions per candidate.
+    let candidates: Vec<(usize, LayerParams)> =
+        grid.layers.iter().enumerate().flat_map(|(l, layer)| layer.candidates().into_iter().map(move |p| (l, p))).collect();
+    let channels = network.layer_channels();
+    let count_bytes = |p: &LayerParams| {
+        let neurons = channels.iter().find(|(n, _)| *n == p.layer).map_or(0, |c| c.1) as u64;
+        (p.m as u64).saturating_sub(1) * neurons * 4
+    };
+    let mut per_layer: Vec<Vec<ScoredCandidate>> = vec![Vec::new(); grid.layers.len()];
+    let mut start = 0;
+    while start < candidates.len() {
+        let mut end = start + 1;
+        let mut bytes = count_bytes(&candidates[start].1);
+        while end < candidates.len() && bytes + count_bytes(&candidates[end].1) <= SEARCH_COUNT_BYTES {
+            bytes += count_bytes(&candidates[end].1);
+            end += 1;
         }
-        per_layer.push(scored);
+        let group: Vec<LayerParams> = candidates[start..end].iter().map(|(_, p)| p.clone()).collect();
+        let mut profile = Profile::for_candidates(engine, network, &group, preprocessing)?;
+        profile.add_pooled(engine, sets.profile)?;
+        let id = profile.score_pooled(engine, sets.id_val)?.layer_scores;
+        let ood = profile.score_pooled(engine, sets.ood_val)?.layer_scores;
+        for (((l, params), id), ood) in candidates[start..end].iter().zip(id).zip(ood) {
+            per_layer[*l].push((params.clone(), id, ood));
+        }
+        start = end;
     }
+    let layer_evaluations = candidates.len();
 
     let layers = per_layer.len() as f64;
     let mut trials = Vec::with_capacity(grid.combinations());

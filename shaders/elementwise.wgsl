@@ -40,6 +40,22 @@ fn nchw_to_nhwc(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     dst[i] = src[(b * p.channels + c) * hw + r];
 }
 
+// NHWC (the engine's layout) → NCHW (the user's), for gradients at the input.
+@compute @workgroup_size(256)
+fn nhwc_to_nchw(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    let hw = p.height * p.width;
+    let r = i % hw;
+    let plane = i / hw;
+    let c = plane % p.channels;
+    let b = plane / p.channels;
+    dst[i] = src[(b * hw + r) * p.channels + c];
+}
+
 // BatchNorm in eval mode as y = x·scale[c] + shift[c], optionally followed by ReLU.
 @compute @workgroup_size(256)
 fn scale_shift(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,

@@ -1,12 +1,19 @@
-// The classifier head: fully connected forward, the NAC loss gradient at the logits, and the
-// data gradient back through the fully connected layer.
+// The classifier head: fully connected forward, a loss gradient at the logits, and the data
+// gradient back through the fully connected layer.
 
 struct Params {
     batch: u32,
     in_features: u32,
     out_features: u32,
     total: u32,
+    loss_target: u32,
+    temperature: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
+
+const TARGET_UNIFORM: u32 = 0u;
+const TARGET_LABEL: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -35,10 +42,12 @@ fn linear_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgro
     dst[i] = acc + bias[o];
 }
 
-// ∂L/∂logits for L = Σ_c −(1/C)·log_softmax(logits)_c: softmax(logits) − 1/C; one thread per sample.
+// ∂L/∂logits of L = CE(softmax(logits / T), t) = (softmax(logits / T) − t) / T, with t uniform
+// (the NAC loss at T = 1), one-hot at the label (`weight` holds labels as f32), or one-hot at
+// the predicted class (the first maximum); one thread per sample.
 @compute @workgroup_size(256)
-fn uniform_ce_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
-                   @builtin(num_workgroups) groups: vec3<u32>) {
+fn loss_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) groups: vec3<u32>) {
     let b = flat_index(lid, wid, groups);
     if (b >= p.batch) {
         return;
@@ -46,16 +55,37 @@ fn uniform_ce_grad(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     let classes = p.out_features;
     let row = b * classes;
     var peak = src[row];
+    var predicted = 0u;
     for (var c = 1u; c < classes; c++) {
-        peak = max(peak, src[row + c]);
+        if (src[row + c] > peak) {
+            peak = src[row + c];
+            predicted = c;
+        }
     }
-    var denom = 0.0;
+    let t = p.temperature;
+    // The peak's own term is exp(0) = 1; the others are summed apart, so that p − 1 at the
+    // predicted class is −rest / denom, with no cancellation when p is close to 1.
+    var rest = 0.0;
     for (var c = 0u; c < classes; c++) {
-        denom += exp(src[row + c] - peak);
+        if (c != predicted) {
+            rest += exp((src[row + c] - peak) / t);
+        }
     }
-    let uniform = 1.0 / f32(classes);
+    let denom = 1.0 + rest;
+    var hot = predicted;
+    if (p.loss_target == TARGET_LABEL) {
+        hot = u32(weight[b]);
+    }
     for (var c = 0u; c < classes; c++) {
-        dst[row + c] = exp(src[row + c] - peak) / denom - uniform;
+        var g = exp((src[row + c] - peak) / t) / denom;
+        if (p.loss_target == TARGET_UNIFORM) {
+            g -= 1.0 / f32(classes);
+        } else if (c == hot && c == predicted) {
+            g = -rest / denom;
+        } else if (c == hot) {
+            g -= 1.0;
+        }
+        dst[row + c] = g / t;
     }
 }
 

@@ -1,5 +1,5 @@
-// Pooling over NHWC activations: 3×3/2 max-pool (padding 1), global average pool and its
-// backward (broadcast of ∂L/∂pooled over H×W, optionally through a ReLU mask and a BN scale).
+// Pooling over NHWC activations: 3×3/2 max-pool (padding 1) and its backward, global average
+// pool and its backward (broadcast of ∂L/∂pooled over H×W, optionally through a ReLU mask and a BN scale).
 
 struct Params {
     batch: u32,
@@ -94,4 +94,65 @@ fn avg_pool_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
         v *= aux_b[c];
     }
     dst[i] = v;
+}
+
+// The index (iy·W + ix) of the first maximum of output window (oy, ox) in scan order, as
+// PyTorch's max-pool records it (a later equal value does not replace it).
+fn window_argmax(plane: u32, c: u32, oy: u32, ox: u32) -> u32 {
+    var best = -3.4028235e38;
+    var at = 0xffffffffu;
+    for (var ky = 0u; ky < 3u; ky++) {
+        let iy = i32(oy * 2u + ky) - 1;
+        if (iy < 0 || iy >= i32(p.in_h)) {
+            continue;
+        }
+        for (var kx = 0u; kx < 3u; kx++) {
+            let ix = i32(ox * 2u + kx) - 1;
+            if (ix < 0 || ix >= i32(p.in_w)) {
+                continue;
+            }
+            let v = aux_a[((plane * p.in_h + u32(iy)) * p.in_w + u32(ix)) * p.channels + c];
+            if (at == 0xffffffffu || v > best) {
+                best = v;
+                at = u32(iy) * p.in_w + u32(ix);
+            }
+        }
+    }
+    return at;
+}
+
+// ∂L/∂x of the 3×3/2 max-pool: each input element gathers ∂L/∂y of the (at most four) windows
+// whose first maximum it is; `src` = ∂L/∂y, `aux_a` = the pool's input x; one thread per x.
+@compute @workgroup_size(256)
+fn max_pool_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    let c = i % p.channels;
+    let pixel = i / p.channels;
+    let hw = p.in_h * p.in_w;
+    let b = pixel / hw;
+    let here = pixel - b * hw;
+    let iy = here / p.in_w;
+    let ix = here - iy * p.in_w;
+    // Windows oy with 2·oy − 1 ≤ iy ≤ 2·oy + 1.
+    let oy_lo = iy / 2u;
+    let ox_lo = ix / 2u;
+    var acc = 0.0;
+    for (var oy = max(oy_lo, 1u) - 1u; oy <= oy_lo + 1u; oy++) {
+        if (oy >= p.out_h || 2u * oy + 1u < iy || 2u * oy > iy + 1u) {
+            continue;
+        }
+        for (var ox = max(ox_lo, 1u) - 1u; ox <= ox_lo + 1u; ox++) {
+            if (ox >= p.out_w || 2u * ox + 1u < ix || 2u * ox > ix + 1u) {
+                continue;
+            }
+            if (window_argmax(b, c, oy, ox) == here) {
+                acc += src[((b * p.out_h + oy) * p.out_w + ox) * p.channels + c];
+            }
+        }
+    }
+    dst[i] = acc;
 }

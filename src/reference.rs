@@ -9,14 +9,16 @@
 //! sum per output pixel + col2im), split over threads by output-pixel tiles; ResNet-18 at 32×32,
 //! batch 3, forward + backward takes about a second in release.
 //!
-//! The loss is `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c`; `g = ∂L/∂z` is the gradient with
-//! respect to a stage output `z` (after the block's final ReLU for ResNet, the residual sum for
+//! The loss is `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c` (the NAC loss), or, with
+//! [`run_with`], the cross-entropy of `softmax(logits / T)` to the label or the predicted class;
+//! `g = ∂L/∂z` is the gradient with respect to a stage output `z` (after the block's final ReLU for ResNet, the residual sum for
 //! WideResNet blocks, the pooled feature for `avgpool`).
 //!
 //! Besides [`run`], the per-op building blocks are public so per-kernel GPU tests can compare
 //! against them, and [`loss_from_layer`] / [`logits_from_layer`] continue the forward pass from
 //! a given stage output (for finite-difference checks).
 
+use crate::engine::{Loss, Target};
 use crate::error::{Error, Result};
 use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBlock, BN_EPS, POOLED_LAYER};
 
@@ -38,10 +40,13 @@ pub struct LayerTensors {
 pub struct ReferenceOutput {
     /// Logits, `B × classes` row-major.
     pub logits: Vec<f64>,
-    /// `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c`, summed over the batch.
+    /// The loss summed over the batch (the NAC loss `Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c`
+    /// unless [`run_with`] names another).
     pub loss: f64,
     /// One entry per requested layer, in the order requested.
     pub layers: Vec<LayerTensors>,
+    /// `∂L/∂input`, NCHW, when asked for.
+    pub input_grad: Option<Vec<f64>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,6 +350,33 @@ pub fn max_pool_3x3_s2(x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4]) {
     (y, [b, c, oh, ow])
 }
 
+/// Data gradient of [`max_pool_3x3_s2`] at its input `x`: each window's gradient goes to its
+/// first maximum in scan order (PyTorch's recorded index).
+pub fn max_pool_3x3_s2_backward(dy: &[f64], x: &[f64], shape: [usize; 4]) -> Vec<f64> {
+    let [b, c, h, w] = shape;
+    check_len(x, shape, "max_pool_3x3_s2_backward input");
+    let (oh, ow) = (conv_out_size(h, 3, 2, 1), conv_out_size(w, 3, 2, 1));
+    assert_eq!(dy.len(), b * c * oh * ow, "max_pool_3x3_s2_backward: dy length");
+    let mut dx = vec![0.0; x.len()];
+    for plane in 0..b * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best: Option<(f64, usize)> = None;
+                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                        let at = plane * h * w + iy * w + ix;
+                        if best.is_none_or(|(m, _)| x[at] > m) {
+                            best = Some((x[at], at));
+                        }
+                    }
+                }
+                dx[best.expect("every window holds a pixel").1] += dy[plane * oh * ow + oy * ow + ox];
+            }
+        }
+    }
+    dx
+}
+
 /// Global average pool over H×W: returns `B × C` row-major.
 pub fn global_avg_pool(x: &[f64], shape: [usize; 4]) -> Vec<f64> {
     let [b, c, h, w] = shape;
@@ -416,6 +448,47 @@ pub fn uniform_ce_loss(logits: &[f64], batch: usize, classes: usize) -> f64 {
         total += s;
     }
     total
+}
+
+/// Per-sample target distributions (`B × C`) of `loss`: uniform, one-hot at the label, or
+/// one-hot at the first maximum logit.
+pub fn loss_targets(logits: &[f64], batch: usize, classes: usize, loss: Loss, labels: Option<&[usize]>) -> Vec<f64> {
+    let mut t = vec![0.0; batch * classes];
+    for bi in 0..batch {
+        let row = &mut t[bi * classes..][..classes];
+        match loss.target {
+            Target::Uniform => row.iter_mut().for_each(|v| *v = 1.0 / classes as f64),
+            Target::Label => row[labels.expect("a loss to the labels needs labels")[bi]] = 1.0,
+            Target::Prediction => {
+                let l = &logits[bi * classes..][..classes];
+                let first_max = (0..classes).fold(0, |m, c| if l[c] > l[m] { c } else { m });
+                row[first_max] = 1.0;
+            }
+        }
+    }
+    t
+}
+
+/// `Σ_b CE(softmax(logits_b / T), targets_b)` and its gradient at the logits,
+/// `(softmax(logits_b / T) − targets_b) / T`.
+pub fn ce_loss_and_grad(logits: &[f64], batch: usize, classes: usize, targets: &[f64], temperature: f64) -> (f64, Vec<f64>) {
+    assert_eq!(logits.len(), batch * classes, "ce_loss_and_grad: logits length");
+    let mut loss = 0.0;
+    let mut g = vec![0.0; batch * classes];
+    for bi in 0..batch {
+        let l: Vec<f64> = logits[bi * classes..][..classes].iter().map(|v| v / temperature).collect();
+        let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + l.iter().map(|&v| (v - m).exp()).sum::<f64>().ln();
+        let p: Vec<f64> = l.iter().map(|v| (v - lse).exp()).collect();
+        for c in 0..classes {
+            let t = targets[bi * classes + c];
+            loss -= t * (l[c] - lse);
+            // At a one-hot target, p − 1 = −Σ of the other classes: exact where p rounds to 1.
+            let d = if t == 1.0 { -(0..classes).filter(|&o| o != c).map(|o| p[o]).sum::<f64>() } else { p[c] - t };
+            g[bi * classes + c] = d / temperature;
+        }
+    }
+    (loss, g)
 }
 
 /// Gradient of [`uniform_ce_loss`] at the logits: `softmax(logits_b) − 1/C` per sample.
@@ -615,19 +688,48 @@ fn stage_backward(net: &Network, s: usize, caches: &[BlockCache], g: &[f64]) -> 
     d
 }
 
-/// The stem: `relu(bn(conv(x)))` (+ max-pool) for ResNet, the bare conv for WideResNet.
-fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4]) {
+/// An activation with its NCHW shape.
+type Activation = (Vec<f64>, [usize; 4]);
+
+/// The stem: `relu(bn(conv(x)))` (+ max-pool) for ResNet, the bare conv for WideResNet. Also
+/// returns the ResNet stem's `relu(bn(conv(x)))` and its shape, which its backward needs.
+fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4], Option<Activation>) {
     match &net.body {
         Body::ResNet { stem: (conv, bn), max_pool, .. } => {
             let (y, ys) = conv2d(x, shape, conv);
             let y = relu(&batch_norm(&y, ys, bn));
             if *max_pool {
-                max_pool_3x3_s2(&y, ys)
+                let (p, ps) = max_pool_3x3_s2(&y, ys);
+                (p, ps, Some((y, ys)))
             } else {
-                (y, ys)
+                (y.clone(), ys, Some((y, ys)))
             }
         }
-        Body::WideResNet { stem, .. } => conv2d(x, shape, stem),
+        Body::WideResNet { stem, .. } => {
+            let (y, ys) = conv2d(x, shape, stem);
+            (y, ys, None)
+        }
+    }
+}
+
+/// From the gradient at the stem's output to the gradient at the input.
+fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Activation>) -> Vec<f64> {
+    match &net.body {
+        Body::ResNet { stem: (conv, bn), max_pool, .. } => {
+            let (y, ys) = cache.expect("the ResNet stem keeps its output");
+            let g = if *max_pool { max_pool_3x3_s2_backward(g, y, *ys) } else { g.to_vec() };
+            let g = batch_norm_backward_data(&relu_backward(&g, y), *ys, bn);
+            conv2d_backward_data(&g, *ys, conv, (shape[2], shape[3]))
+        }
+        Body::WideResNet { stem, .. } => {
+            let ys = [
+                shape[0],
+                stem.out_channels,
+                conv_out_size(shape[2], stem.kernel, stem.stride, stem.padding),
+                conv_out_size(shape[3], stem.kernel, stem.stride, stem.padding),
+            ];
+            conv2d_backward_data(g, ys, stem, (shape[2], shape[3]))
+        }
     }
 }
 
@@ -664,6 +766,21 @@ fn head_backward(net: &Network, g_pooled: &[f64], shape: [usize; 4], post: Optio
 /// data gradient `g = ∂L/∂z`. An empty `layers` runs the forward pass only (the loss is still
 /// computed). The backward pass stops at the shallowest requested layer.
 pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<ReferenceOutput> {
+    let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+    run_with(net, &x, shape, layers, Loss::NAC, None, false)
+}
+
+/// [`run`] for any [`Loss`] on f64 inputs, optionally with `∂L/∂input` (the backward pass then
+/// goes through every stage and the stem).
+pub fn run_with(
+    net: &Network,
+    input: &[f64],
+    shape: [usize; 4],
+    layers: &[&str],
+    loss: Loss,
+    labels: Option<&[usize]>,
+    input_gradient: bool,
+) -> Result<ReferenceOutput> {
     let [b, c, h, w] = shape;
     if b == 0 || h == 0 || w == 0 {
         return Err(Error::Input(format!("reference: input shape {shape:?} has an empty dimension")));
@@ -676,16 +793,21 @@ pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> 
     }
     let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
     let nst = num_stages(net);
-    let shallowest = idxs.iter().copied().min();
+    // The shallowest stage whose output gradient is needed: 0 for the input gradient.
+    let shallowest = if input_gradient { Some(0) } else { idxs.iter().copied().min() };
     let classes = net.num_classes();
+    if let Some(l) = labels {
+        if l.len() != b || l.iter().any(|&v| v >= classes) {
+            return Err(Error::Input(format!("reference: {} labels for {b} samples of {classes} classes", l.len())));
+        }
+    }
 
-    let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
-    let (mut x, mut xs) = stem_forward(net, &x, shape);
+    let (mut x, mut xs, stem_cache) = stem_forward(net, input, shape);
     let mut zs: Vec<(Vec<f64>, [usize; 4])> = Vec::with_capacity(nst);
     let mut caches: Vec<Vec<BlockCache>> = Vec::with_capacity(nst);
     for s in 0..nst {
         // Stage s's caches are needed to carry the gradient from its output to its input.
-        let keep = shallowest.is_some_and(|m| s > m);
+        let keep = shallowest.is_some_and(|m| s > m || (input_gradient && s == m));
         let (y, ys, cache) = stage_forward(net, s, &x, xs, keep);
         zs.push((if idxs.contains(&s) { y.clone() } else { Vec::new() }, ys));
         caches.push(cache);
@@ -694,11 +816,12 @@ pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> 
     }
     let (pooled, post) = head_forward(net, &x, xs);
     let logits = linear(&pooled, b, &net.fc);
-    let loss = uniform_ce_loss(&logits, b, classes);
+    let targets = loss_targets(&logits, b, classes, loss, labels);
+    let (loss_value, g_logits) = ce_loss_and_grad(&logits, b, classes, &targets, loss.temperature as f64);
 
     let mut gs: Vec<Option<Vec<f64>>> = vec![None; nst + 1];
+    let mut input_grad = None;
     if let Some(m) = shallowest {
-        let g_logits = uniform_ce_logit_grad(&logits, b, classes);
         let g_pooled = linear_backward_data(&g_logits, b, &net.fc);
         if m < nst {
             let mut g = head_backward(net, &g_pooled, xs, post.as_deref());
@@ -706,9 +829,12 @@ pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> 
                 if idxs.contains(&s) {
                     gs[s] = Some(g.clone());
                 }
-                if s > m {
+                if s > m || input_gradient {
                     g = stage_backward(net, s, &caches[s], &g);
                 }
+            }
+            if input_gradient {
+                input_grad = Some(stem_backward(net, &g, shape, stem_cache.as_ref()));
             }
         }
         gs[nst] = Some(g_pooled);
@@ -727,7 +853,7 @@ pub fn run(net: &Network, input: &[f32], shape: [usize; 4], layers: &[&str]) -> 
             }
         })
         .collect();
-    Ok(ReferenceOutput { logits, loss, layers: out_layers })
+    Ok(ReferenceOutput { logits, loss: loss_value, layers: out_layers, input_grad })
 }
 
 /// Continues the forward pass from layer `layer`'s output `z` (shape `[B, C, H, W]`; for
@@ -1240,5 +1366,39 @@ mod tests {
         assert!((uniform_ce_loss(&l, 1, 2) - expected).abs() < 1e-15);
         let g = uniform_ce_logit_grad(&l, 1, 2);
         assert!((g[0] + 0.25).abs() < 1e-15 && (g[1] - 0.25).abs() < 1e-15);
+    }
+
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        // ResNet with the max-pool stem, ResNet without it, WideResNet; every loss target.
+        let cases = [
+            (ArchSpec::TorchResNet { depth: 18 }, [2, 3, 19, 17]),
+            (ArchSpec::ResNet18_32x32, [1, 3, 6, 5]),
+            (ArchSpec::WideResNet { depth: 10, width: 1 }, [2, 3, 7, 6]),
+        ];
+        let losses = [Loss::NAC, Loss { target: Target::Label, temperature: 1.0 }, Loss { target: Target::Prediction, temperature: 7.0 }];
+        for (case, (spec, shape)) in cases.into_iter().enumerate() {
+            let net = SyntheticModel::new(spec, 5, 70 + case as u64).unwrap().network;
+            let mut rng = Rng::new(80 + case as u64);
+            let x = normal_vec(&mut rng, shape.iter().product());
+            let labels: Vec<usize> = (0..shape[0]).map(|i| (i * 3 + 1) % 5).collect();
+            for loss in losses {
+                let labels = (loss.target == Target::Label).then_some(&labels[..]);
+                let out = run_with(&net, &x, shape, &[], loss, labels, true).unwrap();
+                let g = out.input_grad.unwrap();
+                let scale = g.iter().fold(0f64, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "{spec}: the input gradient is all zeros");
+                let at = |v: &[f64]| run_with(&net, v, shape, &[], loss, labels, false).unwrap().loss;
+                for _ in 0..12 {
+                    let i = rng.below(x.len());
+                    let eps = 1e-5;
+                    let (mut xp, mut xm) = (x.clone(), x.clone());
+                    xp[i] += eps;
+                    xm[i] -= eps;
+                    let fd = (at(&xp) - at(&xm)) / (2.0 * eps);
+                    assert!((fd - g[i]).abs() <= 1e-6 * scale, "{spec} {loss:?} input {i}: fd {fd} vs {}", g[i]);
+                }
+            }
+        }
     }
 }

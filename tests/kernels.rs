@@ -8,13 +8,13 @@ mod common;
 use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
-    conv_flags, flat_workgroups, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams, PoolParams,
-    ELEMENTWISE_RELU,
+    conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
+    PoolParams, ELEMENTWISE_RELU,
 };
 use nac::model::arch::{Conv, Linear};
 use nac::reference;
 use nac::rng::Rng;
-use nac::Engine;
+use nac::{Engine, Loss, Target};
 
 const KERNEL_TOL: f64 = 1e-5;
 
@@ -297,6 +297,19 @@ fn pooling_kernels() {
         let got = s.run(Kernel::MaxPool, bytemuck::bytes_of(&p), s.flat(pooled.len()), &[Some(&x_nhwc), None, None], pooled.len());
         assert_close(&format!("max_pool {shape:?}"), &got, &nchw_to_nhwc(&pooled, pshape), 0.0);
 
+        // Its backward, on the random input and on one with ties (after a ReLU: many zeros,
+        // where the first maximum in scan order takes the gradient).
+        let relu_x: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+        for (what, input) in [("random", &x), ("ties", &relu_x)] {
+            let dy = random_vec(&mut s.rng, pooled.len(), 1.0);
+            let want = reference::max_pool_3x3_s2_backward(&to_f64(&dy), &to_f64(input), shape);
+            let input_nhwc = to_f32(&nchw_to_nhwc(&to_f64(input), shape));
+            let dy_nhwc = to_f32(&nchw_to_nhwc(&to_f64(&dy), pshape));
+            let p = PoolParams { total: n as u32, ..p };
+            let got = s.run(Kernel::MaxPoolBackward, bytemuck::bytes_of(&p), s.flat(n), &[Some(&dy_nhwc), Some(&input_nhwc), None], n);
+            assert_close(&format!("max_pool_backward {what} {shape:?}"), &got, &nchw_to_nhwc(&want, shape), KERNEL_TOL);
+        }
+
         let avg = reference::global_avg_pool(&to_f64(&x), shape);
         let p = PoolParams { out_h: 1, out_w: 1, total: (b * c) as u32, ..p };
         let got = s.run(Kernel::AvgPool, bytemuck::bytes_of(&p), s.flat(b * c), &[Some(&x_nhwc), None, None], b * c);
@@ -339,7 +352,13 @@ fn classifier_head_kernels() {
             bias: random_vec(&mut s.rng, classes, 0.1),
         };
         let x = random_vec(&mut s.rng, b * f, 1.0);
-        let p = LinearParams { batch: b as u32, in_features: f as u32, out_features: classes as u32, total: (b * classes) as u32 };
+        let p = LinearParams {
+            batch: b as u32,
+            in_features: f as u32,
+            out_features: classes as u32,
+            total: (b * classes) as u32,
+            ..Default::default()
+        };
         let logits = s.run(
             Kernel::LinearForward,
             bytemuck::bytes_of(&p),
@@ -349,11 +368,23 @@ fn classifier_head_kernels() {
         );
         assert_close(&format!("linear_forward {b}×{f}→{classes}"), &logits, &reference::linear(&to_f64(&x), b, &fc), KERNEL_TOL);
 
-        // Large logits check the max-subtraction of the softmax.
+        // Large logits check the max-subtraction of the softmax; every target, two temperatures.
         let big: Vec<f32> = random_vec(&mut s.rng, b * classes, 30.0);
-        let grad = s.run(Kernel::UniformCeGrad, bytemuck::bytes_of(&p), s.flat(b), &[Some(&big), None, None], b * classes);
-        let want = reference::uniform_ce_logit_grad(&to_f64(&big), b, classes);
-        assert_close(&format!("uniform_ce_grad {b}×{classes}"), &grad, &want, KERNEL_TOL);
+        let labels: Vec<usize> = (0..b).map(|i| (i * 7 + 3) % classes).collect();
+        let label_values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        for (target, kernel_target) in
+            [(Target::Uniform, loss_targets::UNIFORM), (Target::Label, loss_targets::LABEL), (Target::Prediction, loss_targets::PREDICTION)]
+        {
+            for temperature in [1.0f32, 1000.0] {
+                let loss = Loss { target, temperature };
+                let p = LinearParams { target: kernel_target, temperature, ..p };
+                let grad =
+                    s.run(Kernel::LossGrad, bytemuck::bytes_of(&p), s.flat(b), &[Some(&big), Some(&label_values), None], b * classes);
+                let targets = reference::loss_targets(&to_f64(&big), b, classes, loss, Some(&labels));
+                let (_, want) = reference::ce_loss_and_grad(&to_f64(&big), b, classes, &targets, temperature as f64);
+                assert_close(&format!("loss_grad {b}×{classes} {loss:?}"), &grad, &want, KERNEL_TOL);
+            }
+        }
 
         let dy = random_vec(&mut s.rng, b * classes, 0.1);
         let p = LinearParams { total: (b * f) as u32, ..p };

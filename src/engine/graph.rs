@@ -1,9 +1,12 @@
-//! The static graph of one forward + backward-to-layer pass: a list of kernel calls over
-//! symbolic tensors (NHWC, per-sample shapes). Built once per (input size, requested layers).
+//! The static graph of one forward + backward pass (to layers, or to the input): a list of
+//! kernel calls over symbolic tensors (NHWC, per-sample shapes). Built once per (input size,
+//! requested layers, loss).
 
 use crate::kernels::{
-    conv_flags, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
+    conv_flags, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
 };
+
+use super::{Loss, Target};
 
 use super::weights::{GpuBody, GpuConv, GpuHead, GpuScaleShift, GpuWeights};
 
@@ -117,6 +120,10 @@ pub struct Graph {
     pub calls: Vec<Call>,
     /// The NCHW input written by the host.
     pub input: TensorId,
+    /// Class labels (as f32) written by the host, when the loss targets them.
+    pub labels: Option<TensorId>,
+    /// ∂L/∂input, NCHW, when asked for.
+    pub input_grad: Option<TensorId>,
     pub logits: TensorId,
     pub layers: Vec<LayerTensors>,
     /// The stage the next pushed call belongs to.
@@ -244,7 +251,18 @@ impl Graph {
         self.elementwise(Kernel::ReluMask, vec![Input::Tensor(g), Input::Tensor(z), Input::Unused], shape, 0)
     }
 
-    fn pool(&mut self, kernel: Kernel, reads: Vec<Input>, input: TensorShape, out: TensorShape, flags: u32, per_sample: usize) -> TensorId {
+    /// A pooling-family call from `input` to `out`, writing a tensor of shape `result`.
+    #[allow(clippy::too_many_arguments)]
+    fn pool_into(
+        &mut self,
+        kernel: Kernel,
+        reads: Vec<Input>,
+        input: TensorShape,
+        out: TensorShape,
+        result: TensorShape,
+        flags: u32,
+        per_sample: usize,
+    ) -> TensorId {
         let p = PoolParams {
             in_h: input.h as u32,
             in_w: input.w as u32,
@@ -254,7 +272,11 @@ impl Graph {
             flags,
             ..Default::default()
         };
-        self.push(kernel, ParamTemplate::Pool { p, per_sample: per_sample as u32 }, reads, out)
+        self.push(kernel, ParamTemplate::Pool { p, per_sample: per_sample as u32 }, reads, result)
+    }
+
+    fn pool(&mut self, kernel: Kernel, reads: Vec<Input>, input: TensorShape, out: TensorShape, flags: u32, per_sample: usize) -> TensorId {
+        self.pool_into(kernel, reads, input, out, out, flags, per_sample)
     }
 
     fn max_pool(&mut self, x: TensorId) -> TensorId {
@@ -288,28 +310,69 @@ impl Graph {
         self.push(kernel, ParamTemplate::Linear { p, per_sample: per_sample as u32 }, reads, TensorShape { h: 1, w: 1, c: out_c })
     }
 
-    /// ∂L/∂feat of the NAC loss: `softmax − 1/C` at the logits, back through the fc layer.
-    fn loss_gradient_at_feature(&mut self, head: &GpuHead) -> TensorId {
-        let dlogits = self.linear_call(Kernel::UniformCeGrad, self.logits, head, head.classes, 1);
+    /// ∂L/∂feat of `loss` (the NAC loss: `softmax − 1/C` at the logits), back through the fc
+    /// layer.
+    fn loss_gradient_at_feature(&mut self, head: &GpuHead, loss: Loss) -> TensorId {
+        let target = match loss.target {
+            Target::Uniform => loss_targets::UNIFORM,
+            Target::Label => loss_targets::LABEL,
+            Target::Prediction => loss_targets::PREDICTION,
+        };
+        let p = LinearParams {
+            in_features: head.in_features as u32,
+            out_features: head.classes as u32,
+            target,
+            temperature: loss.temperature,
+            ..Default::default()
+        };
+        let reads = vec![Input::Tensor(self.logits), Self::tensor_or_unused(self.labels), Input::Unused];
+        let dlogits =
+            self.push(Kernel::LossGrad, ParamTemplate::Linear { p, per_sample: 1 }, reads, TensorShape { h: 1, w: 1, c: head.classes });
         self.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features)
     }
 
+    fn max_pool_backward(&mut self, dy: TensorId, x: TensorId) -> TensorId {
+        let s = self.tensors[x];
+        let out = self.tensors[dy];
+        self.pool_into(Kernel::MaxPoolBackward, vec![Input::Tensor(dy), Input::Tensor(x), Input::Unused], s, out, s, 0, s.elements())
+    }
+
+    /// The NHWC gradient at the input, as the user's NCHW.
+    fn finish_input_gradient(&mut self, dx: TensorId) {
+        let shape = self.tensors[dx];
+        self.input_grad = Some(self.elementwise(Kernel::NhwcToNchw, vec![Input::Tensor(dx), Input::Unused, Input::Unused], shape, 0));
+    }
+
     /// Builds the pass for one input size. `wanted` are indices into `layer_names` of the
-    /// layers whose z and g are kept; the backward pass goes down to the shallowest of them
-    /// (none: forward only).
-    pub fn build(weights: &GpuWeights, in_shape: TensorShape, layer_names: &[String], wanted: &[usize]) -> Graph {
+    /// layers whose z and g are kept; the backward pass of `loss` goes down to the shallowest
+    /// of them, or to the input with `input_gradient` (neither: forward only).
+    pub fn build(
+        weights: &GpuWeights,
+        in_shape: TensorShape,
+        layer_names: &[String],
+        wanted: &[usize],
+        loss: Loss,
+        input_gradient: bool,
+    ) -> Graph {
         let mut g = Graph { stage: "input".into(), ..Graph::default() };
         g.input = g.tensor(in_shape);
+        if loss.target == Target::Label {
+            g.labels = Some(g.tensor(TensorShape { h: 1, w: 1, c: 1 }));
+        }
         let nhwc = g.elementwise(Kernel::NchwToNhwc, vec![Input::Tensor(g.input), Input::Unused, Input::Unused], in_shape, 0);
         let head = &weights.head;
         let pooled_index = layer_names.len() - 1;
-        // The backward pass differentiates the stages after the shallowest wanted layer.
+        // The backward pass differentiates the stages after the shallowest wanted layer, or
+        // every stage and the stem for the input gradient.
         let shallowest = wanted.iter().copied().min();
+        let backward = shallowest.is_some() || input_gradient;
+        let first_stage = if input_gradient { 0 } else { shallowest.map_or(usize::MAX, |m| m + 1) };
 
         match &weights.body {
             GpuBody::ResNet { stem, max_pool, stages } => {
                 g.stage = "stem".into();
-                let mut x = g.conv(stem, nhwc, None, true);
+                let stem_out = g.conv(stem, nhwc, None, true);
+                let mut x = stem_out;
                 if *max_pool {
                     x = g.max_pool(x);
                 }
@@ -341,15 +404,15 @@ impl Graph {
                 let feat = g.avg_pool(x);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
-                if let Some(shallowest) = shallowest {
-                    let dfeat = g.loss_gradient_at_feature(head);
+                if backward {
+                    let dfeat = g.loss_gradient_at_feature(head, loss);
                     grads[pooled_index] = Some(dfeat);
                     let last = stages.len() - 1;
-                    if shallowest < pooled_index {
+                    if first_stage <= stages.len() {
                         let last_shape = g.tensors[stage_out[last]];
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, None, None);
                         grads[last] = Some(grad);
-                        for s in (shallowest + 1..stages.len()).rev() {
+                        for s in (first_stage..stages.len()).rev() {
                             g.stage = format!("{} backward", layer_names[s]);
                             for (block, (input, inner, out)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let d_pre = g.relu_mask(grad, *out);
@@ -364,7 +427,18 @@ impl Graph {
                                 };
                                 grad = g.conv_backward(&block.convs[0], d, g.tensors[*input], Some((shortcut_grad, false)), None, None);
                             }
-                            grads[s - 1] = Some(grad);
+                            if s > 0 {
+                                grads[s - 1] = Some(grad);
+                            }
+                        }
+                        if input_gradient {
+                            g.stage = "stem backward".into();
+                            if *max_pool {
+                                grad = g.max_pool_backward(grad, stem_out);
+                            }
+                            let d = g.relu_mask(grad, stem_out);
+                            let dx = g.conv_backward(stem, d, in_shape, None, None, None);
+                            g.finish_input_gradient(dx);
                         }
                     }
                 }
@@ -398,15 +472,15 @@ impl Graph {
                 let feat = g.avg_pool(f);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
-                if let Some(shallowest) = shallowest {
-                    let dfeat = g.loss_gradient_at_feature(head);
+                if backward {
+                    let dfeat = g.loss_gradient_at_feature(head, loss);
                     grads[pooled_index] = Some(dfeat);
                     let last = stages.len() - 1;
-                    if shallowest < pooled_index {
+                    if first_stage <= stages.len() {
                         let last_shape = g.tensors[stage_out[last]];
                         let mut grad = g.avg_pool_backward(dfeat, last_shape, Some(f), Some(&final_bn.scale));
                         grads[last] = Some(grad);
-                        for s in (shallowest + 1..stages.len()).rev() {
+                        for s in (first_stage..stages.len()).rev() {
                             g.stage = format!("{} backward", layer_names[s]);
                             for (block, (a, h, input_shape)) in stages[s].iter().zip(&saved[s]).rev() {
                                 let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some(*h), None);
@@ -432,7 +506,14 @@ impl Graph {
                                     ),
                                 };
                             }
-                            grads[s - 1] = Some(grad);
+                            if s > 0 {
+                                grads[s - 1] = Some(grad);
+                            }
+                        }
+                        if input_gradient {
+                            g.stage = "stem backward".into();
+                            let dx = g.conv_backward(stem, grad, in_shape, None, None, None);
+                            g.finish_input_gradient(dx);
                         }
                     }
                 }
@@ -442,9 +523,10 @@ impl Graph {
         g
     }
 
-    /// What a pass hands back, in readback order: the logits, then z and g of each layer.
+    /// What a pass hands back, in readback order: the logits, z and g of each layer, then the
+    /// input gradient.
     pub fn outputs(&self) -> Vec<TensorId> {
-        std::iter::once(self.logits).chain(self.layers.iter().flat_map(|l| [l.z, l.g])).collect()
+        std::iter::once(self.logits).chain(self.layers.iter().flat_map(|l| [l.z, l.g])).chain(self.input_grad).collect()
     }
 
     fn finish_layers(&mut self, names: &[String], wanted: &[usize], stage_out: &[TensorId], feat: TensorId, grads: &[Option<TensorId>]) {

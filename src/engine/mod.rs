@@ -51,13 +51,90 @@ pub struct Engine {
     in_flight: std::sync::Mutex<Option<(wgpu::SubmissionIndex, usize)>>,
 }
 
+/// What a plan is built for: input size, kept layers, the loss and whether the gradient
+/// reaches the input (temperature as bits: it is baked into the plan's parameters).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PlanKey {
+    h: usize,
+    w: usize,
+    layers: Vec<usize>,
+    target: Target,
+    temperature: u32,
+    input_gradient: bool,
+}
+
+/// The cross-entropy target of a pass's loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The uniform distribution: the NAC loss (spec §2).
+    Uniform,
+    /// Each sample's label (attacks).
+    Label,
+    /// Each sample's predicted class, the first maximum logit (ODIN-style input perturbation).
+    Prediction,
+}
+
+/// The loss a pass differentiates: `CE(softmax(logits / temperature), target)` per sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Loss {
+    pub target: Target,
+    pub temperature: f32,
+}
+
+impl Loss {
+    /// The NAC loss: cross-entropy to the uniform distribution at temperature 1.
+    pub const NAC: Loss = Loss { target: Target::Uniform, temperature: 1.0 };
+}
+
+/// What one pass computes besides the logits.
+#[derive(Clone, Copy, Debug)]
+pub struct PassRequest<'a> {
+    /// Layers whose activation z and gradient g are read back.
+    pub layers: &'a [&'a str],
+    pub loss: Loss,
+    /// Also read back ∂L/∂input (NCHW, the shape of the input).
+    pub input_gradient: bool,
+    /// One label per sample, needed by [`Target::Label`] only.
+    pub labels: Option<&'a [usize]>,
+}
+
+impl<'a> PassRequest<'a> {
+    /// The NAC pass: the NAC loss, back to `layers`.
+    pub fn nac(layers: &'a [&'a str]) -> Self {
+        PassRequest { layers, loss: Loss::NAC, input_gradient: false, labels: None }
+    }
+}
+
+/// Checks a request against the batch: a finite, positive temperature; labels exactly for a
+/// [`Target::Label`] loss, one per sample and each a class. Returns the labels as f32.
+fn check_request(request: &PassRequest, batch: usize, classes: usize) -> Result<Vec<f32>> {
+    let t = request.loss.temperature;
+    if !(t.is_finite() && t > 0.0) {
+        return Err(Error::Input(format!("loss temperature {t}: expected a finite value > 0")));
+    }
+    match (request.loss.target, request.labels) {
+        (Target::Label, None) => Err(Error::Input("a loss to the labels needs one label per sample".into())),
+        (Target::Label, Some(labels)) => {
+            if labels.len() != batch {
+                return Err(Error::Input(format!("{} labels for {batch} samples", labels.len())));
+            }
+            if let Some(i) = labels.iter().position(|&l| l >= classes) {
+                return Err(Error::Input(format!("label {} of sample {i} is not a class of this {classes}-class model", labels[i])));
+            }
+            Ok(labels.iter().map(|&l| l as f32).collect())
+        }
+        (_, Some(_)) => Err(Error::Input("labels were given, but the loss does not use them".into())),
+        (_, None) => Ok(Vec::new()),
+    }
+}
+
 /// A network uploaded to the GPU, with its execution plans (one per input size and layer set).
 pub struct Model {
     pub network: Network,
     /// `network.fingerprint()`, computed once at upload.
     fingerprint: String,
     weights: GpuWeights,
-    plans: HashMap<(usize, usize, Vec<usize>), Plan>,
+    plans: HashMap<PlanKey, Plan>,
 }
 
 impl Model {
@@ -83,6 +160,8 @@ pub struct PassOutput {
     pub classes: usize,
     pub logits: Vec<f32>,
     pub layers: Vec<LayerOutput>,
+    /// ∂L/∂input in the input's NCHW layout, if asked for (else empty).
+    pub input_grad: Vec<f32>,
 }
 
 impl PassOutput {
@@ -92,6 +171,7 @@ impl PassOutput {
         let first_bad = |values: &[f32], per_sample: usize| values.iter().position(|v| !v.is_finite()).map(|i| i / per_sample.max(1));
         let bad = std::iter::once(first_bad(&self.logits, self.classes))
             .chain(self.layers.iter().flat_map(|l| [first_bad(&l.z, l.z.len() / batch.max(1)), first_bad(&l.g, l.g.len() / batch.max(1))]))
+            .chain(std::iter::once(first_bad(&self.input_grad, self.input_grad.len() / batch.max(1))))
             .flatten()
             .min();
         match bad {
@@ -132,16 +212,26 @@ impl Engine {
     /// Runs the forward pass and, if `layers` is not empty, one backward pass of the NAC loss
     /// down to the shallowest of them; returns logits and each layer's z and g.
     pub fn forward_backward(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<PassOutput> {
+        self.pass(model, input, shape, &PassRequest::nac(layers))
+    }
+
+    /// One forward pass and, where `request` asks for gradients, one backward pass of its loss
+    /// serving the layers and the input gradient together.
+    pub fn pass(&self, model: &mut Model, input: &[f32], shape: [usize; 4], request: &PassRequest) -> Result<PassOutput> {
         let classes = model.network.num_classes();
         let batch = shape[0];
-        let plan = self.plan_for(model, input, shape, layers)?;
-        let mut out = PassOutput { classes, logits: Vec::with_capacity(batch * classes), layers: Vec::new() };
+        let labels = check_request(request, batch, classes)?;
+        let plan = self.plan_for(model, input, shape, request)?;
+        let mut out = PassOutput { classes, logits: Vec::with_capacity(batch * classes), layers: Vec::new(), input_grad: Vec::new() };
         for l in &plan.graph.layers {
             let s = plan.graph.tensors[l.z];
             out.layers.push(LayerOutput { name: l.name.clone(), shape: [batch, s.c, s.h, s.w], z: Vec::new(), g: Vec::new() });
         }
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
+            if let Some(t) = plan.graph.labels {
+                self.gpu.queue.write_buffer(plan.buffer(t), 0, bytemuck::cast_slice(&labels[start..start + n]));
+            }
             let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
             let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
@@ -152,6 +242,9 @@ impl Engine {
                 let [_, c, lh, lw] = layer.shape;
                 layer.z.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
                 layer.g.extend(nhwc_to_nchw(&values.next().unwrap(), n, c, lh, lw));
+            }
+            if let Some(dx) = values.next() {
+                out.input_grad.extend(dx);
             }
         }
         out.check_finite()?;
@@ -172,7 +265,7 @@ impl Engine {
         record: &mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder) -> Result<()>,
     ) -> Result<()> {
         let batch = shape[0];
-        let plan = self.plan_for(model, input, shape, layers)?;
+        let plan = self.plan_for(model, input, shape, &PassRequest::nac(layers))?;
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
             let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
@@ -225,7 +318,8 @@ impl Engine {
     }
 
     /// Validates a batch and returns the plan for its input size and layer set, built on first use.
-    fn plan_for<'m>(&self, model: &'m mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<&'m mut Plan> {
+    fn plan_for<'m>(&self, model: &'m mut Model, input: &[f32], shape: [usize; 4], request: &PassRequest) -> Result<&'m mut Plan> {
+        let layers = request.layers;
         let [batch, channels, h, w] = shape;
         let net = &model.network;
         if channels != net.in_channels() || h == 0 || w == 0 || batch == 0 {
@@ -247,11 +341,19 @@ impl Engine {
             return Err(Error::Input(format!("layer `{}` is requested twice", names[*dup.1])));
         }
 
-        let key = (h, w, wanted.clone());
+        let key = PlanKey {
+            h,
+            w,
+            layers: wanted.clone(),
+            target: request.loss.target,
+            temperature: request.loss.temperature.to_bits(),
+            input_gradient: request.input_gradient,
+        };
         let max_batch = self.options.max_batch.max(1);
         let fits = |p: &Plan| p.capacity >= p.limit_capacity.min(max_batch).min(batch);
         if !model.plans.get(&key).is_some_and(fits) {
-            let mut graph = Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted);
+            let mut graph =
+                Graph::build(&model.weights, TensorShape { h, w, c: channels }, &names, &wanted, request.loss, request.input_gradient);
             self.choose_conv_variants(&mut graph, max_batch.min(batch))?;
             let limit_capacity = plan::max_capacity(&graph, self.binding_limit(), self.gpu.max_workgroups_per_dim());
             if limit_capacity == 0 {
@@ -285,7 +387,7 @@ impl Engine {
     /// call order, as (stage, variant name): what `nac bench` reports.
     pub fn conv_variants(&self, model: &mut Model, shape: [usize; 4], layers: &[&str]) -> Result<Vec<(String, String)>> {
         let input = vec![0.0; shape.iter().product()];
-        let plan = self.plan_for(model, &input, shape, layers)?;
+        let plan = self.plan_for(model, &input, shape, &PassRequest::nac(layers))?;
         Ok(plan
             .graph
             .calls
@@ -328,7 +430,7 @@ impl Engine {
                 self.gpu.info.name
             )));
         }
-        let plan = self.plan_for(model, input, shape, layers)?;
+        let plan = self.plan_for(model, input, shape, &PassRequest::nac(layers))?;
         let samples = plan.capacity.min(shape[0]);
         let stages = plan.stages();
         let count = 2 * stages.len() as u32;

@@ -85,7 +85,10 @@ impl Plan {
                 }
             }
         };
-        tensor_buffer[graph.input] = allocate(graph.input, &mut buffers, &mut free);
+        // Host-written tensors live from the start.
+        for t in std::iter::once(graph.input).chain(graph.labels) {
+            tensor_buffer[t] = allocate(t, &mut buffers, &mut free);
+        }
         let mut ends_at: Vec<Vec<TensorId>> = vec![Vec::new(); n_calls + 1];
         for t in 0..graph.tensors.len() {
             ends_at[last[t]].push(t);

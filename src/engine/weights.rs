@@ -122,11 +122,11 @@ fn upload_scale_shift(gpu: &Gpu, bn: &BatchNorm) -> GpuScaleShift {
 
 impl GpuWeights {
     /// Uploads every parameter. Data-gradient weights are packed for all convolutions after
-    /// the stem (the backward pass never goes further than the first stage's output).
+    /// the stem too (the gradient to the input goes through it).
     pub fn upload(gpu: &Gpu, net: &Network) -> Self {
         let body = match &net.body {
             Body::ResNet { stem, max_pool, stages } => {
-                let stem = upload_conv(gpu, &stem.0, Some(&stem.1), false);
+                let stem = upload_conv(gpu, &stem.0, Some(&stem.1), true);
                 let stages = stages
                     .iter()
                     .map(|stage| {
@@ -142,7 +142,7 @@ impl GpuWeights {
                 GpuBody::ResNet { stem, max_pool: *max_pool, stages }
             }
             Body::WideResNet { stem, stages, final_bn } => {
-                let stem = upload_conv(gpu, stem, None, false);
+                let stem = upload_conv(gpu, stem, None, true);
                 let stages = stages
                     .iter()
                     .map(|stage| {

@@ -33,7 +33,9 @@ pub enum Kernel {
     AvgPool,
     AvgPoolBackward,
     LinearForward,
-    UniformCeGrad,
+    LossGrad,
+    MaxPoolBackward,
+    NhwcToNchw,
     LinearBackward,
     NacHistogram,
     NacScore,
@@ -45,7 +47,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -55,7 +57,9 @@ impl Kernel {
         Kernel::AvgPool,
         Kernel::AvgPoolBackward,
         Kernel::LinearForward,
-        Kernel::UniformCeGrad,
+        Kernel::LossGrad,
+        Kernel::MaxPoolBackward,
+        Kernel::NhwcToNchw,
         Kernel::LinearBackward,
         Kernel::NacHistogram,
         Kernel::NacScore,
@@ -78,7 +82,9 @@ impl Kernel {
             Kernel::AvgPool => (POOL_WGSL, "avg_pool", &[]),
             Kernel::AvgPoolBackward => (POOL_WGSL, "avg_pool_backward", &[]),
             Kernel::LinearForward => (LINEAR_WGSL, "linear_forward", &[]),
-            Kernel::UniformCeGrad => (LINEAR_WGSL, "uniform_ce_grad", &[]),
+            Kernel::LossGrad => (LINEAR_WGSL, "loss_grad", &[]),
+            Kernel::MaxPoolBackward => (POOL_WGSL, "max_pool_backward", &[]),
+            Kernel::NhwcToNchw => (ELEMENTWISE_WGSL, "nhwc_to_nchw", &[]),
             Kernel::LinearBackward => (LINEAR_WGSL, "linear_backward", &[]),
             Kernel::NacHistogram => (NAC_WGSL, "histogram", &[]),
             Kernel::NacScore => (NAC_WGSL, "score", &[]),
@@ -170,6 +176,20 @@ pub struct LinearParams {
     pub in_features: u32,
     pub out_features: u32,
     pub total: u32,
+    /// `loss_grad`: the cross-entropy target (`loss_targets`) and the temperature T.
+    pub target: u32,
+    pub temperature: f32,
+    pub _pad: [u32; 2],
+}
+
+/// Targets of the `loss_grad` kernel: ∂/∂logits of `CE(softmax(logits / T), target)`.
+pub mod loss_targets {
+    /// The uniform distribution (the NAC loss at T = 1).
+    pub const UNIFORM: u32 = 0;
+    /// The label bound as the kernel's second input (class index as f32).
+    pub const LABEL: u32 = 1;
+    /// The predicted class (ODIN's input perturbation).
+    pub const PREDICTION: u32 = 2;
 }
 
 /// Parameters of the NAC kernels (`shaders/nac.wgsl`); fields a kernel does not use are ignored.

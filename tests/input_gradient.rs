@@ -1,0 +1,80 @@
+//! The gradient to the input on the GPU (through the stem: conv, BN, ReLU and the max-pool of
+//! torchvision ResNets) for each loss, against the f64 reference; one pass serves the input
+//! gradient and requested layers together; bad requests are refused.
+
+mod common;
+
+use common::{assert_close, engine, random_vec};
+use nac::model::arch::ArchSpec;
+use nac::model::synthetic::SyntheticModel;
+use nac::rng::Rng;
+use nac::{reference, Loss, PassRequest, Target};
+
+/// Normwise relative error allowed end to end, as for the layer gradients.
+const GRAD_TOL: f64 = 1e-3;
+
+const LOSSES: [Loss; 4] = [
+    Loss::NAC,
+    Loss { target: Target::Label, temperature: 1.0 },
+    Loss { target: Target::Prediction, temperature: 1000.0 },
+    Loss { target: Target::Uniform, temperature: 3.0 },
+];
+
+#[test]
+fn input_gradient_matches_the_reference() {
+    let engine = engine();
+    let cases = [
+        (ArchSpec::TorchResNet { depth: 18 }, [3, 3, 37, 29]),
+        (ArchSpec::ResNet18_32x32, [2, 3, 13, 11]),
+        (ArchSpec::WideResNet { depth: 10, width: 2 }, [3, 3, 9, 12]),
+    ];
+    for (case, (spec, shape)) in cases.into_iter().enumerate() {
+        let synthetic = SyntheticModel::new(spec, 7, 20 + case as u64).unwrap();
+        let mut model = engine.upload(synthetic.network.clone());
+        let mut rng = Rng::new(30 + case as u64);
+        let input = random_vec(&mut rng, shape.iter().product(), 1.0);
+        let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+        let labels: Vec<usize> = (0..shape[0]).map(|i| (2 * i + 5) % 7).collect();
+        let names = model.network.layer_names();
+        // The deepest stage and the pooled feature, read in the same pass as the input gradient.
+        let layers = [names[names.len() - 2].as_str(), names[names.len() - 1].as_str()];
+        for loss in LOSSES {
+            let labels = (loss.target == Target::Label).then_some(&labels[..]);
+            let request = PassRequest { layers: &layers, loss, input_gradient: true, labels };
+            let got = engine.pass(&mut model, &input, shape, &request).unwrap();
+            let want = reference::run_with(&synthetic.network, &x, shape, &layers, loss, labels, true).unwrap();
+            let what = format!("{spec} {shape:?} {loss:?}");
+            assert_eq!(got.input_grad.len(), input.len(), "{what}: the input gradient has the input's shape");
+            assert_close(&format!("{what} ∂L/∂x"), &got.input_grad, want.input_grad.as_ref().unwrap(), GRAD_TOL);
+            for (g, w) in got.layers.iter().zip(&want.layers) {
+                assert_close(&format!("{what} {} g", g.name), &g.g, &w.g, GRAD_TOL);
+            }
+            // The same request without layers gives the same input gradient.
+            let alone = engine.pass(&mut model, &input, shape, &PassRequest { layers: &[], ..request }).unwrap();
+            assert_eq!(alone.input_grad, got.input_grad, "{what}: the layers changed the input gradient");
+        }
+    }
+}
+
+#[test]
+fn bad_requests_are_refused() {
+    let engine = engine();
+    let mut model = engine.upload(SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 4, 1).unwrap().network);
+    let shape = [2, 3, 8, 8];
+    let input = vec![0.5; 2 * 3 * 8 * 8];
+    let label = Loss { target: Target::Label, temperature: 1.0 };
+    let cases: [(PassRequest, &str); 5] = [
+        (PassRequest { layers: &[], loss: label, input_gradient: true, labels: None }, "needs one label per sample"),
+        (PassRequest { layers: &[], loss: label, input_gradient: true, labels: Some(&[1]) }, "1 labels for 2 samples"),
+        (PassRequest { layers: &[], loss: label, input_gradient: true, labels: Some(&[1, 4]) }, "label 4 of sample 1"),
+        (PassRequest { layers: &[], loss: Loss::NAC, input_gradient: true, labels: Some(&[1, 2]) }, "does not use them"),
+        (PassRequest { layers: &[], loss: Loss { temperature: 0.0, ..Loss::NAC }, input_gradient: true, labels: None }, "temperature 0"),
+    ];
+    for (request, expected) in cases {
+        let Err(e) = engine.pass(&mut model, &input, shape, &request) else {
+            panic!("accepted a request that should fail with `{expected}`")
+        };
+        let e = e.to_string();
+        assert!(e.contains(expected), "{e}");
+    }
+}

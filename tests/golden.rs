@@ -21,7 +21,7 @@ use std::path::Path;
 
 use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::nac::{nac_me, nac_me_pooled, Binning, Counted, LabelledImages, LayerParams, MeSettings, PooledStates, Profile};
-use nac::{Engine, Model};
+use nac::{Engine, Loss, Model, PassRequest, Target};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -162,6 +162,21 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         let row = &logits[i * case.classes..(i + 1) * case.classes];
         let best = (0..case.classes).fold(0, |b, k| if row[k] > row[b] { k } else { b });
         assert_eq!(p, best, "sample {i}: predicted class");
+    }
+
+    // The gradient to the input for three losses, on the first inputs (PyTorch autograd).
+    let n_grad = 4;
+    let grad_shape = [n_grad, 3, size, size];
+    let labels: Vec<usize> = g.ints["labels"][..n_grad].iter().map(|&l| l as usize).collect();
+    for (name, loss, labels) in [
+        ("nac", Loss::NAC, None),
+        ("label", Loss { target: Target::Label, temperature: 1.0 }, Some(&labels[..])),
+        ("prediction_t1000", Loss { target: Target::Prediction, temperature: 1000.0 }, None),
+    ] {
+        let request = PassRequest { layers: &[], loss, input_gradient: true, labels };
+        let got = engine.pass(&mut model, &inputs[..n_grad * per], grad_shape, &request).unwrap();
+        let want: Vec<f64> = g.f32s[&format!("input_grad.{name}")].iter().map(|&v| v as f64).collect();
+        common::assert_close(&format!("{} ∂L/∂x ({name})", case.name), &got.input_grad, &want, 1e-4);
     }
 
     // Every setting: histograms and scores from the cached pairs.

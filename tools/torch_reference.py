@@ -13,7 +13,9 @@ the bin edges, the bin comparison and the scores:
   (all of them), coverage min(count / O, 1), layer score = mean over neurons, score = mean over
   layers, for several hyperparameter settings;
 * NAC-ME: avgpool, alpha = 0.1, uniform edges linspace(0, 1, 50), O = 500, only correctly
-  classified samples counted, value = mean_n(sum_bins min(count / O, 1) / 50).
+  classified samples counted, value = mean_n(sum_bins min(count / O, 1) / 50);
+* the gradient to the input of the first inputs for the NAC loss, cross-entropy to the labels,
+  and ODIN's cross-entropy of logits / 1000 to the predicted class.
 
 Inputs: `<inputs>/<case>.json`, `<case>.model.safetensors` (float32 weights, public naming) and
 `<case>.inputs.npy` (float32 N x 3 x H x W; the first n_profile samples profile, the last n_test
@@ -273,6 +275,27 @@ def capture(model, inputs):
     return logits.detach(), pooled
 
 
+INPUT_GRAD_SAMPLES = 4
+
+
+def input_gradients(model, inputs, labels):
+    """d loss / d input (NCHW) of the first INPUT_GRAD_SAMPLES inputs for three losses: the NAC
+    loss, cross-entropy to `labels`, and ODIN's cross-entropy of logits / 1000 to the prediction."""
+    out = {}
+    for name in ("nac", "label", "prediction_t1000"):
+        x = torch.from_numpy(inputs[:INPUT_GRAD_SAMPLES].copy()).requires_grad_(True)
+        logits = model(x)
+        if name == "nac":
+            loss = uniform_kl_loss(logits)
+        elif name == "label":
+            loss = F.cross_entropy(logits, torch.from_numpy(labels[:INPUT_GRAD_SAMPLES]), reduction="sum")
+        else:
+            loss = F.cross_entropy(logits / 1000.0, logits.argmax(dim=1), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+        out[f"input_grad.{name}"] = grad.numpy().astype(np.float32)
+    return out
+
+
 def states(sum_z, sum_g, alpha):
     """s = sigmoid(alpha * sum_z * sum_g), float32 as in torch."""
     with torch.no_grad():
@@ -428,6 +451,7 @@ def run_case(case, inputs_dir, out_dir):
     preds = logits.argmax(dim=1).numpy().astype(np.int64)
     labels = np.where(np.arange(len(preds)) % 2 == 0, preds, (preds + 1) % classes).astype(np.int64)
     tensors["labels"] = labels
+    tensors.update(input_gradients(model, inputs, labels))
     correct = preds == labels
     me_results = []
     for me in NAC_ME:

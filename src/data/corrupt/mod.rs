@@ -2,7 +2,8 @@
 //! of `make_cifar_c.py`, and synthetic outliers built from them.
 //!
 //! Each corruption follows the reference function step by step on an H×W×3 f64 array in [0, 1]
-//! (f64 where the reference works in float64, f32 rounding where it works in float32), then
+//! (f64 where the reference works in float64, f32 rounding where it works in float32, sums in
+//! the libraries' order, since truncation turns a rounding error at an exact level into one), then
 //! the result is clipped to [0, 255] and **truncated** to u8, as `np.uint8(...)` does when the
 //! released CIFAR-10-C files were written.
 //!
@@ -25,8 +26,9 @@
 //!   package `imagecorruptions`. Without them `frost` is an error when its dataset is opened.
 //!
 //! Checked against goldens of the original functions (`tools/corruption_reference.py`,
-//! `tests/corruptions.rs`): equal (≤ 1 level on a few values) for everything but impulse noise
-//! and water spatter (statistics) and JPEG (codec differences); the table of checks and
+//! `tests/corruptions.rs`): equal for everything but impulse noise (statistics),
+//! motion blur and snow (a line kernel against ImageMagick: ≤ 1 level) and JPEG (codec
+//! differences); the table of checks and
 //! tolerances is tests/golden/corruptions/README.md. `pixel_shuffle` and `invert` (for the
 //! synthetic outliers) are not CIFAR-10-C's.
 

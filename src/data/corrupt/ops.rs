@@ -75,7 +75,8 @@ pub(super) fn gaussian(a: &Arr, sigma: f64, truncate: f64, border: Border) -> Ar
     let radius = (truncate * sigma + 0.5) as i64;
     let phi: Vec<f64> = (-radius..=radius).map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp()).collect();
     let total = numpy_sum(&phi);
-    // Centre tap and the taps either side of it, as scipy's correlate1d sums a symmetric kernel.
+    // The centre tap, then the pairs of taps from the outermost in, as scipy's correlate1d sums a
+    // symmetric kernel.
     let weights: Vec<f64> = phi[radius as usize..].iter().map(|w| w / total).collect();
     let pass = |src: &Arr, vertical: bool| {
         let mut out = Arr::new(src.h, src.w, src.c);
@@ -90,7 +91,7 @@ pub(super) fn gaussian(a: &Arr, sigma: f64, truncate: f64, border: Border) -> Ar
             for x in 0..src.w {
                 for ch in 0..src.c {
                     let mut acc = src.at(y, x, ch) * weights[0];
-                    for (d, w) in weights.iter().enumerate().skip(1) {
+                    for (d, w) in weights.iter().enumerate().skip(1).rev() {
                         acc += (read(y, x, ch, d as i64) + read(y, x, ch, -(d as i64))) * w;
                     }
                     out.set(y, x, ch, acc);
@@ -420,15 +421,15 @@ pub(super) fn warp_affine(a: &Arr, m: [f64; 6]) -> Arr {
             let (ix, iy) = (sx.floor(), sy.floor());
             let (fx, fy) = ((sx - ix) as f32, (sy - iy) as f32);
             let (ix, iy) = (ix as i64, iy as i64);
-            let w = [(1.0 - fy) * (1.0 - fx), (1.0 - fy) * fx, fy * (1.0 - fx), fy * fx];
             let (xa, xb) = (border_index(ix, a.w, Border::Reflect101), border_index(ix + 1, a.w, Border::Reflect101));
             let (ya, yb) = (border_index(iy, a.h, Border::Reflect101), border_index(iy + 1, a.h, Border::Reflect101));
             for ch in 0..a.c {
-                let v = a.at(ya, xa, ch) as f32 * w[0]
-                    + a.at(ya, xb, ch) as f32 * w[1]
-                    + a.at(yb, xa, ch) as f32 * w[2]
-                    + a.at(yb, xb, ch) as f32 * w[3];
-                out.set(y, x, ch, v as f64);
+                // In f32 and in this lerp form, which reproduces OpenCV's result where products
+                // of the four weights fall a rounding error off an exact level.
+                let p = |y: usize, x: usize| a.at(y, x, ch) as f32;
+                let top = p(ya, xa) + (p(ya, xb) - p(ya, xa)) * fx;
+                let bottom = p(yb, xa) + (p(yb, xb) - p(yb, xa)) * fx;
+                out.set(y, x, ch, (top + (bottom - top) * fy) as f64);
             }
         }
     }

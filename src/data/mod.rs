@@ -13,7 +13,7 @@ mod loader;
 mod spec;
 mod transform;
 
-pub use corrupt::{synthetic_outliers, Corruption};
+pub use corrupt::{frost_with, synthetic_outliers, Corruption};
 pub use loader::{batches, load_all, Batch, Batches};
 pub use spec::Dataset;
 pub use transform::Transform;

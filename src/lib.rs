@@ -21,5 +21,5 @@ pub mod npy;
 pub mod reference;
 pub mod rng;
 
-pub use engine::{Engine, EngineOptions, LayerOutput, Loss, Model, PassOutput, PassRequest, Target};
+pub use engine::{Attack, AttackKind, Engine, EngineOptions, LayerOutput, Loss, Model, PassOutput, PassRequest, PixelSpace, Target};
 pub use error::{Error, Result};

@@ -21,6 +21,10 @@ pub const MAX_LAYERS: usize = 64;
 /// images are ~500 pixels a side.
 pub const MAX_IMAGE_SIDE: usize = 4096;
 
+/// Steps of one attack (PGD): AutoAttack's APGD runs 100, robustness studies rarely past 1000;
+/// each step is a full forward and backward pass.
+pub const MAX_ATTACK_STEPS: usize = 10_000;
+
 /// Samples per batch (`--batch`, `batch` in a config). The loader keeps up to three batches
 /// decoded in memory; the GPU pass chunks further by the adapter's limits anyway.
 pub const MAX_BATCH: usize = 1 << 16;

@@ -1,9 +1,12 @@
 //! The engine: a device with its kernels, models uploaded to it, and the forward +
 //! backward-to-layer pass run in chunks that respect the adapter's limits.
 
+mod attack;
 mod graph;
 mod plan;
 mod weights;
+
+pub use attack::{Attack, AttackKind, PixelSpace};
 
 use std::collections::HashMap;
 use std::path::Path;

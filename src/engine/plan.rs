@@ -65,7 +65,9 @@ impl Plan {
                 }
             }
         }
-        for &t in &keep {
+        // Outputs, and the host-written tensors (an attack updates the input in place between
+        // passes), live to the end.
+        for &t in keep.iter().chain([&graph.input]).chain(&graph.labels) {
             last[t] = n_calls;
         }
         // Greedy best-fit reuse of freed buffers, in call order.

@@ -20,6 +20,7 @@ const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
 const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
 const NAC_WGSL: &str = include_str!("../../shaders/nac.wgsl");
 const PEAK_WGSL: &str = include_str!("../../shaders/peak.wgsl");
+const ATTACK_WGSL: &str = include_str!("../../shaders/attack.wgsl");
 
 /// Every kernel the engine dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,10 +45,11 @@ pub enum Kernel {
     NacCombine,
     NacPredict,
     PeakFma,
+    AttackStep,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -68,6 +70,7 @@ impl Kernel {
         Kernel::NacCombine,
         Kernel::NacPredict,
         Kernel::PeakFma,
+        Kernel::AttackStep,
     ];
 
     /// (source, entry point, pipeline-overridable constants).
@@ -93,6 +96,7 @@ impl Kernel {
             Kernel::NacCombine => (NAC_WGSL, "combine", &[]),
             Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
             Kernel::PeakFma => (PEAK_WGSL, "peak_fma", &[]),
+            Kernel::AttackStep => (ATTACK_WGSL, "attack_step", &[]),
         }
     }
 
@@ -104,6 +108,19 @@ impl Kernel {
             _ => 3,
         }
     }
+}
+
+/// Parameters of `shaders/attack.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AttackParams {
+    pub total: u32,
+    pub channels: u32,
+    pub hw: u32,
+    pub _pad0: u32,
+    pub step: f32,
+    pub epsilon: f32,
+    pub _pad1: [u32; 2],
 }
 
 /// Conv epilogue flags; see `shaders/conv.wgsl` for the order they apply in.

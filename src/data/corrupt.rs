@@ -189,3 +189,11 @@ pub(crate) fn outlier(image: &Image, index: usize, seed: u64) -> Image {
 pub fn synthetic_outliers(base: &Dataset, seed: u64) -> Dataset {
     Dataset::outliers(base, seed)
 }
+
+impl Corruption {
+    /// The 15 CIFAR-10-C corruptions, in the benchmark's order, that this build implements
+    /// (a stub until the full set lands: the ones that exist today).
+    pub fn cifar10_c() -> &'static [Corruption] {
+        &[Corruption::GaussianNoise, Corruption::ShotNoise, Corruption::ImpulseNoise, Corruption::Contrast, Corruption::Brightness]
+    }
+}

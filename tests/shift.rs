@@ -300,7 +300,7 @@ fn shift_metrics_equal_nac_eval_on_the_same_sets() {
     let mut engine = common::engine();
     let options = |name: &str| EvalOptions { out: dir.join(name), threads: 2, progress: false };
     let shift = nac::eval::shift::run(&mut engine, &config, &options("shift")).unwrap();
-    let eval = nac::eval::run(&mut engine, &config.eval_config_for_tests().unwrap(), &options("eval")).unwrap();
+    let eval = nac::eval::run(&mut engine, &config.as_eval_config().unwrap(), &options("eval")).unwrap();
     let (s, e) = (&shift.models[0], &eval.models[0]);
     assert_eq!(s.clean.accuracy, e.accuracy);
     let method = |name: &str| e.methods.iter().find(|m| m.name == name).unwrap();
@@ -358,7 +358,7 @@ fn shift_config_errors_name_the_field() {
     let released =
         ShiftConfig::parse(&format!("{base}released = \"C10C\"\nreleased_slice = \"[0:100]\"\ncorruptions = [\"contrast\"]\n"), "s.toml")
             .unwrap();
-    let eval = released.eval_config_for_tests().unwrap();
+    let eval = released.as_eval_config().unwrap();
     assert_eq!(
         eval.ood.iter().map(|o| o.data.as_str()).collect::<Vec<_>>(),
         (1..=5).map(|s| format!("cifar10c:C10C:contrast:{s}[0:100]")).collect::<Vec<_>>()

@@ -271,7 +271,7 @@ impl ShiftConfig {
     /// The `nac eval` config of the same models, profile and parameters with the clean set as
     /// ID test and every shifted set as an OOD set: what the checks, the set opening and the
     /// model preparation of `nac eval` take (and what the equality test runs).
-    pub fn eval_config_for_tests(&self) -> Result<EvalConfig> {
+    pub fn as_eval_config(&self) -> Result<EvalConfig> {
         Ok(self.eval_config(&self.plan()?))
     }
 

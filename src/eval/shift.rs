@@ -9,14 +9,14 @@
 //! ```toml
 //! preprocessing = "fmnist"
 //! batch = 128                       # optional
+//! # params_from = "out/fmnist/results.json"      # the parameters an `nac eval` search chose
+//! # params_method = "NAC-UE (ID-only selection)" # which of its methods (this one by default)
 //! [[models]]
 //! path = "weights/fmnist_resnet18_32x32.safetensors"
 //! [profile]                         # as in `nac eval`
 //! data = "idx:data/fashion-mnist/train-images-idx3-ubyte.gz[0:55000]"
 //! samples = 1000
 //! [nac]                             # as in `nac eval`: layers, preset, params
-//! # params_from = "out/fmnist/results.json"   # or: the parameters an `nac eval` search chose
-//! # params_method = "NAC-UE (ID-only selection)"  # which of its methods (this one by default)
 //! [shift]
 //! clean = "idx:data/fashion-mnist/t10k-images-idx3-ubyte.gz[0:1000]"  # the clean ID test set
 //! corruptions = ["cifar10-c"]       # the 15 (default), or names; [] for none
@@ -412,7 +412,8 @@ pub fn run(engine: &mut Engine, config: &ShiftConfig, options: &EvalOptions) -> 
                     prepared.defaults = params;
                     source
                 }
-                None => format!("preset `{}` with nac.params overrides {:?}", eval.preset()?, config.nac.params),
+                None if config.nac.params.is_empty() => format!("preset `{}`", eval.preset()?),
+                None => format!("preset `{}` with nac.params {}", eval.preset()?, config.nac.params.join(", ")),
             };
             check_shift_labels(&sets, &plan, prepared.network.num_classes()).map_err(fail)?;
             Ok((prepared, source))

@@ -335,6 +335,19 @@ enum Command {
         #[arg(long = "model")]
         models: Vec<PathBuf>,
     },
+    /// NAC-UE, MSP and energy under distribution shift: the clean ID test set against the
+    /// CIFAR-10-C corruptions × severities, natural shifts and combined perturbations in both
+    /// orders; writes results.{json,csv,md} and pictures (see eval/fmnist-shift.toml).
+    Shift {
+        /// The config file (see `nac::eval::shift` and eval/fmnist-shift.toml).
+        config: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "out/shift")]
+        out: PathBuf,
+        /// CPU threads decoding and corrupting images (default: available cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// The evaluation on the shipped Fashion-MNIST ResNet-18 and the bundled real subsets
     /// (offline); prints the table and writes everything to --out.
     Demo {
@@ -411,6 +424,7 @@ fn main() -> ExitCode {
             let engine = engine_for_batch(gpu, c.batch)?;
             evaluate(engine, &c, out, threads, "eval")
         }),
+        Command::Shift { config, out, threads } => nac::eval::shift::ShiftConfig::load(&config).and_then(|c| shift(gpu, &c, out, threads)),
         Command::Demo { out, root, threads, full } => demo(gpu, out, root, threads, full),
         Command::Bench { arch, batch, size, repeats, search_samples, out, peak } => {
             arch.parse().and_then(|arch| bench(gpu, nac::bench::BenchSettings { arch, batch, size, repeats, search_samples, peak }, &out))
@@ -476,6 +490,19 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
     let report = nac::eval::run(&mut engine, config, &options)?;
     println!("{}", nac::eval::report::markdown(&report));
     println!("{what}: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn shift(gpu: Device, config: &nac::eval::shift::ShiftConfig, out: PathBuf, threads: Option<usize>) -> Result<()> {
+    let started = Instant::now();
+    let mut engine = engine_for_batch(gpu, config.batch)?;
+    eprintln!("shift: {} ({:?})", engine.gpu.info.name, engine.gpu.info.backend);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
+    let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };
+    let report = nac::eval::shift::run(&mut engine, config, &options)?;
+    println!("{}", nac::eval::shift::markdown(&report));
+    println!("shift: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 

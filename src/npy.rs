@@ -149,13 +149,73 @@ impl NpyArray {
     /// Parses a whole `.npy` file; `path` only names the file in errors. Every size is checked
     /// against the bytes actually present before anything is allocated.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let layout = Layout::parse(path, bytes, bytes.len())?;
+        Ok(NpyArray { bytes: bytes[layout.data_start..].to_vec(), shape: layout.shape, dtype: layout.dtype })
+    }
+
+    /// Rows `rows` (along the first axis) of a `.npy` file, read without the rest of the data:
+    /// the header is checked against the file's size first, then only those rows are read. The
+    /// result's first dimension is `rows.len()`; the file's row count is returned beside it.
+    pub fn load_rows(path: &Path, rows: std::ops::Range<usize>) -> Result<(Self, usize)> {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Input(format!("{}: is not a regular file", path.display())));
+        }
+        let file_len =
+            usize::try_from(meta.len()).map_err(|_| Error::Input(format!("{}: larger than this machine can address", path.display())))?;
+        // The header length field, then the header itself (bounded by the file's size).
+        let mut head = vec![0u8; file_len.min(12)];
+        file.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
+        let header_len = match head.get(6..8) {
+            Some([1, 0]) => head.get(8..10).map(|b| 10 + u16::from_le_bytes([b[0], b[1]]) as usize),
+            Some([2 | 3, 0]) => head.get(8..12).map(|b| 12 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize),
+            _ => None,
+        };
+        if let Some(len) = header_len.filter(|&len| len <= file_len) {
+            head.resize(len, 0);
+            file.read_exact(&mut head[12.min(len)..]).map_err(|e| Error::io(path, e))?;
+        }
+        let layout = Layout::parse(path, &head, file_len)?;
+        let total = layout.shape.first().copied().ok_or_else(|| Error::Input(format!("{}: a 0-d array has no rows", path.display())))?;
+        if rows.start > rows.end || rows.end > total {
+            return Err(Error::Input(format!(
+                "{}: rows {}..{} asked for, the array has {total} (shape {:?})",
+                path.display(),
+                rows.start,
+                rows.end,
+                layout.shape
+            )));
+        }
+        let row_bytes = layout.data_len.checked_div(total).unwrap_or(0);
+        let mut bytes = vec![0u8; rows.len() * row_bytes];
+        file.seek(std::io::SeekFrom::Start((layout.data_start + rows.start * row_bytes) as u64)).map_err(|e| Error::io(path, e))?;
+        file.read_exact(&mut bytes).map_err(|e| Error::io(path, e))?;
+        let mut shape = layout.shape;
+        shape[0] = rows.len();
+        Ok((NpyArray { shape, dtype: layout.dtype, bytes }, total))
+    }
+}
+
+/// Where a `.npy` file's data lies, from its header: checked against the file's length.
+struct Layout {
+    shape: Vec<usize>,
+    dtype: NpyDtype,
+    data_start: usize,
+    data_len: usize,
+}
+
+impl Layout {
+    /// `bytes` holds at least the header (or the whole file, whose length is `file_len`).
+    fn parse(path: &Path, bytes: &[u8], file_len: usize) -> Result<Self> {
         let bad = |m: String| Error::Input(format!("{}: not a valid .npy file: {m}", path.display()));
-        if bytes.len() < 6 || &bytes[..6] != b"\x93NUMPY" {
+        if file_len < 6 || bytes.get(..6) != Some(&b"\x93NUMPY"[..]) {
             return Err(bad("missing the \\x93NUMPY magic at offset 0".into()));
         }
         let (major, minor) = match bytes.get(6..8) {
             Some(v) => (v[0], v[1]),
-            None => return Err(bad(format!("file of {} bytes ends inside the format version", bytes.len()))),
+            None => return Err(bad(format!("file of {} bytes ends inside the format version", file_len))),
         };
         let (len_bytes, header_start) = match (major, minor) {
             (1, 0) => (2, 10),
@@ -163,14 +223,14 @@ impl NpyArray {
             _ => return Err(bad(format!("unsupported format version {major}.{minor} (expected 1.0, 2.0 or 3.0)"))),
         };
         let Some(len_field) = bytes.get(8..header_start) else {
-            return Err(bad(format!("file of {} bytes ends inside the {len_bytes}-byte header length of version {major}.0", bytes.len())));
+            return Err(bad(format!("file of {} bytes ends inside the {len_bytes}-byte header length of version {major}.0", file_len)));
         };
         let header_len = len_field.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         let data_start = header_start.checked_add(header_len);
         let Some(header) = data_start.and_then(|end| bytes.get(header_start..end)) else {
             return Err(bad(format!(
                 "header of {header_len} bytes at offset {header_start} runs past the end of the file ({} bytes)",
-                bytes.len()
+                file_len
             )));
         };
         let h = parse_header(header).map_err(|m| bad(format!("header: {m}")))?;
@@ -188,16 +248,15 @@ impl NpyArray {
         let elements = h.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(overflow)?;
         let expected = elements.checked_mul(dtype.size()).ok_or_else(overflow)?;
         let data_start = header_start + header.len();
-        let data = &bytes[data_start..];
-        if data.len() != expected {
+        if file_len - data_start != expected {
             return Err(bad(format!(
                 "shape {:?} of {} needs {expected} data bytes after offset {data_start}, found {}",
                 h.shape,
                 h.descr,
-                data.len()
+                file_len - data_start
             )));
         }
-        Ok(NpyArray { shape: h.shape, dtype, bytes: data.to_vec() })
+        Ok(Layout { shape: h.shape, dtype, data_start, data_len: expected })
     }
 }
 

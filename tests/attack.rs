@@ -137,7 +137,8 @@ fn bad_attacks_are_refused() {
     let pgd = |steps, step_size| Attack { kind: AttackKind::Pgd { steps, step_size, random_start: None }, epsilon: 0.1 };
     let mut rng = Rng::new(2);
     let outside: Vec<f32> = random_vec(&mut rng, 108, 1.0).iter().map(|v| v * 10.0).collect();
-    let cases: Vec<(Attack, PixelSpace, &[f32], &[usize], &str)> = vec![
+    type Case<'a> = (Attack, PixelSpace, &'a [f32], &'a [usize], &'a str);
+    let cases: Vec<Case> = vec![
         (fgsm(f32::NAN), pixels(3), &x, &[0], "attack ε NaN"),
         (fgsm(2.0), pixels(3), &x, &[0], "attack ε 2"),
         (pgd(0, 0.1), pixels(3), &x, &[0], "at least one step"),

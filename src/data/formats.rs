@@ -310,26 +310,103 @@ fn dtype_name(dtype: NpyDtype) -> &'static str {
     }
 }
 
-/// A uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3) and an optional integer labels `.npy`.
-pub(crate) fn read_npy(images: &Path, labels: Option<&Path>) -> Result<(Packed, Option<Vec<usize>>)> {
-    let array = NpyArray::load(images)?;
+/// The images of a uint8 array of N×H×W (gray) or N×H×W×C (C = 1 or 3); `path` names it.
+fn images_from_array(path: &Path, array: NpyArray) -> Result<Packed> {
     if array.dtype != NpyDtype::U8 {
         return Err(input(
-            images,
+            path,
             format!("images must be uint8 (|u1), found {}; convert with `x.astype(np.uint8)` (values 0-255)", dtype_name(array.dtype)),
         ));
     }
     let (n, h, w, c) = match array.shape[..] {
         [n, h, w] => (n, h, w, 1),
         [n, h, w, c @ (1 | 3)] => (n, h, w, c as u8),
-        _ => return Err(input(images, format!("shape {:?}: expected N×H×W or N×H×W×C with C = 1 or 3", array.shape))),
+        _ => return Err(input(path, format!("shape {:?}: expected N×H×W or N×H×W×C with C = 1 or 3", array.shape))),
     };
     // Packed::new checks the sides and that the shape's product is the data's length.
-    let packed = Packed::new(images, n, h, w, c, array.bytes)?;
+    Packed::new(path, n, h, w, c, array.bytes)
+}
+
+/// A uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3) and an optional integer labels `.npy`.
+pub(crate) fn read_npy(images: &Path, labels: Option<&Path>) -> Result<(Packed, Option<Vec<usize>>)> {
+    let packed = images_from_array(images, NpyArray::load(images)?)?;
     let labels = match labels {
         Some(path) => {
             let labels = NpyArray::load(path)?.to_labels(path)?;
-            check_count(path, labels.len(), images, n)?;
+            check_count(path, labels.len(), images, packed.count)?;
+            Some(labels)
+        }
+        None => None,
+    };
+    Ok((packed, labels))
+}
+
+/// One severity of a released CIFAR-10-C corruption: `DIR/NAME.npy` holds the five severities
+/// back to back (N = 5 × rows, uint8 N×H×W×C), `DIR/labels.npy` the N labels; severity s is
+/// rows (s − 1)·N/5 … s·N/5 of both (N/5 = 10,000 in the release). Only those rows are read.
+pub(crate) fn read_cifar10c(dir: &Path, name: &str, severity: u8) -> Result<(Packed, Vec<usize>)> {
+    let (images, labels) = (dir.join(format!("{name}.npy")), dir.join("labels.npy"));
+    let (_, total) = NpyArray::load_rows(&images, 0..0)?;
+    if total == 0 || !total.is_multiple_of(5) {
+        return Err(input(&images, format!("{total} images: expected the 5 severities back to back, a positive multiple of 5 rows")));
+    }
+    let per = total / 5;
+    let rows = (severity as usize - 1) * per..severity as usize * per;
+    let (array, _) = NpyArray::load_rows(&images, rows.clone())?;
+    let packed = images_from_array(&images, array)?;
+    let (array, label_total) = NpyArray::load_rows(&labels, 0..0)?;
+    if label_total != total {
+        return Err(input(&labels, format!("{label_total} labels for the {total} images of {} (5 severities × {per})", images.display())));
+    }
+    let (array, _) = match array.shape.len() {
+        1 => NpyArray::load_rows(&labels, rows)?,
+        _ => (array, 0),
+    };
+    Ok((packed, array.to_labels(&labels)?))
+}
+
+/// One `.npy` entry of an `.npz` archive (`np.savez`, stored, or `np.savez_compressed`,
+/// deflated), or `None` when absent; the declared size is checked before it is read.
+fn npz_entry(path: &Path, archive: &mut zip::ZipArchive<std::fs::File>, key: &str) -> Result<Option<NpyArray>> {
+    let name = format!("{key}.npy");
+    let shown = PathBuf::from(format!("{} (entry {name})", path.display()));
+    let mut entry = match archive.by_name(&name) {
+        Ok(e) => e,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(input(&shown, format!("cannot read the entry: {e}"))),
+    };
+    let size = entry.size();
+    limits::check(&format!("{}: declared size", shown.display()), size as usize, limits::MAX_DECOMPRESSED_BYTES, "MAX_DECOMPRESSED_BYTES")?;
+    let mut bytes = Vec::new();
+    read_up_to(&shown, (&mut entry).take(size + 1), size + 1, &mut bytes)?;
+    if bytes.len() as u64 != size {
+        return Err(input(&shown, format!("declares {size} bytes but holds {}", bytes.len())));
+    }
+    NpyArray::parse(&shown, &bytes).map(Some)
+}
+
+/// An `.npz` archive with a uint8 `images` array (N×H×W or N×H×W×C) and optionally integer
+/// `labels` (N), as CIFAR-10.2 ships (`cifar102_test.npz`).
+pub(crate) fn read_npz(path: &Path) -> Result<(Packed, Option<Vec<usize>>)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(input(path, "is not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| input(path, format!("not an .npz (zip) archive: {e}")))?;
+    let Some(images) = npz_entry(path, &mut archive, "images")? else {
+        let names: Vec<&str> = archive.file_names().collect();
+        return Err(input(
+            path,
+            format!("no `images.npy` entry (the archive holds {}); expected `images` and `labels` arrays", names.join(", ")),
+        ));
+    };
+    let packed = images_from_array(&PathBuf::from(format!("{} (entry images.npy)", path.display())), images)?;
+    let labels = match npz_entry(path, &mut archive, "labels")? {
+        Some(array) => {
+            let shown = PathBuf::from(format!("{} (entry labels.npy)", path.display()));
+            let labels = array.to_labels(&shown)?;
+            check_count(&shown, labels.len(), path, packed.count)?;
             Some(labels)
         }
         None => None,

@@ -1,8 +1,9 @@
 //! Datasets (formats and the spec grammar), transforms and presets, corruptions and synthetic
 //! outliers, and the prefetching batch loader.
 //!
-//! - [`Dataset`] opens a spec (`idx:`, `cifar10:`, `folder:`, `npy:`, `csv:`, slices,
-//!   `corrupt:`, `outliers:`; grammar in `spec.rs`) and hands out decoded [`Image`]s.
+//! - [`Dataset`] opens a spec (`idx:`, `cifar10:`, `cifar10c:`, `folder:`, `npy:`, `npz:`,
+//!   `csv:`, slices, `corrupt:`, `then:`, `outliers:`; grammar in `spec.rs`) and hands out
+//!   decoded [`Image`]s.
 //! - [`Transform`] turns an image into the model's CHW f32 input (presets and step lists).
 //! - [`Corruption`] and [`synthetic_outliers`] derive shifted / outlier sets from a dataset.
 //! - [`batches`] and [`load_all`] decode and transform on worker threads into NCHW batches.

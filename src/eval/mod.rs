@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod plots;
 pub mod report;
 pub mod run;
+pub mod shift;
 
 pub use config::EvalConfig;
 pub use run::{run, EvalOptions, EvalReport};

@@ -432,3 +432,177 @@ pub fn image_grid(path: &Path, title: &str, images: &[Image], captions: &[String
     }
     save(path, &img)
 }
+
+/// How a heatmap maps values to colours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// Low to high over the values' range (dark blue → green → yellow, as viridis).
+    Sequential,
+    /// Symmetric about 0 over the largest |value|: blue below, white at 0, red above.
+    Diverging,
+}
+
+fn lerp(a: [u8; 3], b: [u8; 3], t: f64) -> [u8; 3] {
+    [0, 1, 2].map(|i| (a[i] as f64 + (b[i] as f64 - a[i] as f64) * t.clamp(0.0, 1.0)).round() as u8)
+}
+
+/// The colour of `t` ∈ [0, 1] along a few stops.
+fn ramp(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
+    let x = t.clamp(0.0, 1.0) * (stops.len() - 1) as f64;
+    let i = (x.floor() as usize).min(stops.len() - 2);
+    lerp(stops[i], stops[i + 1], x - i as f64)
+}
+
+const VIRIDIS: [[u8; 3]; 5] = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+const DIVERGING: [[u8; 3]; 3] = [[33, 102, 172], [247, 247, 247], [178, 24, 43]];
+
+/// A value in at most 6 characters: 3 significant digits, or scientific below 0.01.
+fn short(v: f64) -> String {
+    match v.abs() {
+        0.0 => "0".into(),
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        a if a >= 0.01 => format!("{v:.3}"),
+        _ => format!("{v:.1e}"),
+    }
+}
+
+/// A table of coloured cells, each with its value written in it (blank where `None`), row
+/// labels on the left, column labels on top and a colour bar with the range on the right.
+pub fn heatmap(path: &Path, title: &str, rows: &[String], cols: &[String], values: &[Vec<Option<f64>>], scale: Scale) -> Result<()> {
+    if values.len() != rows.len() || values.iter().any(|r| r.len() != cols.len()) {
+        return Err(Error::Input(format!("{}: heatmap values are not {} rows × {} columns", path.display(), rows.len(), cols.len())));
+    }
+    let finite = || values.iter().flatten().flatten().copied().filter(|v| v.is_finite());
+    let (mut lo, mut hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    if scale == Scale::Diverging {
+        let m = lo.abs().max(hi.abs());
+        (lo, hi) = (-m, m);
+    }
+    if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
+        (lo, hi) = if lo.is_finite() { (lo - 1.0, lo + 1.0) } else { (0.0, 1.0) };
+    }
+    let colour = |v: f64| {
+        let t = (v - lo) / (hi - lo);
+        match scale {
+            Scale::Sequential => ramp(&VIRIDIS, t),
+            Scale::Diverging => ramp(&DIVERGING, t),
+        }
+    };
+    let label_w = rows.iter().map(|r| text_width(r, 2)).max().unwrap_or(0) + 20;
+    let cell_w = cols.iter().map(|c| text_width(c, 2)).max().unwrap_or(0).max(76) + 24;
+    let (hi_label, lo_label) = (short(hi), short(lo));
+    let bar_w = 56 + text_width(&hi_label, 2).max(text_width(&lo_label, 2));
+    let (cell_h, top) = (34i64, 84i64);
+    let width = (label_w + cell_w * cols.len() as i64 + bar_w).max(text_width(title, 2) + 40);
+    let height = top + cell_h * rows.len().max(1) as i64 + 30;
+    let mut img = RgbImage::from_pixel(width as u32, height as u32, Rgb(WHITE));
+    let k = fit_scale(title, width - 20, 3);
+    text(&mut img, (width - text_width(title, k)) / 2, 14, title, k, BLACK, false);
+    for (j, c) in cols.iter().enumerate() {
+        let x = label_w + j as i64 * cell_w;
+        text(&mut img, x + (cell_w - text_width(c, 2)) / 2, top - 24, c, 2, BLACK, false);
+    }
+    for (i, (r, row)) in rows.iter().zip(values).enumerate() {
+        let y = top + i as i64 * cell_h;
+        text(&mut img, label_w - 10 - text_width(r, 2), y + (cell_h - 14) / 2, r, 2, BLACK, false);
+        for (j, v) in row.iter().enumerate() {
+            let x = label_w + j as i64 * cell_w;
+            let Some(v) = v.filter(|v| v.is_finite()) else {
+                rect_outline(&mut img, x, y, x + cell_w, y + cell_h, GRID);
+                continue;
+            };
+            let c = colour(v);
+            fill(&mut img, x, y, x + cell_w, y + cell_h, c, 1.0);
+            let luminance = 0.299 * c[0] as f64 + 0.587 * c[1] as f64 + 0.114 * c[2] as f64;
+            let ink = if luminance < 128.0 { WHITE } else { BLACK };
+            let s = short(v);
+            text(&mut img, x + (cell_w - text_width(&s, 2)) / 2, y + (cell_h - 14) / 2, &s, 2, ink, false);
+        }
+    }
+    rect_outline(&mut img, label_w, top, label_w + cell_w * cols.len() as i64 + 1, top + cell_h * rows.len() as i64 + 1, FRAME);
+    // Colour bar: hi at the top, lo at the bottom.
+    let (bx, by0, by1) = (label_w + cell_w * cols.len() as i64 + 20, top, top + (cell_h * rows.len() as i64).max(60));
+    for y in by0..by1 {
+        let t = 1.0 - (y - by0) as f64 / (by1 - by0 - 1).max(1) as f64;
+        fill(&mut img, bx, y, bx + 20, y + 1, colour(lo + t * (hi - lo)), 1.0);
+    }
+    rect_outline(&mut img, bx, by0, bx + 20, by1, FRAME);
+    text(&mut img, bx + 26, by0, &hi_label, 2, BLACK, false);
+    text(&mut img, bx + 26, by1 - 14, &lo_label, 2, BLACK, false);
+    save(path, &img)
+}
+
+/// Points (x, y) as dots with an optional fitted line `y = slope · x + intercept` over the
+/// points' x range.
+pub fn scatter(path: &Path, title: &str, xlabel: &str, ylabel: &str, points: &[(f64, f64)], fit: Option<(f64, f64)>) -> Result<()> {
+    let pts: Vec<(f64, f64)> = points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let range = |f: fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = pts.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        match (lo.is_finite(), hi > lo) {
+            (true, true) => (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)),
+            (true, false) => (lo - 0.5, lo + 0.5),
+            _ => (0.0, 1.0),
+        }
+    };
+    let ax = Axes { x: range(|p| p.0), y: range(|p| p.1), left: 110, top: 56, right: 860, bottom: 500 };
+    let mut img = RgbImage::from_pixel(900, 570, Rgb(WHITE));
+    ax.draw(&mut img, title, xlabel, ylabel);
+    if let Some((slope, intercept)) = fit {
+        let (x0, x1) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        if x0.is_finite() {
+            line(&mut img, ax.px(x0, slope * x0 + intercept), ax.px(x1, slope * x1 + intercept), PALETTE[3], 2, Some((10.0, 6.0)));
+        }
+    }
+    for &(x, y) in &pts {
+        let (px, py) = ax.px(x, y);
+        let (px, py) = (px.round() as i64, py.round() as i64);
+        fill(&mut img, px - 4, py - 4, px + 5, py + 5, PALETTE[0], 0.8);
+    }
+    save(path, &img)
+}
+
+/// Horizontal bars, one per labelled value, from 0 (negative to the left, in the second
+/// palette colour), with the value written beside each bar.
+pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) -> Result<()> {
+    if labels.len() != values.len() {
+        return Err(Error::Input(format!("{}: {} labels for {} bars", path.display(), labels.len(), values.len())));
+    }
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let lo = finite.clone().fold(0.0f64, f64::min);
+    let hi = finite.fold(0.0f64, f64::max);
+    let (lo, hi) = if hi > lo { (lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo)) } else { (-1.0, 1.0) };
+    let label_w = labels.iter().map(|l| text_width(l, 2)).max().unwrap_or(0) + 20;
+    let (row_h, top, plot_w) = (22i64, 56i64, 700i64);
+    let bottom = top + row_h * labels.len().max(1) as i64;
+    let width = (label_w + plot_w + 40).max(text_width(title, 2) + 40);
+    let mut img = RgbImage::from_pixel(width as u32, (bottom + 50) as u32, Rgb(WHITE));
+    let k = fit_scale(title, width - 20, 3);
+    text(&mut img, (width - text_width(title, k)) / 2, 14, title, k, BLACK, false);
+    let px = |v: f64| label_w as f64 + (v - lo) / (hi - lo) * plot_w as f64;
+    let (ts, decimals) = ticks(lo, hi, 6.0);
+    for t in ts {
+        let x = px(t).round() as i64;
+        fill(&mut img, x, top, x + 1, bottom, GRID, 1.0);
+        let label = if decimals > 4 { format!("{t:.1e}") } else { format!("{t:.decimals$}") };
+        text(&mut img, x - text_width(&label, 2) / 2, bottom + 10, &label, 2, BLACK, false);
+    }
+    let zero = px(0.0).round() as i64;
+    for (i, (l, &v)) in labels.iter().zip(values).enumerate() {
+        let y = top + i as i64 * row_h;
+        text(&mut img, label_w - 10 - text_width(l, 2), y + 4, l, 2, BLACK, false);
+        if !v.is_finite() {
+            continue;
+        }
+        let x = px(v).round() as i64;
+        let c = if v < 0.0 { PALETTE[1] } else { PALETTE[0] };
+        fill(&mut img, zero.min(x), y + 3, zero.max(x) + 1, y + row_h - 3, c, 1.0);
+        let s = short(v);
+        let tx = if v < 0.0 { x - 6 - text_width(&s, 1) } else { x + 6 };
+        text(&mut img, tx, y + 7, &s, 1, BLACK, false);
+    }
+    fill(&mut img, zero, top, zero + 1, bottom, FRAME, 1.0);
+    rect_outline(&mut img, label_w, top, label_w + plot_w + 1, bottom + 1, FRAME);
+    save(path, &img)
+}

@@ -148,18 +148,18 @@ pub fn run(engine: &mut Engine, config: &EvalConfig, options: &EvalOptions) -> R
 }
 
 /// Every dataset of the config, opened (headers read) once for all models.
-struct Sets {
+pub(crate) struct Sets {
     profile: Dataset,
-    id_test: Dataset,
+    pub id_test: Dataset,
     id_val: Option<Dataset>,
     sanity: Option<Dataset>,
-    ood: Vec<Dataset>,
+    pub ood: Vec<Dataset>,
     ood_val: Option<Dataset>,
     outliers: Option<Dataset>,
 }
 
 impl Sets {
-    fn open(config: &EvalConfig) -> Result<Self> {
+    pub fn open(config: &EvalConfig) -> Result<Self> {
         let id_val = config.id.val.as_deref().map(Dataset::open).transpose()?;
         let search = config.search.as_ref();
         let outliers = match (search.is_some_and(|s| s.id_only), &id_val) {
@@ -190,17 +190,17 @@ impl Sets {
 }
 
 /// What one model's run needs, checked against its network before any pass.
-struct Prepared {
-    network: Network,
-    defaults: Vec<LayerParams>,
+pub(crate) struct Prepared {
+    pub network: Network,
+    pub defaults: Vec<LayerParams>,
     grid: Option<Grid>,
-    pooled_layers: Vec<String>,
-    profile: Dataset,
+    pub pooled_layers: Vec<String>,
+    pub profile: Dataset,
 }
 
 /// Checks the config against `network` and the sets (layer names, parameters, the grid,
 /// labels against the class count, the balanced subset, cache sizes against the adapter).
-fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) -> Result<Prepared> {
+pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) -> Result<Prepared> {
     let layers = config.nac.layers.clone().unwrap_or_else(|| Preset::layers_for(&network.stage_names()));
     for layer in &layers {
         network.layer_index(layer).map_err(|e| Error::Input(format!("[nac] layers: {e}")))?;
@@ -400,7 +400,7 @@ fn evaluate_model(
 /// One network pass over `set` (decoded on worker threads while the GPU runs), keeping the
 /// pooled pairs of `layers`; `labelled` marks predictions correct against the set's labels.
 #[allow(clippy::too_many_arguments)]
-fn pool_set(
+pub(crate) fn pool_set(
     engine: &mut Engine,
     model: &mut Model,
     what: &str,
@@ -561,7 +561,7 @@ fn draw_pictures(dir: &Path, config: &EvalConfig, methods: &[MethodScores], repo
 }
 
 /// A file-name-safe version of a label.
-fn slug(text: &str) -> String {
+pub(crate) fn slug(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if c.is_ascii_alphanumeric() {

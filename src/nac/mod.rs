@@ -13,7 +13,7 @@ pub mod select;
 
 pub use bins::BinEdges;
 pub use file::{Binning, Counted, ProfileData, ProfileHeader, Shard};
-pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, spearman, CheckpointReport, LabelledImages, MeResult, MeSettings};
+pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, pearson, spearman, CheckpointReport, LabelledImages, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
 pub use pooled::{CachedValues, PooledStates, Predicted};
 pub use profile::{ModelIdentity, Profile, Scores};

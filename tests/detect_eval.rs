@@ -1,7 +1,7 @@
 //! `nac eval` with every detector: they share the passes (counted: adding detectors adds no
 //! network pass), a swept detector is selected on the validation sets, and the report carries
-//! the methods × datasets table, timings and the AUROC bar chart. One test per binary, so the
-//! process-wide pass counter sees only this evaluation.
+//! the methods × datasets table, timings and the AUROC bar chart. The only test of this binary
+//! that pools, so the process-wide pass counter sees only its evaluations.
 
 mod common;
 
@@ -113,4 +113,29 @@ alpha = [10.0]
     let csv = std::fs::read_to_string(dir.join("all/results.csv")).unwrap();
     assert!(csv.lines().any(|l| l.contains(",ViM (dim=8),checker,far,")), "{csv}");
     assert!(dir.join("all/pictures/auroc_methods.png").exists());
+}
+
+/// Detector entries are checked with the config, before any file is opened, naming the entry.
+#[test]
+fn detector_config_errors_name_the_entry() {
+    let base = r#"
+preprocessing = "fmnist"
+DETECTORS
+[[models]]
+path = "m.safetensors"
+[profile]
+data = "idx:train"
+[id]
+test = "idx:test"
+"#;
+    for (detectors, want) in [
+        (r#"detectors = ["msp", "odin"]"#, "detectors[1]: unknown detector `odin`"),
+        (r#"detectors = ["gen:gamma=0.1|1"]"#, "detectors[0]: `gen:gamma=0.1|1` sweeps its parameters, which needs a [search] section"),
+        (r#"detectors = ["knn:k=5"]"#, "knn has no parameter `k` (it has: K)"),
+        (r#"detectors = ["ebo:T=inf"]"#, "`inf` is not a finite number"),
+        (r#"detectors = ["msp", "msp"]"#, "detectors[1]: `msp` is listed twice"),
+    ] {
+        let err = EvalConfig::parse(&base.replace("DETECTORS", detectors), "c.toml").unwrap_err().to_string();
+        assert!(err.contains(want), "{detectors}: {err}");
+    }
 }

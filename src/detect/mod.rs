@@ -50,6 +50,11 @@ impl PassSet {
         Ok(set)
     }
 
+    /// A set that only NAC-UE reads (no detector configured): no features are read back.
+    pub fn pooled_only(pooled: PooledStates, labels: Option<Vec<usize>>) -> Self {
+        PassSet { pooled: Some(pooled), features: Vec::new(), logits: Vec::new(), labels, dim: 1, classes: 1 }
+    }
+
     /// A set from host features `[samples][fc.in_features]` (tests, goldens).
     pub fn from_features(network: &Network, features: Vec<f32>, labels: Option<Vec<usize>>) -> Result<Self> {
         let fc = &network.fc;

@@ -350,7 +350,7 @@ fn evaluate_model(
         if with_features {
             PassSet::from_pooled(engine, &model.network, pooled, labels).map_err(|e| Error::Input(format!("{what} set: {e}")))
         } else {
-            Ok(PassSet { pooled: Some(pooled), features: Vec::new(), logits: Vec::new(), labels, dim: 1, classes: 1 })
+            Ok(PassSet::pooled_only(pooled, labels))
         }
     };
     let pools = Pools {

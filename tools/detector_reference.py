@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 SEED = 7
-CLASSES, DIM = 4, 16
+CLASSES, DIM = 4, 40
 N_TRAIN, N_VAL, N_EVAL = 240, 40, 48
 
 

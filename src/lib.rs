@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod engine;
 pub mod error;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod fingerprint;
 pub mod gpu;
 pub mod kernels;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod nac;
 pub mod npy;

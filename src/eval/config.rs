@@ -4,6 +4,10 @@
 //! ```toml
 //! preprocessing = "fmnist"              # a transform preset or step list (nac::data::Transform)
 //! batch = 64                            # optional
+//! # detectors beside NAC-UE, from the same passes (default ["msp", "ebo"]); `key:sweep` searches
+//! # OpenOOD's lists and `key:NAME=V|V` the given values, on the [search] criterion sets
+//! detectors = ["msp", "mls", "ebo", "gen:sweep", "gradnorm", "react", "knn:K=50", "vim:dim=256",
+//!              "mds", "rmds", "she", "dice", "ash", "ddu", "kde"]
 //!
 //! [[models]]                            # one or more: several checkpoints/seeds → mean ± std
 //! path = "weights/fmnist_resnet18_32x32.safetensors"
@@ -40,6 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Transform};
+use crate::detect::DetectorSpec;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::nac::search::{Grid, LayerGrid};
@@ -59,6 +64,10 @@ pub struct EvalConfig {
     #[serde(default)]
     pub nac: NacSettings,
     pub search: Option<SearchSettings>,
+    /// Detectors scored beside NAC-UE from the same passes (`crate::detect::DetectorSpec`:
+    /// `key`, `key:sweep` or `key:NAME=V|V,...`); MSP and energy when absent.
+    #[serde(default = "default_detectors")]
+    pub detectors: Vec<String>,
     /// Write the PNG pictures (histograms, ROC curves, top/bottom grids).
     #[serde(default = "yes")]
     pub pictures: bool,
@@ -70,6 +79,10 @@ fn official_seed() -> u64 {
 
 fn default_batch() -> usize {
     64
+}
+
+fn default_detectors() -> Vec<String> {
+    vec!["msp".into(), "ebo".into()]
 }
 
 fn yes() -> bool {
@@ -211,6 +224,17 @@ impl EvalConfig {
         }
         for (i, p) in self.nac.params.iter().enumerate() {
             LayerParams::parse(p).map_err(|e| field(&format!("nac.params[{i}]"), e))?;
+        }
+        for (i, text) in self.detectors.iter().enumerate() {
+            let spec = DetectorSpec::parse(text).map_err(|e| field(&format!("detectors[{i}]"), e))?;
+            if self.detectors[..i].iter().any(|t| t == text) {
+                return Err(Error::Input(format!("detectors[{i}]: `{text}` is listed twice")));
+            }
+            if spec.values.iter().any(|v| v.len() > 1) && self.search.is_none() {
+                return Err(Error::Input(format!(
+                    "detectors[{i}]: `{text}` sweeps its parameters, which needs a [search] section with `ood_val` or `id_only` (and id.val)"
+                )));
+            }
         }
         if let Some(search) = &self.search {
             if let Some(grid) = &search.grid {

@@ -78,6 +78,7 @@ pub fn demo_config(root: &Path, size: DemoSize) -> Result<EvalConfig> {
             ood_val: Some(format!("corrupt:shot_noise:5:{val}[{v}:{}]", 2 * v)),
             id_only: true,
         }),
+        detectors: vec!["msp".into(), "ebo".into()],
         pictures: true,
     })
 }

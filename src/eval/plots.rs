@@ -606,3 +606,49 @@ pub fn bar_chart(path: &Path, title: &str, labels: &[String], values: &[f64]) ->
     rect_outline(&mut img, label_w, top, label_w + plot_w + 1, bottom + 1, FRAME);
     save(path, &img)
 }
+
+/// Horizontal grouped bars: one group per method (`rows`, labelled on the left), one bar per
+/// set in its `PALETTE` colour (`values[method][set]`, e.g. AUROC ×100), a legend of the sets
+/// and the x axis from a round value below the smallest bar (at most 50) to 100.
+pub fn grouped_bars(path: &Path, title: &str, xlabel: &str, rows: &[&str], sets: &[&str], values: &[Vec<f64>]) -> Result<()> {
+    if let Some((row, v)) = rows.iter().zip(values).find(|(_, v)| v.len() != sets.len()) {
+        return Err(Error::Input(format!("{}: bars of {row:?} have {} values for {} sets", path.display(), v.len(), sets.len())));
+    }
+    let (bar, gap) = (10i64, 12i64);
+    let group = bar * sets.len() as i64 + gap;
+    let left = rows.iter().map(|r| text_width(r, 2)).max().unwrap_or(0) + 24;
+    let (_, legend_h) = Axes::legend_size(sets);
+    let top = 56 + legend_h + 10;
+    let bottom = top + group * rows.len() as i64 + gap;
+    let right = left + 640;
+    let min = values.iter().flatten().copied().filter(|v| v.is_finite()).fold(50f64, f64::min);
+    let lo = (min / 10.0).floor() * 10.0;
+    let hi = 100.0;
+    let mut img = RgbImage::from_pixel((right + 30) as u32, (bottom + 60) as u32, Rgb(WHITE));
+    let px = |v: f64| left + (((v.clamp(lo, hi) - lo) / (hi - lo)) * (right - left) as f64).round() as i64;
+    let (xt, xd) = ticks(lo, hi, 6.0);
+    for &v in &xt {
+        let x = px(v);
+        fill(&mut img, x, top, x + 1, bottom, GRID, 1.0);
+        let label = format!("{v:.xd$}");
+        text(&mut img, x - text_width(&label, 2) / 2, bottom + 10, &label, 2, BLACK, false);
+    }
+    for (r, (name, vals)) in rows.iter().zip(values).enumerate() {
+        let y0 = top + gap + r as i64 * group;
+        text(&mut img, left - 12 - text_width(name, 2), y0 + (group - gap) / 2 - 7, name, 2, BLACK, false);
+        for (s, &v) in vals.iter().enumerate() {
+            if v.is_finite() {
+                let y = y0 + s as i64 * bar;
+                fill(&mut img, left + 1, y, px(v), y + bar - 1, PALETTE[s % PALETTE.len()], 1.0);
+            }
+        }
+    }
+    rect_outline(&mut img, left, top, right + 1, bottom + 1, FRAME);
+    text(&mut img, (left + right) / 2 - text_width(xlabel, 2) / 2, bottom + 34, xlabel, 2, BLACK, false);
+    let width = img.width() as i64;
+    let k = fit_scale(title, width - 20, 3);
+    text(&mut img, (width - text_width(title, k)) / 2, 14, title, k, BLACK, false);
+    let ax = Axes { x: (lo, hi), y: (0.0, 1.0), left, top: 46, right, bottom };
+    ax.legend(&mut img, sets, true, false, |img, i, x, y| fill(img, x, y, x + 24, y + 14, PALETTE[i % PALETTE.len()], 1.0));
+    save(path, &img)
+}

@@ -71,14 +71,67 @@ pub fn markdown(report: &EvalReport) -> String {
     if models > 1 {
         let _ = writeln!(out, "- cells are mean ± sample std over the {models} models");
     }
+    out.push_str("\n## Methods × datasets (FPR@95 ↓ / AUROC ↑, best per column in bold)\n\n");
+    out.push_str(&comparison(report));
     out.push_str("\n## Overview (AUROC)\n\n");
     out.push_str(&overview(report));
+    if let Some(first) = report.models.first() {
+        let _ = writeln!(out, "\n## Time per method on top of the shared passes ({:.1} s pooling, first model)\n", first.pooling_seconds);
+        out.push_str("| method | settings | fit s | score s |\n|---|---|---|---|\n");
+        for m in &first.methods {
+            let settings = m.settings.clone().unwrap_or_default();
+            let _ = writeln!(out, "| {} | {settings} | {:.3} | {:.3} |", m.name, m.fit_seconds, m.score_seconds);
+        }
+    }
     for summary in &report.summary {
         let _ = writeln!(out, "\n## {}\n", summary.name);
         out.push_str(&method_table(summary, models));
         if let Some(method) = report.models.first().and_then(|m| m.methods.iter().find(|x| x.name == summary.name)) {
             out.push_str(&method_notes(method));
         }
+    }
+    out
+}
+
+/// The talk's table: rows = methods, columns = FPR@95 and AUROC of each OOD set and of the
+/// near/far means (mean over models), the best value of each column in bold.
+pub fn comparison(report: &EvalReport) -> String {
+    let models = report.models.len();
+    let Some(first) = report.summary.first() else { return String::new() };
+    let names: Vec<String> = first.rows.iter().map(|r| r.name.clone()).collect();
+    let label = |n: &str| match n {
+        "near" => "near (mean)".to_string(),
+        "far" => "far (mean)".to_string(),
+        other => other.to_string(),
+    };
+    let mut out = String::from("| method |");
+    for n in &names {
+        let _ = write!(out, " {} FPR@95 | {} AUROC |", label(n), label(n));
+    }
+    let _ = writeln!(out, "\n|---|{}", "---|---|".repeat(names.len()));
+    let value =
+        |s: &MethodSummary, name: &str, auroc: bool| s.rows.iter().find(|r| r.name == name).map(|r| if auroc { r.auroc } else { r.fpr95 });
+    let best = |name: &str, auroc: bool| -> Option<f64> {
+        let values = report.summary.iter().filter_map(|s| value(s, name, auroc)).map(|v| v.0);
+        if auroc {
+            values.reduce(f64::max)
+        } else {
+            values.reduce(f64::min)
+        }
+    };
+    for s in &report.summary {
+        let _ = write!(out, "| {} |", s.name);
+        for n in &names {
+            for auroc in [false, true] {
+                let text = match value(s, n, auroc) {
+                    Some(v) if Some(v.0) == best(n, auroc) => format!("**{}**", cell(v, models)),
+                    Some(v) => cell(v, models),
+                    None => "n/a".into(),
+                };
+                let _ = write!(out, " {text} |");
+            }
+        }
+        out.push('\n');
     }
     out
 }

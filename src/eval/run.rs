@@ -1,7 +1,7 @@
 //! The `nac eval` pipeline: pool every set once per model (one network pass per sample, decode
 //! overlapped with the GPU), then score every method from the cached pairs — defaults, ID-only
-//! selection, APS — beside MSP and energy from the same pass, compute the OpenOOD metrics, and
-//! write the report and pictures.
+//! selection, APS — beside the configured detectors (`crate::detect`) from the same pass, compute
+//! the OpenOOD metrics, and write the report and pictures.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,11 +13,13 @@ use super::config::{EvalConfig, Group};
 use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
 use crate::data::{self, Dataset, Image, Transform};
+use crate::detect::{self, Context, Detector, DetectorSpec, Dims, NacUe, Params, PassSet};
 use crate::engine::{Engine, Model};
 use crate::error::{check_writable, Error, Result};
+use crate::model::arch::POOLED_LAYER;
 use crate::model::{self, Network};
 use crate::nac::search::{search, Grid, SearchSets};
-use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Predicted, Preset, Profile};
+use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Preset};
 
 /// How a run reports and where it writes.
 #[derive(Clone, Debug)]
@@ -61,8 +63,14 @@ pub struct SetSizes {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodReport {
     pub name: String,
-    /// NAC parameters (absent for MSP and energy).
+    /// NAC parameters (absent for the other detectors).
     pub params: Option<Vec<LayerParams>>,
+    /// A detector's hyperparameters (`NAME=VALUE, ...`; absent for NAC-UE).
+    pub settings: Option<String>,
+    /// Seconds to fit the statistics (with the sweep, if any) and to score every set, on top
+    /// of the shared passes.
+    pub fit_seconds: f64,
+    pub score_seconds: f64,
     pub selection: Option<Selection>,
     pub sets: Vec<SetMetrics>,
     pub near: Option<OodMetrics>,
@@ -111,8 +119,6 @@ pub struct SummaryRow {
 pub const DEFAULTS: &str = "NAC-UE (defaults)";
 pub const ID_ONLY: &str = "NAC-UE (ID-only selection)";
 pub const APS: &str = "NAC-UE (APS)";
-pub const MSP: &str = "MSP";
-pub const ENERGY: &str = "Energy";
 
 /// Runs the whole evaluation and writes `results.json`, `results.csv`, `results.md` and the
 /// pictures under `options.out`. Everything that can be checked from the config, the model
@@ -196,6 +202,8 @@ pub(crate) struct Prepared {
     grid: Option<Grid>,
     pub pooled_layers: Vec<String>,
     pub profile: Dataset,
+    /// (config text, spec, candidate settings) of each detector.
+    detectors: Vec<(String, DetectorSpec, Vec<Params>)>,
 }
 
 /// Checks the config against `network` and the sets (layer names, parameters, the grid,
@@ -213,6 +221,9 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
         if !pooled_layers.contains(&l.layer) {
             pooled_layers.push(l.layer.clone());
         }
+    }
+    if !config.detectors.is_empty() && !pooled_layers.iter().any(|l| l == POOLED_LAYER) {
+        pooled_layers.push(POOLED_LAYER.to_string());
     }
     let classes = network.num_classes();
     let check_labels = |what: &str, set: &Dataset| -> Result<()> {
@@ -256,7 +267,17 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
             }
         }
     }
-    Ok(Prepared { network, defaults, grid, pooled_layers, profile })
+    let dims = Dims { dim: network.fc.in_features, classes, train_samples: profile.len() };
+    let detectors = config
+        .detectors
+        .iter()
+        .map(|text| {
+            let spec = DetectorSpec::parse(text)?;
+            let candidates = spec.candidates(&dims, text)?;
+            Ok((text.clone(), spec, candidates))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared { network, defaults, grid, pooled_layers, profile, detectors })
 }
 
 /// Refuses OOD set names whose pictures would share a file name (with each other, or with the
@@ -281,21 +302,24 @@ fn check_picture_names(config: &EvalConfig) -> Result<()> {
 
 /// The pooled sets of one model.
 struct Pools {
-    profile: PooledStates,
-    id_test: PooledStates,
-    id_val: Option<PooledStates>,
-    sanity: Option<PooledStates>,
-    ood: Vec<PooledStates>,
+    profile: PassSet,
+    id_test: PassSet,
+    id_val: Option<PassSet>,
+    sanity: Option<PassSet>,
+    ood: Vec<PassSet>,
     ood_names: Vec<String>,
-    ood_val: Option<PooledStates>,
-    outliers: Option<PooledStates>,
+    ood_val: Option<PassSet>,
+    outliers: Option<PassSet>,
 }
 
 /// Scores of one method on every set.
 struct MethodScores {
     name: String,
     params: Option<Vec<LayerParams>>,
+    settings: Option<String>,
     selection: Option<Selection>,
+    fit_seconds: f64,
+    score_seconds: f64,
     id_test: Vec<f32>,
     id_val: Option<Vec<f32>>,
     sanity: Option<Vec<f32>>,
@@ -313,14 +337,21 @@ fn evaluate_model(
     options: &EvalOptions,
     pictures: Option<&Path>,
 ) -> Result<ModelReport> {
-    let Prepared { network, defaults, grid, pooled_layers, profile: profile_set } = prepared;
+    let Prepared { network, defaults, grid, pooled_layers, profile: profile_set, detectors } = prepared;
     let model = &mut engine.upload(network);
     let preprocessing = transform.describe();
     let search_settings = config.search.as_ref();
     let pool_started = Instant::now();
     let layer_refs: Vec<&str> = pooled_layers.iter().map(String::as_str).collect();
-    let mut pool = |what: &str, set: &Dataset, labelled: bool| -> Result<PooledStates> {
-        pool_set(engine, model, what, set, labelled, transform, &layer_refs, config.batch, options)
+    let with_features = !detectors.is_empty();
+    let mut pool = |what: &str, set: &Dataset, labelled: bool| -> Result<PassSet> {
+        let pooled = pool_set(engine, model, what, set, labelled, transform, &layer_refs, config.batch, options)?;
+        let labels = if labelled { set.labels().map(<[usize]>::to_vec) } else { None };
+        if with_features {
+            PassSet::from_pooled(engine, &model.network, pooled, labels).map_err(|e| Error::Input(format!("{what} set: {e}")))
+        } else {
+            Ok(PassSet::pooled_only(pooled, labels))
+        }
     };
     let pools = Pools {
         profile: pool("profile", &profile_set, true)?,
@@ -335,11 +366,12 @@ fn evaluate_model(
     let pooling_seconds = pool_started.elapsed().as_secs_f64();
     let engine: &Engine = engine;
 
-    let mut methods = vec![nac_scores(engine, model, &pools, DEFAULTS, defaults, None, &preprocessing)?];
+    let cx = Context { engine, network: &model.network, preprocessing: &preprocessing };
+    let mut methods = vec![nac_scores(&cx, &pools, DEFAULTS, defaults, None)?];
     if let Some(grid) = &grid {
         let id_val = pools.id_val.as_ref().expect("validated: a search has ID validation");
-        let mut select = |name: &str, criterion_set: &PooledStates, criterion: String| -> Result<()> {
-            let sets = SearchSets { profile: &pools.profile, id_val, ood_val: criterion_set };
+        let mut select = |name: &str, criterion_set: &PassSet, criterion: String| -> Result<()> {
+            let sets = SearchSets { profile: pools.profile.pooled()?, id_val: id_val.pooled()?, ood_val: criterion_set.pooled()? };
             let found = search(engine, &model.network, grid, &sets, &preprocessing)?;
             let selection = Selection {
                 criterion,
@@ -348,7 +380,7 @@ fn evaluate_model(
                 layer_evaluations: found.layer_evaluations,
                 seconds: found.seconds,
             };
-            methods.push(nac_scores(engine, model, &pools, name, found.best, Some(selection), &preprocessing)?);
+            methods.push(nac_scores(&cx, &pools, name, found.best, Some(selection))?);
             Ok(())
         };
         if let Some(outliers) = &pools.outliers {
@@ -358,23 +390,37 @@ fn evaluate_model(
             select(APS, set, format!("AUROC of ID val against OOD val `{spec}`"))?;
         }
     }
-    // The predictions read back when each set was pooled serve both baselines.
-    let test_pred = pools.id_test.predictions();
-    let val_pred = pools.id_val.as_ref().map(PooledStates::predictions);
-    let sanity_pred = pools.sanity.as_ref().map(PooledStates::predictions);
-    let ood_pred: Vec<Predicted> = pools.ood.iter().map(PooledStates::predictions).collect();
-    let baseline = |name: &str, pick: fn(&Predicted) -> Vec<f32>| MethodScores {
-        name: name.into(),
-        params: None,
-        selection: None,
-        id_test: pick(&test_pred),
-        id_val: val_pred.as_ref().map(pick),
-        sanity: sanity_pred.as_ref().map(pick),
-        ood: ood_pred.iter().map(pick).collect(),
+    // A swept detector is selected like NAC: on OOD val (APS) when given, else on outliers.
+    let criterion = match (&pools.id_val, &pools.ood_val, &pools.outliers) {
+        (Some(id), Some(ood), _) => Some((id, ood, "APS", "OOD val")),
+        (Some(id), None, Some(outliers)) => Some((id, outliers, "ID-only selection", "synthetic outliers of ID val")),
+        _ => None,
     };
-    methods.push(baseline(MSP, |p| p.max_softmax.clone()));
-    methods.push(baseline(ENERGY, |p| p.energy.clone()));
-
+    for (text, spec, candidates) in detectors {
+        let method = spec.method;
+        let swept = candidates.len() > 1;
+        let fitted = detect::fit_and_select(&cx, method, candidates, &pools.profile, pools.id_val.as_ref(), criterion.map(|c| (c.0, c.1)))
+            .map_err(|e| Error::Input(format!("detector `{text}`: {e}")))?;
+        let defaults = Params(method.params.iter().map(|p| (p.name.to_string(), p.default)).collect());
+        let name = match criterion {
+            Some((.., tag, _)) if swept => format!("{} ({tag})", method.name),
+            _ if fitted.params == defaults => method.name.to_string(),
+            _ => format!("{} ({})", method.name, fitted.params),
+        };
+        let selection = swept.then(|| Selection {
+            criterion: format!("AUROC of ID val against {}", criterion.map_or("", |c| c.3)),
+            validation_auroc: fitted.trials.iter().map(|t| t.auroc).fold(f64::NEG_INFINITY, f64::max),
+            combinations: fitted.trials.len(),
+            layer_evaluations: fitted.trials.len(),
+            seconds: fitted.fit_seconds,
+        });
+        let mut scores = scores_of(&cx, &name, fitted.detector.as_ref(), &pools)?;
+        scores.settings = (!fitted.params.0.is_empty()).then(|| fitted.params.to_string());
+        scores.selection = selection;
+        scores.fit_seconds = fitted.fit_seconds;
+        methods.push(scores);
+    }
+    let test_pred = pools.id_test.pooled()?.predictions();
     let accuracy = sets.id_test.labels().map(|labels| metrics::accuracy(&test_pred.class, labels));
     let reports = methods.iter().map(|m| method_report(m, config)).collect::<Result<Vec<_>>>()?;
     if let Some(dir) = pictures {
@@ -387,10 +433,10 @@ fn evaluate_model(
         fingerprint: model.fingerprint().to_string(),
         accuracy,
         samples: SetSizes {
-            profile: pools.profile.samples,
-            id_test: pools.id_test.samples,
-            id_val: pools.id_val.as_ref().map_or(0, |s| s.samples),
-            ood: config.ood.iter().zip(&pools.ood).map(|(o, s)| (o.name.clone(), s.samples)).collect(),
+            profile: pools.profile.pooled()?.samples,
+            id_test: pools.id_test.pooled()?.samples,
+            id_val: pools.id_val.as_ref().map_or(Ok(0), |s| s.pooled().map(|p| p.samples))?,
+            ood: config.ood.iter().zip(&pools.ood).map(|(o, s)| Ok((o.name.clone(), s.pooled()?.samples))).collect::<Result<_>>()?,
         },
         pooling_seconds,
         methods: reports,
@@ -427,29 +473,36 @@ pub(crate) fn pool_set(
 }
 
 /// NAC-UE with `params`: a profile of the cached profiling pairs, then every set scored.
-fn nac_scores(
-    engine: &Engine,
-    model: &Model,
-    pools: &Pools,
-    name: &str,
-    params: Vec<LayerParams>,
-    selection: Option<Selection>,
-    preprocessing: &str,
-) -> Result<MethodScores> {
-    let mut profile = Profile::new(engine, &model.network, &params, preprocessing)?;
-    profile.add_pooled(engine, &pools.profile)?;
-    let score = |what: &str, set: &PooledStates| {
-        profile.score_pooled(engine, set).map(|s| s.score).map_err(|e| Error::Input(format!("{name} on the {what} set: {e}")))
-    };
-    Ok(MethodScores {
+fn nac_scores(cx: &Context, pools: &Pools, name: &str, params: Vec<LayerParams>, selection: Option<Selection>) -> Result<MethodScores> {
+    let started = Instant::now();
+    let mut nac = NacUe::new(params.clone());
+    nac.fit(cx, &pools.profile, None)?;
+    let fit_seconds = started.elapsed().as_secs_f64();
+    let mut scores = scores_of(cx, name, &nac, pools)?;
+    scores.params = Some(params);
+    scores.selection = selection;
+    scores.fit_seconds = fit_seconds;
+    Ok(scores)
+}
+
+/// A fitted detector's scores of every set (and the time they took).
+fn scores_of(cx: &Context, name: &str, detector: &dyn Detector, pools: &Pools) -> Result<MethodScores> {
+    let started = Instant::now();
+    let score = |what: &str, set: &PassSet| detector.score(cx, set).map_err(|e| Error::Input(format!("{name} on the {what} set: {e}")));
+    let mut scores = MethodScores {
         name: name.into(),
         id_test: score("ID test", &pools.id_test)?,
         id_val: pools.id_val.as_ref().map(|s| score("ID val", s)).transpose()?,
         sanity: pools.sanity.as_ref().map(|s| score("sanity", s)).transpose()?,
         ood: pools.ood_names.iter().zip(&pools.ood).map(|(n, s)| score(n, s)).collect::<Result<_>>()?,
-        params: Some(params),
-        selection,
-    })
+        params: None,
+        settings: None,
+        selection: None,
+        fit_seconds: 0.0,
+        score_seconds: 0.0,
+    };
+    scores.score_seconds = started.elapsed().as_secs_f64();
+    Ok(scores)
 }
 
 fn method_report(m: &MethodScores, config: &EvalConfig) -> Result<MethodReport> {
@@ -477,6 +530,9 @@ fn method_report(m: &MethodScores, config: &EvalConfig) -> Result<MethodReport> 
     Ok(MethodReport {
         name: m.name.clone(),
         params: m.params.clone(),
+        settings: m.settings.clone(),
+        fit_seconds: m.fit_seconds,
+        score_seconds: m.score_seconds,
         selection: m.selection.clone(),
         near: group_mean(Group::Near),
         far: group_mean(Group::Far),
@@ -541,6 +597,10 @@ fn draw_pictures(dir: &Path, config: &EvalConfig, methods: &[MethodScores], repo
         let refs: Vec<(&str, &[f64], &[f64])> = curves.iter().map(|(l, f, t)| (l.as_str(), f.as_slice(), t.as_slice())).collect();
         plots::roc_plot(&pictures.join(format!("roc_{slug}.png")), &m.name, &refs)?;
     }
+    let set_names: Vec<&str> = config.ood.iter().map(|o| o.name.as_str()).collect();
+    let rows: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
+    let auroc: Vec<Vec<f64>> = reports.iter().map(|r| r.sets.iter().map(|s| 100.0 * s.metrics.auroc).collect()).collect();
+    plots::grouped_bars(&pictures.join("auroc_methods.png"), "AUROC per method and OOD set", "AUROC x100", &rows, &set_names, &auroc)?;
     let primary = [ID_ONLY, APS, DEFAULTS].iter().find_map(|name| methods.iter().find(|m| m.name == *name)).expect("defaults always run");
     let names: Vec<&str> = std::iter::once("id_test").chain(config.ood.iter().map(|o| o.name.as_str())).collect();
     let scores: Vec<&Vec<f32>> = std::iter::once(&primary.id_test).chain(&primary.ood).collect();

@@ -285,6 +285,8 @@ impl ShiftConfig {
             ood: plan.iter().map(|p| OodSet { name: p.name.clone(), group: Group::Near, data: p.spec.clone() }).collect(),
             nac: self.nac.clone(),
             search: None,
+            // MSP and energy, which the suite reports beside NAC-UE.
+            detectors: vec!["msp".into(), "ebo".into()],
             pictures: false,
         }
     }

@@ -9,6 +9,9 @@ use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::kernels::{nac_flags, Kernel, NacParams};
 
+/// Sets pooled by a network pass in this process (see [`PooledStates::passes`]).
+static PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// f32 values per sample in a prediction summary.
 pub(crate) const SUMMARY_STRIDE: usize = 4;
 
@@ -166,6 +169,7 @@ impl PooledStates {
         }
         let mut pooling =
             Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
+        PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder))?;
         engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
         let summary = pooling.predictions.read_checked(engine, total)?;
@@ -224,6 +228,12 @@ impl PooledStates {
             labelled: predictions.is_some(),
             summary,
         })
+    }
+
+    /// How many sets have been pooled by a network pass in this process (each set is one pass
+    /// over its samples): lets tests check that detectors add no pass.
+    pub fn passes() -> usize {
+        PASSES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The kernel flag that tells how to read this cache.

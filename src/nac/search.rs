@@ -18,8 +18,8 @@ use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::eval::metrics::auroc;
 use crate::limits;
+use crate::metrics;
 use crate::model::Network;
 
 /// Candidate values of one layer.
@@ -141,11 +141,7 @@ pub struct SearchSets<'a> {
 }
 
 /// One evaluated combination.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Trial {
-    pub params: Vec<LayerParams>,
-    pub auroc: f64,
-}
+pub type Trial = metrics::Trial<Vec<LayerParams>>;
 
 /// Outcome of a search.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -201,41 +197,34 @@ pub fn search(engine: &Engine, network: &Network, grid: &Grid, sets: &SearchSets
     }
     let layer_evaluations = candidates.len();
 
-    let layers = per_layer.len() as f64;
-    let mut trials = Vec::with_capacity(grid.combinations());
-    let mut choice = vec![0usize; per_layer.len()];
-    let (mut id_sum, mut ood_sum) = (vec![0f64; sets.id_val.samples], vec![0f64; sets.ood_val.samples]);
-    loop {
-        id_sum.iter_mut().for_each(|v| *v = 0.0);
-        ood_sum.iter_mut().for_each(|v| *v = 0.0);
-        for (candidates, &c) in per_layer.iter().zip(&choice) {
-            let (_, id, ood) = &candidates[c];
-            id_sum.iter_mut().zip(id).for_each(|(s, &v)| *s += v as f64);
-            ood_sum.iter_mut().zip(ood).for_each(|(s, &v)| *s += v as f64);
-        }
-        let id: Vec<f32> = id_sum.iter().map(|s| (s / layers) as f32).collect();
-        let ood: Vec<f32> = ood_sum.iter().map(|s| (s / layers) as f32).collect();
-        let params = per_layer.iter().zip(&choice).map(|(candidates, &c)| candidates[c].0.clone()).collect();
-        trials.push(Trial { params, auroc: auroc(&id, &ood) });
-        // Odometer step, last layer fastest.
-        let mut l = choice.len();
-        loop {
-            if l == 0 {
-                let best = trials.iter().enumerate().fold(0, |b, (i, t)| if t.auroc > trials[b].auroc { i } else { b });
-                return Ok(SearchResult {
-                    best: trials[best].params.clone(),
-                    best_auroc: trials[best].auroc,
-                    trials,
-                    layer_evaluations,
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-            }
-            l -= 1;
-            choice[l] += 1;
-            if choice[l] < per_layer[l].len() {
-                break;
-            }
-            choice[l] = 0;
-        }
+    // Every combination, last layer fastest (an odometer over the layers' candidates).
+    let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
+    for candidates in &per_layer {
+        combos = combos.into_iter().flat_map(|c| (0..candidates.len()).map(move |k| [c.as_slice(), &[k]].concat())).collect();
     }
+    let layers = per_layer.len() as f64;
+    let mean = |choice: &[usize], pick: fn(&ScoredCandidate) -> &Vec<f32>, n: usize| -> Vec<f32> {
+        let mut sum = vec![0f64; n];
+        for (candidates, &c) in per_layer.iter().zip(choice) {
+            sum.iter_mut().zip(pick(&candidates[c])).for_each(|(s, &v)| *s += v as f64);
+        }
+        sum.iter().map(|s| (s / layers) as f32).collect()
+    };
+    let (best, trials) = metrics::select_by_auroc(combos, |choice| {
+        Ok((mean(choice, |c| &c.1, sets.id_val.samples), mean(choice, |c| &c.2, sets.ood_val.samples)))
+    })?;
+    let trials: Vec<Trial> = trials
+        .into_iter()
+        .map(|t| Trial {
+            params: per_layer.iter().zip(&t.params).map(|(candidates, &c)| candidates[c].0.clone()).collect(),
+            auroc: t.auroc,
+        })
+        .collect();
+    Ok(SearchResult {
+        best: trials[best].params.clone(),
+        best_auroc: trials[best].auroc,
+        trials,
+        layer_evaluations,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -176,3 +176,30 @@ pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
     assert_eq!(predicted.len(), labels.len(), "accuracy: {} predictions for {} labels", predicted.len(), labels.len());
     predicted.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / labels.len() as f64
 }
+
+/// One candidate of a hyperparameter search and its validation AUROC.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Trial<P> {
+    pub params: P,
+    pub auroc: f64,
+}
+
+/// The selection rule of every hyperparameter search (NAC's APS and each detector's sweep):
+/// `score` gives a candidate's (ID validation, OOD validation) scores, the criterion is their
+/// AUROC, and the first candidate with the highest wins. Returns the winner's index and every
+/// trial in candidate order.
+pub fn select_by_auroc<P>(
+    candidates: impl IntoIterator<Item = P>,
+    mut score: impl FnMut(&P) -> Result<(Vec<f32>, Vec<f32>)>,
+) -> Result<(usize, Vec<Trial<P>>)> {
+    let mut trials: Vec<Trial<P>> = Vec::new();
+    for params in candidates {
+        let (id, ood) = score(&params)?;
+        trials.push(Trial { auroc: auroc(&id, &ood), params });
+    }
+    if trials.is_empty() {
+        return Err(Error::Input("a search needs at least one candidate".into()));
+    }
+    let best = trials.iter().enumerate().fold(0, |b, (i, t)| if t.auroc > trials[b].auroc { i } else { b });
+    Ok((best, trials))
+}

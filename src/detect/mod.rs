@@ -1,0 +1,400 @@
+//! Post-hoc OOD detectors beside NAC, all on the outputs of one shared pass per set: the pooled
+//! `(Σz, Σg)` cache NAC re-bins, and on the host the penultimate features (`Σ_hw z` of the
+//! `avgpool` layer, whose spatial size is 1×1) and the logits `fc(features)` in f64.
+//! Formulas and defaults follow OpenOOD v1.5 (`openood/postprocessors`,
+//! `configs/postprocessors`); where a method deviates, its file says so.
+//!
+//! A detector is fitted once per model on ID data (the profiling set; ReAct's percentile on ID
+//! validation as in OpenOOD) and then scores any set; higher = more in-distribution. Adding a
+//! method is one file and one [`METHODS`] entry. A hyperparameter sweep uses
+//! [`crate::metrics::select_by_auroc`], the selection rule of NAC's APS.
+
+mod clip;
+mod gaussian;
+pub(crate) mod linalg;
+mod logits;
+mod nac_ue;
+mod neighbours;
+mod vim;
+
+pub use nac_ue::NacUe;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::metrics::{self, Trial};
+use crate::model::arch::POOLED_LAYER;
+use crate::model::Network;
+use crate::nac::PooledStates;
+
+/// One set after its pass: the pooled cache (for NAC) and the host copies detectors read.
+pub struct PassSet {
+    pub pooled: Option<PooledStates>,
+    /// `[samples][dim]` penultimate features.
+    pub features: Vec<f32>,
+    /// `[samples][classes]` logits `fc(features)`, computed in f64.
+    pub logits: Vec<f64>,
+    pub labels: Option<Vec<usize>>,
+    pub dim: usize,
+    pub classes: usize,
+}
+
+impl PassSet {
+    /// Reads the features of a pooled set back (one readback) and forms its logits.
+    pub fn from_pooled(engine: &Engine, network: &Network, pooled: PooledStates, labels: Option<Vec<usize>>) -> Result<Self> {
+        let pairs = pooled.read_values(engine, POOLED_LAYER)?;
+        let features: Vec<f32> = pairs.iter().step_by(2).copied().collect();
+        let mut set = PassSet::from_features(network, features, labels)?;
+        set.pooled = Some(pooled);
+        Ok(set)
+    }
+
+    /// A set that only NAC-UE reads (no detector configured): no features are read back.
+    pub fn pooled_only(pooled: PooledStates, labels: Option<Vec<usize>>) -> Self {
+        PassSet { pooled: Some(pooled), features: Vec::new(), logits: Vec::new(), labels, dim: 1, classes: 1 }
+    }
+
+    /// A set from host features `[samples][fc.in_features]` (tests, goldens).
+    pub fn from_features(network: &Network, features: Vec<f32>, labels: Option<Vec<usize>>) -> Result<Self> {
+        let fc = &network.fc;
+        let dim = fc.in_features;
+        if dim == 0 || !features.len().is_multiple_of(dim) {
+            return Err(Error::Input(format!("{} feature values are not whole rows of {dim}", features.len())));
+        }
+        let samples = features.len() / dim;
+        if let Some(l) = &labels {
+            if l.len() != samples || l.iter().any(|&c| c >= fc.out_features) {
+                return Err(Error::Input(format!("{} labels for {samples} samples of {} classes", l.len(), fc.out_features)));
+            }
+        }
+        let logits = features.chunks_exact(dim).flat_map(|f| linear(network, f)).collect();
+        Ok(PassSet { pooled: None, features, logits, labels, dim, classes: fc.out_features })
+    }
+
+    pub fn samples(&self) -> usize {
+        self.features.len() / self.dim
+    }
+
+    pub fn feature_rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.features.chunks_exact(self.dim)
+    }
+
+    pub fn logit_rows(&self) -> std::slice::ChunksExact<'_, f64> {
+        self.logits.chunks_exact(self.classes)
+    }
+
+    pub(crate) fn pooled(&self) -> Result<&PooledStates> {
+        self.pooled.as_ref().ok_or_else(|| Error::Input("NAC-UE needs a pooled set (features alone do not carry its pairs)".into()))
+    }
+
+    /// Labels of a fitting set, or an error naming the method that needs them.
+    fn labels_for(&self, method: &str) -> Result<&[usize]> {
+        self.labels.as_deref().ok_or_else(|| Error::Input(format!("{method} fits class statistics and needs labels on the profile set")))
+    }
+}
+
+/// `fc(f)` in f64 for one feature row (any values in place of the features, e.g. clipped).
+pub(crate) fn linear<T: Copy + Into<f64>>(network: &Network, f: &[T]) -> Vec<f64> {
+    let fc = &network.fc;
+    (0..fc.out_features)
+        .map(|j| {
+            let w = &fc.weight[j * fc.in_features..(j + 1) * fc.in_features];
+            fc.bias[j] as f64 + w.iter().zip(f).map(|(&w, &x)| w as f64 * x.into()).sum::<f64>()
+        })
+        .collect()
+}
+
+/// `log Σ exp(x)`, stable.
+pub(crate) fn logsumexp(x: &[f64]) -> f64 {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+pub(crate) fn softmax(x: &[f64]) -> Vec<f64> {
+    let l = logsumexp(x);
+    x.iter().map(|v| (v - l).exp()).collect()
+}
+
+/// Per-row `f`, in f32 scores, checked finite.
+pub(crate) fn per_row<T>(rows: impl Iterator<Item = T>, method: &str, f: impl Fn(T) -> f64) -> Result<Vec<f32>> {
+    let scores: Vec<f32> = rows.map(|r| f(r) as f32).collect();
+    match scores.iter().position(|s| !s.is_finite()) {
+        Some(i) => Err(Error::NotFinite { sample: i, message: format!("{method} gave a non-finite score") }),
+        None => Ok(scores),
+    }
+}
+
+/// What a detector may read besides the set it scores.
+pub struct Context<'a> {
+    pub engine: &'a Engine,
+    pub network: &'a Network,
+    pub preprocessing: &'a str,
+}
+
+/// A post-hoc detector: fitted on ID data, then scores sets (higher = more in-distribution).
+pub trait Detector {
+    /// Fits the statistics on the profiling set `train` (labelled) and, where the method uses
+    /// it, ID validation.
+    fn fit(&mut self, _cx: &Context, _train: &PassSet, _id_val: Option<&PassSet>) -> Result<()> {
+        Ok(())
+    }
+    /// One score per sample of `set`.
+    fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>>;
+}
+
+/// Hyperparameter values of one detector, by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Params(pub Vec<(String, f64)>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> f64 {
+        self.0.iter().find(|(n, _)| n == name).map(|p| p.1).expect("every parameter of a method has a value")
+    }
+}
+
+impl std::fmt::Display for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let text: Vec<String> = self.0.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        write!(f, "{}", text.join(", "))
+    }
+}
+
+/// A hyperparameter: its default and OpenOOD's sweep list.
+pub struct ParamDef {
+    pub name: &'static str,
+    pub default: f64,
+    pub sweep: &'static [f64],
+}
+
+/// Sizes a method's parameters are checked against before any pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub dim: usize,
+    pub classes: usize,
+    pub train_samples: usize,
+}
+
+/// A detector method: its key in configs, report name, parameters and constructor.
+pub struct Method {
+    pub key: &'static str,
+    pub name: &'static str,
+    pub params: &'static [ParamDef],
+    /// Refuses parameter values that cannot work for these sizes, naming them.
+    pub check: fn(&Params, &Dims) -> Result<()>,
+    pub build: fn(&Params) -> Box<dyn Detector>,
+}
+
+fn no_check(_: &Params, _: &Dims) -> Result<()> {
+    Ok(())
+}
+
+/// `value` is within `[lo, hi]`, or an error naming the parameter.
+fn check_range(params: &Params, name: &str, lo: f64, hi: f64, integer: bool) -> Result<()> {
+    let v = params.get(name);
+    if !(lo..=hi).contains(&v) || (integer && v.fract() != 0.0) {
+        let kind = if integer { "an integer" } else { "a value" };
+        return Err(Error::Input(format!("{name}={v}: expected {kind} in [{lo}, {hi}]")));
+    }
+    Ok(())
+}
+
+const PERCENTILE: fn(&Params, &Dims) -> Result<()> = |p, _| check_range(p, "percentile", 0.0, 100.0, false);
+
+/// Every detector besides NAC-UE, in report order.
+pub const METHODS: &[Method] = &[
+    Method { key: "msp", name: "MSP", params: &[], check: no_check, build: |_| Box::new(logits::Msp) },
+    Method { key: "mls", name: "MaxLogit", params: &[], check: no_check, build: |_| Box::new(logits::MaxLogit) },
+    Method {
+        key: "ebo",
+        name: "Energy",
+        params: &[ParamDef { name: "T", default: 1.0, sweep: &[1.0] }],
+        check: |p, _| check_range(p, "T", 1e-6, 1e6, false),
+        build: |p| Box::new(logits::Energy { t: p.get("T") }),
+    },
+    Method {
+        key: "gen",
+        name: "GEN",
+        params: &[
+            ParamDef { name: "gamma", default: 0.1, sweep: &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0] },
+            ParamDef { name: "M", default: 100.0, sweep: &[10.0, 50.0, 100.0, 200.0, 500.0, 1000.0] },
+        ],
+        check: |p, _| check_range(p, "gamma", 1e-6, 1e3, false).and(check_range(p, "M", 1.0, 1e9, true)),
+        build: |p| Box::new(logits::Gen { gamma: p.get("gamma"), m: p.get("M") as usize }),
+    },
+    Method { key: "gradnorm", name: "GradNorm", params: &[], check: no_check, build: |_| Box::new(logits::GradNorm) },
+    Method {
+        key: "react",
+        name: "ReAct",
+        params: &[ParamDef { name: "percentile", default: 90.0, sweep: &[85.0, 90.0, 95.0, 99.0] }],
+        check: PERCENTILE,
+        build: |p| Box::new(clip::React { percentile: p.get("percentile"), threshold: f64::NAN }),
+    },
+    Method {
+        key: "dice",
+        name: "DICE",
+        params: &[ParamDef { name: "p", default: 90.0, sweep: &[90.0] }],
+        check: |p, _| check_range(p, "p", 0.0, 100.0, false),
+        build: |p| Box::new(clip::Dice { p: p.get("p"), masked: Vec::new() }),
+    },
+    Method {
+        key: "ash",
+        name: "ASH-B",
+        params: &[ParamDef { name: "percentile", default: 90.0, sweep: &[65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0] }],
+        check: |p, d| {
+            PERCENTILE(p, d)?;
+            match clip::ash_keep(d.dim, p.get("percentile")) {
+                0 => Err(Error::Input(format!("percentile={} keeps no activation of {}", p.get("percentile"), d.dim))),
+                _ => Ok(()),
+            }
+        },
+        build: |p| Box::new(clip::AshB { percentile: p.get("percentile") }),
+    },
+    Method {
+        key: "knn",
+        name: "KNN",
+        params: &[ParamDef { name: "K", default: 50.0, sweep: &[50.0, 100.0, 200.0, 500.0, 1000.0] }],
+        check: |p, d| check_range(p, "K", 1.0, d.train_samples as f64, true),
+        build: |p| Box::new(neighbours::Knn::new(p.get("K") as usize)),
+    },
+    Method {
+        key: "vim",
+        name: "ViM",
+        params: &[ParamDef { name: "dim", default: 256.0, sweep: &[256.0, 1000.0] }],
+        check: |p, d| check_range(p, "dim", 1.0, d.dim as f64 - 1.0, true),
+        build: |p| Box::new(vim::Vim::new(p.get("dim") as usize)),
+    },
+    Method { key: "mds", name: "MDS", params: &[], check: no_check, build: |_| Box::new(gaussian::Mds::default()) },
+    Method { key: "rmds", name: "RMDS", params: &[], check: no_check, build: |_| Box::new(gaussian::Rmds::default()) },
+    Method { key: "she", name: "SHE", params: &[], check: no_check, build: |_| Box::new(gaussian::She::default()) },
+    Method { key: "ddu", name: "DDU (class Gaussians)", params: &[], check: no_check, build: |_| Box::new(gaussian::Ddu::default()) },
+    Method {
+        key: "kde",
+        name: "KDE",
+        params: &[ParamDef { name: "bandwidth", default: 0.2, sweep: &[0.05, 0.1, 0.2, 0.5, 1.0] }],
+        check: |p, _| check_range(p, "bandwidth", 1e-4, 1e4, false),
+        build: |p| Box::new(neighbours::Kde::new(p.get("bandwidth"))),
+    },
+];
+
+/// A configured detector: `key`, `key:sweep` (OpenOOD's sweep lists) or
+/// `key:NAME=V[|V...],...` (values separated by `|` are swept).
+#[derive(Clone)]
+pub struct DetectorSpec {
+    pub method: &'static Method,
+    /// Candidate values per parameter, in the method's parameter order.
+    pub values: Vec<Vec<f64>>,
+}
+
+impl DetectorSpec {
+    pub fn parse(text: &str) -> Result<Self> {
+        let (key, rest) = text.split_once(':').map_or((text, None), |(k, r)| (k, Some(r)));
+        let method = METHODS.iter().find(|m| m.key == key.trim()).ok_or_else(|| {
+            let keys: Vec<&str> = METHODS.iter().map(|m| m.key).collect();
+            Error::Input(format!("unknown detector `{key}`; expected one of {} (NAC-UE runs always)", keys.join(", ")))
+        })?;
+        let mut values: Vec<Vec<f64>> = method.params.iter().map(|p| vec![p.default]).collect();
+        match rest.map(str::trim) {
+            None => {}
+            Some("sweep") => values = method.params.iter().map(|p| p.sweep.to_vec()).collect(),
+            Some(list) => {
+                for item in list.split(',') {
+                    let (name, vals) = item.split_once('=').ok_or_else(|| {
+                        Error::Input(format!("detector `{text}`: `{item}` is not NAME=VALUE (or `{key}:sweep` for OpenOOD's lists)"))
+                    })?;
+                    let at = method.params.iter().position(|p| p.name == name.trim()).ok_or_else(|| {
+                        let names: Vec<&str> = method.params.iter().map(|p| p.name).collect();
+                        Error::Input(format!(
+                            "detector `{text}`: {key} has no parameter `{name}` (it has: {})",
+                            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                        ))
+                    })?;
+                    values[at] = vals
+                        .split('|')
+                        .map(|v| {
+                            v.trim()
+                                .parse::<f64>()
+                                .ok()
+                                .filter(|v| v.is_finite())
+                                .ok_or_else(|| Error::Input(format!("detector `{text}`: `{v}` is not a finite number")))
+                        })
+                        .collect::<Result<_>>()?;
+                }
+            }
+        }
+        Ok(DetectorSpec { method, values })
+    }
+
+    /// Every combination of the candidate values (the last parameter fastest).
+    fn combinations(&self) -> Vec<Params> {
+        let mut out: Vec<Vec<(String, f64)>> = vec![Vec::new()];
+        for (def, vals) in self.method.params.iter().zip(&self.values) {
+            out = out.into_iter().flat_map(|c| vals.iter().map(move |&v| [c.clone(), vec![(def.name.to_string(), v)]].concat())).collect();
+        }
+        out.into_iter().map(Params).collect()
+    }
+
+    /// The candidates that fit these sizes. Values given by hand must all fit; values from
+    /// OpenOOD's lists that cannot (KNN's K over the profile size, ViM's dim over the feature
+    /// dimension) are dropped, and an error names the method if none is left.
+    pub fn candidates(&self, dims: &Dims, text: &str) -> Result<Vec<Params>> {
+        let swept_by_default = self.method.params.iter().zip(&self.values).all(|(d, v)| v == d.sweep);
+        let mut out = Vec::new();
+        for p in self.combinations() {
+            match (self.method.check)(&p, dims) {
+                Ok(()) => out.push(p),
+                Err(e) if !swept_by_default => return Err(Error::Input(format!("detector `{text}`: {e}"))),
+                Err(_) => {}
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Input(format!("detector `{text}`: no value of OpenOOD's sweep fits {dims:?}; give values by hand")));
+        }
+        Ok(out)
+    }
+}
+
+/// A fitted detector and how it was chosen.
+pub struct Fitted {
+    pub detector: Box<dyn Detector>,
+    pub params: Params,
+    /// Every candidate with its validation AUROC, when there were several.
+    pub trials: Vec<Trial<Params>>,
+    pub fit_seconds: f64,
+}
+
+/// Fits `method` with `candidates`; with more than one, each is fitted and scored on
+/// (`criterion.0`, `criterion.1`) = (ID val, OOD val or outliers) and the first with the highest
+/// AUROC is kept ([`metrics::select_by_auroc`]).
+pub fn fit_and_select(
+    cx: &Context,
+    method: &Method,
+    candidates: Vec<Params>,
+    train: &PassSet,
+    id_val: Option<&PassSet>,
+    criterion: Option<(&PassSet, &PassSet)>,
+) -> Result<Fitted> {
+    let started = std::time::Instant::now();
+    let fit = |p: &Params| -> Result<Box<dyn Detector>> {
+        let mut d = (method.build)(p);
+        d.fit(cx, train, id_val).map_err(|e| Error::Input(format!("{} ({p}): fitting: {e}", method.name)))?;
+        Ok(d)
+    };
+    if candidates.len() == 1 {
+        let params = candidates.into_iter().next().expect("one candidate");
+        return Ok(Fitted { detector: fit(&params)?, params, trials: Vec::new(), fit_seconds: started.elapsed().as_secs_f64() });
+    }
+    let (id, ood) = criterion.ok_or_else(|| {
+        Error::Input(format!(
+            "{} has {} candidate settings but no search criterion: add [search] ood_val or id_only",
+            method.name,
+            candidates.len()
+        ))
+    })?;
+    let (best, trials) = metrics::select_by_auroc(candidates, |p| {
+        let d = fit(p)?;
+        Ok((d.score(cx, id)?, d.score(cx, ood)?))
+    })?;
+    let params = trials[best].params.clone();
+    Ok(Fitted { detector: fit(&params)?, params, trials, fit_seconds: started.elapsed().as_secs_f64() })
+}

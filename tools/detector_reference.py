@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Golden scores of the post-hoc detectors (tests/golden/detectors/case.json) for tests/detectors.rs.
+
+A small random classifier head (fc weight and bias) and float32 penultimate features of a
+profiling set (labelled), an ID validation set and an evaluation set are drawn from a seed;
+every detector is then computed here in float64 following OpenOOD v1.5's postprocessors
+(openood/postprocessors/*_postprocessor.py, with its defaults scaled down to these sizes),
+using scikit-learn's EmpiricalCovariance where OpenOOD does, torch autograd for GradNorm's
+definition, and an exact NumPy K-nearest-neighbour search in place of faiss's IndexFlatL2
+(which returns squared L2 distances). DDU follows its authors' gmm_utils (float64, jitter loop).
+
+One feature dimension is zero in every sample, so the covariances are singular and the
+pseudo-inverse (pinvh) is exercised. Run: python3 tools/detector_reference.py [out.json]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import sklearn.covariance
+import torch
+import torch.nn.functional as F
+
+SEED = 7
+CLASSES, DIM = 4, 40
+N_TRAIN, N_VAL, N_EVAL = 240, 40, 48
+
+
+def draw():
+    rng = np.random.default_rng(SEED)
+    centres = rng.uniform(0.0, 2.0, (CLASSES, DIM))
+    # A head that mostly classifies by the nearest centre, so every class has correct samples.
+    w = (centres - centres.mean(0) + 0.3 * rng.standard_normal((CLASSES, DIM))).astype(np.float32)
+    b = rng.uniform(-0.1, 0.1, CLASSES).astype(np.float32)
+
+    def features(n, labels, shift):
+        x = centres[labels] + shift + 0.5 * rng.standard_normal((n, DIM))
+        x = np.maximum(x, 0.0)
+        x[:, 3] = 0.0  # a dead unit: singular covariances
+        return x.astype(np.float32)
+
+    train_labels = np.arange(N_TRAIN) % CLASSES
+    train = features(N_TRAIN, train_labels, 0.0)
+    val = features(N_VAL, rng.integers(0, CLASSES, N_VAL), 0.0)
+    half = N_EVAL // 2
+    eval_id = features(half, rng.integers(0, CLASSES, half), 0.0)
+    eval_ood = features(N_EVAL - half, rng.integers(0, CLASSES, N_EVAL - half), rng.uniform(-1.0, 1.5, DIM))
+    return w, b, train, train_labels, val, np.concatenate([eval_id, eval_ood])
+
+
+def logsumexp(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def softmax(x):
+    return np.exp(x - logsumexp(x)[:, None])
+
+
+def main():
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/golden/detectors/case.json")
+    w32, b32, train32, labels, val32, eval32 = draw()
+    w, b = w32.astype(np.float64), b32.astype(np.float64)
+    train, val, x = (a.astype(np.float64) for a in (train32, val32, eval32))
+    fc = lambda f: f @ w.T + b
+    logits, train_logits = fc(x), fc(train)
+    scores = {}
+
+    scores["msp"] = softmax(logits).max(1)
+    scores["mls"] = logits.max(1)
+    t = 2.0
+    scores["ebo:T=2"] = t * logsumexp(logits / t)
+    gamma, m = 0.1, 3
+    p = np.sort(softmax(logits), axis=1)[:, -m:]
+    scores["gen:gamma=0.1,M=3"] = -np.sum(p**gamma * (1 - p) ** gamma, axis=1)
+
+    # GradNorm: OpenOOD's definition, by autograd, one sample at a time.
+    lin = torch.nn.Linear(DIM, CLASSES).double()
+    lin.weight.data[...] = torch.from_numpy(w)
+    lin.bias.data[...] = torch.from_numpy(b)
+    targets = torch.ones((1, CLASSES), dtype=torch.float64)
+    grad_norms = []
+    for f in torch.from_numpy(x):
+        lin.zero_grad()
+        loss = torch.mean(torch.sum(-targets * F.log_softmax(lin(f[None]), dim=-1), dim=-1))
+        loss.backward()
+        grad_norms.append(torch.sum(torch.abs(lin.weight.grad.data)).item())
+    grad_norms = np.array(grad_norms)
+    closed = np.abs(x).sum(1) * np.abs(CLASSES * softmax(logits) - 1).sum(1)
+    assert np.max(np.abs(closed - grad_norms)) <= 1e-12 * np.max(grad_norms), "GradNorm closed form"
+    scores["gradnorm"] = grad_norms
+
+    # ReAct: percentile of the ID validation activations.
+    threshold = np.percentile(val.flatten(), 90)
+    scores["react:percentile=90"] = logsumexp(fc(np.minimum(x, threshold)))
+
+    # DICE: weights whose contribution mean_act * w is above the p-th percentile.
+    contrib = train.mean(0)[None, :] * w
+    mask = contrib > np.percentile(contrib, 90)
+    scores["dice:p=90"] = logsumexp(x @ (w * mask).T + b)
+
+    # ASH-B
+    pct = 65
+    k = DIM - int(np.round(DIM * pct / 100.0))
+    shaped = np.zeros_like(x)
+    order = np.argsort(-x, axis=1, kind="stable")[:, :k]
+    np.put_along_axis(shaped, order, (x.sum(1) / k)[:, None], axis=1)
+    scores["ash:percentile=65"] = logsumexp(fc(shaped))
+
+    # KNN on normalised features (x / ||x|| + 1e-10), minus the K-th squared distance.
+    normed = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True) + 1e-10
+    bank, q = normed(train), normed(x)
+    d2 = ((q[:, None, :] - bank[None, :, :]) ** 2).sum(-1)
+    kk = 5
+    scores["knn:K=5"] = -np.sort(d2, axis=1)[:, kk - 1]
+    h = 0.5
+    scores["kde:bandwidth=0.5"] = logsumexp(-d2 / (2 * h * h)) - np.log(len(bank))
+
+    # ViM
+    vim_dim = 8
+    u = -np.matmul(np.linalg.pinv(w), b)
+    ec = sklearn.covariance.EmpiricalCovariance(assume_centered=True)
+    ec.fit(train - u)
+    eig_vals, eigen_vectors = np.linalg.eig(ec.covariance_)
+    ns = np.ascontiguousarray((eigen_vectors.T[np.argsort(eig_vals * -1)[vim_dim:]]).T)
+    alpha = train_logits.max(axis=-1).mean() / np.linalg.norm(np.matmul(train - u, ns), axis=-1).mean()
+    scores["vim:dim=8"] = -np.linalg.norm(np.matmul(x - u, ns), axis=-1) * alpha + logsumexp(logits)
+
+    # MDS / RMDS (sklearn's pinvh of the float64 covariance; the Rust side uses float32's
+    # cutoff, which drops the same single zero eigenvalue here).
+    class_mean = np.stack([train[labels == c].mean(0) for c in range(CLASSES)])
+    centred = np.concatenate([train[labels == c] - class_mean[c] for c in range(CLASSES)])
+    precision = sklearn.covariance.EmpiricalCovariance(assume_centered=False).fit(centred).precision_
+    maha = lambda a, mu, prec: np.einsum("ij,jk,ik->i", a - mu, prec, a - mu)
+    class_d = np.stack([maha(x, class_mean[c], precision) for c in range(CLASSES)], 1)
+    scores["mds"] = (-class_d).max(1)
+    whole = train.mean(0)
+    whole_precision = sklearn.covariance.EmpiricalCovariance(assume_centered=False).fit(train - whole).precision_
+    background = maha(x, whole, whole_precision)
+    scores["rmds"] = (-class_d + background[:, None]).max(1)
+
+    # SHE: inner product with the mean of correctly classified training samples of the predicted class.
+    pred_train = train_logits.argmax(1)
+    assert all(np.any((labels == c) & (pred_train == c)) for c in range(CLASSES)), "a class without correct samples"
+    she_means = np.stack([train[(labels == c) & (pred_train == c)].mean(0) for c in range(CLASSES)])
+    scores["she"] = np.sum(x * she_means[logits.argmax(1)], axis=1)
+
+    # DDU: class Gaussians (covariance / (n - 1)), one jitter for all classes.
+    means = [train[labels == c].mean(0) for c in range(CLASSES)]
+    covs = [(train[labels == c] - means[c]).T @ (train[labels == c] - means[c]) / (np.sum(labels == c) - 1) for c in range(CLASSES)]
+    jitters = [0, np.finfo(np.float64).tiny] + [10.0**e for e in range(-308, 0, 1)]
+    for jitter in jitters:
+        try:
+            chol = [np.linalg.cholesky(cv + jitter * np.eye(DIM)) for cv in covs]
+        except np.linalg.LinAlgError:
+            continue
+        break
+    log_p = []
+    for mu, lower in zip(means, chol):
+        y = scipy.linalg.solve_triangular(lower, (x - mu).T, lower=True)
+        log_det = 2 * np.log(np.diag(lower)).sum()
+        log_p.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
+    scores["ddu"] = logsumexp(np.stack(log_p, 1), axis=1)
+
+    rows = lambda a: [float(v) for v in a.flatten()]
+    golden = {
+        "seed": SEED,
+        "classes": CLASSES,
+        "dim": DIM,
+        "fc_weight": rows(w32),
+        "fc_bias": rows(b32),
+        "train_features": rows(train32),
+        "train_labels": [int(v) for v in labels],
+        "val_features": rows(val32),
+        "eval_features": rows(eval32),
+        "ddu_jitter": float(jitter),
+        "scores": {k: rows(v) for k, v in scores.items()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(golden))
+    print(f"wrote {out}: {len(scores)} detectors, DDU jitter {jitter}")
+
+
+if __name__ == "__main__":
+    main()

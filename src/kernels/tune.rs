@@ -53,13 +53,13 @@ pub struct Tuner {
     state: Mutex<Option<CacheFile>>,
 }
 
-/// Rows of the GEMM a tuning run aims for: enough workgroups to fill a large GPU; on a CPU
-/// adapter, where the cost per row does not depend on the row count, few enough that a shape
-/// tunes in well under a second.
-fn tune_rows(device: wgpu::DeviceType) -> u64 {
+/// Work (FLOP) of one tuning run: enough samples to fill a large GPU; on a CPU adapter, where
+/// the speed hardly depends on the size, a few milliseconds, so a shape tunes in a fraction of
+/// a second (sized by rows instead, the deepest ResNet stages took seconds each).
+fn tune_flop(device: wgpu::DeviceType) -> u64 {
     match device {
-        wgpu::DeviceType::Cpu => 2048,
-        _ => 65_536,
+        wgpu::DeviceType::Cpu => 100_000_000,
+        _ => 8_000_000_000,
     }
 }
 /// A candidate whose first run is this much slower than the best so far is not timed again.
@@ -169,7 +169,8 @@ fn shape_key(p: &ConvParams, backward: bool) -> String {
 /// Times every candidate on random data and returns the fastest.
 fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: u32) -> Result<ConvVariant> {
     let rows_per_sample = if backward { p.in_h * p.in_w } else { p.out_h * p.out_w } as u64;
-    let batch = (tune_rows(gpu.info.device_type).div_ceil(rows_per_sample.max(1)) as u32).clamp(1, batch.max(1));
+    let flop_per_sample = (2 * rows_per_sample * p.n_total as u64 * p.k_total as u64).max(1);
+    let batch = (tune_flop(gpu.info.device_type).div_ceil(flop_per_sample).min(u32::MAX as u64) as u32).clamp(1, batch.max(1));
     let mut p = *p;
     p.batch = batch;
     p.m_total = batch * rows_per_sample as u32;

@@ -86,26 +86,14 @@ impl Profile {
         binning: Binning,
         counted: Counted,
     ) -> Result<Self> {
-        let channels = network.layer_channels();
-        let mut sized = Vec::with_capacity(layers.len());
-        for p in layers {
-            network.layer_index(&p.layer)?;
-            sized.push((p.clone(), channels.iter().find(|(n, _)| *n == p.layer).unwrap().1));
-        }
-        let identity = ModelIdentity { arch: network.spec.to_string(), fingerprint: network.fingerprint() };
+        let (identity, sized) = sized_layers(network, layers)?;
         Self::for_layout(engine, &identity, &sized, preprocessing, binning, counted)
     }
 
     /// A profile whose entries may repeat a layer with other parameters: the parameter
     /// search bins and scores many candidates of each layer in one submission. Never saved.
     pub(crate) fn for_candidates(engine: &Engine, network: &Network, candidates: &[LayerParams], preprocessing: &str) -> Result<Self> {
-        let channels = network.layer_channels();
-        let mut sized = Vec::with_capacity(candidates.len());
-        for p in candidates {
-            network.layer_index(&p.layer)?;
-            sized.push((p.clone(), channels.iter().find(|(n, _)| *n == p.layer).unwrap().1));
-        }
-        let identity = ModelIdentity { arch: network.spec.to_string(), fingerprint: network.fingerprint() };
+        let (identity, sized) = sized_layers(network, candidates)?;
         Self::build(engine, &identity, &sized, preprocessing, Binning::LogSymmetric, Counted::All, true)
     }
 
@@ -485,6 +473,17 @@ impl Profile {
 
 /// Fails unless a layer's `(m − 1) × neurons` u32 counts fit one storage binding of the adapter
 /// (checked before anything is allocated for them).
+/// The model's identity and each layer's parameters with its neuron count (layer names checked).
+fn sized_layers(network: &Network, layers: &[LayerParams]) -> Result<(ModelIdentity, Vec<(LayerParams, usize)>)> {
+    let channels = network.layer_channels();
+    let mut sized = Vec::with_capacity(layers.len());
+    for p in layers {
+        network.layer_index(&p.layer)?;
+        sized.push((p.clone(), channels.iter().find(|(n, _)| *n == p.layer).unwrap().1));
+    }
+    Ok((ModelIdentity { arch: network.spec.to_string(), fingerprint: network.fingerprint() }, sized))
+}
+
 fn check_counts_fit(engine: &Engine, layer: &str, m: usize, neurons: usize) -> Result<()> {
     let limit = engine.gpu.max_binding_bytes();
     let bytes = (m.saturating_sub(1) as u64).saturating_mul(neurons as u64).saturating_mul(4);

@@ -24,6 +24,26 @@ use nac::{limits, reference, Engine, EngineOptions, Error, Result};
 /// What `--preprocessing` says when the input array is used exactly as given.
 const AS_GIVEN: &str = "none";
 
+/// `println!` to standard output that ends the process quietly when the reader has gone
+/// (`nac info | head`) instead of panicking, as `println!` does on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|_| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "nac", version, about = "Neuron Activation Coverage on any GPU (wgpu + WGSL)")]
 struct Cli {
@@ -488,8 +508,8 @@ fn evaluate(mut engine: Engine, config: &nac::eval::EvalConfig, out: PathBuf, th
     limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
     let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };
     let report = nac::eval::run(&mut engine, config, &options)?;
-    println!("{}", nac::eval::report::markdown(&report));
-    println!("{what}: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+    out!("{}", nac::eval::report::markdown(&report));
+    out!("{what}: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -501,8 +521,8 @@ fn shift(gpu: Device, config: &nac::eval::shift::ShiftConfig, out: PathBuf, thre
     limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
     let options = nac::eval::EvalOptions { out: out.clone(), threads, progress: true };
     let report = nac::eval::shift::run(&mut engine, config, &options)?;
-    println!("{}", nac::eval::shift::markdown(&report));
-    println!("shift: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
+    out!("{}", nac::eval::shift::markdown(&report));
+    out!("shift: wrote {}/results.{{json,csv,md}} and pictures/ in {:.1} s", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -513,7 +533,7 @@ fn bench(gpu: Device, settings: nac::bench::BenchSettings, out: &Path) -> Result
     let report = nac::bench::run_bench(&engine, &settings)?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Input(format!("serialising the benchmark: {e}")))?;
     write_atomic(out, json.as_bytes())?;
-    println!("{json}");
+    out!("{json}");
     Ok(())
 }
 
@@ -521,12 +541,12 @@ fn info(options: &GpuOptions) -> Result<()> {
     // Fails with an explanation of how to get an adapter when there is none.
     let engine = Engine::new(EngineOptions { gpu: options.clone(), ..Default::default() })?;
     let adapters = list_adapters(options)?;
-    println!("{} adapter(s):\n", adapters.len());
+    out!("{} adapter(s):\n", adapters.len());
     for a in &adapters {
         let chosen = a.get_info().name == engine.gpu.info.name && a.get_info().backend == engine.gpu.info.backend;
-        print!("{}{}", if chosen { "* " } else { "  " }, describe_adapter(a));
+        write_stdout(format_args!("{}{}", if chosen { "* " } else { "  " }, describe_adapter(a)));
     }
-    println!("\n* = used by nac (override with --adapter/--backend or NAC_ADAPTER/NAC_BACKEND)");
+    out!("\n* = used by nac (override with --adapter/--backend or NAC_ADAPTER/NAC_BACKEND)");
     Ok(())
 }
 
@@ -585,7 +605,7 @@ fn selfcheck(gpu: Device, arch: &str, batch: usize, size: usize, seed: u64) -> R
     limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
     limits::product("--batch × 3 × --size × --size", &[batch, 3, size, size])?;
     let engine = gpu.engine(EngineOptions::default().max_batch)?;
-    println!("adapter: {} ({:?}, {:?})", engine.gpu.info.name, engine.gpu.info.backend, engine.gpu.info.device_type);
+    out!("adapter: {} ({:?}, {:?})", engine.gpu.info.name, engine.gpu.info.backend, engine.gpu.info.device_type);
     let synthetic = SyntheticModel::new(spec, 10, seed)?;
     let mut model = engine.upload(synthetic.network.clone());
     let names = model.network.layer_names();
@@ -601,19 +621,19 @@ fn selfcheck(gpu: Device, arch: &str, batch: usize, size: usize, seed: u64) -> R
     let want = reference::run(&synthetic.network, &input, shape, &layers)?;
     let cpu_time = t.elapsed();
 
-    println!("{spec}, input {shape:?}: GPU pass {gpu_time:.2?} (first run, includes planning), CPU f64 reference {cpu_time:.2?}");
+    out!("{spec}, input {shape:?}: GPU pass {gpu_time:.2?} (first run, includes planning), CPU f64 reference {cpu_time:.2?}");
     let logits_err = reference::relative_error(&got.logits, &want.logits);
-    println!("  logits   rel err {logits_err:.2e} (tolerance 1e-4)");
+    out!("  logits   rel err {logits_err:.2e} (tolerance 1e-4)");
     let mut ok = logits_err <= 1e-4;
     for (g, w) in got.layers.iter().zip(&want.layers) {
         let (ez, eg) = (reference::relative_error(&g.z, &w.z), reference::relative_error(&g.g, &w.g));
-        println!("  {:8} z rel err {ez:.2e}, g rel err {eg:.2e} (tolerance 1e-3)", g.name);
+        out!("  {:8} z rel err {ez:.2e}, g rel err {eg:.2e} (tolerance 1e-3)", g.name);
         ok &= ez <= 1e-3 && eg <= 1e-3;
     }
     if !ok {
         return Err(Error::Gpu(format!("selfcheck failed on {}: GPU results differ from the reference", engine.gpu.info.name)));
     }
-    println!("ok: the GPU matches the CPU reference");
+    out!("ok: the GPU matches the CPU reference");
     Ok(())
 }
 
@@ -876,16 +896,16 @@ fn model_evaluation(
     let report =
         evaluate_checkpoints(&engine, checkpoints, run.arch()?, images, settings, accuracies.as_deref()).map_err(in_input(&input))?;
     bar.finish_and_clear();
-    println!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
+    out!("{:<48} {:>12} {:>12} {:>10}", "checkpoint", "NAC-ME", "train acc", "test acc");
     for (i, (path, r)) in report.checkpoints.iter().zip(&report.results).enumerate() {
         let test = report.test_accuracies.as_ref().map_or("-".to_string(), |a| format!("{:.4}", a[i]));
         let mark = if i == report.chosen { " <- chosen" } else { "" };
-        println!("{:<48} {:>12.6e} {:>12.4} {:>10}{mark}", path.display(), r.value, r.correct as f64 / r.samples as f64, test);
+        out!("{:<48} {:>12.6e} {:>12.4} {:>10}{mark}", path.display(), r.value, r.correct as f64 / r.samples as f64, test);
     }
     match report.spearman {
-        Some(rho) => println!("Spearman rank correlation (NAC-ME vs test accuracy): {rho:.4}"),
+        Some(rho) => out!("Spearman rank correlation (NAC-ME vs test accuracy): {rho:.4}"),
         None if report.test_accuracies.is_some() => {
-            println!("Spearman rank correlation: undefined (fewer than two checkpoints, or a constant column)")
+            out!("Spearman rank correlation: undefined (fewer than two checkpoints, or a constant column)")
         }
         None => {}
     }

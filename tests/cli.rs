@@ -235,3 +235,20 @@ fn profile_score_merge_and_me_match_the_library() {
     assert_eq!(json["chosen"].as_str().unwrap(), want.checkpoints[want.chosen].display().to_string());
     assert!(stdout.contains("<- chosen") && stdout.contains("Spearman"), "{stdout}");
 }
+
+/// A reader that stops early (`nac info | head -n 1`) ends the command quietly, not in a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nac"))
+        .arg("info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success() && !err.contains("panicked"), "status {status}: {err}");
+}

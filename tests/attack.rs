@@ -6,12 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{engine, random_vec};
+use common::{engine, engine_with, random_vec};
 use nac::data::{load_all, Dataset, Transform};
 use nac::model::arch::ArchSpec;
 use nac::model::synthetic::SyntheticModel;
 use nac::rng::Rng;
-use nac::{Attack, AttackKind, Engine, Loss, Model, PassRequest, PixelSpace, Target};
+use nac::{Attack, AttackKind, Engine, EngineOptions, Loss, Model, PassRequest, PixelSpace, Target};
 
 const FMNIST: f32 = 0.286;
 const FMNIST_STD: f32 = 0.353;
@@ -70,6 +70,34 @@ fn fgsm_is_a_signed_step_of_the_input_gradient() {
         assert!((to_pixel(adv[i]) - want).abs() <= 1e-6, "element {i}: pixel {} vs {want} (gradient {})", to_pixel(adv[i]), grad[i]);
     }
     assert!(zero < x.len() / 100, "{zero} zero gradients of {}", x.len());
+}
+
+/// Each example depends on its own sample only: chunked one sample per submission, or attacked
+/// alone, it is bit for bit what the whole batch gives (the random start is drawn per element of
+/// the input, so a sample keeps its draw at its index).
+#[test]
+fn attacks_do_not_depend_on_chunking() {
+    let network = SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 5, 7).unwrap().network;
+    let shape = [5, 3, 9, 7];
+    let mut rng = Rng::new(8);
+    let x = images(&mut rng, shape.iter().product());
+    let labels = [0, 4, 2, 2, 1];
+    let per = 3 * 9 * 7;
+    for kind in [AttackKind::Fgsm, AttackKind::Pgd { steps: 3, step_size: 2.0 / 255.0, random_start: Some(5) }] {
+        let attack = Attack { kind, epsilon: 8.0 / 255.0 };
+        let whole = {
+            let engine = engine();
+            let mut model = engine.upload(network.clone());
+            engine.attack(&mut model, &x, shape, &labels, &attack, &pixels(3)).unwrap()
+        };
+        let chunked = engine_with(EngineOptions { max_batch: 1, ..EngineOptions::default() });
+        let mut model = chunked.upload(network.clone());
+        assert_eq!(chunked.attack(&mut model, &x, shape, &labels, &attack, &pixels(3)).unwrap(), whole, "{kind:?}: chunks of one");
+        if attack.kind == AttackKind::Fgsm {
+            let alone = chunked.attack(&mut model, &x[2 * per..3 * per], [1, 3, 9, 7], &labels[2..3], &attack, &pixels(3)).unwrap();
+            assert_eq!(alone, whole[2 * per..3 * per], "FGSM of sample 2 alone");
+        }
+    }
 }
 
 #[test]

@@ -383,6 +383,7 @@ impl Engine {
                 call.variant = self.tuner.choose(&self.gpu, &self.kernels, &p, backward, batch as u32)?;
             }
         }
+        self.tuner.save(&self.gpu);
         Ok(())
     }
 

@@ -46,6 +46,9 @@ struct CacheFile {
     identity: String,
     /// Shape key → variant name.
     choices: BTreeMap<String, String>,
+    /// Choices measured since the file was last written.
+    #[serde(skip)]
+    unsaved: bool,
 }
 
 pub struct Tuner {
@@ -96,20 +99,29 @@ impl Tuner {
         }
         let variant = measure(gpu, kernels, p, backward, batch)?;
         cache.choices.insert(key, variant.name());
-        if let Some(path) = self.cache_path(gpu) {
-            let saved = std::fs::create_dir_all(path.parent().unwrap())
-                .map_err(|e| crate::Error::io(&path, e))
-                .and_then(|_| crate::error::write_atomic(&path, serde_json::to_string_pretty(&*cache).unwrap().as_bytes()));
-            if let Err(e) = saved {
-                eprintln!("warning: could not save the conv tuning cache ({e}); the next run tunes again");
-            }
-        }
+        cache.unsaved = true;
         Ok(variant)
+    }
+
+    /// Writes the choices measured since the last save (once per plan, not per shape).
+    pub fn save(&self, gpu: &Gpu) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (Some(cache), Some(path)) = (state.as_mut(), self.cache_path(gpu)) else { return };
+        if !cache.unsaved {
+            return;
+        }
+        let saved = std::fs::create_dir_all(path.parent().unwrap())
+            .map_err(|e| crate::Error::io(&path, e))
+            .and_then(|_| crate::error::write_atomic(&path, serde_json::to_string_pretty(&*cache).unwrap().as_bytes()));
+        match saved {
+            Ok(()) => cache.unsaved = false,
+            Err(e) => eprintln!("warning: could not save the conv tuning cache ({e}); the next run tunes again"),
+        }
     }
 
     fn load(&self, gpu: &Gpu) -> CacheFile {
         let identity = adapter_identity(gpu);
-        let fresh = CacheFile { identity: identity.clone(), choices: BTreeMap::new() };
+        let fresh = CacheFile { identity: identity.clone(), choices: BTreeMap::new(), unsaved: false };
         let Some(path) = self.cache_path(gpu) else { return fresh };
         let Ok(text) = std::fs::read_to_string(&path) else { return fresh };
         match serde_json::from_str::<CacheFile>(&text) {

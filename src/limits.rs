@@ -50,6 +50,10 @@ pub const MAX_THREADS: usize = 256;
 /// network in `nac selfcheck` / `nac bench`.
 pub const MAX_BLOCKS_PER_STAGE: usize = 64;
 
+/// Encoder blocks of a Vision Transformer: ViT-H has 32; the bound keeps `--arch` from sizing
+/// an endless random network, and the layer names within `MAX_LAYERS`' reach for a profile.
+pub const MAX_VIT_DEPTH: usize = 48;
+
 /// Elements of one parameter tensor drawn by a random (synthetic) network: 2^30 f32 is 4 GiB,
 /// past the largest storage buffer any adapter binds; a checkpoint's tensors are bounded by
 /// the file instead. Keeps `nac selfcheck --arch wrn-28-16000` from a giant allocation.

@@ -519,6 +519,7 @@ impl Graph {
                 }
                 g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
             }
+            GpuBody::VisionTransformer { .. } => todo!("ViT graph"),
         }
         g
     }

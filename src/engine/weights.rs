@@ -2,7 +2,7 @@
 //! that is exact, conv weights re-packed once for the forward and the data-gradient GEMMs.
 
 use crate::gpu::Gpu;
-use crate::model::arch::{BatchNorm, Body, Conv, Network};
+use crate::model::arch::{BatchNorm, Body, Conv, LayerNorm, Linear, Network, VitSpec};
 
 /// Shape of a convolution, as the kernels see it.
 #[derive(Clone, Copy, Debug)]
@@ -48,9 +48,34 @@ pub struct GpuWrnBlock {
     pub shortcut: Option<GpuConv>,
 }
 
+pub struct GpuLayerNorm {
+    pub gamma: wgpu::Buffer,
+    pub beta: wgpu::Buffer,
+}
+
+/// A ViT encoder block; its linear layers are 1×1 convolutions over the `[tokens, 1, width]`
+/// NHWC token sequence (the same GEMM kernels, with the bias in the epilogue).
+pub struct GpuEncoderBlock {
+    pub ln_1: GpuLayerNorm,
+    pub in_proj: GpuConv,
+    pub out_proj: GpuConv,
+    pub ln_2: GpuLayerNorm,
+    pub mlp_1: GpuConv,
+    pub mlp_2: GpuConv,
+}
+
 pub enum GpuBody {
     ResNet { stem: GpuConv, max_pool: bool, stages: Vec<Vec<GpuResBlock>> },
     WideResNet { stem: GpuConv, stages: Vec<Vec<GpuWrnBlock>>, final_bn: GpuScaleShift },
+    VisionTransformer {
+        spec: VitSpec,
+        /// `conv_proj` (kernel = stride = patch) with its bias.
+        conv_proj: GpuConv,
+        class_token: wgpu::Buffer,
+        pos_embedding: wgpu::Buffer,
+        blocks: Vec<GpuEncoderBlock>,
+        ln: GpuLayerNorm,
+    },
 }
 
 pub struct GpuHead {
@@ -97,6 +122,31 @@ fn upload_conv(gpu: &Gpu, conv: &Conv, bn: Option<&BatchNorm>, with_backward: bo
         None => (vec![1.0; conv.out_channels], vec![0.0; conv.out_channels]),
     };
     let bias: Vec<f32> = shift.iter().map(|&b| b as f32).collect();
+    upload_packed(gpu, conv, &scale, bn.map(|_| bias.as_slice()), with_backward)
+}
+
+/// A linear layer over tokens: a 1×1 convolution with its bias.
+fn upload_linear(gpu: &Gpu, name: &str, linear: &Linear) -> GpuConv {
+    let conv = Conv {
+        name: name.to_string(),
+        out_channels: linear.out_features,
+        in_channels: linear.in_features,
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+        weight: linear.weight.clone(),
+    };
+    upload_packed(gpu, &conv, &vec![1.0; linear.out_features], Some(&linear.bias), true)
+}
+
+fn upload_layer_norm(gpu: &Gpu, ln: &LayerNorm) -> GpuLayerNorm {
+    GpuLayerNorm {
+        gamma: gpu.upload_f32(&format!("{}.weight", ln.name), &ln.gamma),
+        beta: gpu.upload_f32(&format!("{}.bias", ln.name), &ln.beta),
+    }
+}
+
+fn upload_packed(gpu: &Gpu, conv: &Conv, scale: &[f64], bias: Option<&[f32]>, with_backward: bool) -> GpuConv {
     GpuConv {
         geometry: ConvGeometry {
             in_c: conv.in_channels,
@@ -105,9 +155,9 @@ fn upload_conv(gpu: &Gpu, conv: &Conv, bn: Option<&BatchNorm>, with_backward: bo
             stride: conv.stride,
             pad: conv.padding,
         },
-        forward: gpu.upload_f32(&format!("{}.forward", conv.name), &pack_forward(conv, &scale)),
-        backward: with_backward.then(|| gpu.upload_f32(&format!("{}.backward", conv.name), &pack_backward(conv, &scale))),
-        bias: bn.map(|_| gpu.upload_f32(&format!("{}.bias", conv.name), &bias)),
+        forward: gpu.upload_f32(&format!("{}.forward", conv.name), &pack_forward(conv, scale)),
+        backward: with_backward.then(|| gpu.upload_f32(&format!("{}.backward", conv.name), &pack_backward(conv, scale))),
+        bias: bias.map(|b| gpu.upload_f32(&format!("{}.bias", conv.name), b)),
     }
 }
 
@@ -159,12 +209,32 @@ impl GpuWeights {
                     .collect();
                 GpuBody::WideResNet { stem, stages, final_bn: upload_scale_shift(gpu, final_bn) }
             }
+            Body::VisionTransformer { spec, conv_proj, conv_proj_bias, class_token, pos_embedding, blocks, ln } => {
+                GpuBody::VisionTransformer {
+                    spec: *spec,
+                    conv_proj: upload_packed(gpu, conv_proj, &vec![1.0; conv_proj.out_channels], Some(conv_proj_bias), true),
+                    class_token: gpu.upload_f32("class_token", class_token),
+                    pos_embedding: gpu.upload_f32("encoder.pos_embedding", pos_embedding),
+                    blocks: blocks
+                        .iter()
+                        .map(|b| GpuEncoderBlock {
+                            ln_1: upload_layer_norm(gpu, &b.ln_1),
+                            in_proj: upload_linear(gpu, &format!("{}.self_attention.in_proj", b.name), &b.in_proj),
+                            out_proj: upload_linear(gpu, &format!("{}.self_attention.out_proj", b.name), &b.out_proj),
+                            ln_2: upload_layer_norm(gpu, &b.ln_2),
+                            mlp_1: upload_linear(gpu, &b.mlp_names[0], &b.mlp_1),
+                            mlp_2: upload_linear(gpu, &b.mlp_names[1], &b.mlp_2),
+                        })
+                        .collect(),
+                    ln: upload_layer_norm(gpu, ln),
+                }
+            }
         };
         let head = GpuHead {
             in_features: net.fc.in_features,
             classes: net.fc.out_features,
-            weight: gpu.upload_f32("fc.weight", &net.fc.weight),
-            bias: gpu.upload_f32("fc.bias", &net.fc.bias),
+            weight: gpu.upload_f32(&format!("{}.weight", net.head_name()), &net.fc.weight),
+            bias: gpu.upload_f32(&format!("{}.bias", net.head_name()), &net.fc.bias),
         };
         GpuWeights { body, head }
     }

@@ -18,7 +18,39 @@ pub enum ArchSpec {
     TorchResNet { depth: usize },
     /// WideResNet-depth-k with RobustBench naming (pre-activation blocks).
     WideResNet { depth: usize, width: usize },
+    /// torchvision `VisionTransformer` (pre-norm encoder blocks, class token, learned positions).
+    VisionTransformer(VitSpec),
 }
+
+/// The shape of a torchvision Vision Transformer. Everything but `heads` is read from the tensor
+/// shapes; a state dict does not record the number of attention heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VitSpec {
+    pub image: usize,
+    pub patch: usize,
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub mlp: usize,
+}
+
+impl VitSpec {
+    /// Tokens per image: the patches and the class token.
+    pub fn tokens(&self) -> usize {
+        (self.image / self.patch).pow(2) + 1
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+}
+
+/// The torchvision families (`vit_b_*`, `vit_l_*`, `vit_h_14`) by (width, MLP width) → heads:
+/// the convention used when neither the checkpoint's metadata nor `--arch` gives the heads.
+const TORCHVISION_VIT_HEADS: [(usize, usize, usize, &str); 3] = [(768, 3072, 12, "ViT-B"), (1024, 4096, 16, "ViT-L"), (1280, 5120, 16, "ViT-H")];
+
+/// The safetensors metadata key that records a Vision Transformer's number of heads.
+pub const VIT_HEADS_METADATA: &str = "num_heads";
 
 impl fmt::Display for ArchSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -26,6 +58,9 @@ impl fmt::Display for ArchSpec {
             ArchSpec::ResNet18_32x32 => write!(f, "resnet18_32x32"),
             ArchSpec::TorchResNet { depth } => write!(f, "resnet{depth}"),
             ArchSpec::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
+            ArchSpec::VisionTransformer(v) => {
+                write!(f, "vit-i{}-p{}-d{}-w{}-h{}-m{}", v.image, v.patch, v.depth, v.width, v.heads, v.mlp)
+            }
         }
     }
 }
@@ -36,9 +71,12 @@ impl std::str::FromStr for ArchSpec {
         let lower = s.to_ascii_lowercase();
         let bad = || {
             Error::Input(format!(
-                "unknown architecture `{s}`; expected resnet18_32x32, resnet18, resnet34, resnet50, resnet101, resnet152 or wrn-DEPTH-WIDTH (e.g. wrn-28-10)"
+                "unknown architecture `{s}`; expected resnet18_32x32, resnet18, resnet34, resnet50, resnet101, resnet152, wrn-DEPTH-WIDTH (e.g. wrn-28-10) or vit-hHEADS (a Vision Transformer with HEADS attention heads, the rest read from the tensors; the full form is vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP)"
             ))
         };
+        if let Some(rest) = lower.strip_prefix("vit-") {
+            return parse_vit(rest).map(ArchSpec::VisionTransformer).ok_or_else(bad);
+        }
         if lower == "resnet18_32x32" {
             return Ok(ArchSpec::ResNet18_32x32);
         }
@@ -78,6 +116,56 @@ fn check_wrn(depth: usize, width: usize) -> std::result::Result<(), String> {
             limits::MAX_LAYER_NEURONS
         )),
     }
+}
+
+/// `vit-…` fields after the prefix: `hN` alone (the rest read from the tensors, 0 here) or all
+/// six of `iN pN dN wN hN mN`.
+fn parse_vit(rest: &str) -> Option<VitSpec> {
+    let mut v = VitSpec { image: 0, patch: 0, depth: 0, width: 0, heads: 0, mlp: 0 };
+    for field in rest.split('-') {
+        let (key, value) = field.split_at_checked(1)?;
+        let n: usize = value.parse().ok().filter(|&n| n > 0)?;
+        let slot = match key {
+            "i" => &mut v.image,
+            "p" => &mut v.patch,
+            "d" => &mut v.depth,
+            "w" => &mut v.width,
+            "h" => &mut v.heads,
+            "m" => &mut v.mlp,
+            _ => return None,
+        };
+        if *slot != 0 {
+            return None;
+        }
+        *slot = n;
+    }
+    let given = [v.image, v.patch, v.depth, v.width, v.mlp].iter().filter(|&&n| n > 0).count();
+    (v.heads > 0 && (given == 0 || given == 5)).then_some(v)
+}
+
+/// A Vision Transformer's shape within the limits and self-consistent; the reason why not.
+fn check_vit(v: &VitSpec) -> std::result::Result<(), String> {
+    if v.patch == 0 || v.image == 0 || !v.image.is_multiple_of(v.patch) {
+        return Err(format!("image side {} is not a multiple of the patch size {}", v.image, v.patch));
+    }
+    if v.image > limits::MAX_IMAGE_SIDE {
+        return Err(format!("image side {} is over the limit of {} (MAX_IMAGE_SIDE, see `nac::limits`)", v.image, limits::MAX_IMAGE_SIDE));
+    }
+    if v.depth == 0 || v.depth > limits::MAX_VIT_DEPTH {
+        return Err(format!("{} encoder blocks: expected 1 to {} (MAX_VIT_DEPTH, see `nac::limits`)", v.depth, limits::MAX_VIT_DEPTH));
+    }
+    if v.width == 0 || v.width > limits::MAX_LAYER_NEURONS || v.mlp == 0 || v.mlp > limits::MAX_LAYER_NEURONS {
+        return Err(format!(
+            "width {} and MLP width {}: expected 1 to {} (MAX_LAYER_NEURONS, see `nac::limits`)",
+            v.width,
+            v.mlp,
+            limits::MAX_LAYER_NEURONS
+        ));
+    }
+    if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
+        return Err(format!("{} attention heads do not divide the width {}", v.heads, v.width));
+    }
+    Ok(())
 }
 
 /// Blocks per stage and whether blocks are Bottlenecks, for torchvision depths.
@@ -134,6 +222,34 @@ pub struct Linear {
     pub bias: Vec<f32>,
 }
 
+/// LayerNorm over the channels of each token, eps 1e-6 (torchvision's ViT).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub name: String,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+pub const LN_EPS: f64 = 1e-6;
+
+/// A torchvision ViT encoder block (pre-norm): `x = x + out_proj(attention(ln_1(x)))`, then
+/// `x = x + mlp_2(gelu(mlp_1(ln_2(x))))`, GELU in its exact erf form.
+#[derive(Clone, Debug)]
+pub struct EncoderBlock {
+    /// `encoder.layers.encoder_layer_{i}`.
+    pub name: String,
+    pub ln_1: LayerNorm,
+    /// `self_attention.in_proj_{weight,bias}`: `[3·width, width]`, rows q, k, v.
+    pub in_proj: Linear,
+    pub out_proj: Linear,
+    pub ln_2: LayerNorm,
+    pub mlp_1: Linear,
+    pub mlp_2: Linear,
+    /// The MLP's linear layers as the checkpoint names them: `mlp.0`/`mlp.3`, or
+    /// `mlp.linear_1`/`mlp.linear_2` in checkpoints older than torchvision 0.13.
+    pub mlp_names: [String; 2],
+}
+
 /// A post-activation residual block (ResNet BasicBlock or Bottleneck):
 /// `out = relu(bn_k(conv_k(… relu(bn_1(conv_1(x))) …)) + shortcut(x))`.
 #[derive(Clone, Debug)]
@@ -162,9 +278,23 @@ pub enum Body {
     ResNet { stem: (Conv, BatchNorm), max_pool: bool, stages: Vec<Vec<ResBlock>> },
     /// Stem conv, stages `block1..block3`, then final bn + ReLU.
     WideResNet { stem: Conv, stages: Vec<Vec<WrnBlock>>, final_bn: BatchNorm },
+    /// Patch embedding `conv_proj` (kernel = stride = patch, with bias), the class token
+    /// prepended, `encoder.pos_embedding` added, the blocks, `encoder.ln`; the head reads the
+    /// class token.
+    VisionTransformer {
+        spec: VitSpec,
+        conv_proj: Conv,
+        conv_proj_bias: Vec<f32>,
+        class_token: Vec<f32>,
+        /// `[tokens, width]`.
+        pos_embedding: Vec<f32>,
+        blocks: Vec<EncoderBlock>,
+        ln: LayerNorm,
+    },
 }
 
-/// A whole classifier: body, global average pool, fully connected head.
+/// A whole classifier: body, pooled feature (global average pool, or a ViT's class token),
+/// fully connected head (`fc`, or a ViT's `heads.head`).
 #[derive(Clone, Debug)]
 pub struct Network {
     pub spec: ArchSpec,
@@ -172,26 +302,54 @@ pub struct Network {
     pub fc: Linear,
 }
 
-/// Name of the pooled-feature layer (input of `fc`), for every architecture.
+/// Name of the pooled-feature layer (input of `fc`) of the convolutional networks.
 pub const POOLED_LAYER: &str = "avgpool";
+/// A Vision Transformer's feature layer: `encoder.ln`'s output, class token (official name).
+pub const VIT_FEATURE_LAYER: &str = "layer_norm";
 
 impl Network {
     pub fn num_classes(&self) -> usize {
         self.fc.out_features
     }
 
-    /// Names of the stage outputs, shallow to deep (`layer1..4` or `block1..3`).
+    /// Names of the stage outputs, shallow to deep (`layer1..4`, `block1..3`, or a ViT's
+    /// `layer_0..` = each block's `ln_2` output, the official names).
     pub fn stage_names(&self) -> Vec<String> {
         match &self.body {
             Body::ResNet { stages, .. } => (1..=stages.len()).map(|i| format!("layer{i}")).collect(),
             Body::WideResNet { stages, .. } => (1..=stages.len()).map(|i| format!("block{i}")).collect(),
+            Body::VisionTransformer { blocks, .. } => (0..blocks.len()).map(|i| format!("layer_{i}")).collect(),
         }
     }
 
-    /// Every layer NAC can hook, shallow to deep: the stage outputs, then `avgpool`.
+    /// The layer whose pooled z is the head's input: `avgpool`, or a ViT's `layer_norm`.
+    pub fn feature_layer(&self) -> &'static str {
+        match self.body {
+            Body::VisionTransformer { .. } => VIT_FEATURE_LAYER,
+            _ => POOLED_LAYER,
+        }
+    }
+
+    /// The checkpoint name of the classifier head (`fc`, or a ViT's `heads.head`).
+    pub fn head_name(&self) -> &'static str {
+        match self.body {
+            Body::VisionTransformer { .. } => "heads.head",
+            _ => "fc",
+        }
+    }
+
+    /// The one input side a network accepts, if it has one (a ViT's learned positions fix it).
+    pub fn fixed_image_size(&self) -> Option<usize> {
+        match &self.body {
+            Body::VisionTransformer { spec, .. } => Some(spec.image),
+            _ => None,
+        }
+    }
+
+    /// Every layer NAC can hook, shallow to deep: the stage outputs, then the feature layer.
     pub fn layer_names(&self) -> Vec<String> {
         let mut names = self.stage_names();
-        names.push(POOLED_LAYER.to_string());
+        names.push(self.feature_layer().to_string());
         names
     }
 
@@ -209,6 +367,7 @@ impl Network {
         match &self.body {
             Body::ResNet { stages, .. } => stages.iter().map(|s| s.last().unwrap().convs.last().unwrap().0.out_channels).collect(),
             Body::WideResNet { stages, .. } => stages.iter().map(|s| s.last().unwrap().conv2.out_channels).collect(),
+            Body::VisionTransformer { spec, blocks, .. } => vec![spec.width; blocks.len()],
         }
     }
 
@@ -224,6 +383,7 @@ impl Network {
         match &self.body {
             Body::ResNet { stem, .. } => stem.0.in_channels,
             Body::WideResNet { stem, .. } => stem.in_channels,
+            Body::VisionTransformer { conv_proj, .. } => conv_proj.in_channels,
         }
     }
 }
@@ -238,11 +398,21 @@ pub enum ParamKind {
     BnVar,
     FcWeight { fan_in: usize },
     FcBias,
+    LnWeight,
+    LnBias,
+    /// A ViT's class token and position embedding.
+    Embedding,
 }
 
 /// Where the builder takes tensors from: a checkpoint, or a random generator.
 pub trait TensorSource {
     fn take(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Vec<f32>>;
+
+    /// Whether the source holds `name` (where a checkpoint may use one of two namings); a
+    /// generator holds nothing and gets the current naming.
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// Takes tensors from a loaded checkpoint, checking names and shapes and remembering what was used.
@@ -282,6 +452,10 @@ impl<'a> StoreSource<'a> {
 }
 
 impl TensorSource for StoreSource<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.store.tensors.contains_key(name)
+    }
+
     /// The tensor `name`, which must have `shape`, finite values, and (a BatchNorm
     /// `running_var`) no negative value: a NaN or Inf weight, or a negative variance (whose
     /// square root is NaN), would make every output NaN without an error.
@@ -318,6 +492,9 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     let t = &store.tensors;
     let err = |message: String| Error::Weights { path: store.path.clone(), message };
     let count_blocks = |prefix: &str| (0..).take_while(|i| t.contains_key(&format!("{prefix}.{i}.conv1.weight"))).count();
+    if t.contains_key("conv_proj.weight") || t.contains_key("class_token") {
+        return detect_vit(store, None).map(ArchSpec::VisionTransformer);
+    }
     if t.contains_key("block1.layer.0.conv1.weight") {
         let name = "block1.layer.0.conv1.weight";
         let shape = &t[name].shape;
@@ -355,6 +532,72 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     }
 }
 
+/// A Vision Transformer's shape from its tensors: width and patch from `conv_proj.weight`, the
+/// image side from the tokens of `encoder.pos_embedding`, depth from the blocks present, the MLP
+/// width from the first block; the heads from `given` (`--arch vit-hN`), else the checkpoint's
+/// `num_heads` metadata, else the torchvision family of (width, MLP width). A full `given`
+/// spec must match the tensors.
+fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
+    let t = &store.tensors;
+    let err = |message: String| Error::Weights { path: store.path.clone(), message };
+    let shape_of = |name: &str| t.get(name).map(|x| x.shape.as_slice()).ok_or_else(|| err(format!("Vision Transformer: missing tensor `{name}`")));
+    let (width, patch) = match shape_of("conv_proj.weight")? {
+        &[d, _, p, q] if p == q && d > 0 && p > 0 => (d, p),
+        other => return Err(err(format!("tensor `conv_proj.weight`: expected [width, channels, patch, patch], found shape {other:?}"))),
+    };
+    let tokens = match shape_of("encoder.pos_embedding")? {
+        &[1, tokens, d] if d == width && tokens >= 2 => tokens,
+        other => {
+            return Err(err(format!("tensor `encoder.pos_embedding`: expected [1, tokens ≥ 2, {width}] (width from `conv_proj.weight`), found shape {other:?}")))
+        }
+    };
+    let side = (tokens - 1).isqrt();
+    if side * side != tokens - 1 {
+        return Err(err(format!(
+            "tensor `encoder.pos_embedding`: {tokens} tokens is not a class token plus a square grid of patches (n² + 1)"
+        )));
+    }
+    let block = |i: usize| format!("encoder.layers.encoder_layer_{i}");
+    let depth = (0..).take_while(|&i| t.contains_key(&format!("{}.ln_1.weight", block(i)))).count();
+    if depth == 0 {
+        return Err(err("Vision Transformer: missing tensor `encoder.layers.encoder_layer_0.ln_1.weight` (no encoder block)".into()));
+    }
+    let mlp_name = ["mlp.0.weight", "mlp.linear_1.weight"].iter().map(|n| format!("{}.{n}", block(0))).find(|n| t.contains_key(n));
+    let mlp_name = mlp_name.ok_or_else(|| err(format!("Vision Transformer: missing tensor `{}.mlp.0.weight` (or `mlp.linear_1.weight`)", block(0))))?;
+    let mlp = match shape_of(&mlp_name)? {
+        &[m, d] if d == width && m > 0 => m,
+        other => return Err(err(format!("tensor `{mlp_name}`: expected [mlp width, {width}], found shape {other:?}"))),
+    };
+    let heads = match (given.map(|g| g.heads), store.metadata.get(VIT_HEADS_METADATA)) {
+        (Some(h), _) => h,
+        (None, Some(text)) => text.trim().parse::<usize>().ok().filter(|&h| h > 0).ok_or_else(|| {
+            err(format!("metadata `{VIT_HEADS_METADATA}` is `{text}`: expected a positive number of attention heads"))
+        })?,
+        (None, None) => match TORCHVISION_VIT_HEADS.iter().find(|&&(w, m, _, _)| w == width && m == mlp) {
+            Some(&(_, _, h, _)) => h,
+            None => {
+                return Err(err(format!(
+                    "Vision Transformer of width {width} and MLP width {mlp}: the number of attention heads is not in the tensors; \
+                     give it as `--arch vit-hN` or as `{VIT_HEADS_METADATA}` in the safetensors metadata (known without: {})",
+                    TORCHVISION_VIT_HEADS.iter().map(|(w, m, h, n)| format!("{n} {w}/{m} → {h}")).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        },
+    };
+    let spec = VitSpec { image: side * patch, patch, depth, width, heads, mlp };
+    if let Some(g) = given.filter(|g| g.image > 0) {
+        if g != spec {
+            return Err(err(format!(
+                "architecture {} does not match the tensors, which hold {}",
+                ArchSpec::VisionTransformer(g),
+                ArchSpec::VisionTransformer(spec)
+            )));
+        }
+    }
+    check_vit(&spec).map_err(|why| err(format!("Vision Transformer {}: {why}", ArchSpec::VisionTransformer(spec))))?;
+    Ok(spec)
+}
+
 struct Builder<'s> {
     src: &'s mut dyn TensorSource,
 }
@@ -388,6 +631,51 @@ impl Builder<'_> {
         })
     }
 
+    fn layer_norm(&mut self, name: &str, c: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            name: name.to_string(),
+            gamma: self.src.take(&format!("{name}.weight"), &[c], ParamKind::LnWeight)?,
+            beta: self.src.take(&format!("{name}.bias"), &[c], ParamKind::LnBias)?,
+        })
+    }
+
+    fn vision_transformer(&mut self, spec: ArchSpec, v: VitSpec, num_classes: usize) -> Result<Network> {
+        let d = v.width;
+        let conv_proj = self.conv("conv_proj", 3, d, v.patch, v.patch, 0)?;
+        let conv_proj_bias = self.src.take("conv_proj.bias", &[d], ParamKind::FcBias)?;
+        let class_token = self.src.take("class_token", &[1, 1, d], ParamKind::Embedding)?;
+        let pos_embedding = self.src.take("encoder.pos_embedding", &[1, v.tokens(), d], ParamKind::Embedding)?;
+        let mut blocks = Vec::with_capacity(v.depth);
+        for i in 0..v.depth {
+            let p = format!("encoder.layers.encoder_layer_{i}");
+            let old_naming = self.src.has(&format!("{p}.mlp.linear_1.weight"));
+            let mlp_names = if old_naming { ["mlp.linear_1", "mlp.linear_2"] } else { ["mlp.0", "mlp.3"] }.map(|n| format!("{p}.{n}"));
+            let attention = format!("{p}.self_attention");
+            blocks.push(EncoderBlock {
+                ln_1: self.layer_norm(&format!("{p}.ln_1"), d)?,
+                in_proj: Linear {
+                    out_features: 3 * d,
+                    in_features: d,
+                    weight: self.src.take(&format!("{attention}.in_proj_weight"), &[3 * d, d], ParamKind::FcWeight { fan_in: d })?,
+                    bias: self.src.take(&format!("{attention}.in_proj_bias"), &[3 * d], ParamKind::FcBias)?,
+                },
+                out_proj: self.linear(&format!("{attention}.out_proj"), d, d)?,
+                ln_2: self.layer_norm(&format!("{p}.ln_2"), d)?,
+                mlp_1: self.linear(&mlp_names[0], d, v.mlp)?,
+                mlp_2: self.linear(&mlp_names[1], v.mlp, d)?,
+                mlp_names,
+                name: p,
+            });
+        }
+        let ln = self.layer_norm("encoder.ln", d)?;
+        let fc = self.linear("heads.head", d, num_classes)?;
+        Ok(Network {
+            spec,
+            body: Body::VisionTransformer { spec: v, conv_proj, conv_proj_bias, class_token, pos_embedding, blocks, ln },
+            fc,
+        })
+    }
+
     fn resnet(&mut self, spec: ArchSpec, num_classes: usize) -> Result<Network> {
         let (torchvision, blocks, bottleneck) = match spec {
             ArchSpec::ResNet18_32x32 => (false, [2, 2, 2, 2], false),
@@ -395,7 +683,7 @@ impl Builder<'_> {
                 let (b, bn) = torch_resnet_layout(depth).expect("validated depth");
                 (true, b, bn)
             }
-            ArchSpec::WideResNet { .. } => unreachable!(),
+            ArchSpec::WideResNet { .. } | ArchSpec::VisionTransformer(_) => unreachable!(),
         };
         let stem = if torchvision { self.conv("conv1", 3, 64, 7, 2, 3)? } else { self.conv("conv1", 3, 64, 3, 1, 1)? };
         let stem = (stem, self.bn("bn1", 64)?);
@@ -469,6 +757,10 @@ pub fn build(spec: ArchSpec, num_classes: usize, src: &mut dyn TensorSource) -> 
     match spec {
         ArchSpec::ResNet18_32x32 | ArchSpec::TorchResNet { .. } => b.resnet(spec, num_classes),
         ArchSpec::WideResNet { depth, width } => b.wide_resnet(spec, depth, width, num_classes),
+        ArchSpec::VisionTransformer(v) => {
+            check_vit(&v).map_err(|why| Error::Input(format!("architecture {spec}: {why}")))?;
+            b.vision_transformer(spec, v, num_classes)
+        }
     }
 }
 
@@ -476,24 +768,27 @@ pub fn build(spec: ArchSpec, num_classes: usize, src: &mut dyn TensorSource) -> 
 /// count from `fc.weight`, and rejects missing, misshapen or extra tensors.
 pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Result<Network> {
     let spec = match spec_override {
+        // `vit-hN`: the heads given, the rest read from the tensors (and a full spec checked).
+        Some(ArchSpec::VisionTransformer(v)) => ArchSpec::VisionTransformer(detect_vit(store, Some(v))?),
         Some(s) => s,
         None => detect(store)?,
     };
-    let fc = store.tensors.get("fc.weight").ok_or_else(|| Error::Weights {
+    let head = if matches!(spec, ArchSpec::VisionTransformer(_)) { "heads.head.weight" } else { "fc.weight" };
+    let fc = store.tensors.get(head).ok_or_else(|| Error::Weights {
         path: store.path.clone(),
-        message: format!("missing tensor `fc.weight` (the classifier head of {spec})"),
+        message: format!("missing tensor `{head}` (the classifier head of {spec})"),
     })?;
     if fc.shape.len() != 2 {
         return Err(Error::Weights {
             path: store.path.clone(),
-            message: format!("tensor `fc.weight`: expected 2 dimensions [classes, features], found {:?}", fc.shape),
+            message: format!("tensor `{head}`: expected 2 dimensions [classes, features], found {:?}", fc.shape),
         });
     }
     let num_classes = fc.shape[0];
     if num_classes == 0 {
         return Err(Error::Weights {
             path: store.path.clone(),
-            message: format!("tensor `fc.weight`: shape {:?} has 0 rows, a classifier needs at least one class", fc.shape),
+            message: format!("tensor `{head}`: shape {:?} has 0 rows, a classifier needs at least one class", fc.shape),
         });
     }
     let mut src = StoreSource::new(store);
@@ -549,6 +844,8 @@ fn check_foldable(net: &Network) -> std::result::Result<(), String> {
             }
             bn_ok(final_bn)?;
         }
+        // Nothing is folded: LayerNorm parameters are applied as they are.
+        Body::VisionTransformer { .. } => {}
     }
     Ok(())
 }
@@ -587,9 +884,34 @@ impl Network {
                 }
                 bn(final_bn, f);
             }
+            Body::VisionTransformer { conv_proj, conv_proj_bias, class_token, pos_embedding, blocks, ln, .. } => {
+                let ln_params = |l: &LayerNorm, f: &mut dyn FnMut(&str, &[f32])| {
+                    f(&format!("{}.weight", l.name), &l.gamma);
+                    f(&format!("{}.bias", l.name), &l.beta);
+                };
+                let linear = |name: &str, l: &Linear, f: &mut dyn FnMut(&str, &[f32])| {
+                    f(&format!("{name}.weight"), &l.weight);
+                    f(&format!("{name}.bias"), &l.bias);
+                };
+                f("class_token", class_token);
+                conv(conv_proj, f);
+                f("conv_proj.bias", conv_proj_bias);
+                f("encoder.pos_embedding", pos_embedding);
+                for b in blocks {
+                    ln_params(&b.ln_1, f);
+                    f(&format!("{}.self_attention.in_proj_weight", b.name), &b.in_proj.weight);
+                    f(&format!("{}.self_attention.in_proj_bias", b.name), &b.in_proj.bias);
+                    linear(&format!("{}.self_attention.out_proj", b.name), &b.out_proj, f);
+                    ln_params(&b.ln_2, f);
+                    linear(&b.mlp_names[0], &b.mlp_1, f);
+                    linear(&b.mlp_names[1], &b.mlp_2, f);
+                }
+                ln_params(ln, f);
+            }
         }
-        f("fc.weight", &self.fc.weight);
-        f("fc.bias", &self.fc.bias);
+        let head = self.head_name();
+        f(&format!("{head}.weight"), &self.fc.weight);
+        f(&format!("{head}.bias"), &self.fc.bias);
     }
 
     /// Identity of the weights: architecture, then FNV-1a (64-bit) over every parameter's name and

@@ -30,6 +30,9 @@ impl TensorSource for RandomSource {
                 ParamKind::BnVar => rng.uniform(0.5, 2.0),
                 ParamKind::FcWeight { fan_in } => rng.normal() * (1.0 / fan_in as f32).sqrt(),
                 ParamKind::FcBias => rng.uniform(-0.1, 0.1),
+                ParamKind::LnWeight => rng.uniform(0.5, 1.5),
+                ParamKind::LnBias => rng.uniform(-0.2, 0.2),
+                ParamKind::Embedding => rng.normal() * 0.5,
             })
             .collect();
         self.drawn.push((name.to_string(), shape.to_vec(), data.clone()));

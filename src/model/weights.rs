@@ -21,6 +21,9 @@ pub struct RawTensor {
 pub struct TensorStore {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, RawTensor>,
+    /// The safetensors `__metadata__` strings (empty for `torch.save` files): what the tensors
+    /// cannot say, such as a Vision Transformer's `num_heads`.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Tensors whose dtype is not a float and that the architectures never read.
@@ -47,9 +50,13 @@ impl TensorStore {
             return Self::from_entries(path, tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes.as_slice())));
         }
         let err = |message: String| Error::Weights { path: path.to_path_buf(), message };
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| err(invalid_safetensors(bytes, &e)))?;
+        let metadata: BTreeMap<String, String> = header.metadata().clone().unwrap_or_default().into_iter().collect();
         let st = SafeTensors::deserialize(bytes).map_err(|e| err(invalid_safetensors(bytes, &e)))?;
         let views: Vec<(String, safetensors::tensor::TensorView)> = st.iter().map(|(n, v)| (n.to_string(), v)).collect();
-        Self::from_entries(path, views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())))
+        let mut store = Self::from_entries(path, views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())))?;
+        store.metadata = metadata;
+        Ok(store)
     }
 
     /// Tensors `(name, dtype, shape, little-endian bytes)` converted to f32; a `module.` prefix
@@ -67,7 +74,7 @@ impl TensorStore {
                 .ok_or_else(|| err(format!("tensor `{key}`: dtype {dtype:?} is not supported; expected F32, F16 or BF16")))?;
             tensors.insert(key.to_string(), RawTensor { shape: shape.to_vec(), dtype, data });
         }
-        Ok(TensorStore { path: path.to_path_buf(), tensors })
+        Ok(TensorStore { path: path.to_path_buf(), tensors, metadata: BTreeMap::new() })
     }
 }
 

@@ -18,6 +18,8 @@
 //! against them, and [`loss_from_layer`] / [`logits_from_layer`] continue the forward pass from
 //! a given stage output (for finite-difference checks).
 
+pub mod vit;
+
 use crate::engine::{Loss, Target};
 use crate::error::{Error, Result};
 use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBlock, BN_EPS, POOLED_LAYER};
@@ -639,6 +641,7 @@ fn wrn_block_backward(blk: &WrnBlock, cache: &BlockCache, g_out: &[f64]) -> Vec<
 
 fn num_stages(net: &Network) -> usize {
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stages, .. } => stages.len(),
         Body::WideResNet { stages, .. } => stages.len(),
     }
@@ -650,6 +653,7 @@ fn stage_forward(net: &Network, s: usize, x: &[f64], shape: [usize; 4], keep: bo
     let mut cs = shape;
     let mut caches = Vec::new();
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stages, .. } => {
             for blk in &stages[s] {
                 let (y, ys, c) = res_block_forward(blk, &cur, cs, keep);
@@ -674,6 +678,7 @@ fn stage_forward(net: &Network, s: usize, x: &[f64], shape: [usize; 4], keep: bo
 fn stage_backward(net: &Network, s: usize, caches: &[BlockCache], g: &[f64]) -> Vec<f64> {
     let mut d = g.to_vec();
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stages, .. } => {
             for (blk, cache) in stages[s].iter().zip(caches).rev() {
                 d = res_block_backward(blk, cache, &d);
@@ -695,6 +700,7 @@ type Activation = (Vec<f64>, [usize; 4]);
 /// returns the ResNet stem's `relu(bn(conv(x)))` and its shape, which its backward needs.
 fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4], Option<Activation>) {
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stem: (conv, bn), max_pool, .. } => {
             let (y, ys) = conv2d(x, shape, conv);
             let y = relu(&batch_norm(&y, ys, bn));
@@ -715,6 +721,7 @@ fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usiz
 /// From the gradient at the stem's output to the gradient at the input.
 fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Activation>) -> Vec<f64> {
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stem: (conv, bn), max_pool, .. } => {
             let (y, ys) = cache.expect("the ResNet stem keeps its output");
             let g = if *max_pool { max_pool_3x3_s2_backward(g, y, *ys) } else { g.to_vec() };
@@ -737,6 +744,7 @@ fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Act
 /// `relu(final_bn(x))`, whose mask the backward pass needs.
 fn head_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, Option<Vec<f64>>) {
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { .. } => (global_avg_pool(x, shape), None),
         Body::WideResNet { final_bn, .. } => {
             let f = relu(&batch_norm(x, shape, final_bn));
@@ -749,6 +757,7 @@ fn head_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, Optio
 fn head_backward(net: &Network, g_pooled: &[f64], shape: [usize; 4], post: Option<&[f64]>) -> Vec<f64> {
     let g = global_avg_pool_backward(g_pooled, shape);
     match &net.body {
+        Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { .. } => g,
         Body::WideResNet { final_bn, .. } => {
             let post = post.expect("WideResNet head keeps relu(final_bn(x))");
@@ -781,6 +790,9 @@ pub fn run_with(
     labels: Option<&[usize]>,
     input_gradient: bool,
 ) -> Result<ReferenceOutput> {
+    if matches!(net.body, Body::VisionTransformer { .. }) {
+        return vit::run_with(net, input, shape, layers, loss, labels, input_gradient);
+    }
     let [b, c, h, w] = shape;
     if b == 0 || h == 0 || w == 0 {
         return Err(Error::Input(format!("reference: input shape {shape:?} has an empty dimension")));
@@ -859,6 +871,9 @@ pub fn run_with(
 /// Continues the forward pass from layer `layer`'s output `z` (shape `[B, C, H, W]`; for
 /// `avgpool`, the pooled feature with shape `[B, C, 1, 1]`) and returns the logits (`B × classes`).
 pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4]) -> Result<Vec<f64>> {
+    if matches!(net.body, Body::VisionTransformer { .. }) {
+        return vit::logits_from_layer(net, layer, z, shape);
+    }
     let idx = net.layer_index(layer)?;
     let nst = num_stages(net);
     let [b, c, h, w] = shape;

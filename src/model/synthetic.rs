@@ -53,10 +53,15 @@ impl SyntheticModel {
         Ok(SyntheticModel { network, tensors: src.drawn })
     }
 
-    /// Serialises the checkpoint; the network keeps the f32 values, so a lossy `dtype` makes
-    /// the file differ from `self.network` by the rounding.
+    /// Serialises the checkpoint (a ViT's head count in the metadata, as the tensors cannot
+    /// hold it); the network keeps the f32 values, so a lossy `dtype` makes the file differ
+    /// from `self.network` by the rounding.
     pub fn to_safetensors(&self, dtype: StorageDtype) -> Result<Vec<u8>> {
-        serialize_tensors(&self.tensors, dtype, None)
+        let metadata = match self.network.spec {
+            ArchSpec::VisionTransformer(v) => Some([(arch::VIT_HEADS_METADATA.to_string(), v.heads.to_string())].into_iter().collect()),
+            _ => None,
+        };
+        serialize_tensors(&self.tensors, dtype, metadata)
     }
 
     pub fn save(&self, path: &Path, dtype: StorageDtype) -> Result<()> {

@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Trial};
-use crate::model::arch::POOLED_LAYER;
 use crate::model::Network;
 use crate::nac::PooledStates;
 
@@ -41,9 +40,10 @@ pub struct PassSet {
 }
 
 impl PassSet {
-    /// Reads the features of a pooled set back (one readback) and forms its logits.
+    /// Reads the features (the pooled feature layer: `avgpool`, a ViT's class token after
+    /// `encoder.ln`) of a pooled set back (one readback) and forms its logits.
     pub fn from_pooled(engine: &Engine, network: &Network, pooled: PooledStates, labels: Option<Vec<usize>>) -> Result<Self> {
-        let pairs = pooled.read_values(engine, POOLED_LAYER)?;
+        let pairs = pooled.read_values(engine, network.feature_layer())?;
         let features: Vec<f32> = pairs.iter().step_by(2).copied().collect();
         let mut set = PassSet::from_features(network, features, labels)?;
         set.pooled = Some(pooled);

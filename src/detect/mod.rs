@@ -1,6 +1,7 @@
 //! Post-hoc OOD detectors beside NAC, all on the outputs of one shared pass per set: the pooled
 //! `(Σz, Σg)` cache NAC re-bins, and on the host the penultimate features (`Σ_hw z` of the
-//! `avgpool` layer, whose spatial size is 1×1) and the logits `fc(features)` in f64.
+//! feature layer — `avgpool`, or a ViT's class token after `encoder.ln` (`layer_norm`), both of
+//! spatial size 1×1) and the logits `fc(features)` in f64.
 //! Formulas and defaults follow OpenOOD v1.5 (`openood/postprocessors`,
 //! `configs/postprocessors`); where a method deviates, its file says so.
 //!

@@ -221,9 +221,9 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
             pooled_layers.push(l.layer.clone());
         }
     }
-    let feature = network.feature_layer();
-    if !config.detectors.is_empty() && !pooled_layers.iter().any(|l| l == feature) {
-        pooled_layers.push(feature.to_string());
+    let feature_layer = network.feature_layer();
+    if !config.detectors.is_empty() && !pooled_layers.iter().any(|l| l == feature_layer) {
+        pooled_layers.push(feature_layer.to_string());
     }
     let classes = network.num_classes();
     let check_labels = |what: &str, set: &Dataset| -> Result<()> {

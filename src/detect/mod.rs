@@ -41,8 +41,7 @@ pub struct PassSet {
 }
 
 impl PassSet {
-    /// Reads the features (the pooled feature layer: `avgpool`, a ViT's class token after
-    /// `encoder.ln`) of a pooled set back (one readback) and forms its logits.
+    /// Reads the features of a pooled set back (one readback) and forms its logits.
     pub fn from_pooled(engine: &Engine, network: &Network, pooled: PooledStates, labels: Option<Vec<usize>>) -> Result<Self> {
         let pairs = pooled.read_values(engine, network.feature_layer())?;
         let features: Vec<f32> = pairs.iter().step_by(2).copied().collect();

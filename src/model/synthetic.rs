@@ -53,12 +53,12 @@ impl SyntheticModel {
         Ok(SyntheticModel { network, tensors: src.drawn })
     }
 
-    /// Serialises the checkpoint (a ViT's head count in the metadata, as the tensors cannot
-    /// hold it); the network keeps the f32 values, so a lossy `dtype` makes the file differ
-    /// from `self.network` by the rounding.
+    /// Serialises the checkpoint; the network keeps the f32 values, so a lossy `dtype` makes
+    /// the file differ from `self.network` by the rounding. A Vision Transformer's heads go in
+    /// the metadata (the tensors do not record them), so the file loads without `--arch`.
     pub fn to_safetensors(&self, dtype: StorageDtype) -> Result<Vec<u8>> {
         let metadata = match self.network.spec {
-            ArchSpec::VisionTransformer(v) => Some([(arch::VIT_HEADS_METADATA.to_string(), v.heads.to_string())].into_iter().collect()),
+            ArchSpec::VisionTransformer(v) => Some([(arch::VIT_HEADS_METADATA.to_string(), v.heads.to_string())].into()),
             _ => None,
         };
         serialize_tensors(&self.tensors, dtype, metadata)

@@ -178,7 +178,7 @@ pub fn layer_norm_backward_data(dy: &[f64], x: &[f64], rows: usize, d: usize, ln
 }
 
 fn check_attention(len: usize, b: usize, t: usize, d: usize, heads: usize, what: &str) {
-    assert!(heads > 0 && d % heads == 0, "attention: {heads} heads do not divide the width {d}");
+    assert!(heads > 0 && d.is_multiple_of(heads), "attention: {heads} heads do not divide the width {d}");
     assert_eq!(len, b * t * d, "{what}: {len} values, expected {b}×{t}×{d}");
 }
 
@@ -264,7 +264,7 @@ pub fn attention_backward(d_out: &[f64], qkv: &[f64], probs: &[f64], b: usize, t
 /// positions `pos` (`[T][D]`). Its data gradient at `patches` is tokens `1..T` of the gradient.
 pub fn tokens_forward(patches: &[f64], b: usize, class_token: &[f32], pos: &[f32]) -> Vec<f64> {
     let d = class_token.len();
-    assert!(d > 0 && pos.len() % d == 0 && pos.len() >= 2 * d, "tokens_forward: {} positions for width {d}", pos.len());
+    assert!(d > 0 && pos.len().is_multiple_of(d) && pos.len() >= 2 * d, "tokens_forward: {} positions for width {d}", pos.len());
     let t = pos.len() / d;
     assert_eq!(patches.len(), b * (t - 1) * d, "tokens_forward: patches length, expected {b}×{}×{d}", t - 1);
     let mut x = vec![0.0; b * t * d];

@@ -867,6 +867,56 @@ mod tests {
         assert_eq!(&all.input_grad.unwrap()[2 * per..3 * per], &one.input_grad.unwrap()[..]);
     }
 
+    /// torchvision's own `VisionTransformer` in float64 (`tools/vit_reference_check.py`): its
+    /// checkpoint loaded the way a user's is (heads from the `num_heads` metadata), then logits,
+    /// loss, every layer's z and g and the input gradient for the NAC loss and a label loss.
+    /// Both sides are f64 on the same f32 weights, so only summation order separates them
+    /// (normwise below 1e-15 at the time of writing; the bound is 1e-14).
+    #[test]
+    fn matches_torchvision() {
+        use safetensors::{Dtype, SafeTensors};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let net = crate::model::load(&dir.join("vit_tiny.model.safetensors"), None).unwrap();
+        assert_eq!(net.spec.to_string(), "vit-i8-p4-d2-w8-h2-m12");
+        let bytes = std::fs::read(dir.join("vit_tiny.golden.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let get = |name: &str| -> Vec<f64> {
+            let t = st.tensor(name).unwrap_or_else(|e| panic!("golden `{name}`: {e}"));
+            assert_eq!(t.dtype(), Dtype::F64);
+            t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+        };
+        let (x, labels) = (get("input"), get("labels").iter().map(|&l| l as usize).collect::<Vec<_>>());
+        let (b, t, d) = (2, 5, 8);
+        let names = net.layer_names();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        for (key, loss, labels) in
+            [("nac", Loss::NAC, None), ("label", Loss { target: Target::Label, temperature: 1.0 }, Some(&labels[..]))]
+        {
+            let out = run_with(&net, &x, [b, 3, 8, 8], &refs, loss, labels, true).unwrap();
+            let check = |what: &str, got: &[f64], want: &[f64]| {
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let diff = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                assert!(
+                    got.len() == want.len() && scale > 0.0 && diff <= 1e-14 * scale,
+                    "{key} {what}: max diff {diff:e}, scale {scale:e}"
+                );
+            };
+            check("logits", &out.logits, &get(&format!("{key}.logits")));
+            check("loss", &[out.loss], &get(&format!("{key}.loss")));
+            check("input gradient", out.input_grad.as_ref().unwrap(), &get(&format!("{key}.input_grad")));
+            for lt in &out.layers {
+                for (what, got) in [("z", &lt.z), ("g", &lt.g)] {
+                    let mut want = get(&format!("{key}.{}.{what}", lt.name));
+                    if lt.name != "layer_norm" {
+                        // [B, T, D] to the reference's [B, D, T, 1].
+                        want = pixel_major_to_nchw(&want, b, d, t);
+                    }
+                    check(&format!("{} {what}", lt.name), got, &want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_arguments_are_errors() {
         let net = tiny_vit(41);

@@ -21,7 +21,7 @@ use super::{
     add, ce_loss_and_grad, conv2d, conv2d_backward_data, for_each_chunk, linear, linear_backward_data, loss_targets, pixel_major_to_nchw,
     LayerTensors, ReferenceOutput,
 };
-use crate::engine::Loss;
+use crate::engine::{Loss, Target};
 use crate::error::{Error, Result};
 use crate::model::arch::{Body, Conv, EncoderBlock, LayerNorm, Network, VitSpec, LN_EPS};
 
@@ -346,8 +346,10 @@ fn check_input(net: &Network, v: &Vit, input: &[f64], shape: [usize; 4]) -> Resu
     Ok(())
 }
 
-fn check_labels(labels: Option<&[usize]>, b: usize, classes: usize) -> Result<()> {
+/// Labels, one per sample and below the class count, are given exactly when the loss needs them.
+fn check_labels(loss: Loss, labels: Option<&[usize]>, b: usize, classes: usize) -> Result<()> {
     match labels {
+        None if loss.target == Target::Label => Err(Error::Input("reference: a loss to the labels needs labels".into())),
         Some(l) if l.len() != b || l.iter().any(|&v| v >= classes) => {
             Err(Error::Input(format!("reference: {} labels for {b} samples of {classes} classes", l.len())))
         }
@@ -443,7 +445,7 @@ pub fn run_with(
     check_input(net, &v, input, shape)?;
     let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
     let (b, classes) = (shape[0], net.num_classes());
-    check_labels(labels, b, classes)?;
+    check_labels(loss, labels, b, classes)?;
     let (t, d, heads, depth) = (v.tokens(), v.width(), v.spec.heads, v.blocks.len());
     let rows = b * t;
     // The shallowest layer whose gradient is needed: block 0's for the input gradient.
@@ -526,7 +528,7 @@ pub fn loss_with_perturbation(
     let v = parts(net)?;
     check_input(net, &v, input, shape)?;
     let (b, classes) = (shape[0], net.num_classes());
-    check_labels(labels, b, classes)?;
+    check_labels(loss, labels, b, classes)?;
     let idx = net.layer_index(layer)?;
     let (t, d, depth) = (v.tokens(), v.width(), v.blocks.len());
     let per_sample = if idx == depth { d } else { d * t };
@@ -566,7 +568,6 @@ pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Target;
     use crate::model::arch::ArchSpec;
     use crate::model::synthetic::SyntheticModel;
     use crate::rng::Rng;
@@ -928,8 +929,8 @@ mod tests {
         }
         assert!(matches!(nac(&x, [2, 3, 8, 8], &["layer_2"]), Err(Error::Input(_))));
         let label = Loss { target: Target::Label, temperature: 1.0 };
-        for labels in [&[0, 3][..], &[0][..]] {
-            assert!(matches!(run_with(&net, &x, [2, 3, 8, 8], &[], label, Some(labels), false), Err(Error::Input(_))));
+        for labels in [Some(&[0, 3][..]), Some(&[0][..]), None] {
+            assert!(matches!(run_with(&net, &x, [2, 3, 8, 8], &[], label, labels, false), Err(Error::Input(_))), "{labels:?}");
         }
         let err = logits_from_layer(&net, "layer_0", &[0.0; 80], [2, 8, 5, 1]).unwrap_err();
         assert!(err.to_string().contains("loss_with_perturbation"), "{err}");

@@ -233,7 +233,12 @@ fn a_cnn_config_resolves_to_the_vit_settings_for_a_vit() {
     assert_eq!(setup.layers, ["layer_norm", "layer_3", "layer_2", "layer_1"]);
     let want = [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)];
     assert_eq!(setup.defaults, want.map(|(l, o, m, a)| LayerParams::new(l, o, m, a)));
-    let layer = |name: &str, o: &[f64], m: &[usize], alpha: &[f64]| LayerGrid { layer: name.into(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() };
+    let layer = |name: &str, o: &[f64], m: &[usize], alpha: &[f64]| LayerGrid {
+        layer: name.into(),
+        o: o.to_vec(),
+        m: m.to_vec(),
+        alpha: alpha.to_vec(),
+    };
     let grid = [
         layer("layer_norm", &[500.0], &[50, 500], &[100.0]),
         layer("layer_3", &[50.0, 500.0], &[50, 500], &[1.0, 10.0]),
@@ -244,7 +249,10 @@ fn a_cnn_config_resolves_to_the_vit_settings_for_a_vit() {
 
     let cnn = SyntheticModel::new(ARCH, 10, 5).unwrap().network;
     let setup = config.nac_setup(&cnn).unwrap();
-    assert_eq!((setup.preset, setup.layers.as_slice()), (Preset::Cifar10, ["avgpool", "block3", "block2", "block1"].map(String::from).as_slice()));
+    assert_eq!(
+        (setup.preset, setup.layers.as_slice()),
+        (Preset::Cifar10, ["avgpool", "block3", "block2", "block1"].map(String::from).as_slice())
+    );
     assert_eq!(setup.defaults[1], LayerParams::new("block3", 100.0, 500, 1000.0));
     // The ViT preset named for a CNN is refused by name, before any pass.
     let mut named = config.clone();

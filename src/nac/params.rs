@@ -194,7 +194,8 @@ pub fn resolve(network: &Network, layers: &[String], preset: Option<Preset>, ove
     layers
         .iter()
         .map(|layer| {
-            let chosen = overrides.iter().rev().find(|o| &o.layer == layer).cloned().or_else(|| preset.and_then(|p| p.params(network, layer)));
+            let chosen =
+                overrides.iter().rev().find(|o| &o.layer == layer).cloned().or_else(|| preset.and_then(|p| p.params(network, layer)));
             let p = chosen.ok_or_else(|| match preset {
                 Some(p) => Error::Input(format!("preset {p} has no values for layer `{layer}`; give --layer-params {layer}:O/M/ALPHA")),
                 None => Error::Input(format!("no parameters for layer `{layer}`; give a --preset or --layer-params {layer}:O/M/ALPHA")),
@@ -234,7 +235,9 @@ pub(crate) mod tests {
         assert_eq!(Preset::Cifar10.params(&resnet, "layer4"), None);
         // ViT-B/16 itself: the spec's table by name.
         let b16 = vit(12);
-        for (layer, o, m, alpha) in [("layer_norm", 500.0, 50, 100.0), ("layer_11", 50.0, 500, 1.0), ("layer_10", 10.0, 500, 10.0), ("layer_9", 10.0, 1000, 1.0)] {
+        for (layer, o, m, alpha) in
+            [("layer_norm", 500.0, 50, 100.0), ("layer_11", 50.0, 500, 1.0), ("layer_10", 10.0, 500, 10.0), ("layer_9", 10.0, 1000, 1.0)]
+        {
             assert_eq!(Preset::ImagenetVit.params(&b16, layer), Some(LayerParams::new(layer, o, m, alpha)));
         }
         assert_eq!(Preset::ImagenetVit.params(&b16, "layer_8"), None);
@@ -274,7 +277,8 @@ pub(crate) mod tests {
             assert_eq!(preset.for_network(&four).unwrap(), Preset::ImagenetVit);
             assert_eq!(resolve(&four, &layers, Some(preset), &[]).unwrap(), official.as_ref().unwrap().clone(), "{preset}");
         }
-        let want = [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)];
+        let want =
+            [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)];
         assert_eq!(official.unwrap(), want.map(|(l, o, m, a)| LayerParams::new(l, o, m, a)));
         // A block outside the official list needs explicit values; overrides still win.
         let err = resolve(&four, &strings(&["layer_0"]), Some(Preset::Cifar10), &[]).unwrap_err().to_string();

@@ -264,8 +264,7 @@ mod tests {
         let layers = Preset::layers_for(&four);
         for preset in [Preset::Cifar10, Preset::Cifar100, Preset::Imagenet, Preset::ImagenetVit] {
             let g = Grid::preset(preset, &four, &layers).unwrap();
-            let renamed: Vec<LayerGrid> =
-                want.iter().zip(&layers).map(|(w, l)| LayerGrid { layer: l.clone(), ..w.clone() }).collect();
+            let renamed: Vec<LayerGrid> = want.iter().zip(&layers).map(|(w, l)| LayerGrid { layer: l.clone(), ..w.clone() }).collect();
             assert_eq!(g.layers, renamed, "{preset}");
         }
         let err = Grid::preset(Preset::Cifar10, &four, &["layer_0".to_string()]).unwrap_err().to_string();

@@ -9,7 +9,7 @@ use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
     conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
-    PoolParams, TransformerParams, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
+    PoolParams, TransformerParams, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
 };
 use nac::model::arch::{Conv, LayerNorm, Linear, LN_EPS};
 use nac::reference;
@@ -512,8 +512,9 @@ fn attention_kernels() {
             let probs = s.run(Kernel::AttentionProbs, bytemuck::bytes_of(&p), s.flat(rows), &[Some(&qkv), None, None, None], rows * t);
             assert_close(&format!("attention_probs {what}"), &probs, &want_probs, tol);
             let n = b * t * d;
-            let p = transformer_params(b, t, d, heads, n);
-            let out = s.run(Kernel::AttentionValues, bytemuck::bytes_of(&p), s.flat(n), &[Some(&probs), Some(&qkv), None, None], n);
+            let threads = b * t.div_ceil(ATTENTION_TOKENS_PER_THREAD) * d;
+            let p = transformer_params(b, t, d, heads, threads);
+            let out = s.run(Kernel::AttentionValues, bytemuck::bytes_of(&p), s.flat(threads), &[Some(&probs), Some(&qkv), None, None], n);
             assert_close(&format!("attention_values {what}"), &out, &want_out, tol);
 
             let d_out = random_vec(&mut s.rng, n, 1.0);
@@ -528,9 +529,10 @@ fn attention_kernels() {
             let bound = 1e-5 * (d / heads) as f64 * max_abs(&d_out) * max_abs(&qkv);
             assert!(worst <= bound, "attention_backward_scores {what}: a row sums to {worst:e} (bound {bound:e})");
             let n3 = b * t * 3 * d;
-            let p = transformer_params(b, t, d, heads, n3);
+            let threads = b * t.div_ceil(ATTENTION_TOKENS_PER_THREAD) * 3 * d;
+            let p = transformer_params(b, t, d, heads, threads);
             let reads = [Some(d_scores.as_slice()), Some(qkv.as_slice()), Some(probs.as_slice()), Some(d_out.as_slice())];
-            let d_qkv = s.run(Kernel::AttentionBackwardQkv, bytemuck::bytes_of(&p), s.flat(n3), &reads, n3);
+            let d_qkv = s.run(Kernel::AttentionBackwardQkv, bytemuck::bytes_of(&p), s.flat(threads), &reads, n3);
             let want = vit::attention_backward(&to_f64(&d_out), &to_f64(&qkv), &want_probs, b, t, d, heads);
             assert_close(&format!("attention backward {what}"), &d_qkv, &want, tol);
         }

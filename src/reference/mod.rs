@@ -9,14 +9,20 @@
 //! sum per output pixel + col2im), split over threads by output-pixel tiles; ResNet-18 at 32×32,
 //! batch 3, forward + backward takes about a second in release.
 //!
+//! Vision Transformers run in [`vit`] (token-major inside, reusing the convolution, linear and
+//! loss functions here), which [`run_with`] and [`logits_from_layer`] branch to; their NAC
+//! layers come out NCHW too (`layer_i` as `[B, width, tokens, 1]`, unpooled).
+//!
 //! The loss is `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c` (the NAC loss), or, with
 //! [`run_with`], the cross-entropy of `softmax(logits / T)` to the label or the predicted class;
-//! `g = ∂L/∂z` is the gradient with respect to a stage output `z` (after the block's final ReLU for ResNet, the residual sum for
-//! WideResNet blocks, the pooled feature for `avgpool`).
+//! `g = ∂L/∂z` is the gradient with respect to a stage output `z` (after the block's final ReLU
+//! for ResNet, the residual sum for WideResNet blocks, the pooled feature for `avgpool`, a ViT
+//! block's `ln_2` output, the class token after `encoder.ln` for `layer_norm`).
 //!
 //! Besides [`run`], the per-op building blocks are public so per-kernel GPU tests can compare
 //! against them, and [`loss_from_layer`] / [`logits_from_layer`] continue the forward pass from
-//! a given stage output (for finite-difference checks).
+//! a given stage output (for finite-difference checks; a ViT from `layer_norm` only, see
+//! [`vit::loss_with_perturbation`]).
 
 pub mod vit;
 
@@ -27,9 +33,10 @@ use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBl
 /// Activation `z` and gradient `g = ∂L/∂z` at one named layer.
 #[derive(Clone, Debug)]
 pub struct LayerTensors {
-    /// Layer name as requested (`layer1`…, `block1`…, or `avgpool`).
+    /// Layer name as requested (`layer1`…, `block1`…, `avgpool`, or a ViT's `layer_0`…, `layer_norm`).
     pub name: String,
-    /// `[B, C, H, W]`; `[B, C, 1, 1]` for `avgpool`.
+    /// `[B, C, H, W]`; `[B, C, 1, 1]` for `avgpool` and `layer_norm`; `[B, width, tokens, 1]` for a
+    /// ViT's `layer_i`.
     pub shape: [usize; 4],
     /// Stage output, NCHW.
     pub z: Vec<f64>,
@@ -869,6 +876,7 @@ pub fn run_with(
 
 /// Continues the forward pass from layer `layer`'s output `z` (shape `[B, C, H, W]`; for
 /// `avgpool`, the pooled feature with shape `[B, C, 1, 1]`) and returns the logits (`B × classes`).
+/// A Vision Transformer continues from `layer_norm` only ([`vit::logits_from_layer`]).
 pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4]) -> Result<Vec<f64>> {
     if matches!(net.body, Body::VisionTransformer { .. }) {
         return vit::logits_from_layer(net, layer, z, shape);

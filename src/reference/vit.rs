@@ -21,7 +21,7 @@ use super::{
     add, ce_loss_and_grad, conv2d, conv2d_backward_data, for_each_chunk, linear, linear_backward_data, loss_targets, pixel_major_to_nchw,
     LayerTensors, ReferenceOutput,
 };
-use crate::engine::Loss;
+use crate::engine::{Loss, Target};
 use crate::error::{Error, Result};
 use crate::model::arch::{Body, Conv, EncoderBlock, LayerNorm, Network, VitSpec, LN_EPS};
 
@@ -178,7 +178,7 @@ pub fn layer_norm_backward_data(dy: &[f64], x: &[f64], rows: usize, d: usize, ln
 }
 
 fn check_attention(len: usize, b: usize, t: usize, d: usize, heads: usize, what: &str) {
-    assert!(heads > 0 && d % heads == 0, "attention: {heads} heads do not divide the width {d}");
+    assert!(heads > 0 && d.is_multiple_of(heads), "attention: {heads} heads do not divide the width {d}");
     assert_eq!(len, b * t * d, "{what}: {len} values, expected {b}×{t}×{d}");
 }
 
@@ -264,7 +264,7 @@ pub fn attention_backward(d_out: &[f64], qkv: &[f64], probs: &[f64], b: usize, t
 /// positions `pos` (`[T][D]`). Its data gradient at `patches` is tokens `1..T` of the gradient.
 pub fn tokens_forward(patches: &[f64], b: usize, class_token: &[f32], pos: &[f32]) -> Vec<f64> {
     let d = class_token.len();
-    assert!(d > 0 && pos.len() % d == 0 && pos.len() >= 2 * d, "tokens_forward: {} positions for width {d}", pos.len());
+    assert!(d > 0 && pos.len().is_multiple_of(d) && pos.len() >= 2 * d, "tokens_forward: {} positions for width {d}", pos.len());
     let t = pos.len() / d;
     assert_eq!(patches.len(), b * (t - 1) * d, "tokens_forward: patches length, expected {b}×{}×{d}", t - 1);
     let mut x = vec![0.0; b * t * d];
@@ -346,8 +346,10 @@ fn check_input(net: &Network, v: &Vit, input: &[f64], shape: [usize; 4]) -> Resu
     Ok(())
 }
 
-fn check_labels(labels: Option<&[usize]>, b: usize, classes: usize) -> Result<()> {
+/// Labels, one per sample and below the class count, are given exactly when the loss needs them.
+fn check_labels(loss: Loss, labels: Option<&[usize]>, b: usize, classes: usize) -> Result<()> {
     match labels {
+        None if loss.target == Target::Label => Err(Error::Input("reference: a loss to the labels needs labels".into())),
         Some(l) if l.len() != b || l.iter().any(|&v| v >= classes) => {
             Err(Error::Input(format!("reference: {} labels for {b} samples of {classes} classes", l.len())))
         }
@@ -443,7 +445,7 @@ pub fn run_with(
     check_input(net, &v, input, shape)?;
     let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
     let (b, classes) = (shape[0], net.num_classes());
-    check_labels(labels, b, classes)?;
+    check_labels(loss, labels, b, classes)?;
     let (t, d, heads, depth) = (v.tokens(), v.width(), v.spec.heads, v.blocks.len());
     let rows = b * t;
     // The shallowest layer whose gradient is needed: block 0's for the input gradient.
@@ -526,7 +528,7 @@ pub fn loss_with_perturbation(
     let v = parts(net)?;
     check_input(net, &v, input, shape)?;
     let (b, classes) = (shape[0], net.num_classes());
-    check_labels(labels, b, classes)?;
+    check_labels(loss, labels, b, classes)?;
     let idx = net.layer_index(layer)?;
     let (t, d, depth) = (v.tokens(), v.width(), v.blocks.len());
     let per_sample = if idx == depth { d } else { d * t };
@@ -566,7 +568,6 @@ pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Target;
     use crate::model::arch::ArchSpec;
     use crate::model::synthetic::SyntheticModel;
     use crate::rng::Rng;
@@ -867,6 +868,56 @@ mod tests {
         assert_eq!(&all.input_grad.unwrap()[2 * per..3 * per], &one.input_grad.unwrap()[..]);
     }
 
+    /// torchvision's own `VisionTransformer` in float64 (`tools/vit_reference_check.py`): its
+    /// checkpoint loaded the way a user's is (heads from the `num_heads` metadata), then logits,
+    /// loss, every layer's z and g and the input gradient for the NAC loss and a label loss.
+    /// Both sides are f64 on the same f32 weights, so only summation order separates them
+    /// (normwise below 1e-15 at the time of writing; the bound is 1e-14).
+    #[test]
+    fn matches_torchvision() {
+        use safetensors::{Dtype, SafeTensors};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let net = crate::model::load(&dir.join("vit_tiny.model.safetensors"), None).unwrap();
+        assert_eq!(net.spec.to_string(), "vit-i8-p4-d2-w8-h2-m12");
+        let bytes = std::fs::read(dir.join("vit_tiny.golden.safetensors")).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let get = |name: &str| -> Vec<f64> {
+            let t = st.tensor(name).unwrap_or_else(|e| panic!("golden `{name}`: {e}"));
+            assert_eq!(t.dtype(), Dtype::F64);
+            t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+        };
+        let (x, labels) = (get("input"), get("labels").iter().map(|&l| l as usize).collect::<Vec<_>>());
+        let (b, t, d) = (2, 5, 8);
+        let names = net.layer_names();
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        for (key, loss, labels) in
+            [("nac", Loss::NAC, None), ("label", Loss { target: Target::Label, temperature: 1.0 }, Some(&labels[..]))]
+        {
+            let out = run_with(&net, &x, [b, 3, 8, 8], &refs, loss, labels, true).unwrap();
+            let check = |what: &str, got: &[f64], want: &[f64]| {
+                let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+                let diff = got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((g - w).abs()));
+                assert!(
+                    got.len() == want.len() && scale > 0.0 && diff <= 1e-14 * scale,
+                    "{key} {what}: max diff {diff:e}, scale {scale:e}"
+                );
+            };
+            check("logits", &out.logits, &get(&format!("{key}.logits")));
+            check("loss", &[out.loss], &get(&format!("{key}.loss")));
+            check("input gradient", out.input_grad.as_ref().unwrap(), &get(&format!("{key}.input_grad")));
+            for lt in &out.layers {
+                for (what, got) in [("z", &lt.z), ("g", &lt.g)] {
+                    let mut want = get(&format!("{key}.{}.{what}", lt.name));
+                    if lt.name != "layer_norm" {
+                        // [B, T, D] to the reference's [B, D, T, 1].
+                        want = pixel_major_to_nchw(&want, b, d, t);
+                    }
+                    check(&format!("{} {what}", lt.name), got, &want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_arguments_are_errors() {
         let net = tiny_vit(41);
@@ -878,8 +929,8 @@ mod tests {
         }
         assert!(matches!(nac(&x, [2, 3, 8, 8], &["layer_2"]), Err(Error::Input(_))));
         let label = Loss { target: Target::Label, temperature: 1.0 };
-        for labels in [&[0, 3][..], &[0][..]] {
-            assert!(matches!(run_with(&net, &x, [2, 3, 8, 8], &[], label, Some(labels), false), Err(Error::Input(_))));
+        for labels in [Some(&[0, 3][..]), Some(&[0][..]), None] {
+            assert!(matches!(run_with(&net, &x, [2, 3, 8, 8], &[], label, labels, false), Err(Error::Input(_))), "{labels:?}");
         }
         let err = logits_from_layer(&net, "layer_0", &[0.0; 80], [2, 8, 5, 1]).unwrap_err();
         assert!(err.to_string().contains("loss_with_perturbation"), "{err}");

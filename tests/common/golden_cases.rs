@@ -56,7 +56,8 @@ pub const CASES: &[GoldenCase] = &[
         fused: true,
     },
     // ViT-B/16's shapes (197 tokens, width 768, 12 heads of 64, MLP 3072) at depth 1: a pass
-    // costs ~9 GFLOP per sample, so few samples and one input gradient (600 KB per loss).
+    // costs ~9 GFLOP per sample (the test takes ~40 s on lavapipe), so few samples and one
+    // input gradient (600 KB per loss; the golden is 1.99 MB).
     GoldenCase {
         name: "vit_b16_d1",
         arch: "vit-i224-p16-d1-w768-h12-m3072",

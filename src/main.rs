@@ -392,8 +392,9 @@ enum Command {
         arch: String,
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        #[arg(long, default_value_t = 32)]
-        size: usize,
+        /// Input height and width (default 32; a ViT's own image size).
+        #[arg(long)]
+        size: Option<usize>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Cached samples per set for the grid-search timing.
@@ -412,9 +413,9 @@ enum Command {
         arch: String,
         #[arg(long, default_value_t = 2)]
         batch: usize,
-        /// Input height and width.
-        #[arg(long, default_value_t = 32)]
-        size: usize,
+        /// Input height and width (default 32; a ViT's own image size).
+        #[arg(long)]
+        size: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -449,9 +450,10 @@ fn main() -> ExitCode {
         }),
         Command::Shift { config, out, threads } => nac::eval::shift::ShiftConfig::load(&config).and_then(|c| shift(gpu, &c, out, threads)),
         Command::Demo { out, root, threads, full } => demo(gpu, out, root, threads, full),
-        Command::Bench { arch, batch, size, repeats, search_samples, out, peak } => {
-            arch.parse().and_then(|arch| bench(gpu, nac::bench::BenchSettings { arch, batch, size, repeats, search_samples, peak }, &out))
-        }
+        Command::Bench { arch, batch, size, repeats, search_samples, out, peak } => arch.parse().and_then(|arch| {
+            let size = size.unwrap_or_else(|| default_side(arch));
+            bench(gpu, nac::bench::BenchSettings { arch, batch, size, repeats, search_samples, peak }, &out)
+        }),
         Command::Me { checkpoints, input, labels, accuracies, layer, alpha, m, o, run, out } => {
             let settings = MeSettings { layer, alpha, m, o };
             model_evaluation(gpu, &checkpoints, input, labels, accuracies, &settings, &run, out)
@@ -602,8 +604,17 @@ fn predict(gpu: Device, model: PathBuf, source: &SourceArgs, out: PathBuf, run: 
     Ok(())
 }
 
-fn selfcheck(gpu: Device, arch: &str, batch: usize, size: usize, seed: u64) -> Result<()> {
+/// The input side of a random network when `--size` is not given: 32, or a ViT's image size.
+fn default_side(arch: ArchSpec) -> usize {
+    match arch {
+        ArchSpec::VisionTransformer(v) if v.image > 0 => v.image,
+        _ => 32,
+    }
+}
+
+fn selfcheck(gpu: Device, arch: &str, batch: usize, size: Option<usize>, seed: u64) -> Result<()> {
     let spec: ArchSpec = arch.parse()?;
+    let size = size.unwrap_or_else(|| default_side(spec));
     limits::check("--size", size, limits::MAX_IMAGE_SIDE, "MAX_IMAGE_SIDE")?;
     limits::check("--batch", batch, limits::MAX_BATCH, "MAX_BATCH")?;
     limits::product("--batch × 3 × --size × --size", &[batch, 3, size, size])?;

@@ -5,7 +5,7 @@
 mod common;
 
 use nac::kernels::{ElementwiseParams, Kernel, Kernels};
-use nac::model::arch::{Body, Conv};
+use nac::model::arch::{Body, Conv, VitSpec};
 use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::model::ArchSpec;
 
@@ -51,6 +51,28 @@ fn stage_times_cover_the_pass_and_count_its_convolutions() {
         let flop = |name: String| stages.iter().find(|s| s.name == name).unwrap().flop;
         assert!(flop(format!("block{k} backward")) >= flop(format!("block{k} forward")));
     }
+}
+
+/// A ViT's stages, and its forward FLOP counted by hand: the patch GEMM, each block's four
+/// linear layers, and attention's two products (scores, weighted values) of `2·H·T²·dh` each.
+#[test]
+fn vit_stage_times_count_its_gemms_and_attention() {
+    let engine = common::engine();
+    let v = VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 24 };
+    let mut model = engine.upload(SyntheticModel::new(ArchSpec::VisionTransformer(v), 5, 4).unwrap().network);
+    let n = 2;
+    let input = random_inputs(n, 3, 12, 12, 9);
+    let stages = engine.time_stages(&mut model, &input, [n, 3, 12, 12], &["layer_norm", "layer_0"]).unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["input", "stem", "layer_0 forward", "layer_1 forward", "head", "layer_1 backward", "layer_0 backward"]);
+    let (t, d) = (v.tokens() as u64, v.width as u64);
+    let patch = 2 * (t - 1) * d * 3 * (v.patch as u64).pow(2);
+    let block = 2 * t * (3 * d * d + d * d + 2 * d * v.mlp as u64) + 2 * 2 * v.heads as u64 * t * t * v.head_dim() as u64;
+    let forward: u64 = stages.iter().filter(|s| s.name == "stem" || s.name.ends_with("forward")).map(|s| s.flop).sum();
+    assert_eq!(forward, (patch + v.depth as u64 * block) * n as u64);
+    // layer_0's backward stops at its ln_2: only the MLP's two data gradients.
+    let last = stages.iter().find(|s| s.name == "layer_0 backward").unwrap();
+    assert_eq!(last.flop, 2 * t * 2 * d * v.mlp as u64 * n as u64);
 }
 
 #[test]

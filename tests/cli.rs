@@ -88,6 +88,13 @@ fn info_and_selfcheck_run() {
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{text}{}", String::from_utf8_lossy(&check.stderr));
     assert!(text.contains("ok: the GPU matches the CPU reference"), "{text}");
+    // A ViT runs at its own image size without `--size`; `vit-hN` alone cannot build one.
+    let check = nac().args(["selfcheck", "--arch", "vit-i8-p4-d1-w8-h2-m12"]).output().unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && text.contains("layer_norm"), "{text}{}", String::from_utf8_lossy(&check.stderr));
+    let partial = nac().args(["selfcheck", "--arch", "vit-h2"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&partial.stderr);
+    assert!(!partial.status.success() && stderr.contains("names only the heads"), "{stderr}");
 
     if cfg!(target_os = "linux") {
         // No Metal on Linux: the error must say how to get an adapter.

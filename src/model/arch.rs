@@ -59,6 +59,7 @@ impl fmt::Display for ArchSpec {
             ArchSpec::ResNet18_32x32 => write!(f, "resnet18_32x32"),
             ArchSpec::TorchResNet { depth } => write!(f, "resnet{depth}"),
             ArchSpec::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
+            ArchSpec::VisionTransformer(v) if v.image == 0 => write!(f, "vit-h{}", v.heads),
             ArchSpec::VisionTransformer(v) => {
                 write!(f, "vit-i{}-p{}-d{}-w{}-h{}-m{}", v.image, v.patch, v.depth, v.width, v.heads, v.mlp)
             }
@@ -146,6 +147,12 @@ fn parse_vit(rest: &str) -> Option<VitSpec> {
 
 /// A Vision Transformer's shape within the limits and self-consistent; the reason why not.
 fn check_vit(v: &VitSpec) -> std::result::Result<(), String> {
+    if v.image == 0 {
+        return Err(
+            "`vit-hN` names only the heads; the rest is read from a checkpoint's tensors, so a random ViT needs the full vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP"
+                .into(),
+        );
+    }
     if v.patch == 0 || v.image == 0 || !v.image.is_multiple_of(v.patch) {
         return Err(format!("image side {} is not a multiple of the patch size {}", v.image, v.patch));
     }

@@ -3,7 +3,7 @@
 #
 #   tools/bench_side_by_side.sh NAC_BINARY OUT.json [ARCH] [BATCH_NAC] [BATCH_TORCH]
 #
-# ARCH: resnet18_32x32 (default) or wrn-D-W (e.g. wrn-16-2). BATCH_NAC defaults to 16 (a CPU
+# ARCH: resnet18_32x32 (default), wrn-D-W (e.g. wrn-16-2) or vit-iI-pP-dD-wW-hH-mM (SIZE = I). BATCH_NAC defaults to 16 (a CPU
 # adapter such as lavapipe is slow), BATCH_TORCH to 64. Environment: REPEATS (3), SIZE (32),
 # THREADS (torch threads, default all CPUs), DEVICE (torch device, cpu), PEAK (1: pass --peak to
 # nac bench), PYTHON (python3), NAC_ADAPTER / NAC_BACKEND (passed through to nac).

@@ -7,8 +7,9 @@
 `tools/bench_side_by_side.sh` runs this and `nac bench` one after the other and writes the ratios.
 
 The networks are `tools/torch_reference.py`'s (OpenOOD ResNet18_32x32 and RobustBench-style
-WideResNet `wrn-D-W`, the project's safetensors naming), built with PyTorch's default random
-initialisation from `--seed`, in eval mode, float32; the inputs are seeded standard normals,
+WideResNet `wrn-D-W`, the project's safetensors naming) or torchvision's own `VisionTransformer`
+(`--arch vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP`, `nac`'s spelling; needs torchvision), built
+with PyTorch's default random initialisation from `--seed`, in eval mode, float32; the inputs are seeded standard normals,
 N x 3 x size x size. Weights and inputs do not change the speed. Every measurement is one
 untimed warm-up then `--repeats` timed runs; the median is reported (seconds per batch and
 images per second; as in `nac bench`, the upper middle run of an even count) with every run. On CUDA every run ends with `torch.cuda.synchronize()`.
@@ -38,7 +39,10 @@ does it, reproduced from reading that code (not copied, not imported):
     [batch, M-1, neurons] float64 comparisons, then added to a float32 [M-1, neurons] `t_act`;
   * M per layer: the CIFAR-10 defaults avgpool 50, layer3 500, layer2 50, layer1 500 (the WRN
     layers at the same positions get the same M). O and alpha do not change the work (alpha is
-    set to the CIFAR-10 defaults 100, 1000, 0.001, 0.001 anyway).
+    set to the CIFAR-10 defaults 100, 1000, 0.001, 0.001 anyway). A ViT uses the official
+    ViT-B/16 layers and defaults instead: `encoder.ln` (class token, M 50, alpha 100) and the
+    `ln_2` outputs of the last three blocks (summed over all tokens, the official
+    `pooling_vit_mlp`; M 500, 500, 1000, alpha 1, 10, 1).
 
 `single_backward_nac`: the same outputs from ONE `torch.autograd.grad(loss, [z_avgpool, z3, z2,
 z1])`, `torch.sigmoid`, and `torch.bucketize` binning (float64, right=True, so bin i is
@@ -93,20 +97,58 @@ CLASSES = 10
 CIFAR10_M_ALPHA = [(50, 100.0), (500, 1000.0), (50, 0.001), (500, 0.001)]
 
 
+# The official ViT-B/16 (M, alpha) of layer_norm, layer_11, layer_10, layer_9.
+VIT_M_ALPHA = [(50, 100.0), (500, 1.0), (500, 10.0), (1000, 1.0)]
+
+
+def parse_vit(arch):
+    """`vit-i32-p4-d4-w64-h4-m256` -> dict of the six fields, or None for other architectures."""
+    if not arch.startswith("vit-"):
+        return None
+    fields = {f[0]: int(f[1:]) for f in arch[4:].split("-")}
+    if sorted(fields) != sorted("ipdwhm"):
+        raise ValueError(f"architecture {arch}: expected vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP")
+    return fields
+
+
 def nac_layers(arch):
+    """(layer name, module path, pooling) in the official order: `hw` sums over H x W, `cls` takes
+    the class token, `tokens` sums over all tokens."""
     if arch == "resnet18_32x32":
-        return ["avgpool", "layer3", "layer2", "layer1"]
+        return [(n, n, "hw") for n in ["avgpool", "layer3", "layer2", "layer1"]]
     if arch.startswith("wrn-"):
-        return ["avgpool", "block3", "block2", "block1"]
+        return [(n, n, "hw") for n in ["avgpool", "block3", "block2", "block1"]]
+    vit = parse_vit(arch)
+    if vit:
+        deep = [i for i in range(vit["d"] - 1, vit["d"] - 4, -1) if i >= 0]
+        return [("layer_norm", "encoder.ln", "cls")] + [(f"layer_{i}", f"encoder.layers.encoder_layer_{i}.ln_2", "tokens") for i in deep]
     raise ValueError(f"unknown architecture {arch}")
+
+
+def pool(x, kind):
+    if kind == "hw":
+        return x.sum(dim=[2, 3])
+    if kind == "cls":
+        return x[:, 0]
+    return x.sum(dim=1)
+
+
+def make_model(arch):
+    vit = parse_vit(arch)
+    if vit is None:
+        return build_model(arch, CLASSES)
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=vit["i"], patch_size=vit["p"], num_layers=vit["d"], num_heads=vit["h"], hidden_dim=vit["w"],
+                             mlp_dim=vit["m"], num_classes=CLASSES)
 
 
 class Retainer:
     """Keeps the live output of each named module of the last forward pass."""
 
-    def __init__(self, model, names):
+    def __init__(self, model, layers):
         self.outputs = {}
-        self.handles = [getattr(model, n).register_forward_hook(self._hook(n)) for n in names]
+        self.handles = [model.get_submodule(path).register_forward_hook(self._hook(name)) for name, path, _ in layers]
 
     def _hook(self, name):
         def fn(_module, _inputs, output):
@@ -127,17 +169,20 @@ class Bench:
     def __init__(self, args):
         self.device = torch.device(args.device)
         torch.manual_seed(args.seed)
-        self.model = build_model(args.arch, CLASSES).float().eval().to(self.device)
+        self.model = make_model(args.arch).float().eval().to(self.device)
         gen = torch.Generator().manual_seed(args.seed + 1)
         self.x = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(self.device)
         self.y = torch.randint(0, CLASSES, (args.batch,), generator=gen).to(self.device)
-        self.layers = nac_layers(args.arch)
-        self.retainer = Retainer(self.model, self.layers)
+        hooked = nac_layers(args.arch)
+        self.layers = [name for name, _, _ in hooked]
+        self.pooling = {name: kind for name, _, kind in hooked}
+        self.retainer = Retainer(self.model, hooked)
         with torch.no_grad():
             self.model(self.x[:1])
-        self.neurons = {ln: self.retainer.outputs[ln].shape[1] for ln in self.layers}
-        self.m = {ln: m for ln, (m, _) in zip(self.layers, CIFAR10_M_ALPHA)}
-        self.alpha = {ln: a for ln, (_, a) in zip(self.layers, CIFAR10_M_ALPHA)}
+        self.neurons = {ln: pool(self.retainer.outputs[ln], self.pooling[ln]).shape[1] for ln in self.layers}
+        m_alpha = VIT_M_ALPHA if parse_vit(args.arch) else CIFAR10_M_ALPHA
+        self.m = {ln: m for ln, (m, _) in zip(self.layers, m_alpha)}
+        self.alpha = {ln: a for ln, (_, a) in zip(self.layers, m_alpha)}
         # Official `Estimator.thresh`: float64 [M, neurons]; `t_act`: float32 [M-1, neurons].
         self.thresh = {
             ln: torch.from_numpy(nac_ue_edges(self.m[ln])).view(-1, 1).repeat(1, self.neurons[ln]).to(self.device)
@@ -162,7 +207,7 @@ class Bench:
             z = self.retainer.outputs[ln]
             loss = torch.sum(-(torch.ones_like(p) / p.shape[-1]) * F.log_softmax(p, dim=-1), dim=-1)
             g = torch.autograd.grad(loss.sum(), z, retain_graph=j < len(self.layers) - 1)[0]
-            sz, sg = z.detach().sum(dim=[2, 3]), g.detach().sum(dim=[2, 3])
+            sz, sg = pool(z.detach(), self.pooling[ln]), pool(g.detach(), self.pooling[ln])
             s = official_sigmoid(sz * sg, self.alpha[ln])
             t, m = self.thresh[ln], self.m[ln]
             with torch.no_grad():
@@ -174,7 +219,7 @@ class Bench:
         p = self.model(self.x)
         zs = [self.retainer.outputs[ln] for ln in self.layers]
         gs = torch.autograd.grad(uniform_kl_loss(p), zs)
-        pairs = {ln: (z.detach().sum(dim=[2, 3]), g.sum(dim=[2, 3])) for ln, z, g in zip(self.layers, zs, gs)}
+        pairs = {ln: (pool(z.detach(), self.pooling[ln]), pool(g, self.pooling[ln])) for ln, z, g in zip(self.layers, zs, gs)}
         return p.detach(), pairs
 
     def pairs_only(self):
@@ -229,7 +274,8 @@ def cpu_name():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="resnet18_32x32", help="resnet18_32x32 or wrn-DEPTH-WIDTH (e.g. wrn-16-2)")
+    parser.add_argument("--arch", default="resnet18_32x32",
+                        help="resnet18_32x32, wrn-DEPTH-WIDTH (e.g. wrn-16-2) or vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)

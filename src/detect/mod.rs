@@ -1,6 +1,7 @@
 //! Post-hoc OOD detectors beside NAC, all on the outputs of one shared pass per set: the pooled
 //! `(Σz, Σg)` cache NAC re-bins, and on the host the penultimate features (`Σ_hw z` of the
-//! `avgpool` layer, whose spatial size is 1×1) and the logits `fc(features)` in f64.
+//! feature layer — `avgpool`, or a ViT's class token after `encoder.ln` (`layer_norm`), both of
+//! spatial size 1×1) and the logits `fc(features)` in f64.
 //! Formulas and defaults follow OpenOOD v1.5 (`openood/postprocessors`,
 //! `configs/postprocessors`); where a method deviates, its file says so.
 //!
@@ -24,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Trial};
-use crate::model::arch::POOLED_LAYER;
 use crate::model::Network;
 use crate::nac::PooledStates;
 
@@ -43,7 +43,7 @@ pub struct PassSet {
 impl PassSet {
     /// Reads the features of a pooled set back (one readback) and forms its logits.
     pub fn from_pooled(engine: &Engine, network: &Network, pooled: PooledStates, labels: Option<Vec<usize>>) -> Result<Self> {
-        let pairs = pooled.read_values(engine, POOLED_LAYER)?;
+        let pairs = pooled.read_values(engine, network.feature_layer())?;
         let features: Vec<f32> = pairs.iter().step_by(2).copied().collect();
         let mut set = PassSet::from_features(network, features, labels)?;
         set.pooled = Some(pooled);

@@ -3,12 +3,14 @@
 //! requested layers, loss).
 
 use crate::kernels::{
-    conv_flags, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, ELEMENTWISE_RELU,
+    conv_flags, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, TransformerParams,
+    ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
 };
+use crate::model::arch::{VitSpec, LN_EPS};
 
 use super::{Loss, Target};
 
-use super::weights::{GpuBody, GpuConv, GpuHead, GpuScaleShift, GpuWeights};
+use super::weights::{GpuBody, GpuConv, GpuEncoderBlock, GpuHead, GpuLayerNorm, GpuScaleShift, GpuWeights};
 
 pub type TensorId = usize;
 
@@ -42,6 +44,7 @@ pub enum ParamTemplate {
     Elementwise { p: ElementwiseParams, per_sample: u32 },
     Pool { p: PoolParams, per_sample: u32 },
     Linear { p: LinearParams, per_sample: u32 },
+    Transformer { p: TransformerParams, per_sample: u32 },
 }
 
 impl ParamTemplate {
@@ -65,6 +68,11 @@ impl ParamTemplate {
                 (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
             }
             ParamTemplate::Linear { mut p, per_sample } => {
+                p.batch = batch;
+                p.total = batch * per_sample;
+                (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
+            }
+            ParamTemplate::Transformer { mut p, per_sample } => {
                 p.batch = batch;
                 p.total = batch * per_sample;
                 (bytemuck::bytes_of(&p).to_vec(), Dispatch::Flat(p.total))
@@ -93,13 +101,22 @@ pub struct Call {
 }
 
 impl Call {
-    /// Floating-point operations per sample: `2·m·n·k` of a convolution's GEMM (the other
-    /// kernels are memory-bound and counted as 0).
+    /// Floating-point operations per sample: `2·m·n·k` of a convolution's GEMM, and the
+    /// multiply-adds of attention (`2·H·T²·dh` per product of a query, key or value with the
+    /// scores; the other kernels are memory-bound and counted as 0).
     pub fn flop_per_sample(&self) -> u64 {
         match self.params {
             ParamTemplate::Conv { p, backward } => {
                 let m = if backward { p.in_h * p.in_w } else { p.out_h * p.out_w } as u64;
                 2 * m * p.n_total as u64 * p.k_total as u64
+            }
+            ParamTemplate::Transformer { p, .. } => {
+                let products = match self.kernel {
+                    Kernel::AttentionProbs | Kernel::AttentionValues | Kernel::AttentionBackwardScores => 1,
+                    Kernel::AttentionBackwardQkv => 3,
+                    _ => 0,
+                };
+                products * 2 * p.heads as u64 * (p.tokens as u64).pow(2) * p.head_dim as u64
             }
             _ => 0,
         }
@@ -112,6 +129,19 @@ pub struct LayerTensors {
     pub name: String,
     pub z: TensorId,
     pub g: TensorId,
+}
+
+/// What an encoder block's backward pass reads from its forward pass.
+struct EncoderSaved {
+    x: TensorId,
+    ln1: TensorId,
+    qkv: TensorId,
+    probs: TensorId,
+    attended: TensorId,
+    mid: TensorId,
+    ln2: TensorId,
+    hidden_pre: TensorId,
+    hidden: TensorId,
 }
 
 #[derive(Default)]
@@ -337,6 +367,135 @@ impl Graph {
         self.pool_into(Kernel::MaxPoolBackward, vec![Input::Tensor(dy), Input::Tensor(x), Input::Unused], s, out, s, 0, s.elements())
     }
 
+    /// A call of `shaders/transformer.wgsl` writing a tensor of `out` with `per_sample` threads.
+    fn transformer(&mut self, kernel: Kernel, p: TransformerParams, reads: Vec<Input>, out: TensorShape, per_sample: usize) -> TensorId {
+        self.push(kernel, ParamTemplate::Transformer { p, per_sample: per_sample as u32 }, reads, out)
+    }
+
+    fn vit_params(spec: &VitSpec) -> TransformerParams {
+        TransformerParams {
+            tokens: spec.tokens() as u32,
+            width: spec.width as u32,
+            heads: spec.heads as u32,
+            head_dim: spec.head_dim() as u32,
+            row_stride: 1,
+            eps: LN_EPS as f32,
+            scale: 1.0 / (spec.head_dim() as f32).sqrt(),
+            ..Default::default()
+        }
+    }
+
+    /// LayerNorm of every token of `x`, or (`class_token`) of each sample's first token only.
+    fn layer_norm(&mut self, spec: &VitSpec, x: TensorId, ln: &GpuLayerNorm, class_token: bool) -> TensorId {
+        let s = self.tensors[x];
+        let rows = if class_token { 1 } else { s.h * s.w };
+        let p = TransformerParams { row_stride: if class_token { s.h as u32 } else { 1 }, width: s.c as u32, ..Self::vit_params(spec) };
+        let reads = vec![Input::Tensor(x), Input::Weight(ln.gamma.clone()), Input::Weight(ln.beta.clone()), Input::Unused];
+        self.transformer(Kernel::LayerNorm, p, reads, TensorShape { h: rows, w: 1, c: s.c }, rows)
+    }
+
+    /// ∂L/∂x of [`Graph::layer_norm`] from `dy`, plus `residual` (the other branch's gradient).
+    fn layer_norm_backward(
+        &mut self,
+        spec: &VitSpec,
+        dy: TensorId,
+        x: TensorId,
+        ln: &GpuLayerNorm,
+        residual: Option<TensorId>,
+    ) -> TensorId {
+        let (s, xs) = (self.tensors[dy], self.tensors[x]);
+        let rows = s.h * s.w;
+        let p = TransformerParams {
+            row_stride: (xs.h * xs.w / rows) as u32,
+            width: s.c as u32,
+            flags: if residual.is_some() { TRANSFORMER_RESIDUAL } else { 0 },
+            ..Self::vit_params(spec)
+        };
+        let reads = vec![Input::Tensor(x), Input::Tensor(dy), Input::Weight(ln.gamma.clone()), Self::tensor_or_unused(residual)];
+        self.transformer(Kernel::LayerNormBackward, p, reads, s, rows)
+    }
+
+    /// A kernel of one thread per element of its output `out` (`width` stays the model's).
+    fn vit_elementwise(&mut self, spec: &VitSpec, kernel: Kernel, reads: [Input; 4], out: TensorShape) -> TensorId {
+        self.transformer(kernel, Self::vit_params(spec), reads.to_vec(), out, out.elements())
+    }
+
+    /// One encoder block's forward pass; returns (block output, saved tensors for its backward).
+    fn encoder_block(&mut self, spec: &VitSpec, block: &GpuEncoderBlock, x: TensorId) -> (TensorId, EncoderSaved) {
+        let (t, h) = (spec.tokens(), spec.heads);
+        let ln1 = self.layer_norm(spec, x, &block.ln_1, false);
+        let qkv = self.conv(&block.in_proj, ln1, None, false);
+        let probs_shape = TensorShape { h: h * t, w: 1, c: t };
+        let p = Self::vit_params(spec);
+        let probs = self.transformer(
+            Kernel::AttentionProbs,
+            p,
+            vec![Input::Tensor(qkv), Input::Unused, Input::Unused, Input::Unused],
+            probs_shape,
+            h * t,
+        );
+        let attended = self.vit_elementwise(
+            spec,
+            Kernel::AttentionValues,
+            [Input::Tensor(probs), Input::Tensor(qkv), Input::Unused, Input::Unused],
+            self.tensors[ln1],
+        );
+        let mid = self.conv(&block.out_proj, attended, Some(x), false);
+        let ln2 = self.layer_norm(spec, mid, &block.ln_2, false);
+        let hidden_pre = self.conv(&block.mlp_1, ln2, None, false);
+        let hidden = self.vit_elementwise(
+            spec,
+            Kernel::Gelu,
+            [Input::Tensor(hidden_pre), Input::Unused, Input::Unused, Input::Unused],
+            self.tensors[hidden_pre],
+        );
+        let out = self.conv(&block.mlp_2, hidden, Some(mid), false);
+        (out, EncoderSaved { x, ln1, qkv, probs, attended, mid, ln2, hidden_pre, hidden })
+    }
+
+    /// From ∂L/∂(block output) to ∂L/∂(ln_2 output) (the layer's g), then, unless `stop`, on
+    /// to ∂L/∂(block input).
+    fn encoder_block_backward(
+        &mut self,
+        spec: &VitSpec,
+        block: &GpuEncoderBlock,
+        saved: &EncoderSaved,
+        d_out: TensorId,
+        stop: bool,
+    ) -> (TensorId, Option<TensorId>) {
+        let d_hidden = self.conv_backward(&block.mlp_2, d_out, self.tensors[saved.hidden], None, None, None);
+        let d_hidden_pre = self.vit_elementwise(
+            spec,
+            Kernel::GeluBackward,
+            [Input::Tensor(d_hidden), Input::Tensor(saved.hidden_pre), Input::Unused, Input::Unused],
+            self.tensors[saved.hidden_pre],
+        );
+        let d_ln2 = self.conv_backward(&block.mlp_1, d_hidden_pre, self.tensors[saved.ln2], None, None, None);
+        if stop {
+            return (d_ln2, None);
+        }
+        let d_mid = self.layer_norm_backward(spec, d_ln2, saved.mid, &block.ln_2, Some(d_out));
+        let d_attended = self.conv_backward(&block.out_proj, d_mid, self.tensors[saved.attended], None, None, None);
+        let (t, h) = (spec.tokens(), spec.heads);
+        let p = Self::vit_params(spec);
+        let d_scores = self.transformer(
+            Kernel::AttentionBackwardScores,
+            p,
+            vec![Input::Tensor(d_attended), Input::Tensor(saved.qkv), Input::Tensor(saved.probs), Input::Unused],
+            self.tensors[saved.probs],
+            h * t,
+        );
+        let d_qkv = self.vit_elementwise(
+            spec,
+            Kernel::AttentionBackwardQkv,
+            [Input::Tensor(d_scores), Input::Tensor(saved.qkv), Input::Tensor(saved.probs), Input::Tensor(d_attended)],
+            self.tensors[saved.qkv],
+        );
+        let d_ln1 = self.conv_backward(&block.in_proj, d_qkv, self.tensors[saved.ln1], None, None, None);
+        let d_x = self.layer_norm_backward(spec, d_ln1, saved.x, &block.ln_1, Some(d_mid));
+        (d_ln2, Some(d_x))
+    }
+
     /// The NHWC gradient at the input, as the user's NCHW.
     fn finish_input_gradient(&mut self, dx: TensorId) {
         let shape = self.tensors[dx];
@@ -519,7 +678,67 @@ impl Graph {
                 }
                 g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
             }
-            GpuBody::VisionTransformer { .. } => todo!("ViT graph"),
+            GpuBody::VisionTransformer { spec, conv_proj, class_token, pos_embedding, blocks, ln } => {
+                g.stage = "stem".into();
+                let patches = g.conv(conv_proj, nhwc, None, false);
+                let tokens = TensorShape { h: spec.tokens(), w: 1, c: spec.width };
+                let mut x = g.vit_elementwise(
+                    spec,
+                    Kernel::TokensForward,
+                    [Input::Tensor(patches), Input::Weight(class_token.clone()), Input::Weight(pos_embedding.clone()), Input::Unused],
+                    tokens,
+                );
+                let mut saved = Vec::with_capacity(blocks.len());
+                for (i, block) in blocks.iter().enumerate() {
+                    g.stage = format!("{} forward", layer_names[i]);
+                    let (out, s) = g.encoder_block(spec, block, x);
+                    saved.push(s);
+                    x = out;
+                }
+                g.stage = "head".into();
+                let feat = g.layer_norm(spec, x, ln, true);
+                g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
+                let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
+                if backward {
+                    let dfeat = g.loss_gradient_at_feature(head, loss);
+                    grads[pooled_index] = Some(dfeat);
+                    if first_stage <= blocks.len() {
+                        let d_class = g.layer_norm_backward(spec, dfeat, x, ln, None);
+                        let mut d = g.vit_elementwise(
+                            spec,
+                            Kernel::ScatterClassToken,
+                            [Input::Tensor(d_class), Input::Unused, Input::Unused, Input::Unused],
+                            tokens,
+                        );
+                        // Layer i's g is reached inside block i: the shallowest wanted block
+                        // stops there unless the gradient goes on to the input.
+                        let first_block = if input_gradient { 0 } else { first_stage - 1 };
+                        for i in (first_block..blocks.len()).rev() {
+                            g.stage = format!("{} backward", layer_names[i]);
+                            let stop = i == first_block && !input_gradient;
+                            let (d_ln2, d_in) = g.encoder_block_backward(spec, &blocks[i], &saved[i], d, stop);
+                            grads[i] = Some(d_ln2);
+                            if let Some(d_in) = d_in {
+                                d = d_in;
+                            }
+                        }
+                        if input_gradient {
+                            g.stage = "stem backward".into();
+                            let side = spec.image / spec.patch;
+                            let d_patches = g.vit_elementwise(
+                                spec,
+                                Kernel::TokensBackward,
+                                [Input::Tensor(d), Input::Unused, Input::Unused, Input::Unused],
+                                TensorShape { h: side, w: side, c: spec.width },
+                            );
+                            let dx = g.conv_backward(conv_proj, d_patches, in_shape, None, None, None);
+                            g.finish_input_gradient(dx);
+                        }
+                    }
+                }
+                let ln2: Vec<TensorId> = saved.iter().map(|s| s.ln2).collect();
+                g.finish_layers(layer_names, wanted, &ln2, feat, &grads);
+            }
         }
         g
     }

@@ -65,8 +65,16 @@ pub struct GpuEncoderBlock {
 }
 
 pub enum GpuBody {
-    ResNet { stem: GpuConv, max_pool: bool, stages: Vec<Vec<GpuResBlock>> },
-    WideResNet { stem: GpuConv, stages: Vec<Vec<GpuWrnBlock>>, final_bn: GpuScaleShift },
+    ResNet {
+        stem: GpuConv,
+        max_pool: bool,
+        stages: Vec<Vec<GpuResBlock>>,
+    },
+    WideResNet {
+        stem: GpuConv,
+        stages: Vec<Vec<GpuWrnBlock>>,
+        final_bn: GpuScaleShift,
+    },
     VisionTransformer {
         spec: VitSpec,
         /// `conv_proj` (kernel = stride = patch) with its bias.

@@ -16,7 +16,6 @@ use crate::data::{self, Dataset, Image, Transform};
 use crate::detect::{self, Context, Detector, DetectorSpec, Dims, NacUe, Params, PassSet};
 use crate::engine::{Engine, Model};
 use crate::error::{check_writable, Error, Result};
-use crate::model::arch::POOLED_LAYER;
 use crate::model::{self, Network};
 use crate::nac::search::{search, Grid, SearchSets};
 use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Preset};
@@ -222,8 +221,9 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
             pooled_layers.push(l.layer.clone());
         }
     }
-    if !config.detectors.is_empty() && !pooled_layers.iter().any(|l| l == POOLED_LAYER) {
-        pooled_layers.push(POOLED_LAYER.to_string());
+    let feature_layer = network.feature_layer();
+    if !config.detectors.is_empty() && !pooled_layers.iter().any(|l| l == feature_layer) {
+        pooled_layers.push(feature_layer.to_string());
     }
     let classes = network.num_classes();
     let check_labels = |what: &str, set: &Dataset| -> Result<()> {

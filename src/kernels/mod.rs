@@ -21,6 +21,7 @@ const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
 const NAC_WGSL: &str = include_str!("../../shaders/nac.wgsl");
 const PEAK_WGSL: &str = include_str!("../../shaders/peak.wgsl");
 const ATTACK_WGSL: &str = include_str!("../../shaders/attack.wgsl");
+const TRANSFORMER_WGSL: &str = include_str!("../../shaders/transformer.wgsl");
 
 /// Every kernel the engine dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,10 +47,21 @@ pub enum Kernel {
     NacPredict,
     PeakFma,
     AttackStep,
+    TokensForward,
+    TokensBackward,
+    LayerNorm,
+    LayerNormBackward,
+    Gelu,
+    GeluBackward,
+    AttentionProbs,
+    AttentionValues,
+    AttentionBackwardScores,
+    AttentionBackwardQkv,
+    ScatterClassToken,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 32] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -71,6 +83,17 @@ impl Kernel {
         Kernel::NacPredict,
         Kernel::PeakFma,
         Kernel::AttackStep,
+        Kernel::TokensForward,
+        Kernel::TokensBackward,
+        Kernel::LayerNorm,
+        Kernel::LayerNormBackward,
+        Kernel::Gelu,
+        Kernel::GeluBackward,
+        Kernel::AttentionProbs,
+        Kernel::AttentionValues,
+        Kernel::AttentionBackwardScores,
+        Kernel::AttentionBackwardQkv,
+        Kernel::ScatterClassToken,
     ];
 
     /// (source, entry point, pipeline-overridable constants).
@@ -97,7 +120,36 @@ impl Kernel {
             Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
             Kernel::PeakFma => (PEAK_WGSL, "peak_fma", &[]),
             Kernel::AttackStep => (ATTACK_WGSL, "attack_step", &[]),
+            Kernel::TokensForward => (TRANSFORMER_WGSL, "tokens_forward", &[]),
+            Kernel::TokensBackward => (TRANSFORMER_WGSL, "tokens_backward", &[]),
+            Kernel::LayerNorm => (TRANSFORMER_WGSL, "layer_norm", &[]),
+            Kernel::LayerNormBackward => (TRANSFORMER_WGSL, "layer_norm_backward", &[]),
+            Kernel::Gelu => (TRANSFORMER_WGSL, "gelu", &[]),
+            Kernel::GeluBackward => (TRANSFORMER_WGSL, "gelu_backward", &[]),
+            Kernel::AttentionProbs => (TRANSFORMER_WGSL, "attention_probs", &[]),
+            Kernel::AttentionValues => (TRANSFORMER_WGSL, "attention_values", &[]),
+            Kernel::AttentionBackwardScores => (TRANSFORMER_WGSL, "attention_backward_scores", &[]),
+            Kernel::AttentionBackwardQkv => (TRANSFORMER_WGSL, "attention_backward_qkv", &[]),
+            Kernel::ScatterClassToken => (TRANSFORMER_WGSL, "scatter_class_token", &[]),
         }
+    }
+
+    /// The kernels of `shaders/transformer.wgsl` (parameters: [`TransformerParams`]).
+    pub fn is_transformer(self) -> bool {
+        matches!(
+            self,
+            Kernel::TokensForward
+                | Kernel::TokensBackward
+                | Kernel::LayerNorm
+                | Kernel::LayerNormBackward
+                | Kernel::Gelu
+                | Kernel::GeluBackward
+                | Kernel::AttentionProbs
+                | Kernel::AttentionValues
+                | Kernel::AttentionBackwardScores
+                | Kernel::AttentionBackwardQkv
+                | Kernel::ScatterClassToken
+        )
     }
 
     /// Read-only storage bindings after the uniform; one read-write output follows them.
@@ -105,6 +157,7 @@ impl Kernel {
         match self {
             Kernel::ConvForward | Kernel::ConvBackwardData => 5,
             Kernel::NacHistogram | Kernel::NacScore | Kernel::NacCoverage | Kernel::NacPairs | Kernel::NacCombine | Kernel::NacPredict => 4,
+            k if k.is_transformer() => 4,
             _ => 3,
         }
     }
@@ -198,6 +251,28 @@ pub struct LinearParams {
     pub temperature: f32,
     pub _pad: [u32; 2],
 }
+
+/// Parameters of `shaders/transformer.wgsl`; fields a kernel does not use are ignored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct TransformerParams {
+    pub total: u32,
+    pub batch: u32,
+    pub tokens: u32,
+    pub width: u32,
+    pub heads: u32,
+    pub head_dim: u32,
+    pub flags: u32,
+    /// LayerNorm: output row r reads input row `r · row_stride` (the class tokens: T).
+    pub row_stride: u32,
+    pub eps: f32,
+    /// `1 / sqrt(head_dim)`.
+    pub scale: f32,
+    pub _pad: [u32; 2],
+}
+
+/// `layer_norm_backward`: adds the residual branch's gradient.
+pub const TRANSFORMER_RESIDUAL: u32 = 1;
 
 /// Targets of the `loss_grad` kernel: ∂/∂logits of `CE(softmax(logits / T), target)`.
 pub mod loss_targets {

@@ -47,7 +47,8 @@ impl VitSpec {
 
 /// The torchvision families (`vit_b_*`, `vit_l_*`, `vit_h_14`) by (width, MLP width) → heads:
 /// the convention used when neither the checkpoint's metadata nor `--arch` gives the heads.
-const TORCHVISION_VIT_HEADS: [(usize, usize, usize, &str); 3] = [(768, 3072, 12, "ViT-B"), (1024, 4096, 16, "ViT-L"), (1280, 5120, 16, "ViT-H")];
+const TORCHVISION_VIT_HEADS: [(usize, usize, usize, &str); 3] =
+    [(768, 3072, 12, "ViT-B"), (1024, 4096, 16, "ViT-L"), (1280, 5120, 16, "ViT-H")];
 
 /// The safetensors metadata key that records a Vision Transformer's number of heads.
 pub const VIT_HEADS_METADATA: &str = "num_heads";
@@ -391,12 +392,16 @@ impl Network {
 /// What kind of parameter a tensor is: lets a synthetic source draw sensible random values.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ParamKind {
-    ConvWeight { fan_in: usize },
+    ConvWeight {
+        fan_in: usize,
+    },
     BnWeight,
     BnBias,
     BnMean,
     BnVar,
-    FcWeight { fan_in: usize },
+    FcWeight {
+        fan_in: usize,
+    },
     FcBias,
     LnWeight,
     LnBias,
@@ -540,17 +545,19 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
 fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
     let t = &store.tensors;
     let err = |message: String| Error::Weights { path: store.path.clone(), message };
-    let shape_of = |name: &str| t.get(name).map(|x| x.shape.as_slice()).ok_or_else(|| err(format!("Vision Transformer: missing tensor `{name}`")));
+    let shape_of =
+        |name: &str| t.get(name).map(|x| x.shape.as_slice()).ok_or_else(|| err(format!("Vision Transformer: missing tensor `{name}`")));
     let (width, patch) = match shape_of("conv_proj.weight")? {
         &[d, _, p, q] if p == q && d > 0 && p > 0 => (d, p),
         other => return Err(err(format!("tensor `conv_proj.weight`: expected [width, channels, patch, patch], found shape {other:?}"))),
     };
-    let tokens = match shape_of("encoder.pos_embedding")? {
-        &[1, tokens, d] if d == width && tokens >= 2 => tokens,
-        other => {
-            return Err(err(format!("tensor `encoder.pos_embedding`: expected [1, tokens ≥ 2, {width}] (width from `conv_proj.weight`), found shape {other:?}")))
-        }
-    };
+    let tokens =
+        match shape_of("encoder.pos_embedding")? {
+            &[1, tokens, d] if d == width && tokens >= 2 => tokens,
+            other => return Err(err(format!(
+                "tensor `encoder.pos_embedding`: expected [1, tokens ≥ 2, {width}] (width from `conv_proj.weight`), found shape {other:?}"
+            ))),
+        };
     let side = (tokens - 1).isqrt();
     if side * side != tokens - 1 {
         return Err(err(format!(
@@ -563,27 +570,29 @@ fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
         return Err(err("Vision Transformer: missing tensor `encoder.layers.encoder_layer_0.ln_1.weight` (no encoder block)".into()));
     }
     let mlp_name = ["mlp.0.weight", "mlp.linear_1.weight"].iter().map(|n| format!("{}.{n}", block(0))).find(|n| t.contains_key(n));
-    let mlp_name = mlp_name.ok_or_else(|| err(format!("Vision Transformer: missing tensor `{}.mlp.0.weight` (or `mlp.linear_1.weight`)", block(0))))?;
+    let mlp_name = mlp_name
+        .ok_or_else(|| err(format!("Vision Transformer: missing tensor `{}.mlp.0.weight` (or `mlp.linear_1.weight`)", block(0))))?;
     let mlp = match shape_of(&mlp_name)? {
         &[m, d] if d == width && m > 0 => m,
         other => return Err(err(format!("tensor `{mlp_name}`: expected [mlp width, {width}], found shape {other:?}"))),
     };
-    let heads = match (given.map(|g| g.heads), store.metadata.get(VIT_HEADS_METADATA)) {
-        (Some(h), _) => h,
-        (None, Some(text)) => text.trim().parse::<usize>().ok().filter(|&h| h > 0).ok_or_else(|| {
-            err(format!("metadata `{VIT_HEADS_METADATA}` is `{text}`: expected a positive number of attention heads"))
-        })?,
-        (None, None) => match TORCHVISION_VIT_HEADS.iter().find(|&&(w, m, _, _)| w == width && m == mlp) {
-            Some(&(_, _, h, _)) => h,
-            None => {
-                return Err(err(format!(
-                    "Vision Transformer of width {width} and MLP width {mlp}: the number of attention heads is not in the tensors; \
+    let heads =
+        match (given.map(|g| g.heads), store.metadata.get(VIT_HEADS_METADATA)) {
+            (Some(h), _) => h,
+            (None, Some(text)) => text.trim().parse::<usize>().ok().filter(|&h| h > 0).ok_or_else(|| {
+                err(format!("metadata `{VIT_HEADS_METADATA}` is `{text}`: expected a positive number of attention heads"))
+            })?,
+            (None, None) => match TORCHVISION_VIT_HEADS.iter().find(|&&(w, m, _, _)| w == width && m == mlp) {
+                Some(&(_, _, h, _)) => h,
+                None => {
+                    return Err(err(format!(
+                        "Vision Transformer of width {width} and MLP width {mlp}: the number of attention heads is not in the tensors; \
                      give it as `--arch vit-hN` or as `{VIT_HEADS_METADATA}` in the safetensors metadata (known without: {})",
-                    TORCHVISION_VIT_HEADS.iter().map(|(w, m, h, n)| format!("{n} {w}/{m} → {h}")).collect::<Vec<_>>().join(", ")
-                )))
-            }
-        },
-    };
+                        TORCHVISION_VIT_HEADS.iter().map(|(w, m, h, n)| format!("{n} {w}/{m} → {h}")).collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            },
+        };
     let spec = VitSpec { image: side * patch, patch, depth, width, heads, mlp };
     if let Some(g) = given.filter(|g| g.image > 0) {
         if g != spec {

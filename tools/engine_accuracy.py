@@ -27,14 +27,15 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from idx import read_idx  # noqa: E402
+from torch_bench import make_model  # noqa: E402
 from torch_reference import load_model  # noqa: E402
-from train import make_model, to_tensor  # noqa: E402
+from train import to_tensor  # noqa: E402
 
 
 def torch_logits(model_path, arch, x):
     """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch on the float16 weights widened
     to float32, as the engine widens them on load. A `vit-…` is torchvision's VisionTransformer
-    (`train.make_model`), loaded strictly."""
+    (`torch_bench.make_model`), loaded strictly."""
     if arch.startswith("vit-"):
         model = make_model(arch)
         model.load_state_dict({k: v.float() for k, v in load_file(str(model_path)).items()})

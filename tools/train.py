@@ -44,9 +44,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from idx import read_idx  # noqa: E402
-from torch_reference import build_model  # noqa: E402
-
-VIT_FIELDS = {"i": "image_size", "p": "patch_size", "d": "num_layers", "w": "hidden_dim", "h": "num_heads", "m": "mlp_dim"}
+from torch_bench import make_model, parse_vit  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530
 TRAIN_COUNT = 55_000
@@ -84,31 +82,15 @@ def accuracy(model, x, y, batch=500):
     return correct / len(x)
 
 
-def vit_config(arch):
-    """`vit-i32-p4-d6-w64-h4-m256` -> torchvision VisionTransformer keyword arguments."""
-    fields = arch.split("-")[1:]
-    config = {VIT_FIELDS[f[0]]: int(f[1:]) for f in fields if f[:1] in VIT_FIELDS and f[1:].isdigit()}
-    if len(fields) != 6 or len(config) != 6:
-        sys.exit(f"--arch {arch}: expected vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP, e.g. vit-i32-p4-d6-w64-h4-m256")
-    return config
-
-
-def make_model(arch):
-    if arch.startswith("vit-"):
-        from torchvision.models.vision_transformer import VisionTransformer
-
-        return VisionTransformer(num_classes=10, **vit_config(arch))
-    return build_model(arch, 10)
-
-
 def make_optimiser(model, arch, total_steps):
     """SGD with one-cycle for the CNNs; AdamW, warmup and cosine for the ViTs (no weight decay on
     biases, LayerNorms, class token and positions: the usual ViT recipe)."""
     if not arch.startswith("vit-"):
         optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         return optimiser, torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=0.1, total_steps=total_steps, pct_start=0.25)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n not in ("class_token", "encoder.pos_embedding")]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and n not in ("class_token", "encoder.pos_embedding"))]
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        (rest if p.ndim < 2 or name in ("class_token", "encoder.pos_embedding") else decay).append(p)
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=1e-3)
     warmup = max(1, total_steps // 20)
 
@@ -158,7 +140,7 @@ def main():
 
     model = make_model(args.arch).to(device)
     vit = args.arch.startswith("vit-")
-    metadata = {"num_heads": str(vit_config(args.arch)["num_heads"])} if vit else {}
+    metadata = {"num_heads": str(parse_vit(args.arch)["h"])} if vit else {}
     smoothing = 0.1 if vit else 0.0
     batch = 128
     steps = (len(x) + batch - 1) // batch

@@ -36,8 +36,8 @@ fn bench_pass(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("forward", spec), |b| b.iter(|| engine.predict(&mut model, &input, shape).unwrap()));
         // NAC-UE scoring fused into the pass (official layers, CIFAR-10 defaults): compare
         // with forward+backward to see what the NAC kernels add.
-        let official = Preset::layers_for(&model.network.stage_names());
-        let settings = params::resolve(&official, Some(Preset::Cifar10), &[]).unwrap();
+        let official = Preset::layers_for(&model.network);
+        let settings = params::resolve(&model.network, &official, Some(Preset::Cifar10), &[]).unwrap();
         let mut profile = Profile::new(&engine, &model.network, &settings, "bench").unwrap();
         profile.add(&engine, &mut model, &input, shape).unwrap();
         group.bench_function(BenchmarkId::new("profile+score", spec), |b| {
@@ -59,7 +59,7 @@ fn bench_rebinning(c: &mut Criterion) {
     let refs: Vec<(&str, usize, &[f32])> = layers.iter().zip(&pairs).map(|((l, n), p)| (*l, *n, p.as_slice())).collect();
     let cache = PooledStates::from_host(&engine, &network.fingerprint(), CachedValues::Pairs, samples, &refs, None).unwrap();
     let names: Vec<String> = layers.iter().map(|(l, _)| l.to_string()).collect();
-    let settings = params::resolve(&names, Some(Preset::Cifar10), &[]).unwrap();
+    let settings = params::resolve(&network, &names, Some(Preset::Cifar10), &[]).unwrap();
     let mut group = c.benchmark_group(format!("rebin/{}", engine.gpu.info.name));
     group.sample_size(10);
     group.throughput(Throughput::Elements(2 * samples as u64));

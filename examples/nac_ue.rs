@@ -19,9 +19,9 @@ fn main() -> nac::Result<()> {
         None => engine.upload(SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 0)?.network),
     };
 
-    // The official layers and CIFAR-10 defaults (O, M, α per layer; spec §4).
-    let layers = Preset::layers_for(&model.network.stage_names());
-    let settings = params::resolve(&layers, Some(Preset::Cifar10), &[])?;
+    // The official layers and CIFAR-10 defaults (O, M, α per layer; spec §4; a ViT's own, §8).
+    let layers = Preset::layers_for(&model.network);
+    let settings = params::resolve(&model.network, &layers, Some(Preset::Cifar10), &[])?;
     let size = 16;
     let shape = |n: usize| [n, 3, size, size];
     let (train_a, train_b, test) =

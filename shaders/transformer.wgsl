@@ -174,6 +174,11 @@ fn gelu_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
     dst[i] = src[i] * (cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x));
 }
 
+// The attention kernels keep four keys (or tokens) per thread in registers: each load of the
+// operand that differs between neighbouring threads then feeds four multiply-adds, and the
+// other operand is read at addresses shared by the threads of one head (broadcasts). Indices
+// past the sequence are clamped for the loads and never stored.
+
 // Attention probabilities: one thread per (sample, head, query) row of P [B][H][T][T], from the
 // fused projections qkv [B][T][3D] (q, k, v each D wide, head h at channels h·dh ..).
 // P[i, j] = softmax_j(scale · q_i · k_j), stabilised by the row maximum.
@@ -194,15 +199,17 @@ fn attention_probs(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     let k0 = b * t * row + p.width + h * p.head_dim;
     let out = r * t;
     var peak = -3.4028235e38;
-    for (var j = 0u; j < t; j++) {
-        let k = k0 + j * row;
-        var s = 0.0;
+    for (var j = 0u; j < t; j += 4u) {
+        let k = vec4<u32>(k0) + vec4<u32>(min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(t - 1u))) * row;
+        var s = vec4<f32>(0.0);
         for (var e = 0u; e < p.head_dim; e++) {
-            s += src[q + e] * src[k + e];
+            s += src[q + e] * vec4<f32>(src[k.x + e], src[k.y + e], src[k.z + e], src[k.w + e]);
         }
         s *= p.scale;
-        dst[out + j] = s;
-        peak = max(peak, s);
+        for (var c = 0u; c < 4u && j + c < t; c++) {
+            dst[out + j + c] = s[c];
+            peak = max(peak, s[c]);
+        }
     }
     var sum = 0.0;
     for (var j = 0u; j < t; j++) {
@@ -216,8 +223,8 @@ fn attention_probs(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgr
     }
 }
 
-// Attention output O [B][T][D]: O[i, h·dh + e] = Σ_j P[h, i, j] · v[j, h·dh + e]; P (src),
-// qkv (aux_a).
+// Attention output O [B][T][D], one thread per (sample, four queries, channel):
+// O[i, h·dh + e] = Σ_j P[h, i, j] · v[j, h·dh + e]; P (src), qkv (aux_a).
 @compute @workgroup_size(256)
 fn attention_values(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(num_workgroups) groups: vec3<u32>) {
@@ -226,19 +233,22 @@ fn attention_values(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workg
         return;
     }
     let t = p.tokens;
+    let quads = (t + 3u) / 4u;
     let c = o % p.width;
-    let bi = o / p.width;
-    let i = bi % t;
-    let b = bi / t;
+    let bq = o / p.width;
+    let i0 = (bq % quads) * 4u;
+    let b = bq / quads;
     let h = c / p.head_dim;
     let row = 3u * p.width;
-    let probs = ((b * p.heads + h) * t + i) * t;
+    let rows = ((b * p.heads + h) * t + min(vec4<u32>(i0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(t - 1u))) * t;
     let v0 = b * t * row + 2u * p.width + c;
-    var acc = 0.0;
+    var acc = vec4<f32>(0.0);
     for (var j = 0u; j < t; j++) {
-        acc += src[probs + j] * aux_a[v0 + j * row];
+        acc += aux_a[v0 + j * row] * vec4<f32>(src[rows.x + j], src[rows.y + j], src[rows.z + j], src[rows.w + j]);
     }
-    dst[o] = acc;
+    for (var q = 0u; q < 4u && i0 + q < t; q++) {
+        dst[(b * t + i0 + q) * p.width + c] = acc[q];
+    }
 }
 
 // Gradient at the attention scores, one thread per (sample, head, query) row of dS:
@@ -261,23 +271,25 @@ fn attention_backward_scores(@builtin(local_invocation_id) lid: vec3<u32>, @buil
     let v0 = b * t * row + 2u * p.width + h * p.head_dim;
     let out = r * t;
     var dot = 0.0;
-    for (var j = 0u; j < t; j++) {
-        let v = v0 + j * row;
-        var dp = 0.0;
+    for (var j = 0u; j < t; j += 4u) {
+        let v = vec4<u32>(v0) + vec4<u32>(min(vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(t - 1u))) * row;
+        var dp = vec4<f32>(0.0);
         for (var e = 0u; e < p.head_dim; e++) {
-            dp += src[d_out + e] * aux_a[v + e];
+            dp += src[d_out + e] * vec4<f32>(aux_a[v.x + e], aux_a[v.y + e], aux_a[v.z + e], aux_a[v.w + e]);
         }
-        dst[out + j] = dp;
-        dot += aux_b[out + j] * dp;
+        for (var c = 0u; c < 4u && j + c < t; c++) {
+            dst[out + j + c] = dp[c];
+            dot += aux_b[out + j + c] * dp[c];
+        }
     }
     for (var j = 0u; j < t; j++) {
         dst[out + j] = aux_b[out + j] * (dst[out + j] - dot);
     }
 }
 
-// Gradient at the fused projections dqkv [B][T][3D], one thread per element: dS (src), qkv
-// (aux_a), P (aux_b), dO (aux_c).
-//   dq_i = scale · Σ_j dS[i, j] · k_j,  dk_j = scale · Σ_i dS[i, j] · q_i,  dv_j = Σ_i P[i, j] · dO_i
+// Gradient at the fused projections dqkv [B][T][3D], one thread per (sample, four tokens,
+// channel of q, k or v): dS (src), qkv (aux_a), P (aux_b), dO (aux_c).
+//   dq_n = scale · Σ_j dS[n, j] · k_j,  dk_n = scale · Σ_i dS[i, n] · q_i,  dv_n = Σ_i P[i, n] · dO_i
 @compute @workgroup_size(256)
 fn attention_backward_qkv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                           @builtin(num_workgroups) groups: vec3<u32>) {
@@ -286,34 +298,43 @@ fn attention_backward_qkv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin
         return;
     }
     let t = p.tokens;
+    let quads = (t + 3u) / 4u;
     let row = 3u * p.width;
     let c3 = o % row;
-    let bi = o / row;
-    let n = bi % t;
-    let b = bi / t;
+    let bq = o / row;
+    let n0 = (bq % quads) * 4u;
+    let b = bq / quads;
     let part = c3 / p.width;
     let c = c3 % p.width;
     let h = c / p.head_dim;
     let scores = (b * p.heads + h) * t * t;
     let qkv0 = b * t * row;
-    var acc = 0.0;
+    let n = min(vec4<u32>(n0) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(t - 1u));
+    var acc = vec4<f32>(0.0);
     if (part == 0u) {
+        let rows = vec4<u32>(scores) + n * t;
         for (var j = 0u; j < t; j++) {
-            acc += src[scores + n * t + j] * aux_a[qkv0 + j * row + p.width + c];
+            acc += aux_a[qkv0 + j * row + p.width + c] * vec4<f32>(src[rows.x + j], src[rows.y + j], src[rows.z + j], src[rows.w + j]);
         }
         acc *= p.scale;
     } else if (part == 1u) {
+        let cols = vec4<u32>(scores) + n;
         for (var i = 0u; i < t; i++) {
-            acc += src[scores + i * t + n] * aux_a[qkv0 + i * row + c];
+            let at = i * t;
+            acc += aux_a[qkv0 + i * row + c] * vec4<f32>(src[cols.x + at], src[cols.y + at], src[cols.z + at], src[cols.w + at]);
         }
         acc *= p.scale;
     } else {
+        let cols = vec4<u32>(scores) + n;
         let d_out0 = b * t * p.width + c;
         for (var i = 0u; i < t; i++) {
-            acc += aux_b[scores + i * t + n] * aux_c[d_out0 + i * p.width];
+            let at = i * t;
+            acc += aux_c[d_out0 + i * p.width] * vec4<f32>(aux_b[cols.x + at], aux_b[cols.y + at], aux_b[cols.z + at], aux_b[cols.w + at]);
         }
     }
-    dst[o] = acc;
+    for (var q = 0u; q < 4u && n0 + q < t; q++) {
+        dst[(b * t + n0 + q) * row + c3] = acc[q];
+    }
 }
 
 // A token sequence's gradient [B][T][D] that is the class token's (src, [B][D]) and zero

@@ -101,7 +101,7 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
     let mut model = engine.upload(synthetic.network);
     let shape = [settings.batch, 3, settings.size, settings.size];
     let input = random_inputs(settings.batch, 3, settings.size, settings.size, 1);
-    let layers = Preset::layers_for(&model.network.stage_names());
+    let layers = Preset::layers_for(&model.network);
     let refs: Vec<&str> = layers.iter().map(String::as_str).collect();
     let forward_s = time(settings.repeats, || engine.predict(&mut model, &input, shape).map(drop))?;
     // Pooling reads the predictions back once, so the time includes that readback.
@@ -127,7 +127,7 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
         PooledStates::from_host(engine, model.fingerprint(), CachedValues::Pairs, n, &layers, None)
     };
     let (profile, id_val, ood_val) = (cache(0.0)?, cache(0.0)?, cache(0.05)?);
-    let grid = Grid::preset(Preset::Cifar10, &layers)?;
+    let grid = Grid::preset(Preset::Cifar10, &model.network, &layers)?;
     let started = Instant::now();
     let found = search(engine, &model.network, &grid, &SearchSets { profile: &profile, id_val: &id_val, ood_val: &ood_val }, "bench")?;
     let search_s = started.elapsed().as_secs_f64();

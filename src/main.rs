@@ -239,10 +239,12 @@ enum Command {
         /// Seed of the balanced subset (the official default is 1; below 2^32).
         #[arg(long, default_value_t = nac::nac::select::OFFICIAL_SEED as u64)]
         seed: u64,
-        /// Layers, comma-separated (default: avgpool and the last three stages, deep to shallow).
+        /// Layers, comma-separated (default: the official list, deep to shallow: avgpool and
+        /// stages 3, 2, 1 of a CNN; a ViT's layer_norm and its last three blocks).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<String>>,
-        /// Official defaults for O/M/α (spec §4): cifar10, cifar100, imagenet.
+        /// Official defaults for O/M/α (spec §4): cifar10, cifar100, imagenet, imagenet-vit (spec
+        /// §8; a Vision Transformer always takes these, the only published ViT values).
         #[arg(long, default_value = "cifar10")]
         preset: String,
         /// Per-layer override NAME:O/M/ALPHA (repeatable), e.g. layer3:100/500/1000.
@@ -325,8 +327,9 @@ enum Command {
         /// Test accuracy of each checkpoint, comma-separated, for the rank correlation.
         #[arg(long, value_delimiter = ',')]
         accuracies: Option<Vec<f64>>,
-        #[arg(long, default_value = "avgpool")]
-        layer: String,
+        /// The layer (default: each checkpoint's feature layer, avgpool or a ViT's layer_norm).
+        #[arg(long)]
+        layer: Option<String>,
         #[arg(long, default_value_t = 0.1)]
         alpha: f64,
         #[arg(long, default_value_t = 50)]
@@ -656,13 +659,17 @@ fn profile(gpu: Device, job: ProfileJob) -> Result<()> {
     check_writable(&job.out)?;
     let mut engine = job.run.engine(gpu)?;
     let mut model = engine.load_model(&job.model, job.run.arch()?)?;
-    let preset: Preset = job.preset.parse()?;
-    let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network.stage_names()));
+    let named: Preset = job.preset.parse()?;
+    let preset = named.for_network(&model.network)?;
+    if preset != named {
+        eprintln!("{} is a Vision Transformer: preset {preset} (the official ViT values) instead of {named}", model.network.spec);
+    }
+    let layers = job.layers.unwrap_or_else(|| Preset::layers_for(&model.network));
     for layer in &layers {
         model.network.layer_index(layer)?;
     }
     let overrides = job.layer_params.iter().map(|t| LayerParams::parse(t)).collect::<Result<Vec<_>>>()?;
-    let settings = params::resolve(&layers, Some(preset), &overrides)?;
+    let settings = params::resolve(&model.network, &layers, Some(preset), &overrides)?;
     let chosen = match job.balanced {
         None => None,
         Some(total) => {
@@ -914,7 +921,7 @@ fn model_evaluation(
             "settings": {"layer": settings.layer, "alpha": settings.alpha, "m": settings.m, "o": settings.o},
             "samples": shape[0],
             "checkpoints": report.checkpoints.iter().zip(&report.results).map(|(p, r)| serde_json::json!({
-                "path": p.display().to_string(), "nac_me": r.value, "correct": r.correct,
+                "path": p.display().to_string(), "layer": r.layer, "nac_me": r.value, "correct": r.correct,
             })).collect::<Vec<_>>(),
             "test_accuracies": report.test_accuracies,
             "chosen": report.checkpoints[report.chosen].display().to_string(),

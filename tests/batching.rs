@@ -65,7 +65,11 @@ type SampleResult = (Vec<Vec<f32>>, (usize, f32, f32));
 
 /// Per sample: each layer's pooled pairs and the prediction summary.
 fn per_sample(engine: &Engine, pooled: &PooledStates) -> Vec<SampleResult> {
-    let layers: Vec<Vec<f32>> = LAYERS.iter().map(|l| pooled.read_values(engine, l).unwrap()).collect();
+    per_sample_of(engine, pooled, &LAYERS)
+}
+
+fn per_sample_of(engine: &Engine, pooled: &PooledStates, layers: &[&str]) -> Vec<SampleResult> {
+    let layers: Vec<Vec<f32>> = layers.iter().map(|l| pooled.read_values(engine, l).unwrap()).collect();
     let predicted = pooled.predictions();
     (0..pooled.samples)
         .map(|i| {
@@ -111,6 +115,38 @@ fn pooled_pairs_do_not_depend_on_batching_order_or_input_sizes() {
                 "trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} of side {} differs from pooling it alone",
                 set[i].side
             );
+        }
+    }
+}
+
+/// A Vision Transformer's pooled pairs (class token of `encoder.ln`, token sums of `ln_2`):
+/// attention mixes the tokens of a sample, never the samples of a batch, so any batching and
+/// chunking gives each sample what pooling it alone gives, bit for bit.
+#[test]
+fn vit_pooled_pairs_do_not_depend_on_batching() {
+    let spec = ArchSpec::VisionTransformer(nac::model::arch::VitSpec { image: 8, patch: 4, depth: 2, width: 12, heads: 3, mlp: 16 });
+    let network = SyntheticModel::new(spec, 4, 5).unwrap().network;
+    let layers = ["layer_norm", "layer_1", "layer_0"];
+    let mut rng = Rng::new(9);
+    let set: Vec<Sample> = (0..9).map(|i| Sample { side: 8, input: random_inputs(1, 3, 8, 8, 200 + i) }).collect();
+    let alone_engine = common::engine();
+    let mut alone_model = alone_engine.upload(network.clone());
+    let alone: Vec<_> = set
+        .iter()
+        .map(|s| {
+            let pooled = PooledStates::compute(&alone_engine, &mut alone_model, &s.input, [1, 3, 8, 8], &layers, None).unwrap();
+            per_sample_of(&alone_engine, &pooled, &layers).remove(0)
+        })
+        .collect();
+    assert!(alone.windows(2).any(|w| w[0].0 != w[1].0), "samples must differ, or the test proves nothing");
+    for (trial, max_batch) in [64, 2, 4].into_iter().enumerate() {
+        let engine = common::engine_with(EngineOptions { max_batch, ..EngineOptions::default() });
+        let mut model = engine.upload(network.clone());
+        let ranges = shuffled_batches(&mut rng, &set);
+        let batches: Vec<_> = ranges.iter().map(|r| Ok(batch_of(&set, r.clone()))).collect();
+        let pooled = PooledStates::compute_streamed(&engine, &mut model, set.len(), &layers, None, batches).unwrap();
+        for (i, (got, want)) in per_sample_of(&engine, &pooled, &layers).iter().zip(&alone).enumerate() {
+            assert!(got == want, "trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} differs from pooling it alone");
         }
     }
 }

@@ -236,6 +236,68 @@ fn profile_score_merge_and_me_match_the_library() {
     assert!(stdout.contains("<- chosen") && stdout.contains("Spearman"), "{stdout}");
 }
 
+/// On a Vision Transformer (heads from its metadata) `nac profile --preset cifar10` takes the
+/// official ViT layers and `imagenet-vit` values, and says so; `nac me` measures each
+/// checkpoint's own feature layer (a ViT's `layer_norm`, a CNN's `avgpool`) in one call.
+#[test]
+fn vit_profiles_take_the_vit_preset_and_me_the_feature_layer() {
+    let dir = common::temp_dir("cli-vit");
+    let (vit_path, wrn_path) = (dir.join("vit.safetensors"), dir.join("wrn.safetensors"));
+    SyntheticModel::new("vit-i8-p4-d4-w16-h2-m32".parse().unwrap(), 4, 41).unwrap().save(&vit_path, StorageDtype::F32).unwrap();
+    SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 4, 42).unwrap().save(&wrn_path, StorageDtype::F32).unwrap();
+    let n = 6;
+    let shape = [n, 3, 8, 8];
+    let input = random_vec(&mut Rng::new(43), shape.iter().product(), 1.0);
+    let labels: Vec<usize> = (0..n).map(|i| i % 4).collect();
+    let (x, y, profile_path) = (dir.join("x.npy"), dir.join("y.npy"), dir.join("profile.safetensors"));
+    NpyArray::from_f32(shape.to_vec(), &input).save(&x).unwrap();
+    NpyArray::from_labels(&labels).save(&y).unwrap();
+
+    let out = nac()
+        .args(["profile", "--model"])
+        .arg(&vit_path)
+        .arg("--input")
+        .arg(&x)
+        .args(["--preset", "cifar10", "--out"])
+        .arg(&profile_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("preset imagenet-vit") && stderr.contains("instead of cifar10"), "{stderr}");
+    let engine = common::engine();
+    let mut model = engine.load_model(&vit_path, None).unwrap();
+    let settings =
+        [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)]
+            .map(|(l, o, m, a)| LayerParams::new(l, o, m, a));
+    let mut profile = Profile::new(&engine, &model.network, &settings, "none").unwrap();
+    profile.add(&engine, &mut model, &input, shape).unwrap();
+    profile.record_sources(0..n);
+    assert_eq!(ProfileData::load(&profile_path).unwrap(), profile.to_data(&engine).unwrap());
+
+    let me_path = dir.join("me.json");
+    let checkpoints = format!("{},{}", vit_path.display(), wrn_path.display());
+    run_ok(
+        nac()
+            .args(["me", "--checkpoints", &checkpoints, "--input"])
+            .arg(&x)
+            .arg("--labels")
+            .arg(&y)
+            .args(["--o", "2", "--out"])
+            .arg(&me_path),
+    );
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&me_path).unwrap()).unwrap();
+    let images = LabelledImages { input: &input, shape, labels: &labels };
+    let want =
+        evaluate_checkpoints(&engine, &[vit_path, wrn_path], None, images, &MeSettings { o: 2.0, ..MeSettings::default() }, None).unwrap();
+    for (i, (r, layer)) in want.results.iter().zip(["layer_norm", "avgpool"]).enumerate() {
+        assert_eq!((json["checkpoints"][i]["layer"].as_str().unwrap(), r.layer.as_str()), (layer, layer));
+        assert_eq!(json["checkpoints"][i]["nac_me"].as_f64().unwrap(), r.value);
+    }
+    assert!(json["settings"]["layer"].is_null(), "{json}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A reader that stops early (`nac info | head -n 1`) ends the command quietly, not in a panic.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {

@@ -9,7 +9,7 @@ use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
 use nac::nac::search::{search, Grid, LayerGrid, SearchSets};
-use nac::nac::{PooledStates, Profile};
+use nac::nac::{LayerParams, PooledStates, Preset, Profile};
 
 const ARCH: ArchSpec = ArchSpec::WideResNet { depth: 10, width: 2 };
 
@@ -213,6 +213,53 @@ fn eval_config_errors_name_the_problem() {
     std::fs::write(&path, leak).unwrap();
     let err = EvalConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("never takes part in selection"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A config written for CNNs (eval/fmnist.toml: preset and grid `cifar10`) runs unchanged on a
+/// Vision Transformer checkpoint (heads from its metadata): the official ViT layers (layer_norm
+/// and the last three blocks), the `imagenet-vit` defaults and grid (spec §8), by distance
+/// from the end; the same config keeps `cifar10` for a CNN.
+#[test]
+fn a_cnn_config_resolves_to_the_vit_settings_for_a_vit() {
+    let dir = common::temp_dir("eval-vit-config");
+    let path = dir.join("vit.safetensors");
+    SyntheticModel::new("vit-i16-p4-d4-w32-h4-m64".parse().unwrap(), 10, 5).unwrap().save(&path, StorageDtype::F32).unwrap();
+    let vit = nac::model::load(&path, None).unwrap();
+    let config = EvalConfig::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("eval/fmnist.toml")).unwrap();
+    assert_eq!((config.preset().unwrap(), config.search.as_ref().unwrap().grid.as_deref()), (Preset::Cifar10, Some("cifar10")));
+    let setup = config.nac_setup(&vit).unwrap();
+    assert_eq!(setup.preset, Preset::ImagenetVit);
+    assert_eq!(setup.layers, ["layer_norm", "layer_3", "layer_2", "layer_1"]);
+    let want = [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)];
+    assert_eq!(setup.defaults, want.map(|(l, o, m, a)| LayerParams::new(l, o, m, a)));
+    let layer = |name: &str, o: &[f64], m: &[usize], alpha: &[f64]| LayerGrid {
+        layer: name.into(),
+        o: o.to_vec(),
+        m: m.to_vec(),
+        alpha: alpha.to_vec(),
+    };
+    let grid = [
+        layer("layer_norm", &[500.0], &[50, 500], &[100.0]),
+        layer("layer_3", &[50.0, 500.0], &[50, 500], &[1.0, 10.0]),
+        layer("layer_2", &[10.0, 50.0], &[50, 500], &[10.0]),
+        layer("layer_1", &[10.0, 50.0], &[500, 1000], &[1.0]),
+    ];
+    assert_eq!(setup.grid.unwrap().layers, grid);
+
+    let cnn = SyntheticModel::new(ARCH, 10, 5).unwrap().network;
+    let setup = config.nac_setup(&cnn).unwrap();
+    assert_eq!(
+        (setup.preset, setup.layers.as_slice()),
+        (Preset::Cifar10, ["avgpool", "block3", "block2", "block1"].map(String::from).as_slice())
+    );
+    assert_eq!(setup.defaults[1], LayerParams::new("block3", 100.0, 500, 1000.0));
+    // The ViT preset named for a CNN is refused by name, before any pass.
+    let mut named = config.clone();
+    named.nac.preset = Some("imagenet-vit".into());
+    let err = named.nac_setup(&cnn).unwrap_err().to_string();
+    assert!(err.contains("imagenet-vit") && err.contains("wrn-10-2"), "{err}");
+    assert_eq!(named.nac_setup(&vit).unwrap().preset, Preset::ImagenetVit);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -2,9 +2,14 @@
 //! committed goldens in `tests/golden/` against this crate on the same random weights and inputs,
 //! regenerated here from the seeds the goldens record (fingerprints checked first).
 //!
-//! Tolerances (issue 3): pooled sums ≤ 1e-4 relative (normwise per layer); histograms equal count
-//! for count except for ambiguous samples (counted, and checked to be the only differences);
-//! scores ≤ 1e-5 absolute; NAC-ME ≤ 1e-6.
+//! The cases (`tests/common/golden_cases.rs`): ResNet18_32x32, WRN-16-4, and torchvision's
+//! `VisionTransformer` twice (a small one, and ViT-B/16's shapes at depth 1), whose layers are
+//! pooled as the official code hooks them: `layer_i` summed over all tokens, `layer_norm` at
+//! the class token.
+//!
+//! Tolerances (issues 3 and 16): logits and pooled sums ≤ 1e-4 relative (normwise, per layer);
+//! histograms equal count for count except for ambiguous samples (counted, and checked to be
+//! the only differences); scores ≤ 1e-5 absolute; NAC-ME ≤ 1e-6.
 //!
 //! A state is ambiguous when it lies within 1e-7 of an interior edge (a few f32 ulps: sigmoid
 //! rounding differs between implementations), or when its bin changes as Σz and Σg move by 1e-5
@@ -142,6 +147,13 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
     let network = model.network.clone();
     let layers: Vec<String> = network.layer_names();
     let layer_refs: Vec<&str> = layers.iter().map(|s| s.as_str()).collect();
+    let all = [np + nt, 3, size, size];
+
+    // Logits of every sample from a forward pass.
+    let forward = PassRequest { layers: &[], loss: Loss::NAC, input_gradient: false, labels: None };
+    let logits = engine.pass(&mut model, &inputs, all, &forward).unwrap().logits;
+    let want: Vec<f64> = g.f32s["logits"].iter().map(|&v| v as f64).collect();
+    common::assert_close(&format!("{} logits", case.name), &logits, &want, 1e-4);
 
     // Pooled sums, all layers, one pass per set.
     let profile_set = PooledStates::compute(engine, &mut model, profile_in, [np, 3, size, size], &layer_refs, None).unwrap();
@@ -165,7 +177,7 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
     }
 
     // The gradient to the input for three losses, on the first inputs (PyTorch autograd).
-    let n_grad = 4;
+    let n_grad = case.n_grad;
     let grad_shape = [n_grad, 3, size, size];
     let labels: Vec<usize> = g.ints["labels"][..n_grad].iter().map(|&l| l as usize).collect();
     for (name, loss, labels) in [
@@ -257,7 +269,7 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
 
         // The fused kernels (states straight from the pass's z and g) on the official preset
         // must reproduce the cached path exactly: same sums in the same order.
-        if !fused_checked {
+        if case.fused && !fused_checked {
             fused_checked = true;
             let mut fused = Profile::new(engine, &network, &params, "golden").unwrap();
             fused.add(engine, &mut model, profile_in, [np, 3, size, size]).unwrap();
@@ -267,15 +279,14 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         }
     }
 
-    // NAC-ME: each setting from one labelled pass; the official one also end to end, and the
-    // last one through the fused masked histogram.
+    // NAC-ME on the feature layer: each setting from one labelled pass; the official one also
+    // end to end, and the last one through the fused masked histogram.
     let labels: Vec<usize> = g.ints["labels"].iter().map(|&l| l as usize).collect();
-    let all = [np + nt, 3, size, size];
-    let labelled = PooledStates::compute(engine, &mut model, &inputs, all, &["avgpool"], Some(&labels)).unwrap();
+    let labelled = PooledStates::compute(engine, &mut model, &inputs, all, &[network.feature_layer()], Some(&labels)).unwrap();
     let me_list = g.meta["nac_me"].as_array().unwrap();
     for (i, me) in me_list.iter().enumerate() {
         let settings = MeSettings {
-            layer: me["layer"].as_str().unwrap().into(),
+            layer: Some(me["layer"].as_str().unwrap().into()),
             alpha: me["alpha"].as_f64().unwrap(),
             m: me["m"].as_u64().unwrap() as usize,
             o: me["o"].as_f64().unwrap(),
@@ -285,12 +296,16 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
         eprintln!("{} NAC-ME {settings:?}: {} vs {want} (|Δ| {:.1e})", case.name, got.value, (got.value - want).abs());
         assert!((got.value - want).abs() <= 1e-6, "{} NAC-ME {settings:?}: {} vs {want}", case.name, got.value);
         assert_eq!(got.correct as u64, me["correct"].as_u64().unwrap());
+        assert_eq!(got.layer, network.feature_layer());
+        if !case.fused {
+            continue;
+        }
         if i == 0 {
             let direct = nac_me(engine, &mut model, LabelledImages { input: &inputs, shape: all, labels: &labels }, &settings).unwrap();
             assert_eq!(direct, got, "nac_me end to end");
         }
         if i == me_list.len() - 1 {
-            let params = [LayerParams::new(&settings.layer, settings.o, settings.m, settings.alpha)];
+            let params = [LayerParams::new(&got.layer, settings.o, settings.m, settings.alpha)];
             let mut fused = Profile::with_binning(engine, &network, &params, "", Binning::Uniform, Counted::Correct).unwrap();
             fused.add_labelled(engine, &mut model, &inputs, all, &labels).unwrap();
             let value = fused.coverage(engine).unwrap()[0];
@@ -299,12 +314,26 @@ fn run_case(engine: &Engine, case: &golden_cases::GoldenCase) {
     }
 }
 
+fn case(name: &str) -> &'static golden_cases::GoldenCase {
+    golden_cases::CASES.iter().find(|c| c.name == name).unwrap()
+}
+
 #[test]
 fn golden_parity_resnet18_32x32() {
-    run_case(&common::engine(), &golden_cases::CASES[0]);
+    run_case(&common::engine(), case("resnet18_32x32"));
 }
 
 #[test]
 fn golden_parity_wrn_16_4() {
-    run_case(&common::engine(), &golden_cases::CASES[1]);
+    run_case(&common::engine(), case("wrn-16-4"));
+}
+
+#[test]
+fn golden_parity_vit_small() {
+    run_case(&common::engine(), case("vit_small"));
+}
+
+#[test]
+fn golden_parity_vit_b16_d1() {
+    run_case(&common::engine(), case("vit_b16_d1"));
 }

@@ -554,3 +554,46 @@ fn fuzz_seeds_are_the_valid_files_written_here() {
     ProfileData::from_bytes(&profile_raw(&h, &t), Path::new("seed")).unwrap();
     write("profile", "me_two_layers.nacprofile", &profile_raw(&h, &t));
 }
+
+/// A torchvision Vision Transformer whose tensors contradict each other, or whose head count
+/// cannot be read, is refused with the tensor (or metadata key) named.
+#[test]
+fn vit_checkpoint_errors_name_the_tensor() {
+    let spec = nac::model::arch::VitSpec { image: 8, patch: 4, depth: 2, width: 8, heads: 2, mlp: 12 };
+    let tensors = SyntheticModel::new(ArchSpec::VisionTransformer(spec), 3, 4).unwrap().tensors;
+    let heads = |h: &str| Some([("num_heads".to_string(), h.to_string())].into_iter().collect());
+    let edited = |name: &str, f: &dyn Fn(&mut Vec<usize>, &mut Vec<f32>)| {
+        let mut t = tensors.clone();
+        let x = t.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"));
+        f(&mut x.1, &mut x.2);
+        serialize_tensors(&t, StorageDtype::F32, heads("2")).unwrap()
+    };
+    let good = serialize_tensors(&tensors, StorageDtype::F32, heads("2")).unwrap();
+    assert_eq!(load_checkpoint(&good).unwrap().spec, ArchSpec::VisionTransformer(spec));
+
+    let e = checkpoint_err(&edited("encoder.pos_embedding", &|s, v| {
+        s[1] = 6;
+        v.resize(6 * 8, 0.0);
+    }));
+    assert_contains(&e, &["tensor `encoder.pos_embedding`", "6 tokens", "n² + 1"]);
+    let e = checkpoint_err(&edited("conv_proj.weight", &|s, v| {
+        s[3] = 3;
+        v.truncate(8 * 3 * 4 * 3);
+    }));
+    assert_contains(&e, &["tensor `conv_proj.weight`", "[width, channels, patch, patch]", "[8, 3, 4, 3]"]);
+    let e = checkpoint_err(&edited("encoder.layers.encoder_layer_1.self_attention.in_proj_weight", &|s, v| {
+        s[0] = 23;
+        v.truncate(23 * 8);
+    }));
+    assert_contains(&e, &["tensor `encoder.layers.encoder_layer_1.self_attention.in_proj_weight`", "expected shape [24, 8]"]);
+    let e = checkpoint_err(&edited("encoder.layers.encoder_layer_0.ln_2.weight", &|_, v| v[3] = f32::NAN));
+    assert_contains(&e, &["tensor `encoder.layers.encoder_layer_0.ln_2.weight`", "element 3", "not a finite number"]);
+    let e = checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, heads("two")).unwrap());
+    assert_contains(&e, &["metadata `num_heads` is `two`", "positive number"]);
+    let e = checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, heads("3")).unwrap());
+    assert_contains(&e, &["3 attention heads do not divide the width 8"]);
+    let mut extra = tensors.clone();
+    extra.push(("heads.pre_logits.weight".into(), vec![8, 8], vec![0.0; 64]));
+    let e = checkpoint_err(&serialize_tensors(&extra, StorageDtype::F32, heads("2")).unwrap());
+    assert_contains(&e, &["unexpected tensor `heads.pre_logits.weight`"]);
+}

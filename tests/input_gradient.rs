@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, engine, random_vec};
-use nac::model::arch::ArchSpec;
+use nac::model::arch::{ArchSpec, VitSpec};
 use nac::model::synthetic::SyntheticModel;
 use nac::rng::Rng;
 use nac::{reference, Loss, PassRequest, Target};
@@ -27,6 +27,7 @@ fn input_gradient_matches_the_reference() {
         (ArchSpec::TorchResNet { depth: 18 }, [3, 3, 37, 29]),
         (ArchSpec::ResNet18_32x32, [2, 3, 13, 11]),
         (ArchSpec::WideResNet { depth: 10, width: 2 }, [3, 3, 9, 12]),
+        (ArchSpec::VisionTransformer(VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 20 }), [2, 3, 12, 12]),
     ];
     for (case, (spec, shape)) in cases.into_iter().enumerate() {
         let synthetic = SyntheticModel::new(spec, 7, 20 + case as u64).unwrap();

@@ -9,10 +9,11 @@ use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
     conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
-    PoolParams, ELEMENTWISE_RELU,
+    PoolParams, TransformerParams, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
 };
-use nac::model::arch::{Conv, Linear};
+use nac::model::arch::{Conv, LayerNorm, Linear, LN_EPS};
 use nac::reference;
+use nac::reference::vit;
 use nac::rng::Rng;
 use nac::{Engine, Loss, Target};
 
@@ -395,5 +396,145 @@ fn classifier_head_kernels() {
             &reference::linear_backward_data(&to_f64(&dy), b, &fc),
             KERNEL_TOL,
         );
+    }
+}
+
+/// (batch, tokens, width, heads) of the transformer kernel tests: one token pair, odd head
+/// widths, a width that is no multiple of 4, and the shipped ViT's sequence.
+const TOKEN_SHAPES: &[(usize, usize, usize, usize)] = &[(1, 2, 4, 1), (3, 5, 12, 3), (2, 17, 20, 4), (1, 65, 64, 4)];
+
+/// LayerNorm on rows offset by 100 (see `transformer_token_and_norm_kernels`).
+const LN_TOL: f64 = 1e-4;
+
+fn transformer_params(b: usize, t: usize, d: usize, heads: usize, threads: usize) -> TransformerParams {
+    TransformerParams {
+        total: threads as u32,
+        batch: b as u32,
+        tokens: t as u32,
+        width: d as u32,
+        heads: heads as u32,
+        head_dim: (d / heads) as u32,
+        row_stride: 1,
+        eps: LN_EPS as f32,
+        scale: 1.0 / ((d / heads) as f32).sqrt(),
+        ..Default::default()
+    }
+}
+
+fn random_layer_norm(rng: &mut Rng, d: usize) -> LayerNorm {
+    LayerNorm { name: "ln".into(), gamma: random_vec(rng, d, 1.0), beta: random_vec(rng, d, 0.5) }
+}
+
+#[test]
+fn transformer_token_and_norm_kernels() {
+    let mut s = setup(16);
+    for &(b, t, d, heads) in TOKEN_SHAPES {
+        let what = format!("b {b} t {t} d {d}");
+        let n = b * t * d;
+        let patches = random_vec(&mut s.rng, b * (t - 1) * d, 1.0);
+        let (cls, pos) = (random_vec(&mut s.rng, d, 1.0), random_vec(&mut s.rng, t * d, 1.0));
+        let p = transformer_params(b, t, d, heads, n);
+        let got = s.run(Kernel::TokensForward, bytemuck::bytes_of(&p), s.flat(n), &[Some(&patches), Some(&cls), Some(&pos), None], n);
+        // One f32 rounding of each sum.
+        assert_close(&format!("tokens_forward {what}"), &got, &vit::tokens_forward(&to_f64(&patches), b, &cls, &pos), 1e-7);
+
+        let dx = random_vec(&mut s.rng, n, 1.0);
+        let np = b * (t - 1) * d;
+        let p = transformer_params(b, t, d, heads, np);
+        let got = s.run(Kernel::TokensBackward, bytemuck::bytes_of(&p), s.flat(np), &[Some(&dx), None, None, None], np);
+        let want: Vec<f64> = (0..b).flat_map(|i| to_f64(&dx[(i * t + 1) * d..(i + 1) * t * d])).collect();
+        assert_close(&format!("tokens_backward {what}"), &got, &want, 0.0);
+
+        // Rows with a large common offset: a one-pass variance (E[x²] − mean² cancels four
+        // digits) would miss by ~1e-3; the f32 mean itself carries |mean|·2⁻²³·√d ≈ 1e-4.
+        let x: Vec<f32> = random_vec(&mut s.rng, n, 1.0).iter().enumerate().map(|(i, v)| v + 100.0 * ((i / d) % 3) as f32).collect();
+        let ln = random_layer_norm(&mut s.rng, d);
+        let rows = b * t;
+        let p = TransformerParams { width: d as u32, ..transformer_params(b, t, d, heads, rows) };
+        let got = s.run(Kernel::LayerNorm, bytemuck::bytes_of(&p), s.flat(rows), &[Some(&x), Some(&ln.gamma), Some(&ln.beta), None], n);
+        let want = vit::layer_norm(&to_f64(&x), rows, d, &ln);
+        assert_close(&format!("layer_norm {what}"), &got, &want, LN_TOL);
+        // The class token of each sample only (encoder.ln before the head).
+        let p = TransformerParams { row_stride: t as u32, ..transformer_params(b, t, d, heads, b) };
+        let got = s.run(Kernel::LayerNorm, bytemuck::bytes_of(&p), s.flat(b), &[Some(&x), Some(&ln.gamma), Some(&ln.beta), None], b * d);
+        let class_rows: Vec<f64> = (0..b).flat_map(|i| want[i * t * d..][..d].to_vec()).collect();
+        assert_close(&format!("layer_norm class token {what}"), &got, &class_rows, LN_TOL);
+
+        let dy = random_vec(&mut s.rng, n, 1.0);
+        let extra = random_vec(&mut s.rng, n, 1.0);
+        let base = vit::layer_norm_backward_data(&to_f64(&dy), &to_f64(&x), rows, d, &ln);
+        for residual in [false, true] {
+            let p =
+                TransformerParams { flags: if residual { TRANSFORMER_RESIDUAL } else { 0 }, ..transformer_params(b, t, d, heads, rows) };
+            let reads = [Some(x.as_slice()), Some(dy.as_slice()), Some(ln.gamma.as_slice()), residual.then_some(extra.as_slice())];
+            let got = s.run(Kernel::LayerNormBackward, bytemuck::bytes_of(&p), s.flat(rows), &reads, n);
+            let want: Vec<f64> = base.iter().zip(&extra).map(|(&v, &e)| if residual { v + e as f64 } else { v }).collect();
+            assert_close(&format!("layer_norm_backward {what} residual {residual}"), &got, &want, LN_TOL);
+        }
+        let dcls = random_vec(&mut s.rng, b * d, 1.0);
+        let class_x: Vec<f64> = (0..b).flat_map(|i| to_f64(&x[i * t * d..][..d])).collect();
+        let p = TransformerParams { row_stride: t as u32, ..transformer_params(b, t, d, heads, b) };
+        let got =
+            s.run(Kernel::LayerNormBackward, bytemuck::bytes_of(&p), s.flat(b), &[Some(&x), Some(&dcls), Some(&ln.gamma), None], b * d);
+        assert_close(
+            &format!("layer_norm_backward class token {what}"),
+            &got,
+            &vit::layer_norm_backward_data(&to_f64(&dcls), &class_x, b, d, &ln),
+            LN_TOL,
+        );
+        let p = transformer_params(b, t, d, heads, n);
+        let got = s.run(Kernel::ScatterClassToken, bytemuck::bytes_of(&p), s.flat(n), &[Some(&dcls), None, None, None], n);
+        let want: Vec<f64> = (0..n).map(|i| if (i / d) % t == 0 { dcls[i / (t * d) * d + i % d] as f64 } else { 0.0 }).collect();
+        assert_close(&format!("scatter_class_token {what}"), &got, &want, 0.0);
+
+        // GELU over a wide range, with its tails.
+        let pre: Vec<f32> = random_vec(&mut s.rng, n, 3.0);
+        let p = transformer_params(b, t, d, heads, n);
+        let got = s.run(Kernel::Gelu, bytemuck::bytes_of(&p), s.flat(n), &[Some(&pre), None, None, None], n);
+        assert_close(&format!("gelu {what}"), &got, &vit::gelu(&to_f64(&pre)), KERNEL_TOL);
+        let got = s.run(Kernel::GeluBackward, bytemuck::bytes_of(&p), s.flat(n), &[Some(&dy), Some(&pre), None, None], n);
+        assert_close(&format!("gelu_backward {what}"), &got, &vit::gelu_backward(&to_f64(&dy), &to_f64(&pre)), KERNEL_TOL);
+    }
+}
+
+#[test]
+fn attention_kernels() {
+    let mut s = setup(17);
+    for &(b, t, d, heads) in TOKEN_SHAPES {
+        // A sharp case too: scores near ±100, whose exp overflows f32 without the row maximum;
+        // their f32 rounding (|s|·2⁻²³·√dh ≈ 5e-5) bounds its tolerance.
+        for (spread, tol) in [(1.0, KERNEL_TOL), (6.0, 2e-4)] {
+            let what = format!("b {b} t {t} d {d} heads {heads} spread {spread}");
+            let qkv = random_vec(&mut s.rng, b * t * 3 * d, spread);
+            let (want_out, want_probs) = vit::attention(&to_f64(&qkv), b, t, d, heads);
+            let rows = b * heads * t;
+            let p = transformer_params(b, t, d, heads, rows);
+            let probs = s.run(Kernel::AttentionProbs, bytemuck::bytes_of(&p), s.flat(rows), &[Some(&qkv), None, None, None], rows * t);
+            assert_close(&format!("attention_probs {what}"), &probs, &want_probs, tol);
+            let n = b * t * d;
+            let threads = b * t.div_ceil(ATTENTION_TOKENS_PER_THREAD) * d;
+            let p = transformer_params(b, t, d, heads, threads);
+            let out = s.run(Kernel::AttentionValues, bytemuck::bytes_of(&p), s.flat(threads), &[Some(&probs), Some(&qkv), None, None], n);
+            assert_close(&format!("attention_values {what}"), &out, &want_out, tol);
+
+            let d_out = random_vec(&mut s.rng, n, 1.0);
+            let probs = to_f32(&want_probs);
+            let p = transformer_params(b, t, d, heads, rows);
+            let reads = [Some(d_out.as_slice()), Some(qkv.as_slice()), Some(probs.as_slice()), None];
+            let d_scores = s.run(Kernel::AttentionBackwardScores, bytemuck::bytes_of(&p), s.flat(rows), &reads, rows * t);
+            // Softmax's gradient is orthogonal to the constant direction: each row sums to 0, up
+            // to the rounding of its terms P·(dP − P·dP), |dP| ≤ dh·max|dO|·max|v|.
+            let worst = d_scores.chunks(t).map(|r| r.iter().map(|&v| v as f64).sum::<f64>().abs()).fold(0.0, f64::max);
+            let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+            let bound = 1e-5 * (d / heads) as f64 * max_abs(&d_out) * max_abs(&qkv);
+            assert!(worst <= bound, "attention_backward_scores {what}: a row sums to {worst:e} (bound {bound:e})");
+            let n3 = b * t * 3 * d;
+            let threads = b * t.div_ceil(ATTENTION_TOKENS_PER_THREAD) * 3 * d;
+            let p = transformer_params(b, t, d, heads, threads);
+            let reads = [Some(d_scores.as_slice()), Some(qkv.as_slice()), Some(probs.as_slice()), Some(d_out.as_slice())];
+            let d_qkv = s.run(Kernel::AttentionBackwardQkv, bytemuck::bytes_of(&p), s.flat(threads), &reads, n3);
+            let want = vit::attention_backward(&to_f64(&d_out), &to_f64(&qkv), &want_probs, b, t, d, heads);
+            assert_close(&format!("attention backward {what}"), &d_qkv, &want, tol);
+        }
     }
 }

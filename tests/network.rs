@@ -11,6 +11,7 @@
 mod common;
 
 use common::{assert_close, engine, engine_with, random_vec, rel_err};
+use nac::model::arch::VitSpec;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
 use nac::model::ArchSpec;
@@ -19,9 +20,12 @@ use nac::{reference, EngineOptions};
 
 const LOGITS_TOL: f64 = 1e-4;
 const LAYER_TOL: f64 = 1e-3;
+/// A Vision Transformer has no ReLU whose mask could flip (see above): smooth all the way.
+const VIT_TOL: f64 = 1e-5;
 
 /// Saves a random model, loads it through the file path, runs GPU and CPU, compares.
 fn check_network(spec: ArchSpec, classes: usize, shape: [usize; 4], seed: u64, options: Option<EngineOptions>) {
+    let tol = if matches!(spec, ArchSpec::VisionTransformer(_)) { (VIT_TOL, VIT_TOL) } else { (LOGITS_TOL, LAYER_TOL) };
     let synthetic = SyntheticModel::new(spec, classes, seed).unwrap();
     let dir = common::temp_dir(&format!("network-{seed}"));
     let path = dir.join(format!("{spec}.safetensors"));
@@ -38,7 +42,7 @@ fn check_network(spec: ArchSpec, classes: usize, shape: [usize; 4], seed: u64, o
     let got = engine.forward_backward(&mut model, &input, shape, &layers).unwrap();
     let want = reference::run(&synthetic.network, &input, shape, &layers).unwrap();
 
-    let e = assert_close(&format!("{spec} logits"), &got.logits, &want.logits, LOGITS_TOL);
+    let e = assert_close(&format!("{spec} logits"), &got.logits, &want.logits, tol.0);
     eprintln!("{spec} {shape:?}: logits rel err {e:.2e}");
     assert_eq!(got.layers.len(), want.layers.len());
     for (g, w) in got.layers.iter().zip(&want.layers) {
@@ -47,8 +51,8 @@ fn check_network(spec: ArchSpec, classes: usize, shape: [usize; 4], seed: u64, o
     for (g, w) in got.layers.iter().zip(&want.layers) {
         assert_eq!(g.name, w.name);
         assert_eq!(g.shape, w.shape, "{spec} {} shape", g.name);
-        assert_close(&format!("{spec} {} z", g.name), &g.z, &w.z, LAYER_TOL);
-        assert_close(&format!("{spec} {} g", g.name), &g.g, &w.g, LAYER_TOL);
+        assert_close(&format!("{spec} {} z", g.name), &g.z, &w.z, tol.1);
+        assert_close(&format!("{spec} {} g", g.name), &g.g, &w.g, tol.1);
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -66,6 +70,14 @@ fn torchvision_resnet50_matches_reference_at_small_input() {
 #[test]
 fn wide_resnet_16_4_matches_reference() {
     check_network(ArchSpec::WideResNet { depth: 16, width: 4 }, 10, [3, 3, 32, 32], 6, None);
+}
+
+/// torchvision's ViT: odd head width (24 / 3 = 8 is even, so 3 heads of 8 and an MLP of 40),
+/// a class token and 16 patches, every block's `ln_2` and `layer_norm`.
+#[test]
+fn vision_transformer_matches_reference() {
+    let spec = VitSpec { image: 16, patch: 4, depth: 3, width: 24, heads: 3, mlp: 40 };
+    check_network(ArchSpec::VisionTransformer(spec), 7, [3, 3, 16, 16], 9, None);
 }
 
 /// A batch larger than the plan's capacity runs in chunks (here 2 + 2 + 1, forced by capping the
@@ -116,4 +128,34 @@ fn bad_requests_are_clear_errors() {
     nan[7] = f32::NAN;
     assert!(err(engine.forward_backward(&mut model, &nan, [2, 3, 8, 8], &[])).contains("input value 7 is NaN"));
     assert!(err(engine.forward_backward(&mut model, &input, [2, 3, 8, 8], &["layer1", "layer1"])).contains("requested twice"));
+}
+
+/// A ViT takes its own image size only; its heads come from `--arch vit-hN`, the checkpoint's
+/// `num_heads` metadata or the torchvision family, and a file that has none of them, or an
+/// architecture that contradicts the tensors, is refused by name.
+#[test]
+fn vision_transformer_inputs_and_heads_are_checked() {
+    let spec = VitSpec { image: 8, patch: 4, depth: 1, width: 12, heads: 3, mlp: 16 };
+    let synthetic = SyntheticModel::new(ArchSpec::VisionTransformer(spec), 4, 3).unwrap();
+    let engine = engine();
+    let mut model = engine.upload(synthetic.network.clone());
+    let input = vec![0.5f32; 3 * 12 * 12];
+    let e = engine.forward_backward(&mut model, &input, [1, 3, 12, 12], &[]).unwrap_err().to_string();
+    assert!(e.contains("takes 8×8 images only"), "{e}");
+
+    let dir = common::temp_dir("vit-heads");
+    let bare = dir.join("bare.safetensors");
+    let tensors = synthetic.tensors.clone();
+    std::fs::write(&bare, nac::model::weights::serialize_tensors(&tensors, StorageDtype::F32, None).unwrap()).unwrap();
+    let e = nac::model::load(&bare, None).unwrap_err().to_string();
+    assert!(e.contains("bare.safetensors") && e.contains("--arch vit-hN") && e.contains("num_heads"), "{e}");
+    let given: ArchSpec = "vit-h3".parse().unwrap();
+    assert_eq!(nac::model::load(&bare, Some(given)).unwrap().spec, ArchSpec::VisionTransformer(spec));
+    let wrong: ArchSpec = "vit-i8-p4-d2-w12-h3-m16".parse().unwrap();
+    let e = nac::model::load(&bare, Some(wrong)).unwrap_err().to_string();
+    assert!(e.contains("does not match the tensors") && e.contains("vit-i8-p4-d1-w12-h3-m16"), "{e}");
+    let e = nac::model::load(&bare, Some("vit-h5".parse().unwrap())).unwrap_err().to_string();
+    assert!(e.contains("5 attention heads do not divide the width 12"), "{e}");
+    assert!("vit-h0".parse::<ArchSpec>().is_err() && "vit-i8-h2".parse::<ArchSpec>().is_err());
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,6 +1,7 @@
 //! Writes the models and inputs of the golden cases for `tools/torch_reference.py`:
 //! `<case>.json` (what the case is), `<case>.model.safetensors` (random weights in the public
-//! naming, f32) and `<case>.inputs.npy` (float32 N×3×H×W). Everything is deterministic in the
+//! naming, f32; a Vision Transformer's heads in the `num_heads` metadata) and `<case>.inputs.npy`
+//! (float32 N×3×H×W). Everything is deterministic in the
 //! seeds, so `tests/golden.rs` regenerates the same model and inputs and checks their
 //! fingerprints against the golden file instead of committing megabytes of weights.
 //!
@@ -33,6 +34,8 @@ fn main() -> nac::Result<()> {
             "input_seed": case.input_seed,
             "n_profile": case.n_profile,
             "n_test": case.n_test,
+            "n_grad": case.n_grad,
+            "fused": case.fused,
             "height": case.size,
             "width": case.size,
             "model_fingerprint": model.network.fingerprint(),

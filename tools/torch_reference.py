@@ -3,16 +3,21 @@
 
 What it implements (see /work/shared/spec/nac-algorithm.md, sections 1, 2, 3, 4, 6, 8):
 the official NAC code's semantics (BierOne/ood_coverage, OpenOOD v1.5 fork, postprocessor `nac`)
-on two random-weight networks, in float32 for the network and the neuron states and float64 for
+on random-weight networks, in float32 for the network and the neuron states and float64 for
 the bin edges, the bin comparison and the scores:
 
-* the networks: OpenOOD's ResNet18_32x32 and RobustBench's WideResNet (here WRN-16-4), eval mode;
+* the networks: OpenOOD's ResNet18_32x32, RobustBench's WideResNet (here WRN-16-4) and
+  torchvision's own `VisionTransformer` class (case arch `vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP`,
+  the heads also checked against the checkpoint's `num_heads` metadata), eval mode;
 * neuron states: loss L = sum_c -(1/C) log_softmax(logits)_c summed over the batch, one backward
-  pass, g = dL/dz at every NAC layer, s = sigmoid(alpha * (sum_hw z) * (sum_hw g)) per channel;
+  pass, g = dL/dz at every NAC layer, s = sigmoid(alpha * (sum z) * (sum g)) per channel, the
+  sums over H x W for a CNN; for a ViT (spec section 8) over all tokens of each block's `ln_2`
+  output (`layer_i`, class token included) and the class token alone of `encoder.ln`
+  (`layer_norm`), as forward hooks on those modules capture them;
 * NAC-UE: log-spaced edges symmetric around 0.5, a histogram of the profiling samples' states
   (all of them), coverage min(count / O, 1), layer score = mean over neurons, score = mean over
   layers, for several hyperparameter settings;
-* NAC-ME: avgpool, alpha = 0.1, uniform edges linspace(0, 1, 50), O = 500, only correctly
+* NAC-ME: the feature layer (avgpool, a ViT's layer_norm), alpha = 0.1, uniform edges linspace(0, 1, 50), O = 500, only correctly
   classified samples counted, value = mean_n(sum_bins min(count / O, 1) / 50);
 * the gradient to the input of the first inputs for the NAC loss, cross-entropy to the labels,
   and ODIN's cross-entropy of logits / 1000 to the predicted class.
@@ -27,7 +32,7 @@ Output: `<out>/<case>.safetensors` per case (tensors described in `write_golden`
 
     python3 tools/torch_reference.py --inputs target/golden-inputs --out tests/golden
 
-Requires: torch (2.x, CPU is enough), numpy, safetensors.
+Requires: torch (2.x, CPU is enough), torchvision (for the ViT cases), numpy, safetensors.
 """
 
 import argparse
@@ -39,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
@@ -74,13 +80,37 @@ SETTINGS = {
     },
 }
 
+
+def vit_settings(depth):
+    """The official ViT layers (spec section 8): layer_norm and the last three blocks (all of them
+    below depth 3), which take the official values of layer_11, layer_10, layer_9 by distance from
+    the end; then uniform settings that spread the states over the bins."""
+    blocks = [f"layer_{depth - 1 - k}" for k in range(min(3, depth))]
+    official = [(500, 50, 100.0), (50, 500, 1.0), (10, 500, 10.0), (10, 1000, 1.0)]
+    layers = ["layer_norm"] + blocks
+    return {
+        "imagenet-vit": [(layer, *values) for layer, values in zip(layers, official)],
+        "alpha10_m50": uniform_setting(layers, 5, 50, 10.0),
+        "alpha1000_m1000": uniform_setting(layers, 2, 1000, 1000.0),
+        "alpha0.1_m500": uniform_setting(layers, 3, 500, 0.1),
+    }
+
+
+def settings_for(case):
+    if case["arch"].startswith("vit-"):
+        return vit_settings(parse_vit(case["arch"])["num_layers"])
+    return SETTINGS[case["case"]]
+
+
 # The official NAC-ME setting first; with O = 500 and a few dozen samples every counted state adds
 # exactly 1/500 wherever it lands, so two small-O settings follow that make the value depend on
-# the bins (M = 51 puts an edge exactly at 0.5, where states with v = 0 sit).
+# the bins (M = 51 puts an edge exactly at 0.5, where states with v = 0 sit). FEATURE is replaced
+# by the network's feature layer (avgpool, or a ViT's layer_norm).
+FEATURE = "feature"
 NAC_ME = [
-    {"layer": "avgpool", "alpha": 0.1, "m": 50, "o": 500},
-    {"layer": "avgpool", "alpha": 0.1, "m": 50, "o": 2},
-    {"layer": "avgpool", "alpha": 100.0, "m": 51, "o": 2},
+    {"layer": FEATURE, "alpha": 0.1, "m": 50, "o": 500},
+    {"layer": FEATURE, "alpha": 0.1, "m": 50, "o": 2},
+    {"layer": FEATURE, "alpha": 100.0, "m": 51, "o": 2},
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -116,7 +146,8 @@ class ResNetBasicBlock(nn.Module):
 class ResNet18_32x32(nn.Module):
     """OpenOOD ResNet18_32x32: 3x3 stem, no max-pool, 4 stages of 2 BasicBlocks, avgpool, fc."""
 
-    nac_layers = ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    nac_layers = {name: (name, "spatial") for name in ["layer1", "layer2", "layer3", "layer4", "avgpool"]}
+    feature_layer = "avgpool"
 
     def __init__(self, num_classes):
         super().__init__()
@@ -187,7 +218,8 @@ class GlobalAvgPool(nn.Module):
 class WideResNet(nn.Module):
     """RobustBench WideResNet-depth-width: conv1, block1..3, final bn1 + ReLU, avg pool, fc."""
 
-    nac_layers = ["block1", "block2", "block3", "avgpool"]
+    nac_layers = {name: (name, "spatial") for name in ["block1", "block2", "block3", "avgpool"]}
+    feature_layer = "avgpool"
 
     def __init__(self, depth, width, num_classes):
         super().__init__()
@@ -209,7 +241,30 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(out, 1))
 
 
+def parse_vit(arch):
+    """`vit-i32-p4-d4-w64-h4-m128` as torchvision's VisionTransformer arguments."""
+    fields = {f[0]: int(f[1:]) for f in arch[len("vit-"):].split("-")}
+    assert sorted(fields) == sorted("ipdwhm"), f"{arch}: expected the full vit-iN-pN-dN-wN-hN-mN form"
+    keys = {"i": "image_size", "p": "patch_size", "d": "num_layers", "w": "hidden_dim", "h": "num_heads", "m": "mlp_dim"}
+    return {keys[k]: v for k, v in fields.items()}
+
+
+def build_vit(arch, num_classes):
+    """torchvision's VisionTransformer (dropout 0), with the NAC layers of spec section 8: block
+    i's `ln_2` as `layer_i` (summed over the tokens) and `encoder.ln` as `layer_norm` (class token)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    args = parse_vit(arch)
+    model = VisionTransformer(**args, num_classes=num_classes)
+    model.nac_layers = {f"layer_{i}": (f"encoder.layers.encoder_layer_{i}.ln_2", "tokens") for i in range(args["num_layers"])}
+    model.nac_layers["layer_norm"] = ("encoder.ln", "class_token")
+    model.feature_layer = "layer_norm"
+    return model
+
+
 def build_model(arch, num_classes):
+    if arch.startswith("vit-"):
+        return build_vit(arch, num_classes)
     if arch == "resnet18_32x32":
         return ResNet18_32x32(num_classes)
     if arch.startswith("wrn-"):
@@ -233,6 +288,11 @@ def load_model(arch, num_classes, path, widen=False):
     for k, v in weights.items():
         if v.dtype != torch.float32:
             raise RuntimeError(f"{path}: {k} is {v.dtype}, expected float32")
+    if arch.startswith("vit-"):
+        with safe_open(str(path), framework="pt") as f:
+            heads = (f.metadata() or {}).get("num_heads")
+        if heads != str(parse_vit(arch)["num_heads"]):
+            raise RuntimeError(f"{path}: metadata num_heads is {heads!r}, the case's arch {arch} says otherwise")
     return model.float().eval(), len(weights)
 
 
@@ -247,6 +307,15 @@ def uniform_kl_loss(logits):
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).sum()
 
 
+def pool(t, how):
+    """B x C x H x W summed over H x W, or B x T x C summed over the tokens or at the class token."""
+    if how == "spatial":
+        assert t.dim() == 4
+        return t.sum(dim=(2, 3))
+    assert t.dim() == 3
+    return t.sum(dim=1) if how == "tokens" else t[:, 0]
+
+
 def capture(model, inputs):
     """Returns (logits [N, C], {layer: (sum_z [N, C_l], sum_g [N, C_l])}), float32."""
     outputs = {}
@@ -258,7 +327,8 @@ def capture(model, inputs):
 
         return fn
 
-    handles = [getattr(model, name).register_forward_hook(hook(name)) for name in model.nac_layers]
+    modules = dict(model.named_modules())
+    handles = [modules[path].register_forward_hook(hook(name)) for name, (path, _) in model.nac_layers.items()]
     try:
         x = torch.from_numpy(inputs)
         logits = model(x)
@@ -268,27 +338,24 @@ def capture(model, inputs):
             h.remove()
     pooled = {}
     with torch.no_grad():
-        for name in model.nac_layers:
+        for name, (_, how) in model.nac_layers.items():
             z = outputs[name]
-            assert z.dim() == 4 and z.grad is not None and z.grad.dtype == torch.float32
-            pooled[name] = (z.sum(dim=(2, 3)), z.grad.sum(dim=(2, 3)))
+            assert z.grad is not None and z.grad.dtype == torch.float32
+            pooled[name] = (pool(z.detach(), how), pool(z.grad, how))
     return logits.detach(), pooled
 
 
-INPUT_GRAD_SAMPLES = 4
-
-
-def input_gradients(model, inputs, labels):
-    """d loss / d input (NCHW) of the first INPUT_GRAD_SAMPLES inputs for three losses: the NAC
-    loss, cross-entropy to `labels`, and ODIN's cross-entropy of logits / 1000 to the prediction."""
+def input_gradients(model, inputs, labels, n):
+    """d loss / d input (NCHW) of the first `n` inputs for three losses: the NAC loss,
+    cross-entropy to `labels`, and ODIN's cross-entropy of logits / 1000 to the prediction."""
     out = {}
     for name in ("nac", "label", "prediction_t1000"):
-        x = torch.from_numpy(inputs[:INPUT_GRAD_SAMPLES].copy()).requires_grad_(True)
+        x = torch.from_numpy(inputs[:n].copy()).requires_grad_(True)
         logits = model(x)
         if name == "nac":
             loss = uniform_kl_loss(logits)
         elif name == "label":
-            loss = F.cross_entropy(logits, torch.from_numpy(labels[:INPUT_GRAD_SAMPLES]), reduction="sum")
+            loss = F.cross_entropy(logits, torch.from_numpy(labels[:n]), reduction="sum")
         else:
             loss = F.cross_entropy(logits / 1000.0, logits.argmax(dim=1), reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
@@ -419,7 +486,7 @@ def run_case(case, inputs_dir, out_dir):
         tensors[f"sum_g.{layer}"] = sg.numpy().astype(np.float32)
 
     settings_meta = []
-    for setting, layers in SETTINGS[name].items():
+    for setting, layers in settings_for(case).items():
         layer_scores = []
         summary = []
         for layer, o, m, alpha in layers:
@@ -451,10 +518,11 @@ def run_case(case, inputs_dir, out_dir):
     preds = logits.argmax(dim=1).numpy().astype(np.int64)
     labels = np.where(np.arange(len(preds)) % 2 == 0, preds, (preds + 1) % classes).astype(np.int64)
     tensors["labels"] = labels
-    tensors.update(input_gradients(model, inputs, labels))
+    tensors.update(input_gradients(model, inputs, labels, case["n_grad"]))
     correct = preds == labels
     me_results = []
     for me in NAC_ME:
+        me = {**me, "layer": model.feature_layer}
         value = nac_me(*pooled[me["layer"]], correct, me["alpha"], me["m"], me["o"])
         me_results.append({**me, "correct": int(correct.sum()), "value": value})
         print(f"  NAC-ME {me}: correct {int(correct.sum())}/{len(correct)}, value {value!r}")

@@ -4,7 +4,7 @@
 
 use crate::kernels::{
     conv_flags, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, TransformerParams,
-    ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
+    ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
 };
 use crate::model::arch::{VitSpec, LN_EPS};
 
@@ -434,12 +434,9 @@ impl Graph {
             probs_shape,
             h * t,
         );
-        let attended = self.vit_elementwise(
-            spec,
-            Kernel::AttentionValues,
-            [Input::Tensor(probs), Input::Tensor(qkv), Input::Unused, Input::Unused],
-            self.tensors[ln1],
-        );
+        let quads = t.div_ceil(ATTENTION_TOKENS_PER_THREAD);
+        let reads = vec![Input::Tensor(probs), Input::Tensor(qkv), Input::Unused, Input::Unused];
+        let attended = self.transformer(Kernel::AttentionValues, p, reads, self.tensors[ln1], quads * spec.width);
         let mid = self.conv(&block.out_proj, attended, Some(x), false);
         let ln2 = self.layer_norm(spec, mid, &block.ln_2, false);
         let hidden_pre = self.conv(&block.mlp_1, ln2, None, false);
@@ -485,12 +482,9 @@ impl Graph {
             self.tensors[saved.probs],
             h * t,
         );
-        let d_qkv = self.vit_elementwise(
-            spec,
-            Kernel::AttentionBackwardQkv,
-            [Input::Tensor(d_scores), Input::Tensor(saved.qkv), Input::Tensor(saved.probs), Input::Tensor(d_attended)],
-            self.tensors[saved.qkv],
-        );
+        let reads = vec![Input::Tensor(d_scores), Input::Tensor(saved.qkv), Input::Tensor(saved.probs), Input::Tensor(d_attended)];
+        let quads = t.div_ceil(ATTENTION_TOKENS_PER_THREAD);
+        let d_qkv = self.transformer(Kernel::AttentionBackwardQkv, p, reads, self.tensors[saved.qkv], quads * 3 * spec.width);
         let d_ln1 = self.conv_backward(&block.in_proj, d_qkv, self.tensors[saved.ln1], None, None, None);
         let d_x = self.layer_norm_backward(spec, d_ln1, saved.x, &block.ln_1, Some(d_mid));
         (d_ln2, Some(d_x))

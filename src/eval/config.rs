@@ -30,11 +30,12 @@
 //!
 //! [nac]
 //! # layers = ["avgpool", "layer3", "layer2", "layer1"]   # default: the official list
-//! preset = "cifar10"                    # default parameters (spec §4); cifar10 when absent
+//! preset = "cifar10"                    # default parameters (spec §4); cifar10 when absent;
+//!                                       # a Vision Transformer always takes imagenet-vit (§8)
 //! params = ["avgpool:50/50/10"]         # optional per-layer overrides NAME:O/M/ALPHA
 //!
 //! [search]                              # optional: parameter search on cached pooled pairs
-//! grid = "cifar10"                      # an official grid (spec §5), or [[search.layers]] tables
+//! grid = "cifar10"                      # an official grid (spec §5; imagenet-vit for a ViT), or [[search.layers]] tables
 //! ood_val = "corrupt:gaussian_blur:3:idx:...[57000:58000]"  # APS criterion set (never a test set)
 //! id_only = true                        # also select against synthetic outliers of id.val
 //! ```
@@ -47,8 +48,9 @@ use crate::data::{Dataset, Transform};
 use crate::detect::DetectorSpec;
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::model::Network;
 use crate::nac::search::{Grid, LayerGrid};
-use crate::nac::{LayerParams, Preset};
+use crate::nac::{params, LayerParams, Preset};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +147,8 @@ pub struct NacSettings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSettings {
-    /// An official grid by name (`cifar10`, `cifar100`, `imagenet`).
+    /// An official grid by name (`cifar10`, `cifar100`, `imagenet`, `imagenet-vit`; a Vision
+    /// Transformer always takes `imagenet-vit`'s).
     pub grid: Option<String>,
     /// Or a user grid, one table per layer.
     #[serde(default)]
@@ -265,20 +268,49 @@ impl EvalConfig {
         self.nac.params.iter().map(|p| LayerParams::parse(p)).collect()
     }
 
-    /// The preset of the default parameters (CIFAR-10's when none is named).
+    /// The preset of the default parameters as named (CIFAR-10's when none is); the one used
+    /// for a network is `Preset::for_network` of it (`imagenet-vit` for any ViT).
     pub fn preset(&self) -> Result<Preset> {
         self.nac.preset.as_deref().map_or(Ok(Preset::Cifar10), str::parse)
     }
 
-    /// The search grid, if a search is configured: a named grid covers `layers`; user tables
-    /// name their own layers (the searched scores use exactly those).
-    pub fn grid(&self, layers: &[String]) -> Result<Option<Grid>> {
-        let Some(search) = &self.search else { return Ok(None) };
-        let grid = match &search.grid {
-            Some(name) => Grid::preset(name.parse()?, layers)?,
-            None => Grid { layers: search.layers.clone() },
+    /// What `[nac]` and `[search]` give for `network`, checked against its layers: the layer
+    /// list (the official one for its architecture when none is named), the preset used (for a
+    /// Vision Transformer `imagenet-vit`, whatever the config names, so a config written for
+    /// CNNs runs unchanged), the default parameters and the search grid: a named grid covers
+    /// the layer list (`imagenet-vit`'s for a ViT); user tables name their own layers (the
+    /// searched scores use exactly those).
+    pub fn nac_setup(&self, network: &Network) -> Result<NacSetup> {
+        let layers = self.nac.layers.clone().unwrap_or_else(|| Preset::layers_for(network));
+        for layer in &layers {
+            network.layer_index(layer).map_err(|e| Error::Input(format!("[nac] layers: {e}")))?;
+        }
+        let preset = self.preset()?.for_network(network)?;
+        let defaults = params::resolve(network, &layers, Some(preset), &self.overrides()?)?;
+        let grid = match &self.search {
+            None => None,
+            Some(search) => {
+                let grid = match &search.grid {
+                    Some(name) => Grid::preset(name.parse()?, network, &layers)?,
+                    None => Grid { layers: search.layers.clone() },
+                };
+                grid.validate()?;
+                for l in &grid.layers {
+                    network.layer_index(&l.layer).map_err(|e| Error::Input(format!("[[search.layers]]: {e}")))?;
+                }
+                Some(grid)
+            }
         };
-        grid.validate()?;
-        Ok(Some(grid))
+        Ok(NacSetup { layers, preset, defaults, grid })
     }
+}
+
+/// The NAC settings of an evaluation for one network ([`EvalConfig::nac_setup`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NacSetup {
+    pub layers: Vec<String>,
+    /// The preset the defaults (and a named grid) come from.
+    pub preset: Preset,
+    pub defaults: Vec<LayerParams>,
+    pub grid: Option<Grid>,
 }

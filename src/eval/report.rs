@@ -65,7 +65,8 @@ pub fn markdown(report: &EvalReport) -> String {
     let mut out = String::from("# NAC evaluation\n\n");
     for m in &report.models {
         let acc = m.accuracy.map_or("n/a".to_string(), |a| format!("{:.2}", 100.0 * a));
-        let _ = writeln!(out, "- `{}` ({}, fingerprint {}): ID accuracy {acc}", m.path.display(), m.arch, m.fingerprint);
+        let _ =
+            writeln!(out, "- `{}` ({}, fingerprint {}, preset {}): ID accuracy {acc}", m.path.display(), m.arch, m.fingerprint, m.preset);
     }
     let _ = writeln!(out, "- preprocessing `{}`; {:.1} s in all", report.preprocessing, report.seconds);
     if models > 1 {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::config::{EvalConfig, Group};
+use super::config::{EvalConfig, Group, NacSetup};
 use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
 use crate::data::{self, Dataset, Image, Transform};
@@ -18,7 +18,7 @@ use crate::engine::{Engine, Model};
 use crate::error::{check_writable, Error, Result};
 use crate::model::{self, Network};
 use crate::nac::search::{search, Grid, SearchSets};
-use crate::nac::{class_balanced_subset, params, LayerParams, PooledStates, Preset};
+use crate::nac::{class_balanced_subset, LayerParams, PooledStates, Preset};
 
 /// How a run reports and where it writes.
 #[derive(Clone, Debug)]
@@ -43,6 +43,10 @@ pub struct EvalReport {
 pub struct ModelReport {
     pub path: PathBuf,
     pub arch: String,
+    /// The preset used for this network's defaults and a named grid: the config's, or
+    /// `imagenet-vit` for a Vision Transformer whatever the config names (`Preset::for_network`).
+    #[serde(default)]
+    pub preset: String,
     pub fingerprint: String,
     /// ID test accuracy (fraction), when the ID test set has labels.
     pub accuracy: Option<f64>,
@@ -197,6 +201,8 @@ impl Sets {
 /// What one model's run needs, checked against its network before any pass.
 pub(crate) struct Prepared {
     pub network: Network,
+    /// The preset the defaults (and a named grid) come from for this network.
+    pub preset: Preset,
     pub defaults: Vec<LayerParams>,
     grid: Option<Grid>,
     pub pooled_layers: Vec<String>,
@@ -208,15 +214,9 @@ pub(crate) struct Prepared {
 /// Checks the config against `network` and the sets (layer names, parameters, the grid,
 /// labels against the class count, the balanced subset, cache sizes against the adapter).
 pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) -> Result<Prepared> {
-    let layers = config.nac.layers.clone().unwrap_or_else(|| Preset::layers_for(&network.stage_names()));
-    for layer in &layers {
-        network.layer_index(layer).map_err(|e| Error::Input(format!("[nac] layers: {e}")))?;
-    }
-    let defaults = params::resolve(&layers, Some(config.preset()?), &config.overrides()?)?;
-    let grid = config.grid(&layers)?;
-    let mut pooled_layers = layers.clone();
+    let NacSetup { layers, preset, defaults, grid } = config.nac_setup(&network)?;
+    let mut pooled_layers = layers;
     for l in grid.iter().flat_map(|g| &g.layers) {
-        network.layer_index(&l.layer).map_err(|e| Error::Input(format!("[[search.layers]]: {e}")))?;
         if !pooled_layers.contains(&l.layer) {
             pooled_layers.push(l.layer.clone());
         }
@@ -277,7 +277,7 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
             Ok((text.clone(), spec, candidates))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Prepared { network, defaults, grid, pooled_layers, profile, detectors })
+    Ok(Prepared { network, preset, defaults, grid, pooled_layers, profile, detectors })
 }
 
 /// Refuses OOD set names whose pictures would share a file name (with each other, or with the
@@ -337,7 +337,7 @@ fn evaluate_model(
     options: &EvalOptions,
     pictures: Option<&Path>,
 ) -> Result<ModelReport> {
-    let Prepared { network, defaults, grid, pooled_layers, profile: profile_set, detectors } = prepared;
+    let Prepared { network, preset, defaults, grid, pooled_layers, profile: profile_set, detectors } = prepared;
     let model = &mut engine.upload(network);
     let preprocessing = transform.describe();
     let search_settings = config.search.as_ref();
@@ -430,6 +430,7 @@ fn evaluate_model(
     Ok(ModelReport {
         path: path.to_path_buf(),
         arch: model.network.spec.to_string(),
+        preset: preset.to_string(),
         fingerprint: model.fingerprint().to_string(),
         accuracy,
         samples: SetSizes {

@@ -414,8 +414,8 @@ pub fn run(engine: &mut Engine, config: &ShiftConfig, options: &EvalOptions) -> 
                     prepared.defaults = params;
                     source
                 }
-                None if config.nac.params.is_empty() => format!("preset `{}`", eval.preset()?),
-                None => format!("preset `{}` with nac.params {}", eval.preset()?, config.nac.params.join(", ")),
+                None if config.nac.params.is_empty() => format!("preset `{}`", prepared.preset),
+                None => format!("preset `{}` with nac.params {}", prepared.preset, config.nac.params.join(", ")),
             };
             check_shift_labels(&sets, &plan, prepared.network.num_classes()).map_err(fail)?;
             Ok((prepared, source))

@@ -271,6 +271,10 @@ pub struct TransformerParams {
     pub _pad: [u32; 2],
 }
 
+/// Tokens (queries of `attention_values`, rows of `attention_backward_qkv`) one thread of those
+/// kernels computes: they run `ceil(T / 4)` threads per channel and sample.
+pub const ATTENTION_TOKENS_PER_THREAD: usize = 4;
+
 /// `layer_norm_backward`: adds the residual branch's gradient.
 pub const TRANSFORMER_RESIDUAL: u32 = 1;
 

@@ -551,13 +551,14 @@ fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
         &[d, _, p, q] if p == q && d > 0 && p > 0 => (d, p),
         other => return Err(err(format!("tensor `conv_proj.weight`: expected [width, channels, patch, patch], found shape {other:?}"))),
     };
-    let tokens =
-        match shape_of("encoder.pos_embedding")? {
-            &[1, tokens, d] if d == width && tokens >= 2 => tokens,
-            other => return Err(err(format!(
+    let tokens = match shape_of("encoder.pos_embedding")? {
+        &[1, tokens, d] if d == width && tokens >= 2 => tokens,
+        other => {
+            return Err(err(format!(
                 "tensor `encoder.pos_embedding`: expected [1, tokens ≥ 2, {width}] (width from `conv_proj.weight`), found shape {other:?}"
-            ))),
-        };
+            )))
+        }
+    };
     let side = (tokens - 1).isqrt();
     if side * side != tokens - 1 {
         return Err(err(format!(

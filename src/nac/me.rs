@@ -1,4 +1,5 @@
-//! NAC-ME (spec §6): model evaluation without OOD data. The pooled feature's states with
+//! NAC-ME (spec §6): model evaluation without OOD data. The feature layer's states (`avgpool`,
+//! a ViT's `layer_norm`) with
 //! α = 0.1, uniform bins `linspace(0, 1, M)`, only correctly classified samples, O = 500; the
 //! value is the mean over neurons of `Σ_bins min(count / O, 1) / M`. Used to pick a checkpoint.
 
@@ -10,11 +11,13 @@ use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::{Engine, Model};
 use crate::error::{Error, Result};
-use crate::model::{ArchSpec, Network, POOLED_LAYER};
+use crate::model::{ArchSpec, Network};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeSettings {
-    pub layer: String,
+    /// `None`: the network's feature layer (`Network::feature_layer`), the official choice, so
+    /// one setting serves checkpoints of any architecture.
+    pub layer: Option<String>,
     pub alpha: f64,
     pub m: usize,
     pub o: f64,
@@ -22,7 +25,14 @@ pub struct MeSettings {
 
 impl Default for MeSettings {
     fn default() -> Self {
-        MeSettings { layer: POOLED_LAYER.to_string(), alpha: 0.1, m: 50, o: 500.0 }
+        MeSettings { layer: None, alpha: 0.1, m: 50, o: 500.0 }
+    }
+}
+
+impl MeSettings {
+    /// The layer measured on `network`.
+    pub fn layer_of<'a>(&'a self, network: &Network) -> &'a str {
+        self.layer.as_deref().unwrap_or(network.feature_layer())
     }
 }
 
@@ -30,6 +40,8 @@ impl Default for MeSettings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeResult {
     pub value: f64,
+    /// The layer measured.
+    pub layer: String,
     /// Samples the model classifies correctly (the only ones counted).
     pub correct: usize,
     pub samples: usize,
@@ -44,18 +56,20 @@ pub struct LabelledImages<'a> {
 }
 
 pub fn nac_me(engine: &Engine, model: &mut Model, data: LabelledImages, settings: &MeSettings) -> Result<MeResult> {
-    let pooled = PooledStates::compute(engine, model, data.input, data.shape, &[settings.layer.as_str()], Some(data.labels))?;
+    let layer = settings.layer_of(&model.network);
+    let pooled = PooledStates::compute(engine, model, data.input, data.shape, &[layer], Some(data.labels))?;
     nac_me_pooled(engine, &model.network, &pooled, settings)
 }
 
 /// NAC-ME from labelled pooled states of `network` (several settings, one network pass).
 pub fn nac_me_pooled(engine: &Engine, network: &Network, pooled: &PooledStates, settings: &MeSettings) -> Result<MeResult> {
-    let params = [LayerParams::new(&settings.layer, settings.o, settings.m, settings.alpha)];
+    let layer = settings.layer_of(network);
+    let params = [LayerParams::new(layer, settings.o, settings.m, settings.alpha)];
     let mut profile = Profile::with_binning(engine, network, &params, "", Binning::Uniform, Counted::Correct)?;
     profile.add_pooled(engine, pooled)?;
     let value = profile.coverage(engine)?[0];
     let correct = pooled.predictions().correct.iter().filter(|&&c| c).count();
-    Ok(MeResult { value, correct, samples: pooled.samples })
+    Ok(MeResult { value, layer: layer.to_string(), correct, samples: pooled.samples })
 }
 
 /// NAC-ME of a list of checkpoints on the same data, the checkpoint it selects and, given each

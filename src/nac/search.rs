@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::file::Binning;
-use super::params::{LayerParams, Preset};
+use super::params::{official_role, LayerParams, Preset, OFFICIAL_LAYERS, OFFICIAL_VIT_LAYERS};
 use super::pooled::PooledStates;
 use super::profile::Profile;
 use crate::engine::Engine;
@@ -58,11 +58,13 @@ pub struct Grid {
 }
 
 impl Grid {
-    /// The official grid of a benchmark (spec §5) for `layers` (ResNet `layerK` or WideResNet
-    /// `blockK` names; a stage takes the values of `layerK`). A layer the preset has no grid for
-    /// is an error naming it.
-    pub fn preset(preset: Preset, layers: &[String]) -> Result<Grid> {
+    /// The official grid of a benchmark (spec §5; §8 for a ViT) for `layers` of `network`, each
+    /// taking the values of its [`official_role`]; the preset as [`Preset::for_network`] resolves
+    /// it (a ViT's grid is always `imagenet-vit`'s). A layer the grid has no values for is an
+    /// error naming it.
+    pub fn preset(preset: Preset, network: &Network, layers: &[String]) -> Result<Grid> {
         type Entry = (&'static [f64], &'static [usize], &'static [f64]);
+        let preset = preset.for_network(network)?;
         let table: [(&str, Entry); 4] = match preset {
             Preset::Cifar10 => [
                 ("avgpool", (&[10.0, 50.0], &[50], &[100.0])),
@@ -82,15 +84,20 @@ impl Grid {
                 ("layer2", (&[50.0, 500.0], &[500], &[0.01])),
                 ("layer1", (&[5000.0], &[500, 1000], &[0.1, 1.0])),
             ],
+            Preset::ImagenetVit => [
+                (OFFICIAL_VIT_LAYERS[0], (&[500.0], &[50, 500], &[100.0])),
+                (OFFICIAL_VIT_LAYERS[1], (&[50.0, 500.0], &[50, 500], &[1.0, 10.0])),
+                (OFFICIAL_VIT_LAYERS[2], (&[10.0, 50.0], &[50, 500], &[10.0])),
+                (OFFICIAL_VIT_LAYERS[3], (&[10.0, 50.0], &[500, 1000], &[1.0])),
+            ],
         };
+        let covered = if preset == Preset::ImagenetVit { Preset::layers_for(network) } else { OFFICIAL_LAYERS.map(String::from).to_vec() };
         let layers = layers
             .iter()
             .map(|layer| {
-                let role = layer.strip_prefix("block").map(|k| format!("layer{k}")).unwrap_or_else(|| layer.clone());
-                let (_, (o, m, alpha)) = table.iter().find(|(name, _)| *name == role).ok_or_else(|| {
-                    Error::Input(format!(
-                        "the {preset} search grid has no values for layer `{layer}` (it covers avgpool, layer3, layer2, layer1)"
-                    ))
+                let role = official_role(network, layer);
+                let (_, (o, m, alpha)) = table.iter().find(|(name, _)| Some(*name) == role.as_deref()).ok_or_else(|| {
+                    Error::Input(format!("the {preset} search grid has no values for layer `{layer}` (it covers {})", covered.join(", ")))
                 })?;
                 Ok(LayerGrid { layer: layer.clone(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() })
             })
@@ -227,4 +234,57 @@ pub fn search(engine: &Engine, network: &Network, grid: &Grid, sets: &SearchSets
         layer_evaluations,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nac::params::tests::{net, vit};
+
+    fn grid_of(layer: &str, o: &[f64], m: &[usize], alpha: &[f64]) -> LayerGrid {
+        LayerGrid { layer: layer.into(), o: o.to_vec(), m: m.to_vec(), alpha: alpha.to_vec() }
+    }
+
+    #[test]
+    fn the_vit_grid_is_the_official_one_by_distance_from_the_end() {
+        let b16 = vit(12);
+        let grid = Grid::preset(Preset::ImagenetVit, &b16, &Preset::layers_for(&b16)).unwrap();
+        let want = [
+            grid_of("layer_norm", &[500.0], &[50, 500], &[100.0]),
+            grid_of("layer_11", &[50.0, 500.0], &[50, 500], &[1.0, 10.0]),
+            grid_of("layer_10", &[10.0, 50.0], &[50, 500], &[10.0]),
+            grid_of("layer_9", &[10.0, 50.0], &[500, 1000], &[1.0]),
+        ];
+        assert_eq!(grid.layers, want);
+        assert_eq!(grid.combinations(), 2 * 8 * 4 * 4);
+        grid.validate().unwrap();
+        // A shallower ViT: its last blocks take layer_11, layer_10, layer_9's candidates, and a
+        // CNN grid name resolves to the ViT grid.
+        let four = vit(4);
+        let layers = Preset::layers_for(&four);
+        for preset in [Preset::Cifar10, Preset::Cifar100, Preset::Imagenet, Preset::ImagenetVit] {
+            let g = Grid::preset(preset, &four, &layers).unwrap();
+            let renamed: Vec<LayerGrid> = want.iter().zip(&layers).map(|(w, l)| LayerGrid { layer: l.clone(), ..w.clone() }).collect();
+            assert_eq!(g.layers, renamed, "{preset}");
+        }
+        let err = Grid::preset(Preset::Cifar10, &four, &["layer_0".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("imagenet-vit") && err.contains("layer_0") && err.contains("layer_norm, layer_3, layer_2, layer_1"), "{err}");
+        let one = vit(1);
+        let g = Grid::preset(Preset::Cifar10, &one, &Preset::layers_for(&one)).unwrap();
+        assert_eq!(g.layers, [want[0].clone(), LayerGrid { layer: "layer_0".into(), ..want[1].clone() }]);
+    }
+
+    #[test]
+    fn cnn_grids_are_unchanged_and_refuse_the_vit_preset() {
+        let (resnet, wrn) = (net("resnet18_32x32"), net("wrn-10-1"));
+        let g = Grid::preset(Preset::Cifar10, &resnet, &Preset::layers_for(&resnet)).unwrap();
+        assert_eq!(g.layers[1], grid_of("layer3", &[100.0], &[50, 500], &[1000.0, 5000.0]));
+        assert_eq!(g.combinations(), 256);
+        let w = Grid::preset(Preset::Cifar10, &wrn, &Preset::layers_for(&wrn)).unwrap();
+        assert_eq!(w.layers[1], grid_of("block3", &[100.0], &[50, 500], &[1000.0, 5000.0]));
+        let err = Grid::preset(Preset::ImagenetVit, &resnet, &Preset::layers_for(&resnet)).unwrap_err().to_string();
+        assert!(err.contains("imagenet-vit"), "{err}");
+        let err = Grid::preset(Preset::Cifar10, &resnet, &["layer4".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("layer4") && err.contains("avgpool, layer3, layer2, layer1"), "{err}");
+    }
 }

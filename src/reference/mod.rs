@@ -9,14 +9,20 @@
 //! sum per output pixel + col2im), split over threads by output-pixel tiles; ResNet-18 at 32×32,
 //! batch 3, forward + backward takes about a second in release.
 //!
+//! Vision Transformers run in [`vit`] (token-major inside, reusing the convolution, linear and
+//! loss functions here), which [`run_with`] and [`logits_from_layer`] branch to; their NAC
+//! layers come out NCHW too (`layer_i` as `[B, width, tokens, 1]`, unpooled).
+//!
 //! The loss is `L = Σ_b Σ_c −(1/C)·log_softmax(logits_b)_c` (the NAC loss), or, with
 //! [`run_with`], the cross-entropy of `softmax(logits / T)` to the label or the predicted class;
-//! `g = ∂L/∂z` is the gradient with respect to a stage output `z` (after the block's final ReLU for ResNet, the residual sum for
-//! WideResNet blocks, the pooled feature for `avgpool`).
+//! `g = ∂L/∂z` is the gradient with respect to a stage output `z` (after the block's final ReLU
+//! for ResNet, the residual sum for WideResNet blocks, the pooled feature for `avgpool`, a ViT
+//! block's `ln_2` output, the class token after `encoder.ln` for `layer_norm`).
 //!
 //! Besides [`run`], the per-op building blocks are public so per-kernel GPU tests can compare
 //! against them, and [`loss_from_layer`] / [`logits_from_layer`] continue the forward pass from
-//! a given stage output (for finite-difference checks).
+//! a given stage output (for finite-difference checks; a ViT from `layer_norm` only, see
+//! [`vit::loss_with_perturbation`]).
 
 pub mod vit;
 
@@ -27,9 +33,10 @@ use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBl
 /// Activation `z` and gradient `g = ∂L/∂z` at one named layer.
 #[derive(Clone, Debug)]
 pub struct LayerTensors {
-    /// Layer name as requested (`layer1`…, `block1`…, or `avgpool`).
+    /// Layer name as requested (`layer1`…, `block1`…, `avgpool`, or a ViT's `layer_0`…, `layer_norm`).
     pub name: String,
-    /// `[B, C, H, W]`; `[B, C, 1, 1]` for `avgpool`.
+    /// `[B, C, H, W]`; `[B, C, 1, 1]` for `avgpool` and `layer_norm`; `[B, width, tokens, 1]` for a
+    /// ViT's `layer_i`.
     pub shape: [usize; 4],
     /// Stage output, NCHW.
     pub z: Vec<f64>,
@@ -65,11 +72,11 @@ pub fn conv_out_size(n: usize, kernel: usize, stride: usize, padding: usize) -> 
 
 /// Output pixels per work item of the convolutions: each weight row is used for `TILE` pixels
 /// while it is in cache.
-const TILE: usize = 16;
+pub(super) const TILE: usize = 16;
 
 /// Calls `f(chunk_index, chunk)` for every `chunk_len`-sized chunk of `out` (the last may be
 /// shorter), on several threads when `work` (a rough multiply-add count) makes it worthwhile.
-fn for_each_chunk<F>(out: &mut [f64], chunk_len: usize, work: usize, f: F)
+pub(super) fn for_each_chunk<F>(out: &mut [f64], chunk_len: usize, work: usize, f: F)
 where
     F: Fn(usize, &mut [f64]) + Sync,
 {
@@ -115,7 +122,7 @@ fn check_conv_weight(conv: &Conv) {
 }
 
 /// `Σ_i w[i]·x[i]` with the f32 weights widened to f64 (eight partial sums, so it vectorises).
-fn dot_w(w: &[f32], x: &[f64]) -> f64 {
+pub(super) fn dot_w(w: &[f32], x: &[f64]) -> f64 {
     assert_eq!(w.len(), x.len());
     let mut acc = [0.0f64; 8];
     let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
@@ -133,7 +140,7 @@ fn dot_w(w: &[f32], x: &[f64]) -> f64 {
 }
 
 /// `acc[i] += a · w[i]` with the f32 weights widened to f64.
-fn axpy_w(acc: &mut [f64], a: f64, w: &[f32]) {
+pub(super) fn axpy_w(acc: &mut [f64], a: f64, w: &[f32]) {
     assert_eq!(acc.len(), w.len());
     for (y, &r) in acc.iter_mut().zip(w) {
         *y += a * r as f64;
@@ -141,7 +148,7 @@ fn axpy_w(acc: &mut [f64], a: f64, w: &[f32]) {
 }
 
 /// Converts a pixel-major buffer `[B][H·W][C]` to NCHW.
-fn pixel_major_to_nchw(pm: &[f64], b: usize, c: usize, npix: usize) -> Vec<f64> {
+pub(super) fn pixel_major_to_nchw(pm: &[f64], b: usize, c: usize, npix: usize) -> Vec<f64> {
     let mut out = vec![0.0; b * c * npix];
     for bi in 0..b {
         for pix in 0..npix {
@@ -400,19 +407,20 @@ pub fn global_avg_pool_backward(dy: &[f64], shape: [usize; 4]) -> Vec<f64> {
 }
 
 /// Fully connected layer: `y[b,o] = Σ_i W[o,i]·x[b,i] + bias[o]`; `x` is `batch × in`,
-/// the result `batch × out`, both row-major.
+/// the result `batch × out`, both row-major. Rows are split over threads in tiles of `TILE`
+/// (a ViT applies it to every token); each row's result does not depend on the others.
 pub fn linear(x: &[f64], batch: usize, fc: &Linear) -> Vec<f64> {
     let (fin, fout) = (fc.in_features, fc.out_features);
     assert_eq!(x.len(), batch * fin, "linear: input has {} elements, expected {batch}×{fin}", x.len());
     let mut y = vec![0.0; batch * fout];
-    for bi in 0..batch {
-        let xr = &x[bi * fin..][..fin];
+    for_each_chunk(&mut y, TILE * fout, batch * fin * fout, |tile, chunk| {
         for o in 0..fout {
             let wr = &fc.weight[o * fin..][..fin];
-            let dot: f64 = wr.iter().zip(xr).map(|(&wv, &xv)| wv as f64 * xv).sum();
-            y[bi * fout + o] = dot + fc.bias[o] as f64;
+            for (t, yrow) in chunk.chunks_mut(fout).enumerate() {
+                yrow[o] = dot_w(wr, &x[(tile * TILE + t) * fin..][..fin]) + fc.bias[o] as f64;
+            }
         }
-    }
+    });
     y
 }
 
@@ -421,16 +429,14 @@ pub fn linear_backward_data(dy: &[f64], batch: usize, fc: &Linear) -> Vec<f64> {
     let (fin, fout) = (fc.in_features, fc.out_features);
     assert_eq!(dy.len(), batch * fout, "linear_backward_data: dy has {} elements, expected {batch}×{fout}", dy.len());
     let mut dx = vec![0.0; batch * fin];
-    for bi in 0..batch {
-        let xr = &mut dx[bi * fin..][..fin];
+    for_each_chunk(&mut dx, TILE * fin, batch * fin * fout, |tile, chunk| {
         for o in 0..fout {
-            let d = dy[bi * fout + o];
             let wr = &fc.weight[o * fin..][..fin];
-            for (xv, &wv) in xr.iter_mut().zip(wr) {
-                *xv += wv as f64 * d;
+            for (t, xrow) in chunk.chunks_mut(fin).enumerate() {
+                axpy_w(xrow, dy[(tile * TILE + t) * fout + o], wr);
             }
         }
-    }
+    });
     dx
 }
 
@@ -509,7 +515,7 @@ pub fn uniform_ce_logit_grad(logits: &[f64], batch: usize, classes: usize) -> Ve
     g
 }
 
-fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
+pub(super) fn add(a: &[f64], b: &[f64]) -> Vec<f64> {
     assert_eq!(a.len(), b.len(), "residual add: operands differ in length");
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
@@ -870,6 +876,7 @@ pub fn run_with(
 
 /// Continues the forward pass from layer `layer`'s output `z` (shape `[B, C, H, W]`; for
 /// `avgpool`, the pooled feature with shape `[B, C, 1, 1]`) and returns the logits (`B × classes`).
+/// A Vision Transformer continues from `layer_norm` only ([`vit::logits_from_layer`]).
 pub fn logits_from_layer(net: &Network, layer: &str, z: &[f64], shape: [usize; 4]) -> Result<Vec<f64>> {
     if matches!(net.body, Body::VisionTransformer { .. }) {
         return vit::logits_from_layer(net, layer, z, shape);

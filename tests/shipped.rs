@@ -1,4 +1,5 @@
-//! The shipped weights (`weights/`) against PyTorch: the architecture is detected, and the
+//! The shipped weights (`weights/`) against PyTorch: the architecture is detected (a ViT's heads
+//! from the `num_heads` metadata), and the
 //! engine's logits on the first bundled Fashion-MNIST test
 //! images, preprocessed by the `fmnist` preset, equal PyTorch's (`tools/shipped_golden.py` →
 //! `tests/golden/shipped_models.json`) to a relative error of 1e-4, with the same predictions.
@@ -23,7 +24,7 @@ fn shipped_models_match_pytorch_on_bundled_images() {
 
     let engine = common::engine();
     let models = golden["models"].as_array().unwrap();
-    assert_eq!(models.len(), 2, "both shipped models are in the golden file");
+    assert_eq!(models.len(), 3, "all three shipped models are in the golden file");
     for entry in models {
         let path = root.join(entry["path"].as_str().unwrap());
         let mut model = engine.load_model(&path, None).unwrap();

@@ -23,17 +23,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from idx import read_idx  # noqa: E402
+from torch_bench import make_model  # noqa: E402
 from torch_reference import load_model  # noqa: E402
 from train import to_tensor  # noqa: E402
 
 
 def torch_logits(model_path, arch, x):
     """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch on the float16 weights widened
-    to float32, as the engine widens them on load."""
-    model, _ = load_model(arch, 10, model_path, widen=True)
+    to float32, as the engine widens them on load. A `vit-…` is torchvision's VisionTransformer
+    (`torch_bench.make_model`), loaded strictly."""
+    if arch.startswith("vit-"):
+        model = make_model(arch)
+        model.load_state_dict({k: v.float() for k, v in load_file(str(model_path)).items()})
+        model.eval()
+    else:
+        model, _ = load_model(arch, 10, model_path, widen=True)
     with torch.no_grad():
         return torch.cat([model(x[i: i + 500]) for i in range(0, len(x), 500)]).numpy().astype(np.float64)
 
@@ -41,7 +49,7 @@ def torch_logits(model_path, arch, x):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--arch", required=True, help="resnet18_32x32 or wrn-DEPTH-WIDTH")
+    parser.add_argument("--arch", required=True, help="resnet18_32x32, wrn-DEPTH-WIDTH or vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP")
     parser.add_argument("--images", default="data/fashion-mnist/t10k-images-idx3-ubyte.gz")
     parser.add_argument("--first", type=int, default=0, help="only the first N images (0: all)")
     parser.add_argument("--nac", default="target/release/nac")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Golden logits of the shipped models: PyTorch on the first 16 bundled Fashion-MNIST test images
-(`demo/fmnist-test`, preset `fmnist`), float16 weights widened to float32. `tests/shipped.rs`
+(`demo/fmnist-test`, preset `fmnist`), float16 weights widened to float32; the ViT is torchvision's
+`VisionTransformer` (`engine_accuracy.torch_logits`). `tests/shipped.rs`
 checks the engine against them without PyTorch.
 
     python3 tools/shipped_golden.py        # -> tests/golden/shipped_models.json
@@ -23,7 +24,11 @@ from train import to_tensor  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = "demo/fmnist-test-images-idx3-ubyte.gz"
 COUNT = 16
-MODELS = [("weights/fmnist_resnet18_32x32.safetensors", "resnet18_32x32"), ("weights/fmnist_wrn-16-2.safetensors", "wrn-16-2")]
+MODELS = [
+    ("weights/fmnist_resnet18_32x32.safetensors", "resnet18_32x32"),
+    ("weights/fmnist_wrn-16-2.safetensors", "wrn-16-2"),
+    ("weights/fmnist_vit-p4-d4-w64.safetensors", "vit-i32-p4-d4-w64-h4-m128"),
+]
 
 
 def main():

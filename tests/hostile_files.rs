@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use nac::model::arch::ArchSpec;
+use nac::model::arch::{ArchSpec, Body};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::{serialize_tensors, StorageDtype, TensorStore};
 use nac::nac::bins::BinEdges;
@@ -596,4 +596,29 @@ fn vit_checkpoint_errors_name_the_tensor() {
     extra.push(("heads.pre_logits.weight".into(), vec![8, 8], vec![0.0; 64]));
     let e = checkpoint_err(&serialize_tensors(&extra, StorageDtype::F32, heads("2")).unwrap());
     assert_contains(&e, &["unexpected tensor `heads.pre_logits.weight`"]);
+}
+
+/// Checkpoints from torchvision before 0.13 name the MLP `mlp.linear_1` / `mlp.linear_2`: they
+/// load as the same network as the current `mlp.0` / `mlp.3` naming.
+#[test]
+fn vit_old_mlp_names_load_alike() {
+    let spec = nac::model::arch::VitSpec { image: 8, patch: 4, depth: 2, width: 8, heads: 2, mlp: 12 };
+    let synthetic = SyntheticModel::new(ArchSpec::VisionTransformer(spec), 3, 5).unwrap();
+    let heads = || Some([("num_heads".to_string(), "2".to_string())].into_iter().collect());
+    let renamed: Vec<_> = synthetic
+        .tensors
+        .iter()
+        .map(|(n, s, v)| (n.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."), s.clone(), v.clone()))
+        .collect();
+    assert!(renamed.iter().any(|t| t.0.contains("mlp.linear_2.weight")));
+    let old = load_checkpoint(&serialize_tensors(&renamed, StorageDtype::F32, heads()).unwrap()).unwrap();
+    let new = load_checkpoint(&serialize_tensors(&synthetic.tensors, StorageDtype::F32, heads()).unwrap()).unwrap();
+    let params = |net: &nac::model::Network| {
+        let mut all = Vec::new();
+        net.for_each_param(&mut |_, v| all.extend_from_slice(v));
+        all
+    };
+    assert_eq!(params(&old), params(&new));
+    let Body::VisionTransformer { blocks, .. } = &old.body else { panic!("not a ViT") };
+    assert_eq!(blocks[1].mlp_names[1], "encoder.layers.encoder_layer_1.mlp.linear_2");
 }

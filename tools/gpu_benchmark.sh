@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The full real benchmark in one go, for a GPU machine where nothing compiles: both shipped
-# models on the full Fashion-MNIST / MNIST sets (eval/fmnist.toml), `nac bench` of both
+# The full real benchmark in one go, for a GPU machine where nothing compiles: the three shipped
+# models on the full Fashion-MNIST / MNIST sets (eval/fmnist.toml), `nac bench` of their
 # architectures and the demo's wall time.
 #
 #   here:  cargo build --release --bin nac && mkdir -p .gpu && cp target/release/nac .gpu/
 #          tools/fetch_data.sh                  # data/ (32 MB) travels with the binary
 #   there: tools/gpu_benchmark.sh .gpu/nac OUT_DIR [CONFIG]
 #
-# Writes five files (remote runners often return only a handful): OUT_DIR/log.txt (everything
-# printed), info.txt (`nac info`), bench-resnet18_32x32.json, bench-wrn-16-2.json and
+# Writes six files (remote runners often return only a handful): OUT_DIR/log.txt (everything
+# printed), info.txt (`nac info`), bench-resnet18_32x32.json, bench-wrn-16-2.json,
+# bench-vit-i32-p4-d4-w64-h4-m128.json and
 # results.tar.gz (one eval folder per model and the demo's: results.{json,csv,md}, pictures/).
 # Refuses a CPU adapter (the numbers would be lavapipe's) unless ALLOW_CPU=1, for a dry run of
 # the script with a small CONFIG and BENCH_BATCH / BENCH_REPEATS (default 256 / 5).
@@ -46,12 +47,12 @@ step() {
 }
 
 step selfcheck "$nac" selfcheck --batch 8
-for model in weights/fmnist_resnet18_32x32.safetensors weights/fmnist_wrn-16-2.safetensors; do
+for model in weights/fmnist_resnet18_32x32.safetensors weights/fmnist_wrn-16-2.safetensors weights/fmnist_vit-p4-d4-w64.safetensors; do
     name=$(basename "$model" .safetensors)
     step "eval $name" "$nac" eval "$config" --model "$model" --out "$work/$name"
 done
 step demo "$nac" demo --out "$work/demo"
-for arch in resnet18_32x32 wrn-16-2; do
+for arch in resnet18_32x32 wrn-16-2 vit-i32-p4-d4-w64-h4-m128; do
     step "bench $arch" "$nac" bench --arch "$arch" --batch "${BENCH_BATCH:-256}" --repeats "${BENCH_REPEATS:-5}" --peak \
         --out "$out/bench-$arch.json"
 done

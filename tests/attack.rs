@@ -140,19 +140,22 @@ fn pgd_lowers_the_shipped_models_accuracy() {
     let batch = load_all(&Dataset::open(&spec).unwrap(), &Transform::preset("fmnist").unwrap(), None, 2).unwrap();
     let labels = batch.labels.clone().unwrap();
     let engine = engine();
-    let mut model = engine.load_model(&root.join("weights/fmnist_wrn-16-2.safetensors"), None).unwrap();
-    let eps = 8.0 / 255.0;
-    let clean = accuracy(&engine, &mut model, &batch.input, batch.shape, &labels);
-    let fgsm = engine
-        .attack(&mut model, &batch.input, batch.shape, &labels, &Attack { kind: AttackKind::Fgsm, epsilon: eps }, &pixels(3))
-        .unwrap();
-    let pgd_kind = AttackKind::Pgd { steps: 5, step_size: eps / 4.0, random_start: Some(0) };
-    let pgd = engine.attack(&mut model, &batch.input, batch.shape, &labels, &Attack { kind: pgd_kind, epsilon: eps }, &pixels(3)).unwrap();
-    let (fgsm, pgd) =
-        (accuracy(&engine, &mut model, &fgsm, batch.shape, &labels), accuracy(&engine, &mut model, &pgd, batch.shape, &labels));
-    eprintln!("shipped WRN-16-2 on 24 test images, ε = 8/255: clean {clean:.3}, FGSM {fgsm:.3}, PGD-5 {pgd:.3}");
-    assert!(clean >= 0.8, "clean accuracy {clean}");
-    assert!(fgsm < clean && pgd <= fgsm, "clean {clean}, FGSM {fgsm}, PGD {pgd}");
+    for name in ["fmnist_wrn-16-2", "fmnist_vit-p4-d4-w64"] {
+        let mut model = engine.load_model(&root.join(format!("weights/{name}.safetensors")), None).unwrap();
+        let eps = 8.0 / 255.0;
+        let clean = accuracy(&engine, &mut model, &batch.input, batch.shape, &labels);
+        let fgsm = engine
+            .attack(&mut model, &batch.input, batch.shape, &labels, &Attack { kind: AttackKind::Fgsm, epsilon: eps }, &pixels(3))
+            .unwrap();
+        let pgd_kind = AttackKind::Pgd { steps: 5, step_size: eps / 4.0, random_start: Some(0) };
+        let pgd =
+            engine.attack(&mut model, &batch.input, batch.shape, &labels, &Attack { kind: pgd_kind, epsilon: eps }, &pixels(3)).unwrap();
+        let (fgsm, pgd) =
+            (accuracy(&engine, &mut model, &fgsm, batch.shape, &labels), accuracy(&engine, &mut model, &pgd, batch.shape, &labels));
+        eprintln!("shipped {name} on 24 test images, ε = 8/255: clean {clean:.3}, FGSM {fgsm:.3}, PGD-5 {pgd:.3}");
+        assert!(clean >= 0.8, "{name}: clean accuracy {clean}");
+        assert!(fgsm < clean && pgd <= fgsm, "{name}: clean {clean}, FGSM {fgsm}, PGD {pgd}");
+    }
 }
 
 #[test]

@@ -26,7 +26,11 @@ fn detectors_share_the_passes_and_fill_the_comparison_table() {
     common::write_idx(&path("test"), &smooth(12, 40), 12, &labels(12));
     common::write_idx(&path("ood"), &checker, 12, &labels(12));
     let spec = |name: &str| format!("idx:{}", path(name).display());
-    let config = |detectors: &str| {
+    let vit_path = dir.join("vit.safetensors");
+    SyntheticModel::new("vit-i16-p4-d2-w16-h2-m24".parse().unwrap(), 3, 6).unwrap().save(&vit_path, StorageDtype::F32).unwrap();
+    // (model, its feature layer, a stage): the WRN's avgpool and block1, the ViT's layer_norm
+    // (class token) and its first block's ln_2.
+    let config_for = |detectors: &str, (model, feature, stage): (&std::path::Path, &str, &str)| {
         let text = format!(
             r#"
 preprocessing = "pad:4,gray2rgb,normalize:0.5:0.25"
@@ -49,27 +53,28 @@ name = "blurred"
 group = "near"
 data = "corrupt:gaussian_blur:5:{test}"
 [nac]
-layers = ["avgpool", "block1"]
+layers = ["{feature}", "{stage}"]
 [search]
 ood_val = "corrupt:invert:1:{train}[24:32]"
 [[search.layers]]
-layer = "block1"
+layer = "{stage}"
 o = [2.0]
 m = [50]
 alpha = [0.01, 1.0]
 [[search.layers]]
-layer = "avgpool"
+layer = "{feature}"
 o = [1.0]
 m = [50]
 alpha = [10.0]
 "#,
-            model = model_path.display(),
+            model = model.display(),
             train = spec("train"),
             test = spec("test"),
             ood = spec("ood"),
         );
         EvalConfig::parse(&text, "detect-eval.toml").unwrap()
     };
+    let config = |detectors: &str| config_for(detectors, (&model_path, "avgpool", "block1"));
     let mut engine = common::engine();
     let run = |engine: &mut nac::Engine, detectors: &str, out: &str| {
         let before = PooledStates::passes();
@@ -113,6 +118,16 @@ alpha = [10.0]
     let csv = std::fs::read_to_string(dir.join("all/results.csv")).unwrap();
     assert!(csv.lines().any(|l| l.contains(",ViM (dim=8),checker,far,")), "{csv}");
     assert!(dir.join("all/pictures/auroc_methods.png").exists());
+
+    // A Vision Transformer: the same detectors on its class-token features, from the same passes.
+    let before = PooledStates::passes();
+    let options = EvalOptions { out: dir.join("vit"), threads: 2, progress: false };
+    let report = nac::eval::run(&mut engine, &config_for(all, (&vit_path, "layer_norm", "layer_0")), &options).unwrap();
+    assert_eq!(PooledStates::passes() - before, 7);
+    let methods = &report.models[0].methods;
+    assert_eq!(methods.len(), names.len(), "{:?}", methods.iter().map(|m| &m.name).collect::<Vec<_>>());
+    let csv = std::fs::read_to_string(dir.join("vit/results.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains(",ViM (dim=8),checker,far,")) && !csv.contains("NaN"), "{csv}");
 }
 
 /// Detector entries are checked with the config, before any file is opened, naming the entry.

@@ -307,3 +307,29 @@ fn eval_cli_model_flags_replace_the_config_models() {
     assert!(md.contains("mean ± sample std over the 2 models") && md.contains(" ± "), "{md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A ViT's one image size is checked on every set before the first pass: a preprocessing that
+/// leaves another size is an error naming the set, the sample and the sizes.
+#[test]
+fn a_vit_refuses_sets_of_another_size_before_any_pass() {
+    let dir = common::temp_dir("eval-vit-size");
+    let model = dir.join("vit.safetensors");
+    SyntheticModel::new("vit-i16-p4-d1-w8-h2-m12".parse().unwrap(), 3, 5).unwrap().save(&model, StorageDtype::F32).unwrap();
+    let images = dir.join("a-images-idx3-ubyte");
+    common::write_idx(&images, &(0..6 * 64).map(|i| (i % 251) as u8).collect::<Vec<_>>(), 6, &[0, 1, 2, 0, 1, 2]);
+    let config = |preprocessing: &str| {
+        let text = format!(
+            "preprocessing = \"{preprocessing}\"\n[[models]]\npath = \"{}\"\n[profile]\ndata = \"idx:{spec}[0:4]\"\n[id]\ntest = \"idx:{spec}[4:6]\"\n[[ood]]\nname = \"o\"\ngroup = \"far\"\ndata = \"corrupt:invert:1:idx:{spec}\"\n",
+            model.display(),
+            spec = images.display()
+        );
+        EvalConfig::parse(&text, "vit.toml").unwrap()
+    };
+    let mut engine = common::engine();
+    let options = EvalOptions { out: dir.join("out"), threads: 1, progress: false };
+    let e = nac::eval::run(&mut engine, &config("gray2rgb"), &options).unwrap_err().to_string();
+    assert!(e.contains("profile set") && e.contains("is 8×8 after the preprocessing") && e.contains("takes 16×16 images only"), "{e}");
+    // `prepare` refuses it, before any set is pooled (nothing written).
+    assert!(!dir.join("out/results.json").exists());
+    assert!(nac::eval::run(&mut engine, &config("pad:4,gray2rgb"), &options).is_ok());
+}

@@ -580,7 +580,7 @@ fn vit_checkpoint_errors_name_the_tensor() {
         s[3] = 3;
         v.truncate(8 * 3 * 4 * 3);
     }));
-    assert_contains(&e, &["tensor `conv_proj.weight`", "[width, channels, patch, patch]", "[8, 3, 4, 3]"]);
+    assert_contains(&e, &["tensor `conv_proj.weight`", "[width, 3, patch, patch]", "[8, 3, 4, 3]"]);
     let e = checkpoint_err(&edited("encoder.layers.encoder_layer_1.self_attention.in_proj_weight", &|s, v| {
         s[0] = 23;
         v.truncate(23 * 8);

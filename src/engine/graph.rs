@@ -389,7 +389,7 @@ impl Graph {
     fn layer_norm(&mut self, spec: &VitSpec, x: TensorId, ln: &GpuLayerNorm, class_token: bool) -> TensorId {
         let s = self.tensors[x];
         let rows = if class_token { 1 } else { s.h * s.w };
-        let p = TransformerParams { row_stride: if class_token { s.h as u32 } else { 1 }, width: s.c as u32, ..Self::vit_params(spec) };
+        let p = TransformerParams { row_stride: if class_token { s.h as u32 } else { 1 }, ..Self::vit_params(spec) };
         let reads = vec![Input::Tensor(x), Input::Weight(ln.gamma.clone()), Input::Weight(ln.beta.clone()), Input::Unused];
         self.transformer(Kernel::LayerNorm, p, reads, TensorShape { h: rows, w: 1, c: s.c }, rows)
     }
@@ -407,7 +407,6 @@ impl Graph {
         let rows = s.h * s.w;
         let p = TransformerParams {
             row_stride: (xs.h * xs.w / rows) as u32,
-            width: s.c as u32,
             flags: if residual.is_some() { TRANSFORMER_RESIDUAL } else { 0 },
             ..Self::vit_params(spec)
         };

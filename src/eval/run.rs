@@ -142,7 +142,7 @@ pub fn run(engine: &mut Engine, config: &EvalConfig, options: &EvalOptions) -> R
         .map(|entry| {
             let arch = entry.arch.as_deref().map(str::parse).transpose()?;
             let network = model::load(&entry.path, arch)?;
-            prepare(engine, network, config, &sets).map_err(|e| Error::Input(format!("model {}: {e}", entry.path.display())))
+            prepare(engine, network, config, &sets, &transform).map_err(|e| Error::Input(format!("model {}: {e}", entry.path.display())))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut models = Vec::with_capacity(config.models.len());
@@ -213,7 +213,7 @@ pub(crate) struct Prepared {
 
 /// Checks the config against `network` and the sets (layer names, parameters, the grid,
 /// labels against the class count, the balanced subset, cache sizes against the adapter).
-pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets) -> Result<Prepared> {
+pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, sets: &Sets, transform: &Transform) -> Result<Prepared> {
     let NacSetup { layers, preset, defaults, grid } = config.nac_setup(&network)?;
     let mut pooled_layers = layers;
     for l in grid.iter().flat_map(|g| &g.layers) {
@@ -254,6 +254,19 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
         }
         if labelled {
             check_labels(&what, set)?;
+        }
+        // A ViT takes one image size: the first sample shows a set's size before any pass (a
+        // folder mixing sizes still fails at its first odd sample, named by the loader).
+        if let Some(side) = network.fixed_image_size() {
+            let (h, w) = transform.output_size(&set.image(0)?)?;
+            if (h as usize, w as usize) != (side, side) {
+                return Err(Error::Input(format!(
+                    "{what} set `{}`: {} is {h}×{w} after the preprocessing, but {} takes {side}×{side} images only; add resize/center_crop steps",
+                    set.spec(),
+                    set.locate(0),
+                    network.spec
+                )));
+            }
         }
         for layer in &pooled_layers {
             let neurons = channels.iter().find(|(n, _)| n == layer).map_or(0, |c| c.1);

@@ -401,7 +401,7 @@ pub fn run(engine: &mut Engine, config: &ShiftConfig, options: &EvalOptions) -> 
             let arch = entry.arch.as_deref().map(str::parse).transpose()?;
             let network = model::load(&entry.path, arch)?;
             let fail = |e: Error| Error::Input(format!("model {}: {e}", entry.path.display()));
-            let mut prepared = run::prepare(engine, network, &eval, &sets).map_err(fail)?;
+            let mut prepared = run::prepare(engine, network, &eval, &sets, &transform).map_err(fail)?;
             let source = match &chosen {
                 Some(report) => {
                     let (params, source) = chosen_params(report, config, &prepared.network.fingerprint()).map_err(fail)?;

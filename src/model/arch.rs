@@ -53,6 +53,16 @@ const TORCHVISION_VIT_HEADS: [(usize, usize, usize, &str); 3] =
 /// The safetensors metadata key that records a Vision Transformer's number of heads.
 pub const VIT_HEADS_METADATA: &str = "num_heads";
 
+impl ArchSpec {
+    /// The checkpoint name of the classifier head: `fc`, or a ViT's `heads.head`.
+    pub fn head_name(&self) -> &'static str {
+        match self {
+            ArchSpec::VisionTransformer(_) => "heads.head",
+            _ => "fc",
+        }
+    }
+}
+
 impl fmt::Display for ArchSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -340,10 +350,7 @@ impl Network {
 
     /// The checkpoint name of the classifier head (`fc`, or a ViT's `heads.head`).
     pub fn head_name(&self) -> &'static str {
-        match self.body {
-            Body::VisionTransformer { .. } => "heads.head",
-            _ => "fc",
-        }
+        self.spec.head_name()
     }
 
     /// The one input side a network accepts, if it has one (a ViT's learned positions fix it).
@@ -555,8 +562,13 @@ fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
     let shape_of =
         |name: &str| t.get(name).map(|x| x.shape.as_slice()).ok_or_else(|| err(format!("Vision Transformer: missing tensor `{name}`")));
     let (width, patch) = match shape_of("conv_proj.weight")? {
-        &[d, _, p, q] if p == q && d > 0 && p > 0 => (d, p),
-        other => return Err(err(format!("tensor `conv_proj.weight`: expected [width, channels, patch, patch], found shape {other:?}"))),
+        &[d, 3, p, q] if p == q && d > 0 && (1..=limits::MAX_IMAGE_SIDE).contains(&p) => (d, p),
+        other => {
+            return Err(err(format!(
+                "tensor `conv_proj.weight`: expected [width, 3, patch, patch] with 1 ≤ patch ≤ {}, found shape {other:?}",
+                limits::MAX_IMAGE_SIDE
+            )))
+        }
     };
     let tokens = match shape_of("encoder.pos_embedding")? {
         &[1, tokens, d] if d == width && tokens >= 2 => tokens,
@@ -601,7 +613,13 @@ fn detect_vit(store: &TensorStore, given: Option<VitSpec>) -> Result<VitSpec> {
                 }
             },
         };
-    let spec = VitSpec { image: side * patch, patch, depth, width, heads, mlp };
+    let image = side.checked_mul(patch).filter(|&i| i <= limits::MAX_IMAGE_SIDE).ok_or_else(|| {
+        err(format!(
+            "Vision Transformer: {side}×{side} patches of {patch} pixels is over the image side limit of {} (MAX_IMAGE_SIDE, see `nac::limits`)",
+            limits::MAX_IMAGE_SIDE
+        ))
+    })?;
+    let spec = VitSpec { image, patch, depth, width, heads, mlp };
     if let Some(g) = given.filter(|g| g.image > 0) {
         if g != spec {
             return Err(err(format!(
@@ -790,8 +808,8 @@ pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Resul
         Some(s) => s,
         None => detect(store)?,
     };
-    let head = if matches!(spec, ArchSpec::VisionTransformer(_)) { "heads.head.weight" } else { "fc.weight" };
-    let fc = store.tensors.get(head).ok_or_else(|| Error::Weights {
+    let head = format!("{}.weight", spec.head_name());
+    let fc = store.tensors.get(&head).ok_or_else(|| Error::Weights {
         path: store.path.clone(),
         message: format!("missing tensor `{head}` (the classifier head of {spec})"),
     })?;

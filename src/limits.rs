@@ -25,6 +25,10 @@ pub const MAX_IMAGE_SIDE: usize = 4096;
 /// each step is a full forward and backward pass.
 pub const MAX_ATTACK_STEPS: usize = 10_000;
 
+/// Restarts of one attack (PGD, APGD): AutoAttack's strongest settings use 5; each restart
+/// repeats every step.
+pub const MAX_ATTACK_RESTARTS: usize = 100;
+
 /// Samples per batch (`--batch`, `batch` in a config). The loader keeps up to three batches
 /// decoded in memory; the GPU pass chunks further by the adapter's limits anyway.
 pub const MAX_BATCH: usize = 1 << 16;

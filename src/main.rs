@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use nac::data::{self, Dataset, Transform};
 use nac::error::{check_writable, write_atomic};
+use nac::eval::adversarial::Attacker;
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::kernels::tune::Tuning;
 use nac::model::synthetic::SyntheticModel;
@@ -119,7 +120,13 @@ impl SourceArgs {
             (None, Some(spec)) => {
                 let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
-                Ok(Source::Stream { dataset: Dataset::open(spec)?, transform: Transform::parse(&self.preprocessing)?, threads })
+                let dataset = Dataset::open(spec)?;
+                if dataset.adversarial().is_some() {
+                    return Err(Error::Input(format!(
+                        "`{spec}` is an adversarial set: attacks run in `nac eval`, `nac shift` and `nac export --model` (export the examples, then pass them with --input)"
+                    )));
+                }
+                Ok(Source::Stream { dataset, transform: Transform::parse(&self.preprocessing)?, threads })
             }
             _ => Err(Error::Input("give exactly one of --input X.npy and --data SPEC".into())),
         }
@@ -301,6 +308,13 @@ enum Command {
         /// Labels output, int64 (default: OUT with `.labels.npy` for `.npy`).
         #[arg(long)]
         labels_out: Option<PathBuf>,
+        /// The model an adversarial spec (`fgsm:`, `pgd:`, `apgd:`) attacks; the examples are
+        /// written after --preprocessing, which the attack needs.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Architecture of --model, when detection from tensor names is not wanted.
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Convert a PyTorch checkpoint (`torch.save` .pth/.ckpt, a state dict possibly wrapped in
     /// {'state_dict': …} with `module.`/`model.` prefixes) to safetensors in the public naming.
@@ -438,8 +452,8 @@ fn main() -> ExitCode {
         Command::Score { model, profile, source, layers, run, out } => score(gpu, ScoreJob { model, profile, source, layers, run, out }),
         Command::Merge { out, profiles } => merge(&profiles, &out),
         Command::Convert { input, out } => convert(&input, &out),
-        Command::Export { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out } => {
-            export(ExportJob { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out })
+        Command::Export { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out, model, arch } => {
+            export(gpu, ExportJob { data, preprocessing, balanced, seed, shard, batch, threads, out, labels_out, model, arch })
         }
         Command::Eval { config, out, threads, models } => nac::eval::EvalConfig::load(&config).and_then(|mut c| {
             if !models.is_empty() {
@@ -775,12 +789,28 @@ struct ExportJob {
     threads: Option<usize>,
     out: PathBuf,
     labels_out: Option<PathBuf>,
+    model: Option<PathBuf>,
+    arch: Option<String>,
 }
 
-fn export(job: ExportJob) -> Result<()> {
+fn export(gpu: Device, job: ExportJob) -> Result<()> {
     let shard = job.shard.as_deref().map(Shard::parse).transpose()?;
     let dataset = Dataset::open(&job.data)?;
     limits::check("--batch", job.batch.max(1), limits::MAX_BATCH, "MAX_BATCH")?;
+    // An adversarial set: the model it attacks, uploaded before anything is written.
+    let attacked = match (dataset.adversarial(), &job.model, &job.preprocessing) {
+        (None, None, _) => None,
+        (None, Some(_), _) => return Err(Error::Input(format!("--model is for adversarial specs, and `{}` holds no attack", job.data))),
+        (Some(_), None, _) => return Err(Error::Input(format!("`{}` is attacked against a model: give --model", job.data))),
+        (Some(_), Some(_), None) => {
+            return Err(Error::Input("an attack runs on the model input: give --preprocessing (the model's)".into()));
+        }
+        (Some(_), Some(path), Some(_)) => {
+            let arch = job.arch.as_deref().map(str::parse).transpose()?;
+            let network = nac::model::load(path, arch)?;
+            Some((engine_for_batch(gpu, job.batch.max(1))?, network))
+        }
+    };
     let labels_out = job.labels_out.clone().unwrap_or_else(|| job.out.with_extension("labels.npy"));
     check_writable(&job.out)?;
     if dataset.labels().is_some() {
@@ -828,8 +858,12 @@ fn export(job: ExportJob) -> Result<()> {
                 w.write_all(&nac::npy::header_bytes(NpyDtype::F32, &[chosen.len(), 3, h as usize, w_ as usize])).map_err(io)?;
                 let threads = job.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
+                let mut attacker = attacked.as_ref().and_then(|(engine, network)| Attacker::new(engine, network, &dataset, &transform));
                 for b in data::batches(&dataset, &transform, Some(&chosen), job.batch.max(1), threads) {
-                    let b = b?;
+                    let mut b = b?;
+                    if let Some(attacker) = attacker.as_mut() {
+                        attacker.attack(&mut b, Some(&chosen))?;
+                    }
                     if b.shape[2..] != [h as usize, w_ as usize] {
                         return Err(Error::Input(format!(
                             "{} transforms to {}×{}, but the first sample to {h}×{w_}: one array needs one size",

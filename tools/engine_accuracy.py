@@ -32,16 +32,20 @@ from torch_reference import load_model  # noqa: E402
 from train import to_tensor  # noqa: E402
 
 
-def torch_logits(model_path, arch, x):
-    """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch on the float16 weights widened
-    to float32, as the engine widens them on load. A `vit-…` is torchvision's VisionTransformer
+def torch_model(model_path, arch):
+    """The PyTorch network of a shipped model, eval mode, its float16 weights widened to float32
+    as the engine widens them on load. A `vit-…` is torchvision's VisionTransformer
     (`torch_bench.make_model`), loaded strictly."""
     if arch.startswith("vit-"):
         model = make_model(arch)
         model.load_state_dict({k: v.float() for k, v in load_file(str(model_path)).items()})
-        model.eval()
-    else:
-        model, _ = load_model(arch, 10, model_path, widen=True)
+        return model.eval()
+    return load_model(arch, 10, model_path, widen=True)[0]
+
+
+def torch_logits(model_path, arch, x):
+    """float64 logits of `x` (float32 N x 3 x 32 x 32) by PyTorch (`torch_model`)."""
+    model = torch_model(model_path, arch)
     with torch.no_grad():
         return torch.cat([model(x[i: i + 500]) for i in range(0, len(x), 500)]).numpy().astype(np.float64)
 

@@ -16,7 +16,7 @@ mod transform;
 
 pub use corrupt::{frost_with, synthetic_outliers, Corruption};
 pub use loader::{batches, load_all, Batch, Batches};
-pub use spec::Dataset;
+pub use spec::{Adversarial, Dataset};
 pub use transform::Transform;
 
 /// Decodes a PNG/JPEG file's bytes exactly as `folder:` datasets decode their files (`name`

@@ -18,6 +18,9 @@
 //! | `corrupt:NAME:SEVERITY:SPEC` | the corruption NAME at SEVERITY 1-5 applied to every image of SPEC, seeded by the sample's index in SPEC, so the same sample always gets the same noise: the 15 of CIFAR-10-C (`gaussian_noise`, `shot_noise`, `impulse_noise`, `defocus_blur`, `glass_blur`, `motion_blur`, `zoom_blur`, `snow`, `frost`, `fog`, `brightness`, `contrast`, `elastic_transform`, `pixelate`, `jpeg_compression`), its extras (`speckle_noise`, `gaussian_blur`, `spatter`, `saturate`), `pixel_shuffle` and `invert` (see [`Corruption`]). `frost` needs its pictures (`$NAC_FROST_DIR`, else `data/frost`), checked when the spec is opened. |
 //! | `then:A:S:B:T:SPEC` (more `NAME:SEVERITY` steps allowed) | combined perturbations in the order written: A at severity S first, then B at T, on every image of SPEC. Step k is seeded with the sample's index mixed with k (step 0 with the index itself, as `corrupt:`), so two noise steps draw independent noise. `then:B:T:A:S:SPEC` is the other order, a different set. The steps end at the first field that is not a corruption name (no spec kind is one). |
 //! | `outliers:SPEC` / `outliers:SEED:SPEC` | [`synthetic_outliers`] of SPEC with SEED (default 0). |
+//! | `fgsm:EPS:SPEC` | SPEC's labelled images attacked by FGSM with L∞ radius EPS (`8/255` or a decimal in [0, 1], in pixel units of the model input before the preprocessing's normalisation), against the model being evaluated: see [`Adversarial`]. |
+//! | `pgd:EPS:STEPS:SPEC` / `pgd:EPS:STEPS:RESTARTS:SPEC` | PGD with a random start (seeded per sample), STEPS steps of 2.5·EPS/STEPS (Madry et al.), RESTARTS runs (default 1; a sample keeps the first run that fools the model). |
+//! | `apgd:EPS:SPEC` / `apgd:EPS:ITERATIONS:SPEC` / `apgd:EPS:ITERATIONS:RESTARTS:SPEC` | APGD-CE as AutoAttack runs it: 100 iterations, ρ = 0.75, 1 restart unless given. |
 //!
 //! For the two-path forms, a whole argument naming an existing file is taken as one path,
 //! so a path may itself contain `:`. A slice binds to everything before it:
@@ -26,6 +29,14 @@
 //! Nesting `corrupt:` applies the innermost first (`corrupt:A:1:corrupt:B:2:X` is B, then A,
 //! both seeded by the index); `then:` says the order as it is read and gives each step its own
 //! seed, so write combined perturbations with `then:`.
+//!
+//! An attack is on the model input, so it runs where the set is pooled, per batch after the
+//! preprocessing (`eval::adversarial`); corruptions written inside it (`pgd:…:corrupt:fog:3:X`)
+//! come first, corruptions written outside it (`corrupt:fog:3:pgd:…:X`, `then:…:pgd:…:X`) are
+//! applied to the adversarial examples, rounded to 8 bits at the model input's size, then
+//! normalised. A spec holds at most one attack, and `outliers:` cannot hold one. Random starts
+//! and post-attack corruptions are seeded by the sample's index in the base set, so a slice of
+//! an attacked set is the attacked slice.
 //!
 //! [`Dataset::check_spec`] checks the grammar alone (no file opened), as `nac eval` does for
 //! every spec of a config at load. Specs nest at most `MAX_SPEC_DEPTH` levels; files are read
@@ -39,6 +50,7 @@ use std::sync::Arc;
 use super::corrupt::{outlier, synthetic_outliers, Corruption};
 use super::formats::{self, Packed};
 use super::Image;
+use crate::engine::{Attack, AttackKind};
 use crate::error::{Error, Result};
 
 /// A dataset: a list of images (in memory, or files decoded on demand, or derived from another
@@ -51,6 +63,24 @@ pub struct Dataset {
     /// Positions in `source` of this dataset's samples (a subset); `None` = all, in order.
     view: Option<Arc<[usize]>>,
     labels: Option<Arc<[usize]>>,
+    /// The attack stage of an adversarial set (its images are the clean ones before it).
+    adversarial: Option<Arc<Adversarial>>,
+}
+
+/// The attack stage of an adversarial set: `attack` on the preprocessed images of the set,
+/// then the corruptions written outside the attack, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adversarial {
+    pub attack: Attack,
+    pub after: Vec<(Corruption, u8)>,
+}
+
+impl Adversarial {
+    /// `after` applied to an adversarial example (8-bit) of base-set sample `pos`, seeded as
+    /// `corrupt:` / `then:` seed theirs.
+    pub fn corrupt(&self, image: Image, pos: usize) -> Result<Image> {
+        apply_steps(image, &self.after, pos)
+    }
 }
 
 enum Source {
@@ -139,6 +169,65 @@ enum Node<'a> {
     Csv(&'a str),
     Corrupt { steps: Vec<(Corruption, u8)>, inner: Box<Node<'a>>, inner_spec: &'a str },
     Outliers { seed: u64, inner: Box<Node<'a>>, inner_spec: &'a str },
+    Attack { attack: Attack, label: String, inner: Box<Node<'a>>, inner_spec: &'a str },
+}
+
+/// An attack's radius: `A/B` or a decimal, in [0, 1].
+fn parse_epsilon(spec: &str, text: &str) -> Result<f32> {
+    let value = match text.split_once('/') {
+        Some((a, b)) => a.trim().parse::<f64>().ok().zip(b.trim().parse::<f64>().ok()).map(|(a, b)| a / b),
+        None => text.trim().parse::<f64>().ok(),
+    };
+    value.filter(|v| v.is_finite() && (0.0..=1.0).contains(v)).map(|v| v as f32).ok_or_else(|| {
+        bad_spec(spec, format!("attack radius `{text}`: expected a fraction such as 8/255 or a decimal in [0, 1] (pixel units)"))
+    })
+}
+
+/// The leading all-digit fields of `rest` (at most `most`) and what follows them: an attack's
+/// optional counts (no spec kind is all digits).
+fn leading_counts<'a>(spec: &str, mut rest: &'a str, most: usize) -> Result<(Vec<usize>, &'a str)> {
+    let mut counts = Vec::new();
+    while counts.len() < most {
+        match rest.split_once(':') {
+            Some((field, inner)) if !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()) => {
+                counts.push(field.parse::<usize>().map_err(|_| bad_spec(spec, format!("count `{field}` is too large")))?);
+                rest = inner;
+            }
+            _ => break,
+        }
+    }
+    Ok((counts, rest))
+}
+
+/// `fgsm:EPS:SPEC`, `pgd:EPS:STEPS[:RESTARTS]:SPEC`, `apgd:EPS[:ITERATIONS[:RESTARTS]]:SPEC`.
+fn parse_attack<'a>(spec: &str, kind: &str, rest: &'a str) -> Result<(Attack, String, &'a str)> {
+    let usage = match kind {
+        "fgsm" => "expected fgsm:EPS:SPEC",
+        "pgd" => "expected pgd:EPS:STEPS:SPEC or pgd:EPS:STEPS:RESTARTS:SPEC",
+        _ => "expected apgd:EPS:SPEC, apgd:EPS:ITERATIONS:SPEC or apgd:EPS:ITERATIONS:RESTARTS:SPEC",
+    };
+    let Some((eps_text, rest)) = rest.split_once(':') else {
+        return Err(bad_spec(spec, usage));
+    };
+    let epsilon = parse_epsilon(spec, eps_text)?;
+    let (counts, inner) = leading_counts(spec, rest, if kind == "fgsm" { 0 } else { 2 })?;
+    let (attack_kind, label) = match (kind, &counts[..]) {
+        ("fgsm", []) => (AttackKind::Fgsm, "fgsm".to_string()),
+        ("pgd", &[steps]) | ("pgd", &[steps, _]) => {
+            let restarts = counts.get(1).copied().unwrap_or(1);
+            let step_size = 2.5 * epsilon / steps.max(1) as f32;
+            (AttackKind::Pgd { steps, step_size, random_start: Some(0), restarts }, format!("pgd{steps}"))
+        }
+        ("apgd", []) => (AttackKind::APGD_DEFAULT, "apgd".to_string()),
+        ("apgd", &[iterations]) | ("apgd", &[iterations, _]) => {
+            let restarts = counts.get(1).copied().unwrap_or(1);
+            (AttackKind::Apgd { iterations, rho: 0.75, restarts, seed: 0 }, format!("apgd{iterations}"))
+        }
+        _ => return Err(bad_spec(spec, usage)),
+    };
+    let attack = Attack { kind: attack_kind, epsilon };
+    attack.validate().map_err(|e| bad_spec(spec, e))?;
+    Ok((attack, format!("{label}-eps{}", eps_text.trim().replace('/', "_")), inner))
 }
 
 /// Parses `spec` (already trimmed), nested `depth` levels deep in an outer spec.
@@ -257,15 +346,42 @@ fn parse(spec: &str, depth: usize) -> Result<Node<'_>> {
                 _ => (0, rest),
             };
             let inner_spec = inner.trim();
-            Ok(Node::Outliers { seed, inner: Box::new(parse(inner_spec, depth + 1)?), inner_spec })
+            let inner = parse(inner_spec, depth + 1)?;
+            if inner.has_attack() {
+                return Err(bad_spec(spec, "outliers: cannot hold an attack (it would derive its images from the clean ones)"));
+            }
+            Ok(Node::Outliers { seed, inner: Box::new(inner), inner_spec })
+        }
+        "fgsm" | "pgd" | "apgd" => {
+            let (attack, label, inner) = parse_attack(spec, kind, rest)?;
+            let inner_spec = inner.trim();
+            let inner = parse(inner_spec, depth + 1)?;
+            if inner.has_attack() {
+                return Err(bad_spec(spec, "a spec holds at most one attack"));
+            }
+            Ok(Node::Attack { attack, label, inner: Box::new(inner), inner_spec })
         }
         _ => Err(bad_spec(spec, format!("unknown kind `{kind}`: expected one of {}", KINDS.join(", ")))),
     }
 }
 
+impl Node<'_> {
+    fn has_attack(&self) -> bool {
+        self.attack().is_some()
+    }
+
+    fn attack(&self) -> Option<&Attack> {
+        match self {
+            Node::Attack { attack, .. } => Some(attack),
+            Node::Slice { inner, .. } | Node::Corrupt { inner, .. } | Node::Outliers { inner, .. } => inner.attack(),
+            _ => None,
+        }
+    }
+}
+
 /// The kinds a spec starts with; none is a corruption name (`then:` relies on it).
-pub(crate) const KINDS: [&str; 11] =
-    ["idx", "cifar10", "cifar100", "cifar10c", "folder", "npy", "npz", "csv", "corrupt", "then", "outliers"];
+pub(crate) const KINDS: [&str; 14] =
+    ["idx", "cifar10", "cifar100", "cifar10c", "folder", "npy", "npz", "csv", "corrupt", "then", "outliers", "fgsm", "pgd", "apgd"];
 
 fn parse_severity(spec: &str, severity: &str) -> Result<u8> {
     severity
@@ -278,7 +394,7 @@ fn parse_severity(spec: &str, severity: &str) -> Result<u8> {
 
 impl Dataset {
     fn new(spec: &str, name: String, source: Source, labels: Option<Vec<usize>>) -> Dataset {
-        Dataset { spec: spec.to_string(), name, source: Arc::new(source), view: None, labels: labels.map(Into::into) }
+        Dataset { spec: spec.to_string(), name, source: Arc::new(source), view: None, labels: labels.map(Into::into), adversarial: None }
     }
 
     /// Opens a dataset spec (grammar in the module documentation).
@@ -291,6 +407,11 @@ impl Dataset {
     /// without opening any file; [`Dataset::open`] checks the same first.
     pub fn check_spec(spec: &str) -> Result<()> {
         parse(spec.trim(), 0).map(|_| ())
+    }
+
+    /// The attack a spec holds, if any, from its grammar alone (no file opened).
+    pub fn attack_of(spec: &str) -> Result<Option<Attack>> {
+        Ok(parse(spec.trim(), 0)?.attack().cloned())
     }
 
     fn open_node(spec: &str, node: Node<'_>) -> Result<Dataset> {
@@ -354,9 +475,31 @@ impl Dataset {
                 for (corruption, _) in &steps {
                     corruption.check_available().map_err(|e| bad_spec(spec, e))?;
                 }
-                let mut corrupted = Dataset::open_node(inner_spec, *inner)?.corrupted_steps(&steps);
+                let base = Dataset::open_node(inner_spec, *inner)?;
+                let mut corrupted = match &base.adversarial {
+                    // After an attack: the steps apply to its examples.
+                    Some(adversarial) => {
+                        let mut after = Adversarial::clone(adversarial);
+                        after.after.extend(steps.iter().map(|&(c, s)| (c, s.clamp(1, 5))));
+                        let names: Vec<String> = steps.iter().map(|(c, s)| format!("{}_{s}", c.name())).collect();
+                        Dataset { name: format!("{}_{}", base.name, names.join("_then_")), adversarial: Some(Arc::new(after)), ..base }
+                    }
+                    None => base.corrupted_steps(&steps),
+                };
                 corrupted.spec = spec.to_string();
                 Ok(corrupted)
+            }
+            Node::Attack { attack, label, inner, inner_spec } => {
+                let base = Dataset::open_node(inner_spec, *inner)?;
+                if base.labels.is_none() {
+                    return Err(bad_spec(spec, format!("the attack needs labels, and `{inner_spec}` has none")));
+                }
+                Ok(Dataset {
+                    spec: spec.to_string(),
+                    name: format!("{}_{label}", base.name),
+                    adversarial: Some(Arc::new(Adversarial { attack, after: Vec::new() })),
+                    ..base
+                })
             }
             Node::Outliers { seed, inner, inner_spec } => {
                 let mut outliers = synthetic_outliers(&Dataset::open_node(inner_spec, *inner)?, seed);
@@ -422,6 +565,17 @@ impl Dataset {
         self.labels.as_deref()
     }
 
+    /// The attack stage, for an adversarial set (`fgsm:`, `pgd:`, `apgd:`): its images are the
+    /// clean ones, which the pipeline attacks after the preprocessing.
+    pub fn adversarial(&self) -> Option<&Adversarial> {
+        self.adversarial.as_deref()
+    }
+
+    /// Sample `index`'s position in the base set (what seeds its noise and random starts).
+    pub fn base_position(&self, index: usize) -> usize {
+        self.view.as_ref().map_or(index, |v| v[index])
+    }
+
     /// Image `index` (decoded now for folders, copied from memory otherwise).
     pub fn image(&self, index: usize) -> Result<Image> {
         if index >= self.len() {
@@ -440,7 +594,7 @@ impl Dataset {
             None => indices.into(),
         };
         let labels = self.labels.as_ref().map(|l| indices.iter().map(|&i| l[i]).collect());
-        Ok(Dataset { spec: self.spec.clone(), name: self.name.clone(), source: self.source.clone(), view: Some(view), labels })
+        Ok(Dataset { spec: self.spec.clone(), name: self.name.clone(), view: Some(view), labels, ..self.clone() })
     }
 
     /// An in-memory dataset; the images may differ in size.
@@ -474,6 +628,7 @@ impl Dataset {
             source: Arc::new(Source::Corrupt { base: self.clone(), steps }),
             view: None,
             labels: self.labels.clone(),
+            adversarial: None,
         }
     }
 

@@ -303,6 +303,24 @@ impl Transform {
         Ok(planes.data)
     }
 
+    /// The per-channel (mean, std) of all `normalize` steps together, for the 3 output channels:
+    /// `output = (pixel − mean) / std` with pixel the un-normalised value in [0, 1] (what an
+    /// attack's ε-ball and box are measured in). (0, 1) without a `normalize` step.
+    pub fn pixel_space(&self) -> (Vec<f32>, Vec<f32>) {
+        let (mut mean, mut std) = (vec![0.0f64; 3], vec![1.0f64; 3]);
+        for step in &self.steps {
+            if let Step::Normalize { mean: m, std: s } = step {
+                // (p − M)/S then (· − m)/s is (p − (M + m·S)) / (S·s).
+                for c in 0..3 {
+                    let (m, s) = (m[c % m.len()] as f64, s[c % s.len()] as f64);
+                    mean[c] += m * std[c];
+                    std[c] *= s;
+                }
+            }
+        }
+        (mean.iter().map(|&v| v as f32).collect(), std.iter().map(|&v| v as f32).collect())
+    }
+
     /// (h, w) of `apply(image)`, or the error `apply` gives for a side over `MAX_IMAGE_SIDE`
     /// (the same checked size arithmetic). Reads only the image's size.
     pub fn output_size(&self, image: &Image) -> Result<(u32, u32)> {

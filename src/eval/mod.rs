@@ -1,5 +1,6 @@
 //! Evaluation: OpenOOD metrics, the `nac eval` configuration and pipeline, reports and pictures.
 
+pub mod adversarial;
 pub mod config;
 /// The metrics live below `nac` and `eval` (`crate::metrics`); re-exported under their old path.
 pub use crate::metrics;

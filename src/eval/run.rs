@@ -9,6 +9,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use super::adversarial::Attacker;
 use super::config::{EvalConfig, Group, NacSetup};
 use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
@@ -471,12 +472,22 @@ pub(crate) fn pool_set(
     batch: usize,
     options: &EvalOptions,
 ) -> Result<PooledStates> {
-    let bar = if options.progress { ProgressBar::new(set.len() as u64) } else { ProgressBar::hidden() };
+    // The bar counts samples through the network: each run of an attack, then the pooling.
+    let runs = 1 + set.adversarial().map_or(0, |a| a.attack.restarts());
+    let bar = if options.progress { ProgressBar::new((set.len() * runs) as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} {per_sec} eta {eta}").expect("valid template"));
     bar.set_prefix(what.to_string());
     engine.set_progress(Some(bar.clone()));
+    let network = model.network.clone();
+    let mut attacker = Attacker::new(engine, &network, set, transform);
     let labels = if labelled { set.labels() } else { None };
-    let batches = data::batches(set, transform, None, batch, options.threads).map(|b| b.map(|b| (b.start, b.input, b.shape)));
+    let batches = data::batches(set, transform, None, batch, options.threads).map(|b| {
+        let mut b = b?;
+        if let Some(attacker) = attacker.as_mut() {
+            attacker.attack(&mut b, None)?;
+        }
+        Ok((b.start, b.input, b.shape))
+    });
     let pooled = PooledStates::compute_streamed(engine, model, set.len(), layers, labels, batches).map_err(|e| match e {
         Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
         e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),

@@ -25,13 +25,18 @@
 //! # released_slice = "[0:1000]"     # rows of each released severity (match `clean`)
 //! pairs = [["gaussian_noise:3", "contrast:3"]]   # each run as A then B and as B then A
 //! histograms = ["contrast:5"]       # sets drawn against clean (default: three of the sweep)
+//! attacks = ["fgsm:2/255", "pgd:8/255:10", "apgd:4/255"]  # each on `clean`, per model
 //! [[shift.natural]]                 # natural shifts: any labelled dataset spec
 //! name = "cifar10.1"
 //! data = "npy:data/cifar10.1_v6_data.npy:data/cifar10.1_v6_labels.npy"
 //! ```
 //!
 //! Set names: `NAME:SEVERITY` for the sweep, `A:S>B:T` for A then B, the given name for a
-//! natural shift. Correlations and overall means are over the shifted sets (clean excluded).
+//! natural shift, the attack as written (`pgd:8/255:10`) for an attack on the clean set, made
+//! against each model in turn (an attack composes with corruptions in any spec, e.g. a natural
+//! set `corrupt:fog:3:pgd:8/255:10:CLEAN`). Correlations and overall means are over the shifted
+//! sets (clean excluded). With several models, the report puts them side by side on every set
+//! (standard against robust) and draws each model's pictures in `pictures/<model>/`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -93,6 +98,10 @@ pub struct ShiftSettings {
     pub histograms: Vec<String>,
     #[serde(default)]
     pub natural: Vec<NaturalSet>,
+    /// Attacks on `clean` (a spec's attack prefix: `fgsm:EPS`, `pgd:EPS:STEPS[:RESTARTS]`,
+    /// `apgd:EPS[:ITERATIONS[:RESTARTS]]`).
+    #[serde(default)]
+    pub attacks: Vec<String>,
 }
 
 fn cifar10_c() -> Vec<String> {
@@ -125,6 +134,12 @@ pub enum SetKind {
     Pair {
         first: String,
         second: String,
+    },
+    /// An attack on the clean set against the model (as written, e.g. `pgd:8/255:10`), with
+    /// its radius in pixel units.
+    Attack {
+        attack: String,
+        epsilon: f64,
     },
 }
 
@@ -215,6 +230,19 @@ impl ShiftConfig {
             }
             plan.push(Planned { name: n.name.clone(), spec: n.data.clone(), kind: SetKind::Natural });
         }
+        for (i, attack) in s.attacks.iter().enumerate() {
+            let spec = format!("{}:{}", attack.trim(), s.clean);
+            let bad = |e: Error| Error::Input(format!("shift.attacks[{i}] `{attack}`: {e}"));
+            Dataset::check_spec(&spec).map_err(bad)?;
+            let epsilon = Dataset::attack_of(&spec).map_err(bad)?.ok_or_else(|| {
+                bad(Error::Input("not an attack: expected fgsm:EPS, pgd:EPS:STEPS[:RESTARTS] or apgd:EPS[:ITERATIONS[:RESTARTS]]".into()))
+            })?;
+            plan.push(Planned {
+                name: attack.trim().to_string(),
+                spec,
+                kind: SetKind::Attack { attack: attack.trim().to_string(), epsilon: epsilon.epsilon as f64 },
+            });
+        }
         for (i, [a, b]) in s.pairs.iter().enumerate() {
             let step = |text: &str| -> Result<(Corruption, u8)> {
                 let bad = |why: String| Error::Input(format!("shift.pairs[{i}]: `{text}`: {why}; expected NAME:SEVERITY"));
@@ -250,11 +278,23 @@ impl ShiftConfig {
             }
         }
         if plan.is_empty() {
-            return Err(Error::Input("shift: no shifted sets: give corruptions, natural sets or pairs".into()));
+            return Err(Error::Input("shift: no shifted sets: give corruptions, natural sets, attacks or pairs".into()));
         }
         for (i, h) in s.histograms.iter().enumerate() {
             if !seen.contains(h) {
                 return Err(Error::Input(format!("shift.histograms[{i}]: `{h}` is not one of the shifted sets")));
+            }
+        }
+        if self.pictures && self.models.len() > 1 {
+            let mut folders = BTreeSet::new();
+            for (i, m) in self.models.iter().enumerate() {
+                if !folders.insert(model_slug(&m.path)) {
+                    return Err(Error::Input(format!(
+                        "models[{i}] ({}): its pictures folder `pictures/{}` is another model's too (rename the file)",
+                        m.path.display(),
+                        model_slug(&m.path)
+                    )));
+                }
             }
         }
         if self.pictures {
@@ -422,16 +462,28 @@ pub fn run(engine: &mut Engine, config: &ShiftConfig, options: &EvalOptions) -> 
         })
         .collect::<Result<Vec<_>>>()?;
     let mut models = Vec::with_capacity(prepared.len());
-    for (index, ((prepared, source), entry)) in prepared.into_iter().zip(&config.models).enumerate() {
+    let several = config.models.len() > 1;
+    let mut all_scores = Vec::with_capacity(config.models.len());
+    for ((prepared, source), entry) in prepared.into_iter().zip(&config.models) {
         let model = evaluate_model(engine, prepared, source, &sets, &plan, &entry.path, config, &transform, options)?;
-        if config.pictures && index == 0 {
-            draw_pictures(&options.out.join("pictures"), &model.0, &model.1, config)?;
+        if config.pictures {
+            let dir = if several { options.out.join("pictures").join(model_slug(&entry.path)) } else { options.out.join("pictures") };
+            draw_pictures(&dir, &model.0, &model.1, config)?;
         }
         models.push(model.0);
+        all_scores.push(model.1);
     }
     let report = ShiftReport { preprocessing: transform.describe(), models, seconds: started.elapsed().as_secs_f64() };
+    if config.pictures && several {
+        draw_comparison(&options.out.join("pictures"), &report, &all_scores)?;
+    }
     write_all(&report, &options.out)?;
     Ok(report)
+}
+
+/// A model's folder name under `pictures/`: its file stem.
+fn model_slug(path: &Path) -> String {
+    run::slug(&path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned()))
 }
 
 /// The `results.json` of an `nac eval` run.
@@ -680,6 +732,7 @@ pub fn csv(report: &ShiftReport) -> String {
                 SetKind::Corruption { .. } => "corruption",
                 SetKind::Natural => "natural",
                 SetKind::Pair { .. } => "pair",
+                SetKind::Attack { .. } => "attack",
             };
             let cells = |x: &Shifted| format!("{:.6},{:.6},{:.4},{:.4}", x.mean, x.delta, 100.0 * x.auroc, 100.0 * x.fpr95);
             let _ = writeln!(
@@ -703,6 +756,9 @@ pub fn csv(report: &ShiftReport) -> String {
 pub fn markdown(report: &ShiftReport) -> String {
     let mut out = String::from("# NAC under distribution shift\n\n");
     let _ = writeln!(out, "- preprocessing `{}`; {:.1} s in all", report.preprocessing, report.seconds);
+    if report.models.len() > 1 {
+        out.push_str(&side_by_side(report));
+    }
     for m in &report.models {
         let _ = writeln!(out, "\n## `{}` ({}, fingerprint {})\n", m.path.display(), m.arch, m.fingerprint);
         let params: Vec<String> = m.params.iter().map(|p| format!("`{p}`")).collect();
@@ -767,6 +823,37 @@ pub fn markdown(report: &ShiftReport) -> String {
     out
 }
 
+/// Every model on every set: accuracy, the mean NAC-UE score's change from clean and the
+/// AUROC of clean against the set (×100), one column group per model.
+fn side_by_side(report: &ShiftReport) -> String {
+    let names: Vec<String> = report
+        .models
+        .iter()
+        .map(|m| m.path.file_stem().map_or_else(|| m.path.display().to_string(), |s| s.to_string_lossy().into()))
+        .collect();
+    let mut out = String::from("\n## Models side by side (accuracy, NAC-UE Δ mean and AUROC clean vs set, ×100 but Δ)\n\n| set |");
+    for n in &names {
+        let _ = write!(out, " {n} ACC | {n} NAC Δ | {n} NAC AUROC | {n} MSP AUROC |");
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|---|---|---|".repeat(names.len()));
+    out.push('\n');
+    out.push_str("| clean |");
+    for m in &report.models {
+        let _ = write!(out, " {} | 0 | – | – |", pct(m.clean.accuracy));
+    }
+    out.push('\n');
+    for (i, set) in report.models[0].sets.iter().enumerate() {
+        let _ = write!(out, "| {} |", set.name);
+        for m in &report.models {
+            let s = &m.sets[i];
+            let _ = write!(out, " {} | {:+.4} | {:.2} | {:.2} |", pct(s.accuracy), s.nac.delta, 100.0 * s.nac.auroc, 100.0 * s.msp.auroc);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The sweep as two corruption × severity tables: NAC-UE AUROC and accuracy (×100).
 fn sweep_tables(m: &ModelShift) -> String {
     let severities: BTreeSet<u8> = m
@@ -806,6 +893,57 @@ fn find_sweep<'a>(m: &'a ModelShift, name: &str, severity: u8) -> Option<&'a Shi
 
 // ---------------------------------------------------------------------------------------------
 // pictures
+
+/// Several models compared: NAC-UE AUROC (clean vs set) and accuracy per set as grouped bars,
+/// and for each attack the NAC-UE score histograms of clean and attacked, every model.
+fn draw_comparison(dir: &Path, report: &ShiftReport, scores: &[Vec<SetScores>]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let names: Vec<String> = report.models.iter().map(|m| model_slug(&m.path)).collect();
+    let models: Vec<&str> = names.iter().map(String::as_str).collect();
+    let first = &report.models[0];
+    // One group per set, one bar per model; accuracy only on the sets every model has it for.
+    let auroc_sets: Vec<&str> = first.sets.iter().map(|s| s.name.as_str()).collect();
+    let auroc: Vec<Vec<f64>> = (0..first.sets.len()).map(|i| report.models.iter().map(|m| 100.0 * m.sets[i].nac.auroc).collect()).collect();
+    plots::grouped_bars(
+        &dir.join("models_auroc.png"),
+        "NAC-UE AUROC, clean vs set (x100), per model",
+        "AUROC",
+        &auroc_sets,
+        &models,
+        &auroc,
+    )?;
+    let labelled: Vec<usize> = (0..first.sets.len()).filter(|&i| report.models.iter().all(|m| m.sets[i].accuracy.is_some())).collect();
+    if !labelled.is_empty() {
+        let sets: Vec<&str> = labelled.iter().map(|&i| first.sets[i].name.as_str()).collect();
+        let accuracy: Vec<Vec<f64>> =
+            labelled.iter().map(|&i| report.models.iter().map(|m| 100.0 * m.sets[i].accuracy.unwrap_or_default()).collect()).collect();
+        plots::grouped_bars(
+            &dir.join("models_accuracy.png"),
+            "accuracy on each set (x100), per model",
+            "accuracy",
+            &sets,
+            &models,
+            &accuracy,
+        )?;
+    }
+    for (i, set) in report.models[0].sets.iter().enumerate().filter(|(_, s)| matches!(s.kind, SetKind::Attack { .. })) {
+        let labels: Vec<(String, String)> = names.iter().map(|n| (format!("{n} clean"), format!("{n} {}", set.name))).collect();
+        let series: Vec<plots::Series> = scores
+            .iter()
+            .zip(&labels)
+            .flat_map(|(model, (clean, attacked))| {
+                [plots::Series { label: clean, values: &model[0].nac }, plots::Series { label: attacked, values: &model[i + 1].nac }]
+            })
+            .collect();
+        plots::score_histogram(
+            &dir.join(format!("models_hist_{}.png", run::slug(&set.name))),
+            &format!("NAC-UE: clean vs {} for each model", set.name),
+            "NAC-UE score (higher = more in-distribution)",
+            &series,
+        )?;
+    }
+    Ok(())
+}
 
 /// Heatmaps of the sweep (AUROC, accuracy), NAC against accuracy, Δ mean NAC per set, the pairs'
 /// Δ and order-difference heatmaps, and score histograms of clean against chosen shifts.

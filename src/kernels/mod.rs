@@ -21,6 +21,7 @@ const LINEAR_WGSL: &str = include_str!("../../shaders/linear.wgsl");
 const NAC_WGSL: &str = include_str!("../../shaders/nac.wgsl");
 const PEAK_WGSL: &str = include_str!("../../shaders/peak.wgsl");
 const ATTACK_WGSL: &str = include_str!("../../shaders/attack.wgsl");
+const APGD_WGSL: &str = include_str!("../../shaders/apgd.wgsl");
 const TRANSFORMER_WGSL: &str = include_str!("../../shaders/transformer.wgsl");
 
 /// Every kernel the engine dispatches.
@@ -47,6 +48,10 @@ pub enum Kernel {
     NacPredict,
     PeakFma,
     AttackStep,
+    ApgdTrack,
+    ApgdCommit,
+    ApgdStep,
+    ApgdEmit,
     TokensForward,
     TokensBackward,
     LayerNorm,
@@ -61,7 +66,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 32] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -83,6 +88,10 @@ impl Kernel {
         Kernel::NacPredict,
         Kernel::PeakFma,
         Kernel::AttackStep,
+        Kernel::ApgdTrack,
+        Kernel::ApgdCommit,
+        Kernel::ApgdStep,
+        Kernel::ApgdEmit,
         Kernel::TokensForward,
         Kernel::TokensBackward,
         Kernel::LayerNorm,
@@ -120,6 +129,10 @@ impl Kernel {
             Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
             Kernel::PeakFma => (PEAK_WGSL, "peak_fma", &[]),
             Kernel::AttackStep => (ATTACK_WGSL, "attack_step", &[]),
+            Kernel::ApgdTrack => (APGD_WGSL, "apgd_track", &[]),
+            Kernel::ApgdCommit => (APGD_WGSL, "apgd_commit", &[]),
+            Kernel::ApgdStep => (APGD_WGSL, "apgd_step", &[]),
+            Kernel::ApgdEmit => (APGD_WGSL, "apgd_emit", &[]),
             Kernel::TokensForward => (TRANSFORMER_WGSL, "tokens_forward", &[]),
             Kernel::TokensBackward => (TRANSFORMER_WGSL, "tokens_backward", &[]),
             Kernel::LayerNorm => (TRANSFORMER_WGSL, "layer_norm", &[]),
@@ -158,6 +171,7 @@ impl Kernel {
             Kernel::ConvForward | Kernel::ConvBackwardData => 5,
             Kernel::NacHistogram | Kernel::NacScore | Kernel::NacCoverage | Kernel::NacPairs | Kernel::NacCombine | Kernel::NacPredict => 4,
             k if k.is_transformer() => 4,
+            Kernel::ApgdTrack | Kernel::ApgdCommit | Kernel::ApgdStep | Kernel::ApgdEmit => 4,
             _ => 3,
         }
     }
@@ -174,6 +188,26 @@ pub struct AttackParams {
     pub step: f32,
     pub epsilon: f32,
     pub _pad1: [u32; 2],
+}
+
+/// Parameters of `shaders/apgd.wgsl` (field meanings there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ApgdParams {
+    pub total: u32,
+    pub channels: u32,
+    pub hw: u32,
+    pub per_sample: u32,
+    pub samples: u32,
+    pub classes: u32,
+    pub phase: u32,
+    pub checkpoint: u32,
+    pub first: u32,
+    pub _pad: [u32; 3],
+    pub momentum: f32,
+    pub epsilon: f32,
+    pub threshold: f32,
+    pub initial_step: f32,
 }
 
 /// Conv epilogue flags; see `shaders/conv.wgsl` for the order they apply in.

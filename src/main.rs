@@ -120,13 +120,7 @@ impl SourceArgs {
             (None, Some(spec)) => {
                 let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
                 limits::check("--threads", threads, limits::MAX_THREADS, "MAX_THREADS")?;
-                let dataset = Dataset::open(spec)?;
-                if dataset.adversarial().is_some() {
-                    return Err(Error::Input(format!(
-                        "`{spec}` is an adversarial set: attacks run in `nac eval`, `nac shift` and `nac export --model` (export the examples, then pass them with --input)"
-                    )));
-                }
-                Ok(Source::Stream { dataset, transform: Transform::parse(&self.preprocessing)?, threads })
+                Ok(Source::Stream { dataset: Dataset::open(spec)?, transform: Transform::parse(&self.preprocessing)?, threads })
             }
             _ => Err(Error::Input("give exactly one of --input X.npy and --data SPEC".into())),
         }
@@ -166,9 +160,31 @@ impl Source {
         }
     }
 
+    /// The attack stage of an adversarial `--data` set against `network` (see `Attacker`).
+    fn attacker<'a>(&'a self, engine: &'a Engine, network: &nac::model::Network) -> Option<Attacker<'a>> {
+        match self {
+            Source::Stream { dataset, transform, .. } => Attacker::new(engine, network, dataset, transform),
+            Source::Array { .. } => None,
+        }
+    }
+
+    /// Samples through the network per selected sample: each run of an attack, then the pass.
+    fn runs(&self) -> usize {
+        match self {
+            Source::Stream { dataset, .. } => 1 + dataset.adversarial().map_or(0, |a| a.attack.restarts()),
+            Source::Array { .. } => 1,
+        }
+    }
+
     /// The selected samples as NCHW batches `(position, values, shape)`: the whole array at once
-    /// (the engine chunks it), or the stream `batch` samples at a time from the loader.
-    fn batches<'a>(&'a self, indices: Option<&'a [usize]>, batch: usize) -> SourceBatches<'a> {
+    /// (the engine chunks it), or the stream `batch` samples at a time from the loader, through
+    /// `attacker` for an adversarial set.
+    fn batches<'a, 'e: 'a>(
+        &'a self,
+        indices: Option<&'a [usize]>,
+        batch: usize,
+        attacker: Option<&'a mut Attacker<'e>>,
+    ) -> SourceBatches<'a> {
         match self {
             Source::Array { data, shape, .. } => match indices {
                 None => Box::new(std::iter::once(Ok((0, Cow::Borrowed(data.as_slice()), *shape)))),
@@ -178,9 +194,16 @@ impl Source {
                     Box::new(std::iter::once(Ok((0, Cow::Owned(picked), [chosen.len(), shape[1], shape[2], shape[3]]))))
                 }
             },
-            Source::Stream { dataset, transform, threads } => Box::new(
-                data::batches(dataset, transform, indices, batch, *threads).map(|b| b.map(|b| (b.start, Cow::Owned(b.input), b.shape))),
-            ),
+            Source::Stream { dataset, transform, threads } => {
+                let mut attacker = attacker;
+                Box::new(data::batches(dataset, transform, indices, batch, *threads).map(move |b| {
+                    let mut b = b?;
+                    if let Some(attacker) = attacker.as_deref_mut() {
+                        attacker.attack(&mut b, indices)?;
+                    }
+                    Ok((b.start, Cow::Owned(b.input), b.shape))
+                }))
+            }
         }
     }
 
@@ -602,10 +625,11 @@ fn predict(gpu: Device, model: PathBuf, source: &SourceArgs, out: PathBuf, run: 
     let mut model = engine.load_model(&model, run.arch()?)?;
     let selected = source.select(None, shard)?;
     let samples = selected.as_ref().map_or(source.len(), Vec::len);
-    let progress = progress_bar("predict", samples);
+    let progress = progress_bar("predict", samples * source.runs());
     engine.set_progress(Some(progress.clone()));
+    let mut attacker = source.attacker(&engine, &model.network);
     let mut logits = Vec::new();
-    for batch in source.batches(selected.as_deref(), run.batch) {
+    for batch in source.batches(selected.as_deref(), run.batch, attacker.as_mut()) {
         let (first, input, shape) = batch?;
         let part =
             engine.predict(&mut model, &input, shape).map_err(|e| e.locate_sample(|i| source.locate(selected.as_deref(), first + i)))?;
@@ -718,10 +742,11 @@ fn profile(gpu: Device, job: ProfileJob) -> Result<()> {
     let samples = chosen.as_ref().map_or(source.len(), Vec::len);
     let mut profile = Profile::new(&engine, &model.network, &settings, &source.preprocessing())?;
     profile.set_shard(shard);
-    let bar = progress_bar("profile", samples);
+    let bar = progress_bar("profile", samples * source.runs());
     engine.set_progress(Some(bar.clone()));
+    let mut attacker = source.attacker(&engine, &model.network);
     profile
-        .add_streamed(&engine, &mut model, samples, None, source.batches(chosen.as_deref(), job.run.batch))
+        .add_streamed(&engine, &mut model, samples, None, source.batches(chosen.as_deref(), job.run.batch, attacker.as_mut()))
         .map_err(source.locate_error(chosen.as_deref()))?;
     match &chosen {
         Some(indices) => profile.record_sources(indices.iter().copied()),
@@ -757,9 +782,10 @@ fn score(gpu: Device, job: ScoreJob) -> Result<()> {
     }
     let selected = source.select(None, shard)?;
     let samples = selected.as_ref().map_or(source.len(), Vec::len);
-    let bar = progress_bar("score", samples);
+    let bar = progress_bar("score", samples * source.runs());
     engine.set_progress(Some(bar.clone()));
-    let batches = source.batches(selected.as_deref(), job.run.batch);
+    let mut attacker = source.attacker(&engine, &model.network);
+    let batches = source.batches(selected.as_deref(), job.run.batch, attacker.as_mut());
     let scores = profile.score_streamed(&engine, &mut model, samples, batches).map_err(source.locate_error(selected.as_deref()))?;
     let csv = match shard {
         None => scores.to_csv(),

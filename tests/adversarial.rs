@@ -1,7 +1,7 @@
 //! Adversarial sets (`fgsm:`, `pgd:`, `apgd:` specs): the grammar and its errors, the attack
 //! stage of the pipeline equal to `Engine::attack` on the same samples whatever the batch size
-//! or slice, corruptions after the attack on its 8-bit examples, `nac export --model`, and
-//! `nac shift` with attacks on two models side by side.
+//! or slice, corruptions after the attack on its 8-bit examples, `nac export --model` and
+//! `nac predict --data`, and `nac shift` with attacks on two models side by side.
 
 mod common;
 
@@ -161,14 +161,16 @@ fn export_writes_adversarial_examples_and_refuses_what_it_cannot_attack() {
         (vec!["export", "--data", &spec, "--preprocessing", "fmnist", "--out", common::s(&out)], "give --model"),
         (vec!["export", "--data", &spec, "--model", common::s(&model), "--out", common::s(&out)], "give --preprocessing"),
         (vec!["export", "--data", &demo("[0:5]"), "--model", common::s(&model), "--out", common::s(&out)], "holds no attack"),
-        (
-            vec!["predict", "--model", common::s(&model), "--data", &spec, "--preprocessing", "fmnist", "--out", common::s(&out)],
-            "is an adversarial set",
-        ),
     ] {
         let (ok, output) = common::nac(&args);
         assert!(!ok && output.contains(needle), "{args:?}: {output}");
     }
+    // `nac predict --data` attacks as it streams: the logits of the exported examples.
+    let (direct, exported) = (dir.join("direct.npy"), dir.join("exported.npy"));
+    common::nac_ok(&["predict", "--model", common::s(&model), "--data", &spec, "--preprocessing", "fmnist", "--out", common::s(&direct)]);
+    common::nac_ok(&["predict", "--model", common::s(&model), "--input", common::s(&out), "--out", common::s(&exported)]);
+    let logits = |p: &Path| NpyArray::load(p).unwrap().to_f32(p).unwrap();
+    assert_eq!(logits(&direct), logits(&exported));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

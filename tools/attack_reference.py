@@ -93,6 +93,7 @@ def main():
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--apgd-iterations", type=int, default=100)
     parser.add_argument("--autoattack", help="a checkout of github.com/fra31/auto-attack (for APGD-CE)")
+    parser.add_argument("--attacks", default="fgsm,pgd,apgd", help="which of fgsm, pgd, apgd to compare")
     parser.add_argument("--nac", default="target/release/nac")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -111,55 +112,75 @@ def main():
         for text in args.eps.split(","):
             eps = float(Fraction(text))
             row = {"eps": text}
-            # FGSM, sign for sign, with PyTorch's gradient at the clean images.
-            ours, row["fgsm_nac_seconds"] = export(args.nac, f"fgsm:{text}:{data}", args.model, args.arch, tmp / "fgsm.npy")
-            row["fgsm_max_move"] = check_ball("FGSM", ours, clean, eps)
-            theirs = torchattacks.FGSM(model, eps=eps)(x, labels).numpy()
-            xg = x.clone().requires_grad_(True)
-            torch.nn.functional.cross_entropy(model(xg), labels, reduction="sum").backward()
-            grad = xg.grad.numpy()
-            ours_sign, theirs_sign = np.sign(np.round((ours - clean) * 255 * 64)), np.sign(np.round((theirs - clean) * 255 * 64))
-            differ = ours_sign != theirs_sign
-            largest = np.abs(grad).reshape(len(grad), -1).max(1)[:, None, None, None]
-            near_zero = np.abs(grad) <= 1e-6 * largest
-            row.update(
-                fgsm_elements=int(differ.size),
-                fgsm_signs_differ=int(differ.sum()),
-                fgsm_signs_differ_near_zero_gradient=int((differ & near_zero).sum()),
-                # How small the gradient is where signs differ, relative to the sample's largest.
-                fgsm_differ_largest_relative_gradient=float((np.abs(grad) / largest)[differ].max()) if differ.any() else 0.0,
-                fgsm_accuracy_nac=accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels),
-                fgsm_accuracy_reference=accuracy(model, torch.from_numpy(theirs), labels),
-            )
-            # PGD: robust accuracy of both.
-            steps = args.pgd_steps
-            ours, row["pgd_nac_seconds"] = export(args.nac, f"pgd:{text}:{steps}:{data}", args.model, args.arch, tmp / "pgd.npy")
-            row["pgd_max_move"] = check_ball("PGD", ours, clean, eps)
-            started = time.time()
-            attack = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
-            theirs = torch.cat([attack(x[i: i + 250], labels[i: i + 250]) for i in range(0, len(x), 250)])
-            row["pgd_reference_seconds"] = time.time() - started
-            row["pgd_accuracy_nac"] = accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels)
-            row["pgd_accuracy_reference"] = accuracy(model, theirs, labels)
-            if args.autoattack:
-                sys.path.insert(0, args.autoattack)
-                from autoattack.autopgd_base import APGDAttack
-
-                iterations = args.apgd_iterations
-                spec = f"apgd:{text}:{iterations}:{data}"
-                ours, row["apgd_nac_seconds"] = export(args.nac, spec, args.model, args.arch, tmp / "apgd.npy")
-                row["apgd_max_move"] = check_ball("APGD", ours, clean, eps)
-                started = time.time()
-                apgd = APGDAttack(model, n_iter=iterations, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce", rho=0.75, device="cpu")
-                theirs = torch.cat([apgd.perturb(x[i: i + 250], labels[i: i + 250]) for i in range(0, len(x), 250)])
-                row["apgd_reference_seconds"] = time.time() - started
-                row["apgd_accuracy_nac"] = accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels)
-                row["apgd_accuracy_reference"] = accuracy(model, theirs, labels)
+            attacks = args.attacks.split(",")
+            if "fgsm" in attacks:
+                fgsm(args, model, x, labels, clean, data, text, eps, tmp, row)
+            if "pgd" in attacks:
+                pgd(args, model, x, labels, clean, data, text, eps, tmp, row)
+            if "apgd" in attacks and args.autoattack:
+                apgd(args, model, x, labels, clean, data, text, eps, tmp, row)
             report["radii"].append(row)
             print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "radii"}))
+
+
+def fgsm(args, model, x, labels, clean, data, text, eps, tmp, row):
+    """FGSM, sign for sign, with PyTorch's gradient at the clean images."""
+    import torchattacks
+
+    ours, row["fgsm_nac_seconds"] = export(args.nac, f"fgsm:{text}:{data}", args.model, args.arch, tmp / "fgsm.npy")
+    row["fgsm_max_move"] = check_ball("FGSM", ours, clean, eps)
+    theirs = torchattacks.FGSM(model, eps=eps)(x, labels).numpy()
+    xg = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(xg), labels, reduction="sum").backward()
+    grad = xg.grad.numpy()
+    ours_sign, theirs_sign = np.sign(np.round((ours - clean) * 255 * 64)), np.sign(np.round((theirs - clean) * 255 * 64))
+    differ = ours_sign != theirs_sign
+    largest = np.abs(grad).reshape(len(grad), -1).max(1)[:, None, None, None]
+    near_zero = np.abs(grad) <= 1e-6 * largest
+    row.update(
+        fgsm_elements=int(differ.size),
+        fgsm_signs_differ=int(differ.sum()),
+        fgsm_signs_differ_near_zero_gradient=int((differ & near_zero).sum()),
+        # How small the gradient is where signs differ, relative to the sample's largest.
+        fgsm_differ_largest_relative_gradient=float((np.abs(grad) / largest)[differ].max()) if differ.any() else 0.0,
+        fgsm_accuracy_nac=accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels),
+        fgsm_accuracy_reference=accuracy(model, torch.from_numpy(theirs), labels),
+    )
+
+
+def pgd(args, model, x, labels, clean, data, text, eps, tmp, row):
+    """PGD: robust accuracy of ours and of torchattacks' PGD."""
+    import torchattacks
+
+    steps = args.pgd_steps
+    ours, row["pgd_nac_seconds"] = export(args.nac, f"pgd:{text}:{steps}:{data}", args.model, args.arch, tmp / "pgd.npy")
+    row["pgd_max_move"] = check_ball("PGD", ours, clean, eps)
+    started = time.time()
+    attack = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    theirs = torch.cat([attack(x[i: i + 250], labels[i: i + 250]) for i in range(0, len(x), 250)])
+    row["pgd_reference_seconds"] = time.time() - started
+    row["pgd_accuracy_nac"] = accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels)
+    row["pgd_accuracy_reference"] = accuracy(model, theirs, labels)
+
+
+def apgd(args, model, x, labels, clean, data, text, eps, tmp, row):
+    """APGD-CE: robust accuracy of ours and of AutoAttack's own APGDAttack."""
+    sys.path.insert(0, args.autoattack)
+    from autoattack.autopgd_base import APGDAttack
+
+    iterations = args.apgd_iterations
+    spec = f"apgd:{text}:{iterations}:{data}"
+    ours, row["apgd_nac_seconds"] = export(args.nac, spec, args.model, args.arch, tmp / "apgd.npy")
+    row["apgd_max_move"] = check_ball("APGD", ours, clean, eps)
+    started = time.time()
+    apgd = APGDAttack(model, n_iter=iterations, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce", rho=0.75, device="cpu")
+    theirs = torch.cat([apgd.perturb(x[i: i + 250], labels[i: i + 250]) for i in range(0, len(x), 250)])
+    row["apgd_reference_seconds"] = time.time() - started
+    row["apgd_accuracy_nac"] = accuracy(model, torch.from_numpy(ours.astype(np.float32)), labels)
+    row["apgd_accuracy_reference"] = accuracy(model, theirs, labels)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,18 @@ impl Attack {
     }
 }
 
+/// What every run of an attack on one batch shares: the clean input (normalised NCHW), its
+/// shape, the labels as the pass's label buffer takes them, the pass request, the attack and
+/// its pixel space.
+struct Run<'a> {
+    input: &'a [f32],
+    shape: [usize; 4],
+    label_values: &'a [f32],
+    request: &'a PassRequest<'a>,
+    attack: &'a Attack,
+    pixels: &'a PixelSpace,
+}
+
 /// APGD's checkpoints: for each iteration, the window k when the step size is checked there.
 /// AutoAttack: the first window is ⌊0.22·N⌋, each next one 3 % of N shorter, at least 6 %.
 fn apgd_checkpoints(iterations: usize) -> Vec<Option<usize>> {
@@ -209,13 +221,12 @@ impl Engine {
                     attack.random_start(clean, restart, ids[s]).unwrap_or_else(|| clean.to_vec())
                 })
                 .collect();
+            let run = Run { input, shape, label_values: &label_values, request: &request, attack, pixels };
             let (examples, fooled_now) = match attack.kind {
-                AttackKind::Apgd { iterations, rho, .. } => {
-                    self.apgd_run(model, input, shape, &label_values, &request, attack.epsilon, iterations, rho, &start, pixels)?
-                }
+                AttackKind::Apgd { iterations, rho, .. } => self.apgd_run(model, &run, iterations, rho, &start)?,
                 AttackKind::Fgsm | AttackKind::Pgd { .. } => {
                     let start: Vec<f32> = start.iter().enumerate().map(|(i, &p)| normalise(i, p)).collect();
-                    let examples = self.pgd_run(model, input, shape, &label_values, &request, attack, &start, pixels)?;
+                    let examples = self.pgd_run(model, &run, &start)?;
                     let fooled_now = if restarts > 1 { self.misclassified(model, &examples, shape, labels)? } else { vec![true; batch] };
                     (examples, fooled_now)
                 }
@@ -245,18 +256,8 @@ impl Engine {
     }
 
     /// FGSM or one PGD run from the normalised `start`.
-    #[allow(clippy::too_many_arguments)]
-    fn pgd_run(
-        &self,
-        model: &mut Model,
-        input: &[f32],
-        shape: [usize; 4],
-        label_values: &[f32],
-        request: &PassRequest,
-        attack: &Attack,
-        start: &[f32],
-        pixels: &PixelSpace,
-    ) -> Result<Vec<f32>> {
+    fn pgd_run(&self, model: &mut Model, run: &Run, start: &[f32]) -> Result<Vec<f32>> {
+        let Run { input, shape, label_values, request, attack, pixels } = *run;
         let [batch, channels, h, w] = shape;
         let hw = h * w;
         let (steps, step_size) = match attack.kind {
@@ -318,20 +319,9 @@ impl Engine {
 
     /// One APGD-CE run from the pixel-unit `start`: the examples (normalised) and which samples
     /// it fooled (correct when clean, misclassified at some iterate).
-    #[allow(clippy::too_many_arguments)]
-    fn apgd_run(
-        &self,
-        model: &mut Model,
-        input: &[f32],
-        shape: [usize; 4],
-        label_values: &[f32],
-        request: &PassRequest,
-        epsilon: f32,
-        iterations: usize,
-        rho: f32,
-        start: &[f32],
-        pixels: &PixelSpace,
-    ) -> Result<(Vec<f32>, Vec<bool>)> {
+    fn apgd_run(&self, model: &mut Model, run: &Run, iterations: usize, rho: f32, start: &[f32]) -> Result<(Vec<f32>, Vec<bool>)> {
+        let Run { input, shape, label_values, request, pixels, .. } = *run;
+        let epsilon = run.attack.epsilon;
         const STATE: usize = 12;
         const POINTS: usize = 5;
         const CLEAN_CORRECT: usize = 6;

@@ -209,3 +209,24 @@ fn dm_wide_resnet_inputs_and_activation_are_checked() {
     assert!(SyntheticModel::new("dm-wrn-relu".parse().unwrap(), 3, 1).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A DMWideResNet's per-sample results do not depend on the batch: a batch of three gives
+/// bit for bit what each sample gives alone (logits, a stage's z and g, the input gradient).
+#[test]
+fn dm_wide_resnet_batch_is_per_sample() {
+    let spec: ArchSpec = "dm-wrn-10-1-swish".parse().unwrap();
+    let engine = engine();
+    let mut model = engine.upload(SyntheticModel::new(spec, 5, 31).unwrap().network);
+    let input = nac::model::synthetic::random_inputs(3, 3, 32, 32, 32);
+    let request = nac::PassRequest { layers: &["layer2"], loss: nac::Loss::NAC, input_gradient: true, labels: None };
+    let all = engine.pass(&mut model, &input, [3, 3, 32, 32], &request).unwrap();
+    let per = 3 * 32 * 32;
+    let z = all.layers[0].z.len() / 3;
+    for i in 0..3 {
+        let one = engine.pass(&mut model, &input[i * per..][..per], [1, 3, 32, 32], &request).unwrap();
+        assert_eq!(one.logits, all.logits[i * 5..][..5], "sample {i} logits");
+        assert_eq!(one.layers[0].z, all.layers[0].z[i * z..][..z], "sample {i} z");
+        assert_eq!(one.layers[0].g, all.layers[0].g[i * z..][..z], "sample {i} g");
+        assert_eq!(one.input_grad, all.input_grad[i * per..][..per], "sample {i} input gradient");
+    }
+}

@@ -135,7 +135,14 @@ impl std::str::FromStr for ArchSpec {
             if size.is_empty() {
                 return Ok(ArchSpec::DmWideResNet { depth: 0, width: 0, activation });
             }
-            let ArchSpec::WideResNet { depth, width } = format!("wrn-{size}").parse()? else { unreachable!() };
+            // DEPTH-WIDTH as for `wrn-` (whose errors about them apply), anything else unknown.
+            let numbers = size.split_once('-').is_some_and(|(d, w)| d.parse::<usize>().is_ok() && w.parse::<usize>().is_ok());
+            if !numbers {
+                return Err(bad());
+            }
+            let ArchSpec::WideResNet { depth, width } = format!("wrn-{size}").parse()? else {
+                unreachable!("`wrn-` parses to a WideResNet")
+            };
             return Ok(ArchSpec::DmWideResNet { depth, width, activation });
         }
         if let Some(rest) = lower.strip_prefix("wrn-") {
@@ -253,14 +260,6 @@ pub struct Conv {
     /// with stride 2 (0 before, 1 after).
     pub padding_end: usize,
     pub weight: Vec<f32>,
-}
-
-impl Conv {
-    /// Output length along one axis of input length `n`, `None` when the padded input is
-    /// shorter than the kernel.
-    pub fn out_len(&self, n: usize) -> Option<usize> {
-        (n + self.padding + self.padding_end).checked_sub(self.kernel).map(|r| r / self.stride + 1)
-    }
 }
 
 /// BatchNorm in eval mode (running statistics, eps 1e-5).

@@ -15,9 +15,10 @@ struct Params {
 const FLAG_RELU: u32 = 1u;
 const FLAG_SWISH: u32 = 2u;
 
-// x·sigmoid(x), as RobustBench's `_Swish.forward`.
+// x·sigmoid(x), as RobustBench's `_Swish.forward`. The exponent is capped where sigmoid is
+// below 2e-35 anyway, so no GPU has to produce (or may flush) an infinity.
 fn swish(x: f32) -> f32 {
-    return x * (1.0 / (1.0 + exp(-x)));
+    return x * (1.0 / (1.0 + exp(min(-x, 80.0))));
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

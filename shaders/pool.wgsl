@@ -16,9 +16,10 @@ const FLAG_MASK: u32 = 1u;
 const FLAG_SCALE: u32 = 2u;
 const FLAG_MASK_SWISH: u32 = 4u;
 
-// d swish(u)/du = s·(1 + u·(1 − s)) with s = sigmoid(u), as RobustBench's `_Swish.backward`.
+// d swish(u)/du = s·(1 + u·(1 − s)) with s = sigmoid(u), as RobustBench's `_Swish.backward`
+// (the exponent capped as in `shaders/elementwise.wgsl`'s swish).
 fn swish_grad(u: f32) -> f32 {
-    let s = 1.0 / (1.0 + exp(-u));
+    let s = 1.0 / (1.0 + exp(min(-u, 80.0)));
     return s * (1.0 + u * (1.0 - s));
 }
 

@@ -34,13 +34,15 @@ struct Params {
 
 // Epilogue, applied in this order:
 // v = acc; +channel[n] (BIAS); +residual (RESIDUAL unless RESIDUAL_LAST); max(v,0) (RELU);
-// ·[mask>0] (MASK); ·channel[n] (SCALE); +residual (RESIDUAL with RESIDUAL_LAST).
+// ·[mask>0] (MASK) or ·swish'(mask) (MASK_SWISH: the mask holds a Swish's input);
+// ·channel[n] (SCALE); +residual (RESIDUAL with RESIDUAL_LAST).
 const FLAG_BIAS: u32 = 1u;
 const FLAG_RESIDUAL: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
 const FLAG_MASK: u32 = 8u;
 const FLAG_SCALE: u32 = 16u;
 const FLAG_RESIDUAL_LAST: u32 = 32u;
+const FLAG_MASK_SWISH: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -49,6 +51,13 @@ const FLAG_RESIDUAL_LAST: u32 = 32u;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read> mask: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dst: array<f32>;
+
+// d swish(u)/du = s·(1 + u·(1 − s)) with s = sigmoid(u), as RobustBench's `_Swish.backward`
+// (the exponent capped as in `shaders/elementwise.wgsl`'s swish).
+fn swish_grad(u: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(min(-u, 80.0)));
+    return s * (1.0 + u * (1.0 - s));
+}
 
 // Applies the epilogue to four consecutive columns of row m and stores those in range.
 fn store_row(m: u32, n0: u32, acc: vec4<f32>) {
@@ -73,6 +82,9 @@ fn store_row(m: u32, n0: u32, acc: vec4<f32>) {
         }
         if ((p.flags & FLAG_MASK) != 0u && !(mask[idx] > 0.0)) {
             v = 0.0;
+        }
+        if ((p.flags & FLAG_MASK_SWISH) != 0u) {
+            v *= swish_grad(mask[idx]);
         }
         if ((p.flags & FLAG_SCALE) != 0u) {
             v *= channel[n];

@@ -13,6 +13,13 @@ struct Params {
 }
 
 const FLAG_RELU: u32 = 1u;
+const FLAG_SWISH: u32 = 2u;
+
+// x·sigmoid(x), as RobustBench's `_Swish.forward`. The exponent is capped where sigmoid is
+// below 2e-35 anyway, so no GPU has to produce (or may flush) an infinity.
+fn swish(x: f32) -> f32 {
+    return x * (1.0 / (1.0 + exp(min(-x, 80.0))));
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -56,7 +63,7 @@ fn nhwc_to_nchw(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup
     dst[i] = src[(b * hw + r) * p.channels + c];
 }
 
-// BatchNorm in eval mode as y = x·scale[c] + shift[c], optionally followed by ReLU.
+// BatchNorm in eval mode as y = x·scale[c] + shift[c], optionally followed by ReLU or Swish.
 @compute @workgroup_size(256)
 fn scale_shift(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) groups: vec3<u32>) {
@@ -69,7 +76,21 @@ fn scale_shift(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     if ((p.flags & FLAG_RELU) != 0u) {
         v = max(v, 0.0);
     }
+    if ((p.flags & FLAG_SWISH) != 0u) {
+        v = swish(v);
+    }
     dst[i] = v;
+}
+
+// Swish of a convolution's output (its input is kept for the backward pass).
+@compute @workgroup_size(256)
+fn swish_forward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                 @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_index(lid, wid, groups);
+    if (i >= p.total) {
+        return;
+    }
+    dst[i] = swish(src[i]);
 }
 
 // Gradient through a ReLU whose output was `aux_a`: pass where the output is positive.

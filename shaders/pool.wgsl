@@ -14,6 +14,14 @@ struct Params {
 
 const FLAG_MASK: u32 = 1u;
 const FLAG_SCALE: u32 = 2u;
+const FLAG_MASK_SWISH: u32 = 4u;
+
+// d swish(u)/du = s·(1 + u·(1 − s)) with s = sigmoid(u), as RobustBench's `_Swish.backward`
+// (the exponent capped as in `shaders/elementwise.wgsl`'s swish).
+fn swish_grad(u: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(min(-u, 80.0)));
+    return s * (1.0 + u * (1.0 - s));
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
@@ -75,7 +83,8 @@ fn avg_pool(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id)
     dst[i] = sum / f32(hw);
 }
 
-// One thread per input element: ∂L/∂x[b, y, x, c] = ∂L/∂pooled[b, c] / (H·W) (· mask · scale).
+// One thread per input element: ∂L/∂x[b, y, x, c] = ∂L/∂pooled[b, c] / (H·W) (· mask · scale);
+// MASK_SWISH: aux_a holds a Swish's input, the factor is its derivative there.
 @compute @workgroup_size(256)
 fn avg_pool_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(num_workgroups) groups: vec3<u32>) {
@@ -89,6 +98,9 @@ fn avg_pool_backward(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(work
     var v = src[b * p.channels + c] / f32(hw);
     if ((p.flags & FLAG_MASK) != 0u && !(aux_a[i] > 0.0)) {
         v = 0.0;
+    }
+    if ((p.flags & FLAG_MASK_SWISH) != 0u) {
+        v *= swish_grad(aux_a[i]);
     }
     if ((p.flags & FLAG_SCALE) != 0u) {
         v *= aux_b[c];

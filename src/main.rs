@@ -217,7 +217,8 @@ impl Source {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Architecture, when detection from tensor names is not wanted
-    /// (resnet18_32x32, resnet18/34/50/101/152, wrn-DEPTH-WIDTH).
+    /// (resnet18_32x32, resnet18/34/50/101/152, wrn-DEPTH-WIDTH, dm-wrn-relu or dm-wrn-swish for
+    /// RobustBench's DMWideResNet, vit-hHEADS).
     #[arg(long)]
     arch: Option<String>,
     /// Samples per GPU submission (larger inputs are chunked).

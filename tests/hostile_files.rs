@@ -622,3 +622,54 @@ fn vit_old_mlp_names_load_alike() {
     let Body::VisionTransformer { blocks, .. } = &old.body else { panic!("not a ViT") };
     assert_eq!(blocks[1].mlp_names[1], "encoder.layers.encoder_layer_1.mlp.linear_2");
 }
+
+/// A DMWideResNet-10-1 (Swish) in RobustBench's naming with its `activation` metadata, after
+/// `edit`; the load error.
+fn dm_err(edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) -> String {
+    use nac::model::arch::Activation;
+    let mut tensors =
+        SyntheticModel::new(ArchSpec::DmWideResNet { depth: 10, width: 1, activation: Activation::Swish }, 10, 7).unwrap().tensors;
+    edit(&mut tensors);
+    let metadata = Some([("activation".to_string(), "swish".to_string())].into());
+    checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, metadata).unwrap())
+}
+
+/// Every missing, misshapen or extra tensor of a DMWideResNet is named, as is a file without
+/// its activation.
+#[test]
+fn dm_wide_resnet_culprit_tensors_are_named() {
+    let remove = |name: &'static str| move |t: &mut Vec<(String, Vec<usize>, Vec<f32>)>| t.retain(|x| x.0 != name);
+    let reshape = |name: &'static str, shape: Vec<usize>| {
+        move |t: &mut Vec<(String, Vec<usize>, Vec<f32>)>| {
+            let x = t.iter_mut().find(|x| x.0 == name).unwrap();
+            x.2.resize(shape.iter().product(), 0.5);
+            x.1 = shape;
+        }
+    };
+    assert_contains(
+        &dm_err(remove("layer.1.block.0.shortcut.weight")),
+        &["missing tensor `layer.1.block.0.shortcut.weight`", "[32, 16, 1, 1]"],
+    );
+    assert_contains(&dm_err(remove("logits.bias")), &["missing tensor `logits.bias`"]);
+    assert_contains(&dm_err(remove("batchnorm.running_var")), &["missing tensor `batchnorm.running_var`"]);
+    assert_contains(&dm_err(remove("layer.0.block.0.conv_0.weight")), &["DMWideResNet", "missing tensor `layer.0.block.0.conv_0.weight`"]);
+    assert_contains(
+        &dm_err(reshape("layer.2.block.0.batchnorm_1.running_var", vec![63])),
+        &["tensor `layer.2.block.0.batchnorm_1.running_var`", "expected shape [64], found [63]"],
+    );
+    assert_contains(
+        &dm_err(reshape("layer.0.block.0.conv_0.weight", vec![17, 16, 3, 3])),
+        &["tensor `layer.0.block.0.conv_0.weight`", "[17, 16, 3, 3]"],
+    );
+    assert_contains(
+        &dm_err(reshape("init_conv.weight", vec![16, 1, 3, 3])),
+        &["tensor `init_conv.weight`", "expected shape [16, 3, 3, 3]"],
+    );
+    assert_contains(
+        &dm_err(|t| t.push(("layer.0.block.0.conv_2.weight".into(), vec![1], vec![0.0]))),
+        &["unexpected tensor `layer.0.block.0.conv_2.weight`", "dm-wrn-10-1-swish"],
+    );
+    let tensors = SyntheticModel::new("dm-wrn-10-1-relu".parse().unwrap(), 10, 7).unwrap().tensors;
+    let e = checkpoint_err(&serialize_tensors(&tensors, StorageDtype::F32, None).unwrap());
+    assert_contains(&e, &["activation is not in the tensors", "--arch dm-wrn-swish", "`activation`"]);
+}

@@ -27,6 +27,7 @@ fn input_gradient_matches_the_reference() {
         (ArchSpec::TorchResNet { depth: 18 }, [3, 3, 37, 29]),
         (ArchSpec::ResNet18_32x32, [2, 3, 13, 11]),
         (ArchSpec::WideResNet { depth: 10, width: 2 }, [3, 3, 9, 12]),
+        (ArchSpec::DmWideResNet { depth: 10, width: 1, activation: nac::model::arch::Activation::Swish }, [2, 3, 32, 32]),
         (ArchSpec::VisionTransformer(VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 20 }), [2, 3, 12, 12]),
     ];
     for (case, (spec, shape)) in cases.into_iter().enumerate() {

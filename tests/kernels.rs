@@ -9,7 +9,7 @@ use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
     conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
-    PoolParams, TransformerParams, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
+    PoolParams, TransformerParams, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
 };
 use nac::model::arch::{Conv, LayerNorm, Linear, LN_EPS};
 use nac::reference;
@@ -67,7 +67,7 @@ impl Setup {
 
     fn random_conv(&mut self, cin: usize, cout: usize, k: usize, stride: usize, pad: usize) -> Conv {
         let weight = random_vec(&mut self.rng, cout * cin * k * k, (2.0 / (cin * k * k) as f32).sqrt());
-        Conv { name: "test".into(), out_channels: cout, in_channels: cin, kernel: k, stride, padding: pad, weight }
+        Conv { name: "test".into(), out_channels: cout, in_channels: cin, kernel: k, stride, padding: pad, padding_end: pad, weight }
     }
 }
 
@@ -219,6 +219,135 @@ fn conv_backward_data_with_every_epilogue() {
             let reads = [Some(&dy_nhwc[..]), Some(&packed[..]), Some(&scale[..]), Some(&residual[..]), Some(&mask[..])];
             check_variants(&s, true, &p, &reads, &want, &format!("conv backward case {case} flags {flags}"));
         }
+    }
+}
+
+fn swish(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+fn swish_grad(x: f64) -> f64 {
+    let s = 1.0 / (1.0 + (-x).exp());
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// TF-style SAME padding (a DMWideResNet's `conv_0`: 0 before, 1 after the image, so the
+/// kernels' `pad` is 0 and only the output size sees the padding after), forward with bias and
+/// data gradient with the Swish-derivative mask, scale and residual, on every variant; odd and
+/// even sides, stride 2 and 3, 1×1 kernels.
+#[test]
+fn asymmetric_padding_conv_with_swish_epilogue() {
+    let mut s = setup(16);
+    let cases: &[ConvCase] = &[
+        (2, 3, 7, 8, 5, 3, 2, 0),
+        (1, 17, 9, 9, 33, 3, 2, 0),
+        (3, 5, 2, 3, 66, 3, 2, 0),
+        (2, 6, 10, 7, 4, 3, 3, 0),
+        (2, 4, 5, 6, 7, 1, 2, 0),
+    ];
+    for (case, &(b, cin, h, w, cout, k, stride, _)) in cases.iter().enumerate() {
+        let mut conv = s.random_conv(cin, cout, k, stride, 0);
+        conv.padding_end = 1;
+        let x = to_f64(&random_vec(&mut s.rng, b * cin * h * w, 1.0));
+        let (y, yshape) = reference::conv2d(&x, [b, cin, h, w], &conv);
+        let [_, _, oh, ow] = yshape;
+        assert_eq!((oh, ow), ((h + 1 - k) / stride + 1, (w + 1 - k) / stride + 1));
+        let with_out = |mut p: ConvParams, backward: bool| {
+            (p.out_h, p.out_w) = (oh as u32, ow as u32);
+            if !backward {
+                p.m_total = (b * oh * ow) as u32;
+            }
+            p
+        };
+        let bias = random_vec(&mut s.rng, cout, 0.5);
+        let want: Vec<f64> = nchw_to_nhwc(&y, yshape).iter().enumerate().map(|(i, v)| v + bias[i % cout] as f64).collect();
+        let p = with_out(conv_params(b, cin, h, w, cout, k, stride, 0, conv_flags::BIAS, false), false);
+        let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
+        let packed = pack_forward(&conv, &vec![1.0; cout]);
+        check_variants(
+            &s,
+            false,
+            &p,
+            &[Some(&xin[..]), Some(&packed[..]), Some(&bias[..]), None, None],
+            &want,
+            &format!("SAME conv forward case {case}"),
+        );
+
+        let dy = to_f64(&random_vec(&mut s.rng, b * cout * oh * ow, 1.0));
+        let dx = nchw_to_nhwc(&reference::conv2d_backward_data(&dy, yshape, &conv, (h, w)), [b, cin, h, w]);
+        let scale = random_vec(&mut s.rng, cin, 1.0);
+        let residual = random_vec(&mut s.rng, dx.len(), 0.5);
+        // Swish inputs well into both tails.
+        let pre = random_vec(&mut s.rng, dx.len(), 6.0);
+        let packed = pack_backward(&conv, &vec![1.0; cout]);
+        let dy_nhwc = to_f32(&nchw_to_nhwc(&dy, yshape));
+        for last in [false, true] {
+            let flags =
+                conv_flags::MASK_SWISH | conv_flags::SCALE | conv_flags::RESIDUAL | if last { conv_flags::RESIDUAL_LAST } else { 0 };
+            let want: Vec<f64> = (0..dx.len())
+                .map(|i| {
+                    let r = residual[i] as f64;
+                    let t = if last { dx[i] } else { dx[i] + r };
+                    let t = t * swish_grad(pre[i] as f64) * scale[i % cin] as f64;
+                    if last {
+                        t + r
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            let p = with_out(conv_params(b, cin, h, w, cout, k, stride, 0, flags, true), true);
+            let reads = [Some(&dy_nhwc[..]), Some(&packed[..]), Some(&scale[..]), Some(&residual[..]), Some(&pre[..])];
+            check_variants(&s, true, &p, &reads, &want, &format!("SAME conv backward case {case} residual last {last}"));
+        }
+    }
+}
+
+/// Swish after a scale-shift and alone, and the Swish-derivative mask of the average pool's
+/// backward, against f64; inputs into both tails (where sigmoid saturates).
+#[test]
+fn swish_kernels() {
+    let mut s = setup(17);
+    for &shape in &[[1, 3, 7, 9], [2, 65, 1, 1], [5, 7, 11, 6], [2, 257, 3, 5]] {
+        let [b, c, h, w] = shape;
+        let n = b * c * h * w;
+        let mut x = random_vec(&mut s.rng, n, 4.0);
+        x[0] = -90.0;
+        x[n - 1] = 90.0;
+        let scale = random_vec(&mut s.rng, c, 1.0);
+        let shift = random_vec(&mut s.rng, c, 0.5);
+        let params = ElementwiseParams {
+            total: n as u32,
+            batch: b as u32,
+            channels: c as u32,
+            height: h as u32,
+            width: w as u32,
+            flags: 0,
+            _pad: [0; 2],
+        };
+        let want: Vec<f64> = x.iter().enumerate().map(|(i, &v)| swish(v as f64 * scale[i % c] as f64 + shift[i % c] as f64)).collect();
+        let p = ElementwiseParams { flags: ELEMENTWISE_SWISH, ..params };
+        let got = s.run(Kernel::ScaleShift, bytemuck::bytes_of(&p), s.flat(n), &[Some(&x), Some(&scale), Some(&shift)], n);
+        assert_close(&format!("scale_shift swish {shape:?}"), &got, &want, KERNEL_TOL);
+        let want: Vec<f64> = x.iter().map(|&v| swish(v as f64)).collect();
+        let got = s.run(Kernel::Swish, bytemuck::bytes_of(&params), s.flat(n), &[Some(&x), None, None], n);
+        assert_close(&format!("swish {shape:?}"), &got, &want, KERNEL_TOL);
+
+        let dfeat = random_vec(&mut s.rng, b * c, 1.0);
+        let broadcast = nchw_to_nhwc(&reference::global_avg_pool_backward(&to_f64(&dfeat), shape), shape);
+        let want: Vec<f64> = broadcast.iter().enumerate().map(|(i, &v)| v * swish_grad(x[i] as f64) * scale[i % c] as f64).collect();
+        let p = PoolParams {
+            batch: b as u32,
+            in_h: h as u32,
+            in_w: w as u32,
+            channels: c as u32,
+            out_h: h as u32,
+            out_w: w as u32,
+            total: n as u32,
+            flags: pool_flags::MASK_SWISH | pool_flags::SCALE,
+        };
+        let got = s.run(Kernel::AvgPoolBackward, bytemuck::bytes_of(&p), s.flat(n), &[Some(&dfeat), Some(&x), Some(&scale)], n);
+        assert_close(&format!("avg_pool_backward swish {shape:?}"), &got, &want, KERNEL_TOL);
     }
 }
 

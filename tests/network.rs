@@ -159,3 +159,74 @@ fn vision_transformer_inputs_and_heads_are_checked() {
     assert!("vit-h0".parse::<ArchSpec>().is_err() && "vit-i8-h2".parse::<ArchSpec>().is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// RobustBench's DMWideResNet, both activations: depth 10 width 2 (every block has a
+/// shortcut) with Swish, depth 16 width 1 (no shortcut in the first stage, and in the second
+/// block of every stage) with ReLU; stride-2 blocks with TF-style SAME padding.
+#[test]
+fn dm_wide_resnets_match_reference() {
+    use nac::model::arch::Activation;
+    check_network(ArchSpec::DmWideResNet { depth: 10, width: 2, activation: Activation::Swish }, 10, [2, 3, 32, 32], 21, None);
+    check_network(ArchSpec::DmWideResNet { depth: 16, width: 1, activation: Activation::Relu }, 7, [2, 3, 32, 32], 22, None);
+}
+
+/// A DMWideResNet takes 32×32 only (its pooling and shortcuts, see the message); its
+/// activation comes from `--arch dm-wrn-ACT` or the `activation` metadata, and a file that has
+/// neither is refused with both named.
+#[test]
+fn dm_wide_resnet_inputs_and_activation_are_checked() {
+    use nac::model::arch::Activation;
+    let spec = ArchSpec::DmWideResNet { depth: 10, width: 1, activation: Activation::Swish };
+    let synthetic = SyntheticModel::new(spec, 4, 3).unwrap();
+    let engine = engine();
+    let mut model = engine.upload(synthetic.network.clone());
+    let input = vec![0.5f32; 3 * 34 * 34];
+    let e = engine.forward_backward(&mut model, &input, [1, 3, 34, 34], &[]).unwrap_err().to_string();
+    assert!(e.contains("[1, 3, 34, 34]") && e.contains("dm-wrn-10-1-swish takes 32×32 images only"), "{e}");
+
+    let dir = common::temp_dir("dm-activation");
+    let bare = dir.join("bare.safetensors");
+    std::fs::write(&bare, nac::model::weights::serialize_tensors(&synthetic.tensors, StorageDtype::F32, None).unwrap()).unwrap();
+    let e = nac::model::load(&bare, None).unwrap_err().to_string();
+    assert!(e.contains("bare.safetensors") && e.contains("--arch dm-wrn-swish") && e.contains("`activation`"), "{e}");
+    for (arch, activation) in [("dm-wrn-swish", Activation::Swish), ("DM-WRN-10-1-relu", Activation::Relu)] {
+        let net = nac::model::load(&bare, Some(arch.parse().unwrap())).unwrap();
+        assert_eq!(net.spec, ArchSpec::DmWideResNet { depth: 10, width: 1, activation }, "{arch}");
+    }
+    let tagged = dir.join("tagged.safetensors");
+    synthetic.save(&tagged, StorageDtype::F32).unwrap();
+    assert_eq!(nac::model::load(&tagged, None).unwrap().spec, spec);
+    let odd = dir.join("odd.safetensors");
+    let metadata = Some([("activation".to_string(), "gelu".to_string())].into());
+    std::fs::write(&odd, nac::model::weights::serialize_tensors(&synthetic.tensors, StorageDtype::F32, metadata).unwrap()).unwrap();
+    let e = nac::model::load(&odd, None).unwrap_err().to_string();
+    assert!(e.contains("metadata `activation` is `gelu`"), "{e}");
+    let e = nac::model::load(&bare, Some("dm-wrn-16-1-relu".parse().unwrap())).unwrap_err().to_string();
+    assert!(e.contains("missing tensor `layer.0.block.1.conv_0.weight`"), "{e}");
+    for bad in ["dm-wrn-gelu", "dm-wrn-11-1-relu", "dm-wrn-10-relu", "dm-wrn-"] {
+        assert!(bad.parse::<ArchSpec>().is_err(), "{bad}");
+    }
+    assert!(SyntheticModel::new("dm-wrn-relu".parse().unwrap(), 3, 1).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A DMWideResNet's per-sample results do not depend on the batch: a batch of three gives
+/// bit for bit what each sample gives alone (logits, a stage's z and g, the input gradient).
+#[test]
+fn dm_wide_resnet_batch_is_per_sample() {
+    let spec: ArchSpec = "dm-wrn-10-1-swish".parse().unwrap();
+    let engine = engine();
+    let mut model = engine.upload(SyntheticModel::new(spec, 5, 31).unwrap().network);
+    let input = nac::model::synthetic::random_inputs(3, 3, 32, 32, 32);
+    let request = nac::PassRequest { layers: &["layer2"], loss: nac::Loss::NAC, input_gradient: true, labels: None };
+    let all = engine.pass(&mut model, &input, [3, 3, 32, 32], &request).unwrap();
+    let per = 3 * 32 * 32;
+    let z = all.layers[0].z.len() / 3;
+    for i in 0..3 {
+        let one = engine.pass(&mut model, &input[i * per..][..per], [1, 3, 32, 32], &request).unwrap();
+        assert_eq!(one.logits, all.logits[i * 5..][..5], "sample {i} logits");
+        assert_eq!(one.layers[0].z, all.layers[0].z[i * z..][..z], "sample {i} z");
+        assert_eq!(one.layers[0].g, all.layers[0].g[i * z..][..z], "sample {i} g");
+        assert_eq!(one.input_grad, all.input_grad[i * per..][..per], "sample {i} input gradient");
+    }
+}

@@ -4,9 +4,9 @@
 
 use crate::kernels::{
     conv_flags, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, LinearParams, PoolParams, TransformerParams,
-    ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, TRANSFORMER_RESIDUAL,
+    ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
 };
-use crate::model::arch::{VitSpec, LN_EPS};
+use crate::model::arch::{Activation, VitSpec, LN_EPS};
 
 use super::{Loss, Target};
 
@@ -217,14 +217,15 @@ impl Graph {
     }
 
     /// Data gradient of a conv: from `dy` (shape of the conv output) to the conv input of
-    /// shape `input`, with the epilogue of `flags` (mask, scale, residual).
+    /// shape `input`, with the epilogue of `flags` (mask, scale, residual). The mask is a
+    /// ReLU's output, or a Swish's input.
     fn conv_backward(
         &mut self,
         conv: &GpuConv,
         dy: TensorId,
         input: TensorShape,
         residual: Option<(TensorId, bool)>,
-        mask: Option<TensorId>,
+        mask: Option<(TensorId, Activation)>,
         scale: Option<&wgpu::Buffer>,
     ) -> TensorId {
         let g = conv.geometry;
@@ -233,8 +234,10 @@ impl Graph {
         if let Some((_, last)) = residual {
             flags |= conv_flags::RESIDUAL | if last { conv_flags::RESIDUAL_LAST } else { 0 };
         }
-        if mask.is_some() {
-            flags |= conv_flags::MASK;
+        match mask {
+            Some((_, Activation::Relu)) => flags |= conv_flags::MASK,
+            Some((_, Activation::Swish)) => flags |= conv_flags::MASK_SWISH,
+            None => {}
         }
         if scale.is_some() {
             flags |= conv_flags::SCALE;
@@ -260,7 +263,7 @@ impl Graph {
             Input::Weight(weights),
             scale.cloned().map(Input::Weight).unwrap_or(Input::Unused),
             Self::tensor_or_unused(residual.map(|r| r.0)),
-            Self::tensor_or_unused(mask),
+            Self::tensor_or_unused(mask.map(|m| m.0)),
         ];
         self.push(Kernel::ConvBackwardData, ParamTemplate::Conv { p, backward: true }, reads, input)
     }
@@ -270,10 +273,20 @@ impl Graph {
         self.push(kernel, ParamTemplate::Elementwise { p, per_sample: shape.elements() as u32 }, reads, shape)
     }
 
-    fn scale_shift(&mut self, x: TensorId, bn: &GpuScaleShift, relu: bool) -> TensorId {
+    fn scale_shift(&mut self, x: TensorId, bn: &GpuScaleShift, act: Option<Activation>) -> TensorId {
         let shape = self.tensors[x];
         let reads = vec![Input::Tensor(x), Input::Weight(bn.scale.clone()), Input::Weight(bn.shift.clone())];
-        self.elementwise(Kernel::ScaleShift, reads, shape, if relu { ELEMENTWISE_RELU } else { 0 })
+        let flags = match act {
+            Some(Activation::Relu) => ELEMENTWISE_RELU,
+            Some(Activation::Swish) => ELEMENTWISE_SWISH,
+            None => 0,
+        };
+        self.elementwise(Kernel::ScaleShift, reads, shape, flags)
+    }
+
+    fn swish(&mut self, x: TensorId) -> TensorId {
+        let shape = self.tensors[x];
+        self.elementwise(Kernel::Swish, vec![Input::Tensor(x), Input::Unused, Input::Unused], shape, 0)
     }
 
     fn relu_mask(&mut self, g: TensorId, z: TensorId) -> TensorId {
@@ -321,16 +334,29 @@ impl Graph {
         self.pool(Kernel::AvgPool, vec![Input::Tensor(x), Input::Unused, Input::Unused], s, out, 0, s.c)
     }
 
-    /// ∂L/∂x for x pooled into `dfeat`, optionally through `relu(scale·x + shift)`.
-    fn avg_pool_backward(&mut self, dfeat: TensorId, x: TensorShape, mask: Option<TensorId>, scale: Option<&wgpu::Buffer>) -> TensorId {
+    /// ∂L/∂x for x pooled into `dfeat`, optionally through `act(scale·x + shift)` (the mask as
+    /// in [`Graph::conv_backward`]).
+    fn avg_pool_backward(
+        &mut self,
+        dfeat: TensorId,
+        x: TensorShape,
+        mask: Option<(TensorId, Activation)>,
+        scale: Option<&wgpu::Buffer>,
+    ) -> TensorId {
         let mut flags = 0;
-        if mask.is_some() {
-            flags |= pool_flags::MASK;
+        match mask {
+            Some((_, Activation::Relu)) => flags |= pool_flags::MASK,
+            Some((_, Activation::Swish)) => flags |= pool_flags::MASK_SWISH,
+            None => {}
         }
         if scale.is_some() {
             flags |= pool_flags::SCALE;
         }
-        let reads = vec![Input::Tensor(dfeat), Self::tensor_or_unused(mask), scale.cloned().map(Input::Weight).unwrap_or(Input::Unused)];
+        let reads = vec![
+            Input::Tensor(dfeat),
+            Self::tensor_or_unused(mask.map(|m| m.0)),
+            scale.cloned().map(Input::Weight).unwrap_or(Input::Unused),
+        ];
         self.pool(Kernel::AvgPoolBackward, reads, x, x, flags, x.elements())
     }
 
@@ -571,7 +597,7 @@ impl Graph {
                                 let mut d = d_pre;
                                 for i in (1..block.convs.len()).rev() {
                                     let act = inner[i - 1];
-                                    d = g.conv_backward(&block.convs[i], d, g.tensors[act], None, Some(act), None);
+                                    d = g.conv_backward(&block.convs[i], d, g.tensors[act], None, Some((act, Activation::Relu)), None);
                                 }
                                 let shortcut_grad = match &block.projection {
                                     Some(p) => g.conv_backward(p, d_pre, g.tensors[*input], None, None, None),
@@ -596,10 +622,15 @@ impl Graph {
                 }
                 g.finish_layers(layer_names, wanted, &stage_out, feat, &grads);
             }
-            GpuBody::WideResNet { stem, stages, final_bn } => {
+            GpuBody::WideResNet { stem, stages, final_bn, activation } => {
+                let act = *activation;
                 g.stage = "stem".into();
                 let mut x = g.conv(stem, nhwc, None, false);
-                // Per block: pre-activation a = relu(bn1(x)), inner h, input shape.
+                // What the backward pass reads as masks: a ReLU's output, or a Swish's input
+                // (u = bn1(x) and conv1's output before its activation).
+                let swish = act == Activation::Swish;
+                // Per block: pre-activation a = act(bn1(x)) and its mask, inner h and its mask,
+                // input shape.
                 let mut saved: Vec<Vec<(TensorId, TensorId, TensorShape)>> = Vec::new();
                 let mut stage_out = Vec::new();
                 for (s, stage) in stages.iter().enumerate() {
@@ -607,20 +638,28 @@ impl Graph {
                     let mut blocks = Vec::new();
                     for block in stage {
                         let input_shape = g.tensors[x];
-                        let a = g.scale_shift(x, &block.bn1, true);
-                        let h = g.conv(&block.conv1, a, None, true);
+                        let a = g.scale_shift(x, &block.bn1, Some(act));
+                        // The same fma as `a`'s, so the mask sees exactly a's input.
+                        let a_mask = if swish && backward && s >= first_stage { g.scale_shift(x, &block.bn1, None) } else { a };
+                        let (h, h_mask) = if swish {
+                            let u = g.conv(&block.conv1, a, None, false);
+                            (g.swish(u), u)
+                        } else {
+                            let h = g.conv(&block.conv1, a, None, true);
+                            (h, h)
+                        };
                         let shortcut = match &block.shortcut {
                             Some(sc) => g.conv(sc, a, None, false),
                             None => x,
                         };
                         x = g.conv(&block.conv2, h, Some(shortcut), false);
-                        blocks.push((a, h, input_shape));
+                        blocks.push((a_mask, h_mask, input_shape));
                     }
                     saved.push(blocks);
                     stage_out.push(x);
                 }
                 g.stage = "head".into();
-                let f = g.scale_shift(x, final_bn, true);
+                let f = g.scale_shift(x, final_bn, Some(act));
                 let feat = g.avg_pool(f);
                 g.logits = g.linear_call(Kernel::LinearForward, feat, head, head.classes, head.classes);
                 let mut grads: Vec<Option<TensorId>> = vec![None; layer_names.len()];
@@ -630,12 +669,13 @@ impl Graph {
                     let last = stages.len() - 1;
                     if first_stage <= stages.len() {
                         let last_shape = g.tensors[stage_out[last]];
-                        let mut grad = g.avg_pool_backward(dfeat, last_shape, Some(f), Some(&final_bn.scale));
+                        let f_mask = if swish { g.scale_shift(stage_out[last], final_bn, None) } else { f };
+                        let mut grad = g.avg_pool_backward(dfeat, last_shape, Some((f_mask, act)), Some(&final_bn.scale));
                         grads[last] = Some(grad);
                         for s in (first_stage..stages.len()).rev() {
                             g.stage = format!("{} backward", layer_names[s]);
                             for (block, (a, h, input_shape)) in stages[s].iter().zip(&saved[s]).rev() {
-                                let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some(*h), None);
+                                let dh = g.conv_backward(&block.conv2, grad, g.tensors[*h], None, Some((*h, act)), None);
                                 grad = match &block.shortcut {
                                     Some(sc) => {
                                         let sc_grad = g.conv_backward(sc, grad, *input_shape, None, None, None);
@@ -644,7 +684,7 @@ impl Graph {
                                             dh,
                                             *input_shape,
                                             Some((sc_grad, false)),
-                                            Some(*a),
+                                            Some((*a, act)),
                                             Some(&block.bn1.scale),
                                         )
                                     }
@@ -653,7 +693,7 @@ impl Graph {
                                         dh,
                                         *input_shape,
                                         Some((grad, true)),
-                                        Some(*a),
+                                        Some((*a, act)),
                                         Some(&block.bn1.scale),
                                     ),
                                 };

@@ -332,13 +332,8 @@ impl Engine {
                 net.spec
             )));
         }
-        if let Some(side) = net.fixed_image_size() {
-            if (h, w) != (side, side) {
-                return Err(Error::Input(format!(
-                    "input shape {shape:?}: {} takes {side}×{side} images only (its position embedding has one entry per patch of that size); resize or crop the input",
-                    net.spec
-                )));
-            }
+        if let Some(problem) = net.input_size_problem(h, w) {
+            return Err(Error::Input(format!("input shape {shape:?}: {} {problem}; resize or crop the input", net.spec)));
         }
         if input.len() != batch * channels * h * w {
             return Err(Error::Input(format!("input has {} values, but shape {shape:?} needs {}", input.len(), batch * channels * h * w)));

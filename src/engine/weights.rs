@@ -2,7 +2,7 @@
 //! that is exact, conv weights re-packed once for the forward and the data-gradient GEMMs.
 
 use crate::gpu::Gpu;
-use crate::model::arch::{BatchNorm, Body, Conv, LayerNorm, Linear, Network, VitSpec};
+use crate::model::arch::{Activation, BatchNorm, Body, Conv, LayerNorm, Linear, Network, VitSpec};
 
 /// Shape of a convolution, as the kernels see it.
 #[derive(Clone, Copy, Debug)]
@@ -11,12 +11,17 @@ pub struct ConvGeometry {
     pub out_c: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// Zero padding before the image (top, left): the kernels' `pad`.
     pub pad: usize,
+    /// Zero padding after it (bottom, right): only the output size sees it, since the kernels
+    /// read zeros wherever a tap falls outside the image.
+    pub pad_end: usize,
 }
 
 impl ConvGeometry {
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        ((h + 2 * self.pad - self.kernel) / self.stride + 1, (w + 2 * self.pad - self.kernel) / self.stride + 1)
+        let len = |n: usize| (n + self.pad + self.pad_end - self.kernel) / self.stride + 1;
+        (len(h), len(w))
     }
 }
 
@@ -42,7 +47,7 @@ pub struct GpuResBlock {
 
 pub struct GpuWrnBlock {
     pub bn1: GpuScaleShift,
-    /// conv1 with bn2 folded in (its ReLU follows).
+    /// conv1 with bn2 folded in (its activation follows).
     pub conv1: GpuConv,
     pub conv2: GpuConv,
     pub shortcut: Option<GpuConv>,
@@ -74,6 +79,7 @@ pub enum GpuBody {
         stem: GpuConv,
         stages: Vec<Vec<GpuWrnBlock>>,
         final_bn: GpuScaleShift,
+        activation: Activation,
     },
     VisionTransformer {
         spec: VitSpec,
@@ -142,6 +148,7 @@ fn upload_linear(gpu: &Gpu, name: &str, linear: &Linear) -> GpuConv {
         kernel: 1,
         stride: 1,
         padding: 0,
+        padding_end: 0,
         weight: linear.weight.clone(),
     };
     upload_packed(gpu, &conv, &vec![1.0; linear.out_features], Some(&linear.bias), true)
@@ -162,6 +169,7 @@ fn upload_packed(gpu: &Gpu, conv: &Conv, scale: &[f64], bias: Option<&[f32]>, wi
             kernel: conv.kernel,
             stride: conv.stride,
             pad: conv.padding,
+            pad_end: conv.padding_end,
         },
         forward: gpu.upload_f32(&format!("{}.forward", conv.name), &pack_forward(conv, scale)),
         backward: with_backward.then(|| gpu.upload_f32(&format!("{}.backward", conv.name), &pack_backward(conv, scale))),
@@ -199,7 +207,7 @@ impl GpuWeights {
                     .collect();
                 GpuBody::ResNet { stem, max_pool: *max_pool, stages }
             }
-            Body::WideResNet { stem, stages, final_bn } => {
+            Body::WideResNet { stem, stages, final_bn, activation } => {
                 let stem = upload_conv(gpu, stem, None, true);
                 let stages = stages
                     .iter()
@@ -215,7 +223,7 @@ impl GpuWeights {
                             .collect()
                     })
                     .collect();
-                GpuBody::WideResNet { stem, stages, final_bn: upload_scale_shift(gpu, final_bn) }
+                GpuBody::WideResNet { stem, stages, final_bn: upload_scale_shift(gpu, final_bn), activation: *activation }
             }
             Body::VisionTransformer { spec, conv_proj, conv_proj_bias, class_token, pos_embedding, blocks, ln } => {
                 GpuBody::VisionTransformer {

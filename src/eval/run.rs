@@ -256,18 +256,17 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
         if labelled {
             check_labels(&what, set)?;
         }
-        // A ViT takes one image size: the first sample shows a set's size before any pass (a
-        // folder mixing sizes still fails at its first odd sample, named by the loader).
-        if let Some(side) = network.fixed_image_size() {
-            let (h, w) = transform.output_size(&set.image(0)?)?;
-            if (h as usize, w as usize) != (side, side) {
-                return Err(Error::Input(format!(
-                    "{what} set `{}`: {} is {h}×{w} after the preprocessing, but {} takes {side}×{side} images only; add resize/center_crop steps",
-                    set.spec(),
-                    set.locate(0),
-                    network.spec
-                )));
-            }
+        // A ViT takes one image size, a DMWideResNet a few: the first sample shows a set's
+        // size before any pass (a folder mixing sizes still fails at its first odd sample,
+        // named by the loader).
+        let (h, w) = transform.output_size(&set.image(0)?)?;
+        if let Some(problem) = network.input_size_problem(h as usize, w as usize) {
+            return Err(Error::Input(format!(
+                "{what} set `{}`: {} is {h}×{w} after the preprocessing, but {} {problem}; add resize/center_crop steps",
+                set.spec(),
+                set.locate(0),
+                network.spec
+            )));
         }
         for layer in &pooled_layers {
             let neurons = channels.iter().find(|(n, _)| n == layer).map_or(0, |c| c.1);

@@ -31,6 +31,7 @@ pub enum Kernel {
     ConvBackwardData,
     NchwToNhwc,
     ScaleShift,
+    Swish,
     ReluMask,
     MaxPool,
     AvgPool,
@@ -66,11 +67,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
         Kernel::ScaleShift,
+        Kernel::Swish,
         Kernel::ReluMask,
         Kernel::MaxPool,
         Kernel::AvgPool,
@@ -112,6 +114,7 @@ impl Kernel {
             Kernel::ConvBackwardData => (CONV_WGSL, "main", &[("BACKWARD", 1.0)]),
             Kernel::NchwToNhwc => (ELEMENTWISE_WGSL, "nchw_to_nhwc", &[]),
             Kernel::ScaleShift => (ELEMENTWISE_WGSL, "scale_shift", &[]),
+            Kernel::Swish => (ELEMENTWISE_WGSL, "swish_forward", &[]),
             Kernel::ReluMask => (ELEMENTWISE_WGSL, "relu_mask", &[]),
             Kernel::MaxPool => (POOL_WGSL, "max_pool", &[]),
             Kernel::AvgPool => (POOL_WGSL, "avg_pool", &[]),
@@ -218,15 +221,20 @@ pub mod conv_flags {
     pub const MASK: u32 = 8;
     pub const SCALE: u32 = 16;
     pub const RESIDUAL_LAST: u32 = 32;
+    /// The mask binding holds a Swish's input: multiply by the Swish's derivative there.
+    pub const MASK_SWISH: u32 = 64;
 }
 
 /// Pool-backward flags.
 pub mod pool_flags {
     pub const MASK: u32 = 1;
     pub const SCALE: u32 = 2;
+    /// As `conv_flags::MASK_SWISH`.
+    pub const MASK_SWISH: u32 = 4;
 }
 
 pub const ELEMENTWISE_RELU: u32 = 1;
+pub const ELEMENTWISE_SWISH: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]

@@ -18,6 +18,11 @@ pub enum ArchSpec {
     TorchResNet { depth: usize },
     /// WideResNet-depth-k with RobustBench naming (pre-activation blocks).
     WideResNet { depth: usize, width: usize },
+    /// RobustBench's `DMWideResNet` (DeepMind's: Gowal2021, Rebuffi2021): the same blocks with
+    /// TF-style SAME padding, ReLU or Swish, named `init_conv`, `layer.{g}.block.{b}`,
+    /// `batchnorm`, `logits`. `depth == 0` (`--arch dm-wrn-swish`): depth and width are read from
+    /// the tensors, the activation (not in a state dict) is the given one.
+    DmWideResNet { depth: usize, width: usize, activation: Activation },
     /// torchvision `VisionTransformer` (pre-norm encoder blocks, class token, learned positions).
     VisionTransformer(VitSpec),
 }
@@ -52,12 +57,37 @@ const TORCHVISION_VIT_HEADS: [(usize, usize, usize, &str); 3] =
 
 /// The safetensors metadata key that records a Vision Transformer's number of heads.
 pub const VIT_HEADS_METADATA: &str = "num_heads";
+/// The safetensors metadata key that records a DMWideResNet's activation (`relu` or `swish`).
+pub const ACTIVATION_METADATA: &str = "activation";
+
+/// The activation of a DMWideResNet (everywhere in it); other CNNs use ReLU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Relu,
+    /// `x·sigmoid(x)`.
+    Swish,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Swish => "swish",
+        }
+    }
+
+    /// `relu` or `swish` (any case).
+    pub fn parse(s: &str) -> Option<Activation> {
+        [Activation::Relu, Activation::Swish].into_iter().find(|a| a.name().eq_ignore_ascii_case(s.trim()))
+    }
+}
 
 impl ArchSpec {
     /// The checkpoint name of the classifier head: `fc`, or a ViT's `heads.head`.
     pub fn head_name(&self) -> &'static str {
         match self {
             ArchSpec::VisionTransformer(_) => "heads.head",
+            ArchSpec::DmWideResNet { .. } => "logits",
             _ => "fc",
         }
     }
@@ -69,6 +99,8 @@ impl fmt::Display for ArchSpec {
             ArchSpec::ResNet18_32x32 => write!(f, "resnet18_32x32"),
             ArchSpec::TorchResNet { depth } => write!(f, "resnet{depth}"),
             ArchSpec::WideResNet { depth, width } => write!(f, "wrn-{depth}-{width}"),
+            ArchSpec::DmWideResNet { depth: 0, activation, .. } => write!(f, "dm-wrn-{}", activation.name()),
+            ArchSpec::DmWideResNet { depth, width, activation } => write!(f, "dm-wrn-{depth}-{width}-{}", activation.name()),
             ArchSpec::VisionTransformer(v) if v.image == 0 => write!(f, "vit-h{}", v.heads),
             ArchSpec::VisionTransformer(v) => {
                 write!(f, "vit-i{}-p{}-d{}-w{}-h{}-m{}", v.image, v.patch, v.depth, v.width, v.heads, v.mlp)
@@ -83,7 +115,7 @@ impl std::str::FromStr for ArchSpec {
         let lower = s.to_ascii_lowercase();
         let bad = || {
             Error::Input(format!(
-                "unknown architecture `{s}`; expected resnet18_32x32, resnet18, resnet34, resnet50, resnet101, resnet152, wrn-DEPTH-WIDTH (e.g. wrn-28-10) or vit-hHEADS (a Vision Transformer with HEADS attention heads, the rest read from the tensors; the full form is vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP)"
+                "unknown architecture `{s}`; expected resnet18_32x32, resnet18, resnet34, resnet50, resnet101, resnet152, wrn-DEPTH-WIDTH (e.g. wrn-28-10), dm-wrn-ACTIVATION (RobustBench's DMWideResNet with relu or swish, depth and width read from the tensors; in full dm-wrn-DEPTH-WIDTH-ACTIVATION, e.g. dm-wrn-28-10-swish) or vit-hHEADS (a Vision Transformer with HEADS attention heads, the rest read from the tensors; the full form is vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP)"
             ))
         };
         if let Some(rest) = lower.strip_prefix("vit-") {
@@ -96,6 +128,22 @@ impl std::str::FromStr for ArchSpec {
             let depth: usize = d.parse().map_err(|_| bad())?;
             torch_resnet_layout(depth).ok_or_else(bad)?;
             return Ok(ArchSpec::TorchResNet { depth });
+        }
+        if let Some(rest) = lower.strip_prefix("dm-wrn-") {
+            let (size, act) = rest.rsplit_once('-').map_or(("", rest), |(a, b)| (a, b));
+            let activation = Activation::parse(act).ok_or_else(bad)?;
+            if size.is_empty() {
+                return Ok(ArchSpec::DmWideResNet { depth: 0, width: 0, activation });
+            }
+            // DEPTH-WIDTH as for `wrn-` (whose errors about them apply), anything else unknown.
+            let numbers = size.split_once('-').is_some_and(|(d, w)| d.parse::<usize>().is_ok() && w.parse::<usize>().is_ok());
+            if !numbers {
+                return Err(bad());
+            }
+            let ArchSpec::WideResNet { depth, width } = format!("wrn-{size}").parse()? else {
+                unreachable!("`wrn-` parses to a WideResNet")
+            };
+            return Ok(ArchSpec::DmWideResNet { depth, width, activation });
         }
         if let Some(rest) = lower.strip_prefix("wrn-") {
             let (d, w) = rest.split_once('-').ok_or_else(bad)?;
@@ -206,7 +254,11 @@ pub struct Conv {
     pub in_channels: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// Zero rows/columns before the image (top, left).
     pub padding: usize,
+    /// Zero rows/columns after it (bottom, right): `padding`, except for TF-style SAME padding
+    /// with stride 2 (0 before, 1 after).
+    pub padding_end: usize,
     pub weight: Vec<f32>,
 }
 
@@ -279,8 +331,9 @@ pub struct ResBlock {
 }
 
 /// A RobustBench WideResNet pre-activation block. With `shortcut == None` (in == out):
-/// `out = x + conv2(relu(bn2(conv1(relu(bn1(x))))))`; otherwise with `a = relu(bn1(x))`:
-/// `out = shortcut(a) + conv2(relu(bn2(conv1(a))))`.
+/// `out = x + conv2(act(bn2(conv1(act(bn1(x))))))`; otherwise with `a = act(bn1(x))`:
+/// `out = shortcut(a) + conv2(act(bn2(conv1(a))))`. A DMWideResNet's `batchnorm_0`, `conv_0`,
+/// `batchnorm_1`, `conv_1`, `shortcut` are `bn1`, `conv1`, `bn2`, `conv2`, `shortcut`.
 #[derive(Clone, Debug)]
 pub struct WrnBlock {
     pub bn1: BatchNorm,
@@ -294,8 +347,9 @@ pub struct WrnBlock {
 pub enum Body {
     /// Stem conv+bn+ReLU (+ max-pool 3×3/2 for torchvision), then stages `layer1..layerK`.
     ResNet { stem: (Conv, BatchNorm), max_pool: bool, stages: Vec<Vec<ResBlock>> },
-    /// Stem conv, stages `block1..block3`, then final bn + ReLU.
-    WideResNet { stem: Conv, stages: Vec<Vec<WrnBlock>>, final_bn: BatchNorm },
+    /// Stem conv, stages `block1..block3` (a DMWideResNet's `layer.0..2`), then final bn + the
+    /// activation (ReLU, or a DMWideResNet's own).
+    WideResNet { stem: Conv, stages: Vec<Vec<WrnBlock>>, final_bn: BatchNorm, activation: Activation },
     /// Patch embedding `conv_proj` (kernel = stride = patch, with bias), the class token
     /// prepended, `encoder.pos_embedding` added, the blocks, `encoder.ln`; the head reads the
     /// class token.
@@ -335,6 +389,10 @@ impl Network {
     pub fn stage_names(&self) -> Vec<String> {
         match &self.body {
             Body::ResNet { stages, .. } => (1..=stages.len()).map(|i| format!("layer{i}")).collect(),
+            // A DMWideResNet's stages take the official names (`layer1..3`), ResNet configs run unchanged.
+            Body::WideResNet { stages, .. } if matches!(self.spec, ArchSpec::DmWideResNet { .. }) => {
+                (1..=stages.len()).map(|i| format!("layer{i}")).collect()
+            }
             Body::WideResNet { stages, .. } => (1..=stages.len()).map(|i| format!("block{i}")).collect(),
             Body::VisionTransformer { blocks, .. } => (0..blocks.len()).map(|i| format!("layer_{i}")).collect(),
         }
@@ -353,10 +411,21 @@ impl Network {
         self.spec.head_name()
     }
 
-    /// The one input side a network accepts, if it has one (a ViT's learned positions fix it).
-    pub fn fixed_image_size(&self) -> Option<usize> {
-        match &self.body {
-            Body::VisionTransformer { spec, .. } => Some(spec.image),
+    /// Why an `h × w` input does not suit the network, as a phrase after its name: a ViT's
+    /// learned positions fix one side; a DMWideResNet runs in PyTorch on 32×32 only (see the
+    /// message). `None` for a size it takes.
+    pub fn input_size_problem(&self, h: usize, w: usize) -> Option<String> {
+        match (&self.body, self.spec) {
+            (Body::VisionTransformer { spec, .. }, _) => ((h, w) != (spec.image, spec.image))
+                .then(|| format!("takes {0}×{0} images only (its position embedding has one entry per patch of that size)", spec.image)),
+            (Body::WideResNet { stages, .. }, ArchSpec::DmWideResNet { .. }) => {
+                let side = 8 << (stages.len() - 1);
+                ((h, w) != (side, side)).then(|| {
+                    format!(
+                        "takes {side}×{side} images only (its stride-2 blocks add a 1×1 shortcut to a SAME-padded conv, whose sizes agree only on even sides, and it ends in F.avg_pool2d(out, 8), the global average pool only on an 8×8 map)"
+                    )
+                })
+            }
             _ => None,
         }
     }
@@ -514,6 +583,9 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     if t.contains_key("conv_proj.weight") || t.contains_key("class_token") {
         return detect_vit(store, None).map(ArchSpec::VisionTransformer);
     }
+    if t.contains_key("init_conv.weight") {
+        return detect_dm(store, None);
+    }
     if t.contains_key("block1.layer.0.conv1.weight") {
         let name = "block1.layer.0.conv1.weight";
         let shape = &t[name].shape;
@@ -532,7 +604,7 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
     let stem = t.get("conv1.weight").ok_or_else(|| {
         let names: Vec<&str> = t.keys().take(6).map(|s| s.as_str()).collect();
         err(format!(
-            "unknown architecture: no `conv1.weight` or `block1.layer.0.conv1.weight` (first tensors: {}); pass the architecture explicitly",
+            "unknown architecture: no `conv1.weight`, `block1.layer.0.conv1.weight` or `init_conv.weight` (first tensors: {}); pass the architecture explicitly",
             names.join(", ")
         ))
     })?;
@@ -549,6 +621,37 @@ pub fn detect(store: &TensorStore) -> Result<ArchSpec> {
         }
         _ => Err(err(format!("unknown architecture: stem `conv1.weight` has shape {:?} and blocks per stage {blocks:?}", stem.shape))),
     }
+}
+
+/// A DMWideResNet's depth and width from its tensors (width from `layer.0.block.0.conv_0.weight`,
+/// depth from the blocks of `layer.0`); the activation from `given` (`--arch dm-wrn-swish`),
+/// else the checkpoint's `activation` metadata, never guessed.
+fn detect_dm(store: &TensorStore, given: Option<Activation>) -> Result<ArchSpec> {
+    let t = &store.tensors;
+    let err = |message: String| Error::Weights { path: store.path.clone(), message };
+    let name = "layer.0.block.0.conv_0.weight";
+    let shape = t
+        .get(name)
+        .map(|x| x.shape.as_slice())
+        .ok_or_else(|| err(format!("DMWideResNet (from `init_conv.weight`): missing tensor `{name}`")))?;
+    let out = match *shape {
+        [out, _, _, _] if out > 0 && out.is_multiple_of(16) => out,
+        _ => return Err(err(format!("tensor `{name}`: expected [16·width, 16, 3, 3] (width ≥ 1), found shape {shape:?}"))),
+    };
+    let n = (0..).take_while(|i| t.contains_key(&format!("layer.0.block.{i}.conv_0.weight"))).count();
+    let (depth, width) = (n.saturating_mul(6).saturating_add(4), out / 16);
+    check_wrn(depth, width).map_err(|why| err(format!("DMWideResNet detected from `{name}` and the blocks of `layer.0`: {why}")))?;
+    let activation = match (given, store.metadata.get(ACTIVATION_METADATA)) {
+        (Some(a), _) => a,
+        (None, Some(text)) => Activation::parse(text)
+            .ok_or_else(|| err(format!("metadata `{ACTIVATION_METADATA}` is `{text}`: expected `relu` or `swish`")))?,
+        (None, None) => {
+            return Err(err(format!(
+                "DMWideResNet-{depth}-{width}: its activation is not in the tensors; give it as `--arch dm-wrn-swish` or `--arch dm-wrn-relu` (in full dm-wrn-{depth}-{width}-swish), or as `{ACTIVATION_METADATA}` = `swish` or `relu` in the safetensors metadata"
+            )))
+        }
+    };
+    Ok(ArchSpec::DmWideResNet { depth, width, activation })
 }
 
 /// A Vision Transformer's shape from its tensors: width and patch from `conv_proj.weight`, the
@@ -644,7 +747,7 @@ impl Builder<'_> {
             &[cout, cin, kernel, kernel],
             ParamKind::ConvWeight { fan_in: cin * kernel * kernel },
         )?;
-        Ok(Conv { name: name.to_string(), out_channels: cout, in_channels: cin, kernel, stride, padding, weight })
+        Ok(Conv { name: name.to_string(), out_channels: cout, in_channels: cin, kernel, stride, padding, padding_end: padding, weight })
     }
 
     fn bn(&mut self, name: &str, c: usize) -> Result<BatchNorm> {
@@ -718,7 +821,7 @@ impl Builder<'_> {
                 let (b, bn) = torch_resnet_layout(depth).expect("validated depth");
                 (true, b, bn)
             }
-            ArchSpec::WideResNet { .. } | ArchSpec::VisionTransformer(_) => unreachable!(),
+            ArchSpec::WideResNet { .. } | ArchSpec::DmWideResNet { .. } | ArchSpec::VisionTransformer(_) => unreachable!(),
         };
         let stem = if torchvision { self.conv("conv1", 3, 64, 7, 2, 3)? } else { self.conv("conv1", 3, 64, 3, 1, 1)? };
         let stem = (stem, self.bn("bn1", 64)?);
@@ -782,7 +885,44 @@ impl Builder<'_> {
         }
         let final_bn = self.bn("bn1", channels[3])?;
         let fc = self.linear("fc", channels[3], num_classes)?;
-        Ok(Network { spec, body: Body::WideResNet { stem, stages, final_bn }, fc })
+        Ok(Network { spec, body: Body::WideResNet { stem, stages, final_bn, activation: Activation::Relu }, fc })
+    }
+
+    /// RobustBench's `DMWideResNet`: `conv_0` is padded by hand to TF's SAME (stride 1: 1 all
+    /// round; stride 2: 0 before, 1 after), the shortcut exists where in ≠ out channels.
+    fn dm_wide_resnet(
+        &mut self,
+        spec: ArchSpec,
+        depth: usize,
+        width: usize,
+        activation: Activation,
+        num_classes: usize,
+    ) -> Result<Network> {
+        let n = (depth - 4) / 6;
+        let channels = [16, 16 * width, 32 * width, 64 * width];
+        let stem = self.conv("init_conv", 3, channels[0], 3, 1, 1)?;
+        let mut stages = Vec::new();
+        for g in 0..3 {
+            let mut stage = Vec::new();
+            for b in 0..n {
+                let (cin, cout) = (if b == 0 { channels[g] } else { channels[g + 1] }, channels[g + 1]);
+                let stride = if b == 0 && g > 0 { 2 } else { 1 };
+                let p = format!("layer.{g}.block.{b}");
+                let mut conv_0 = self.conv(&format!("{p}.conv_0"), cin, cout, 3, stride, 1)?;
+                conv_0.padding = if stride == 1 { 1 } else { 0 };
+                stage.push(WrnBlock {
+                    bn1: self.bn(&format!("{p}.batchnorm_0"), cin)?,
+                    conv1: conv_0,
+                    bn2: self.bn(&format!("{p}.batchnorm_1"), cout)?,
+                    conv2: self.conv(&format!("{p}.conv_1"), cout, cout, 3, 1, 1)?,
+                    shortcut: if cin != cout { Some(self.conv(&format!("{p}.shortcut"), cin, cout, 1, stride, 0)?) } else { None },
+                });
+            }
+            stages.push(stage);
+        }
+        let final_bn = self.bn("batchnorm", channels[3])?;
+        let fc = self.linear("logits", channels[3], num_classes)?;
+        Ok(Network { spec, body: Body::WideResNet { stem, stages, final_bn, activation }, fc })
     }
 }
 
@@ -792,6 +932,10 @@ pub fn build(spec: ArchSpec, num_classes: usize, src: &mut dyn TensorSource) -> 
     match spec {
         ArchSpec::ResNet18_32x32 | ArchSpec::TorchResNet { .. } => b.resnet(spec, num_classes),
         ArchSpec::WideResNet { depth, width } => b.wide_resnet(spec, depth, width, num_classes),
+        ArchSpec::DmWideResNet { depth: 0, .. } => Err(Error::Input(format!(
+            "architecture {spec} names only the activation; the rest is read from a checkpoint's tensors, so a random DMWideResNet needs the full dm-wrn-DEPTH-WIDTH-ACTIVATION"
+        ))),
+        ArchSpec::DmWideResNet { depth, width, activation } => b.dm_wide_resnet(spec, depth, width, activation, num_classes),
         ArchSpec::VisionTransformer(v) => {
             check_vit(&v).map_err(|why| Error::Input(format!("architecture {spec}: {why}")))?;
             b.vision_transformer(spec, v, num_classes)
@@ -805,6 +949,8 @@ pub fn from_store(store: &TensorStore, spec_override: Option<ArchSpec>) -> Resul
     let spec = match spec_override {
         // `vit-hN`: the heads given, the rest read from the tensors (and a full spec checked).
         Some(ArchSpec::VisionTransformer(v)) => ArchSpec::VisionTransformer(detect_vit(store, Some(v))?),
+        // `dm-wrn-ACT`: the activation given, depth and width read from the tensors.
+        Some(ArchSpec::DmWideResNet { depth: 0, activation, .. }) => detect_dm(store, Some(activation))?,
         Some(s) => s,
         None => detect(store)?,
     };
@@ -906,7 +1052,7 @@ impl Network {
                     }
                 }
             }
-            Body::WideResNet { stem, stages, final_bn } => {
+            Body::WideResNet { stem, stages, final_bn, .. } => {
                 conv(stem, f);
                 for block in stages.iter().flatten() {
                     bn(&block.bn1, f);

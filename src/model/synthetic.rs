@@ -55,10 +55,14 @@ impl SyntheticModel {
 
     /// Serialises the checkpoint; the network keeps the f32 values, so a lossy `dtype` makes
     /// the file differ from `self.network` by the rounding. A Vision Transformer's heads go in
-    /// the metadata (the tensors do not record them), so the file loads without `--arch`.
+    /// the metadata (the tensors do not record them), as does a DMWideResNet's activation, so
+    /// the file loads without `--arch`.
     pub fn to_safetensors(&self, dtype: StorageDtype) -> Result<Vec<u8>> {
         let metadata = match self.network.spec {
             ArchSpec::VisionTransformer(v) => Some([(arch::VIT_HEADS_METADATA.to_string(), v.heads.to_string())].into()),
+            ArchSpec::DmWideResNet { activation, .. } => {
+                Some([(arch::ACTIVATION_METADATA.to_string(), activation.name().to_string())].into())
+            }
             _ => None,
         };
         serialize_tensors(&self.tensors, dtype, metadata)

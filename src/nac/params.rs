@@ -266,6 +266,10 @@ pub(crate) mod tests {
         // The CNN lists are unchanged.
         assert_eq!(Preset::layers_for(&net("resnet18_32x32")), ["avgpool", "layer3", "layer2", "layer1"]);
         assert_eq!(Preset::layers_for(&net("wrn-10-1")), ["avgpool", "block3", "block2", "block1"]);
+        // A DMWideResNet's stages are the official names themselves: ResNet configs run unchanged.
+        let dm = net("dm-wrn-10-1-swish");
+        assert_eq!(Preset::layers_for(&dm), ["avgpool", "layer3", "layer2", "layer1"]);
+        assert_eq!(Preset::Cifar10.params(&dm, "layer2"), Preset::Cifar10.params(&net("resnet18_32x32"), "layer2"));
     }
 
     #[test]

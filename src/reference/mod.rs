@@ -28,7 +28,7 @@ pub mod vit;
 
 use crate::engine::{Loss, Target};
 use crate::error::{Error, Result};
-use crate::model::arch::{BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBlock, BN_EPS, POOLED_LAYER};
+use crate::model::arch::{Activation, BatchNorm, Body, Conv, Linear, Network, ResBlock, WrnBlock, BN_EPS, POOLED_LAYER};
 
 /// Activation `z` and gradient `g = ∂L/∂z` at one named layer.
 #[derive(Clone, Debug)]
@@ -68,6 +68,17 @@ pub fn conv_out_size(n: usize, kernel: usize, stride: usize, padding: usize) -> 
     assert!(stride > 0, "stride must be positive");
     assert!(n + 2 * padding >= kernel, "input length {n} with padding {padding} is smaller than the kernel {kernel}");
     (n + 2 * padding - kernel) / stride + 1
+}
+
+/// Output size of `conv` on an `h × w` input, with its padding before (`padding`) and after
+/// (`padding_end`) the image. Panics when the padded input is smaller than the kernel.
+fn conv_out_hw(conv: &Conv, h: usize, w: usize) -> (usize, usize) {
+    let len = |n: usize| {
+        let padded = n + conv.padding + conv.padding_end;
+        assert!(padded >= conv.kernel && conv.stride > 0, "conv `{}`: input length {n} padded is smaller than the kernel", conv.name);
+        (padded - conv.kernel) / conv.stride + 1
+    };
+    (len(h), len(w))
 }
 
 /// Output pixels per work item of the convolutions: each weight row is used for `TILE` pixels
@@ -210,7 +221,8 @@ fn col2im(cols: &[f64], shape: [usize; 4], conv: &Conv, out_hw: (usize, usize)) 
 }
 
 /// 2-D convolution (no bias, zero padding), PyTorch semantics:
-/// `y[b,o,i,j] = Σ_{c,kh,kw} w[o,c,kh,kw] · x[b,c, i·s+kh−p, j·s+kw−p]` (out-of-range x = 0).
+/// `y[b,o,i,j] = Σ_{c,kh,kw} w[o,c,kh,kw] · x[b,c, i·s+kh−p, j·s+kw−p]` (out-of-range x = 0),
+/// `p` the padding before the image; the padding after it only adds output rows/columns.
 /// Returns the output and its shape `[B, out_channels, H', W']`.
 ///
 /// Computed as im2col followed by one dot product per output element.
@@ -219,9 +231,9 @@ pub fn conv2d(x: &[f64], shape: [usize; 4], conv: &Conv) -> (Vec<f64>, [usize; 4
     check_len(x, shape, "conv2d input");
     check_conv_weight(conv);
     assert_eq!(c, conv.in_channels, "conv `{}`: input has {c} channels, expected {}", conv.name, conv.in_channels);
-    let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
+    let k = conv.kernel;
     let oc = conv.out_channels;
-    let (oh, ow) = (conv_out_size(h, k, s, p), conv_out_size(w, k, s, p));
+    let (oh, ow) = conv_out_hw(conv, h, w);
     let (npix, ckk) = (oh * ow, c * k * k);
     let cols = im2col(x, shape, conv, (oh, ow));
     // Pixel-major output `[B][pixel][o]`, TILE output pixels per work item.
@@ -253,13 +265,8 @@ pub fn conv2d_backward_data(dy: &[f64], dy_shape: [usize; 4], conv: &Conv, in_hw
     check_conv_weight(conv);
     assert_eq!(oc, conv.out_channels, "conv `{}`: dy has {oc} channels, expected {}", conv.name, conv.out_channels);
     let (h, w) = in_hw;
-    let (k, s, p) = (conv.kernel, conv.stride, conv.padding);
-    assert_eq!(
-        (conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)),
-        (oh, ow),
-        "conv `{}`: input {h}×{w} does not give the dy size {oh}×{ow}",
-        conv.name
-    );
+    let k = conv.kernel;
+    assert_eq!(conv_out_hw(conv, h, w), (oh, ow), "conv `{}`: input {h}×{w} does not give the dy size {oh}×{ow}", conv.name);
     let c = conv.in_channels;
     let (npix, ckk) = (oh * ow, c * k * k);
     let mut dcols = vec![0.0; b * npix * ckk];
@@ -324,6 +331,43 @@ pub fn relu(x: &[f64]) -> Vec<f64> {
 pub fn relu_backward(dy: &[f64], y: &[f64]) -> Vec<f64> {
     assert_eq!(dy.len(), y.len(), "relu_backward: dy and y differ in length");
     dy.iter().zip(y).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Swish `x·sigmoid(x)` elementwise.
+pub fn swish(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&v| v * sigmoid(v)).collect()
+}
+
+/// Data gradient of Swish given its input `x`: `dy·(σ(x) + x·σ(x)·(1 − σ(x)))`.
+pub fn swish_backward(dy: &[f64], x: &[f64]) -> Vec<f64> {
+    assert_eq!(dy.len(), x.len(), "swish_backward: dy and x differ in length");
+    dy.iter()
+        .zip(x)
+        .map(|(&d, &v)| {
+            let s = sigmoid(v);
+            d * (s + v * s * (1.0 - s))
+        })
+        .collect()
+}
+
+fn activate(x: &[f64], act: Activation) -> Vec<f64> {
+    match act {
+        Activation::Relu => relu(x),
+        Activation::Swish => swish(x),
+    }
+}
+
+/// Data gradient of `act` given its input `x` (ReLU's output is positive exactly where its
+/// input is).
+fn activate_backward(dy: &[f64], x: &[f64], act: Activation) -> Vec<f64> {
+    match act {
+        Activation::Relu => relu_backward(dy, x),
+        Activation::Swish => swish_backward(dy, x),
+    }
 }
 
 /// Max pooling 3×3, stride 2, padding 1 (padding counts as −∞, no ceil mode), as torchvision's
@@ -543,7 +587,7 @@ pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
 struct BlockCache {
     in_shape: [usize; 4],
     out_shape: [usize; 4],
-    /// ResNet: post-ReLU inputs of convs 2..k. WRN: `[a = relu(bn1(x)), h = relu(bn2(conv1(a)))]`.
+    /// ResNet: post-ReLU inputs of convs 2..k. WRN: the activations' inputs `[bn1(x), bn2(conv1(a))]`.
     hidden: Vec<(Vec<f64>, [usize; 4])>,
     /// ResNet: block output (for the final ReLU mask). WRN: unused (empty).
     out: Vec<f64>,
@@ -603,10 +647,18 @@ fn res_block_backward(blk: &ResBlock, cache: &BlockCache, g_out: &[f64]) -> Vec<
     add(&d, &d_sc)
 }
 
-fn wrn_block_forward(blk: &WrnBlock, x: &[f64], shape: [usize; 4], keep: bool) -> (Vec<f64>, [usize; 4], Option<BlockCache>) {
-    let a = relu(&batch_norm(x, shape, &blk.bn1));
+fn wrn_block_forward(
+    blk: &WrnBlock,
+    act: Activation,
+    x: &[f64],
+    shape: [usize; 4],
+    keep: bool,
+) -> (Vec<f64>, [usize; 4], Option<BlockCache>) {
+    let u = batch_norm(x, shape, &blk.bn1);
+    let a = activate(&u, act);
     let (t, ts) = conv2d(&a, shape, &blk.conv1);
-    let h = relu(&batch_norm(&t, ts, &blk.bn2));
+    let v = batch_norm(&t, ts, &blk.bn2);
+    let h = activate(&v, act);
     let (r, rs) = conv2d(&h, ts, &blk.conv2);
     let sc = match &blk.shortcut {
         Some(conv) => {
@@ -620,26 +672,26 @@ fn wrn_block_forward(blk: &WrnBlock, x: &[f64], shape: [usize; 4], keep: bool) -
         }
     };
     let out = add(&r, &sc);
-    let cache = keep.then(|| BlockCache { in_shape: shape, out_shape: rs, hidden: vec![(a, shape), (h, ts)], out: Vec::new() });
+    let cache = keep.then(|| BlockCache { in_shape: shape, out_shape: rs, hidden: vec![(u, shape), (v, ts)], out: Vec::new() });
     (out, rs, cache)
 }
 
-fn wrn_block_backward(blk: &WrnBlock, cache: &BlockCache, g_out: &[f64]) -> Vec<f64> {
-    let (a, xs) = (&cache.hidden[0].0, cache.in_shape);
-    let (h, ts) = (&cache.hidden[1].0, cache.hidden[1].1);
+fn wrn_block_backward(blk: &WrnBlock, act: Activation, cache: &BlockCache, g_out: &[f64]) -> Vec<f64> {
+    let (u, xs) = (&cache.hidden[0].0, cache.in_shape);
+    let (v, ts) = (&cache.hidden[1].0, cache.hidden[1].1);
     let rs = cache.out_shape;
     let dh = conv2d_backward_data(g_out, rs, &blk.conv2, (ts[2], ts[3]));
-    let dh = relu_backward(&dh, h);
-    let dh = batch_norm_backward_data(&dh, ts, &blk.bn2);
-    let mut da = conv2d_backward_data(&dh, ts, &blk.conv1, (xs[2], xs[3]));
+    let dv = activate_backward(&dh, v, act);
+    let dt = batch_norm_backward_data(&dv, ts, &blk.bn2);
+    let mut da = conv2d_backward_data(&dt, ts, &blk.conv1, (xs[2], xs[3]));
     match &blk.shortcut {
         Some(conv) => {
             let ds = conv2d_backward_data(g_out, rs, conv, (xs[2], xs[3]));
             da = add(&da, &ds);
-            batch_norm_backward_data(&relu_backward(&da, a), xs, &blk.bn1)
+            batch_norm_backward_data(&activate_backward(&da, u, act), xs, &blk.bn1)
         }
         None => {
-            let dx = batch_norm_backward_data(&relu_backward(&da, a), xs, &blk.bn1);
+            let dx = batch_norm_backward_data(&activate_backward(&da, u, act), xs, &blk.bn1);
             add(g_out, &dx)
         }
     }
@@ -668,9 +720,9 @@ fn stage_forward(net: &Network, s: usize, x: &[f64], shape: [usize; 4], keep: bo
                 caches.extend(c);
             }
         }
-        Body::WideResNet { stages, .. } => {
+        Body::WideResNet { stages, activation, .. } => {
             for blk in &stages[s] {
-                let (y, ys, c) = wrn_block_forward(blk, &cur, cs, keep);
+                let (y, ys, c) = wrn_block_forward(blk, *activation, &cur, cs, keep);
                 cur = y;
                 cs = ys;
                 caches.extend(c);
@@ -690,9 +742,9 @@ fn stage_backward(net: &Network, s: usize, caches: &[BlockCache], g: &[f64]) -> 
                 d = res_block_backward(blk, cache, &d);
             }
         }
-        Body::WideResNet { stages, .. } => {
+        Body::WideResNet { stages, activation, .. } => {
             for (blk, cache) in stages[s].iter().zip(caches).rev() {
-                d = wrn_block_backward(blk, cache, &d);
+                d = wrn_block_backward(blk, *activation, cache, &d);
             }
         }
     }
@@ -700,11 +752,11 @@ fn stage_backward(net: &Network, s: usize, caches: &[BlockCache], g: &[f64]) -> 
 }
 
 /// An activation with its NCHW shape.
-type Activation = (Vec<f64>, [usize; 4]);
+type Tensor = (Vec<f64>, [usize; 4]);
 
 /// The stem: `relu(bn(conv(x)))` (+ max-pool) for ResNet, the bare conv for WideResNet. Also
 /// returns the ResNet stem's `relu(bn(conv(x)))` and its shape, which its backward needs.
-fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4], Option<Activation>) {
+fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usize; 4], Option<Tensor>) {
     match &net.body {
         Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stem: (conv, bn), max_pool, .. } => {
@@ -725,7 +777,7 @@ fn stem_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, [usiz
 }
 
 /// From the gradient at the stem's output to the gradient at the input.
-fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Activation>) -> Vec<f64> {
+fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Tensor>) -> Vec<f64> {
     match &net.body {
         Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { stem: (conv, bn), max_pool, .. } => {
@@ -735,39 +787,35 @@ fn stem_backward(net: &Network, g: &[f64], shape: [usize; 4], cache: Option<&Act
             conv2d_backward_data(&g, *ys, conv, (shape[2], shape[3]))
         }
         Body::WideResNet { stem, .. } => {
-            let ys = [
-                shape[0],
-                stem.out_channels,
-                conv_out_size(shape[2], stem.kernel, stem.stride, stem.padding),
-                conv_out_size(shape[3], stem.kernel, stem.stride, stem.padding),
-            ];
+            let (oh, ow) = conv_out_hw(stem, shape[2], shape[3]);
+            let ys = [shape[0], stem.out_channels, oh, ow];
             conv2d_backward_data(g, ys, stem, (shape[2], shape[3]))
         }
     }
 }
 
 /// From the last stage output to the pooled feature (`B × C`). For WideResNet also returns
-/// `relu(final_bn(x))`, whose mask the backward pass needs.
+/// `final_bn(x)`, the activation's input, which the backward pass needs.
 fn head_forward(net: &Network, x: &[f64], shape: [usize; 4]) -> (Vec<f64>, Option<Vec<f64>>) {
     match &net.body {
         Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { .. } => (global_avg_pool(x, shape), None),
-        Body::WideResNet { final_bn, .. } => {
-            let f = relu(&batch_norm(x, shape, final_bn));
-            (global_avg_pool(&f, shape), Some(f))
+        Body::WideResNet { final_bn, activation, .. } => {
+            let u = batch_norm(x, shape, final_bn);
+            (global_avg_pool(&activate(&u, *activation), shape), Some(u))
         }
     }
 }
 
 /// Gradient at the last stage output from the gradient at the pooled feature.
-fn head_backward(net: &Network, g_pooled: &[f64], shape: [usize; 4], post: Option<&[f64]>) -> Vec<f64> {
+fn head_backward(net: &Network, g_pooled: &[f64], shape: [usize; 4], pre: Option<&[f64]>) -> Vec<f64> {
     let g = global_avg_pool_backward(g_pooled, shape);
     match &net.body {
         Body::VisionTransformer { .. } => unreachable!("a Vision Transformer runs in `reference::vit`"),
         Body::ResNet { .. } => g,
-        Body::WideResNet { final_bn, .. } => {
-            let post = post.expect("WideResNet head keeps relu(final_bn(x))");
-            batch_norm_backward_data(&relu_backward(&g, post), shape, final_bn)
+        Body::WideResNet { final_bn, activation, .. } => {
+            let pre = pre.expect("WideResNet head keeps final_bn(x)");
+            batch_norm_backward_data(&activate_backward(&g, pre, *activation), shape, final_bn)
         }
     }
 }
@@ -808,6 +856,9 @@ pub fn run_with(
     }
     if input.len() != b * c * h * w {
         return Err(Error::Input(format!("reference: input has {} values but shape {shape:?} needs {}", input.len(), b * c * h * w)));
+    }
+    if let Some(problem) = net.input_size_problem(h, w) {
+        return Err(Error::Input(format!("reference: {} {problem}", net.spec)));
     }
     let idxs: Vec<usize> = layers.iter().map(|l| net.layer_index(l)).collect::<Result<_>>()?;
     let nst = num_stages(net);
@@ -945,6 +996,7 @@ mod tests {
             kernel: k,
             stride: s,
             padding: p,
+            padding_end: p,
             weight: (0..cout * cin * k * k).map(|_| rng.normal()).collect(),
         }
     }
@@ -1079,6 +1131,24 @@ mod tests {
     }
 
     #[test]
+    fn fd_dm_wide_resnet() {
+        // ReLU and Swish; depth 10 (one block per stage: every block has a shortcut) and 16 (two:
+        // the second of each stage has none). The final map must be 8×8: 32×32 inputs.
+        for (depth, act, seed) in [(10, Activation::Swish, 14), (16, Activation::Relu, 15)] {
+            let spec = ArchSpec::DmWideResNet { depth, width: 1, activation: act };
+            check_network(spec, 32, seed, &[[2, 16, 32, 32], [2, 32, 16, 16], [2, 64, 8, 8], [2, 64, 1, 1]]);
+        }
+    }
+
+    #[test]
+    fn dm_wide_resnet_takes_32x32_only() {
+        let net = SyntheticModel::new(ArchSpec::DmWideResNet { depth: 10, width: 1, activation: Activation::Swish }, 3, 1).unwrap().network;
+        assert!(run(&net, &[0.1; 3 * 32 * 32], [1, 3, 32, 32], &[]).is_ok());
+        let e = run(&net, &[0.1; 3 * 33 * 32], [1, 3, 33, 32], &[]).unwrap_err().to_string();
+        assert!(e.contains("takes 32×32 images only"), "{e}");
+    }
+
+    #[test]
     fn partial_layers_match_full_run() {
         let net = SyntheticModel::new(ArchSpec::ResNet18_32x32, 10, 5).unwrap().network;
         let shape = [2, 3, 8, 8];
@@ -1117,7 +1187,7 @@ mod tests {
     // ---- hand-computed scalar networks (1 channel, 1×1 images): block semantics ----
 
     fn conv1x1(w: f32) -> Conv {
-        Conv { name: "c".into(), out_channels: 1, in_channels: 1, kernel: 1, stride: 1, padding: 0, weight: vec![w] }
+        Conv { name: "c".into(), out_channels: 1, in_channels: 1, kernel: 1, stride: 1, padding: 0, padding_end: 0, weight: vec![w] }
     }
 
     /// BatchNorm with unit standard deviation: var + 1e-5 = 1 up to f32 rounding of the var.
@@ -1176,7 +1246,12 @@ mod tests {
         };
         let net = Network {
             spec: ArchSpec::WideResNet { depth: 10, width: 1 },
-            body: Body::WideResNet { stem: conv1x1(1.0), stages: vec![vec![b1], vec![b2]], final_bn: bn1(1.0, -0.5, 0.0) },
+            body: Body::WideResNet {
+                stem: conv1x1(1.0),
+                stages: vec![vec![b1], vec![b2]],
+                final_bn: bn1(1.0, -0.5, 0.0),
+                activation: Activation::Relu,
+            },
             fc: two_class_fc(0.0),
         };
         let out = run(&net, &[1.5], [1, 1, 1, 1], &["block1", "block2", "avgpool"]).unwrap();
@@ -1247,11 +1322,63 @@ mod tests {
         }
     }
 
+    /// TF-style SAME padding (0 before, 1 after, as RobustBench's `F.pad(v, (0, 1, 0, 1))`)
+    /// equals the unpadded conv of the input with a zero row and column appended; its data
+    /// gradient is the adjoint.
+    #[test]
+    fn asymmetric_padding_is_an_explicitly_padded_input() {
+        let mut rng = Rng::new(23);
+        for &(cin, cout, h, w) in &[(3, 4, 7, 8), (2, 5, 6, 5), (1, 2, 2, 3)] {
+            let mut conv = random_conv(&mut rng, cin, cout, 3, 2, 0);
+            let shape = [2, cin, h, w];
+            let x = normal_vec(&mut rng, 2 * cin * h * w);
+            let mut padded = vec![0.0; 2 * cin * (h + 1) * (w + 1)];
+            for (plane, rows) in x.chunks(h * w).enumerate() {
+                for (y, row) in rows.chunks(w).enumerate() {
+                    padded[(plane * (h + 1) + y) * (w + 1)..][..w].copy_from_slice(row);
+                }
+            }
+            let want = naive_conv(&padded, [2, cin, h + 1, w + 1], &conv);
+            conv.padding_end = 1;
+            let (y, ys) = conv2d(&x, shape, &conv);
+            assert_eq!(ys, [2, cout, (h - 2) / 2 + 1, (w - 2) / 2 + 1]);
+            assert!(y.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-12 * (1.0 + b.abs())), "{h}×{w}");
+            let dy = normal_vec(&mut rng, y.len());
+            let dx = conv2d_backward_data(&dy, ys, &conv, (h, w));
+            let (lhs, rhs) = (dot(&dy, &y), dot(&dx, &x));
+            assert!((lhs - rhs).abs() <= 1e-10 * (lhs.abs() + 1.0), "{h}×{w}: <dy, conv x> = {lhs}, <convᵀ dy, x> = {rhs}");
+        }
+    }
+
+    #[test]
+    fn swish_and_its_gradient() {
+        let x = [-30.0, -2.0, -0.5, 0.0, 0.7, 3.0];
+        for (&v, y) in x.iter().zip(swish(&x)) {
+            assert!((y - v / (1.0 + (-v).exp())).abs() <= 1e-15);
+        }
+        let g = swish_backward(&[1.0; 6], &x);
+        for (&v, d) in x.iter().zip(g) {
+            let eps = 1e-6;
+            let fd = (swish(&[v + eps])[0] - swish(&[v - eps])[0]) / (2.0 * eps);
+            assert!((d - fd).abs() <= 1e-8, "swish'({v}) = {d}, finite difference {fd}");
+        }
+        assert_eq!(swish_backward(&[2.0], &[0.0]), [1.0]);
+    }
+
     #[test]
     fn conv_hand_computed() {
         let x: Vec<f64> = (1..=9).map(|v| v as f64).collect();
         // 2×2 all-ones kernel, padding 1, stride 1 on [[1,2,3],[4,5,6],[7,8,9]]: 4×4 window sums.
-        let ones = Conv { name: "ones".into(), out_channels: 1, in_channels: 1, kernel: 2, stride: 1, padding: 1, weight: vec![1.0; 4] };
+        let ones = Conv {
+            name: "ones".into(),
+            out_channels: 1,
+            in_channels: 1,
+            kernel: 2,
+            stride: 1,
+            padding: 1,
+            padding_end: 1,
+            weight: vec![1.0; 4],
+        };
         let (y, ys) = conv2d(&x, [1, 1, 3, 3], &ones);
         assert_eq!(ys, [1, 1, 4, 4]);
         #[rustfmt::skip]
@@ -1271,6 +1398,7 @@ mod tests {
             kernel: 3,
             stride: 2,
             padding: 1,
+            padding_end: 1,
             weight: vec![3.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0],
         };
         let (y, ys) = conv2d(&x, [1, 1, 3, 3], &diag);
@@ -1397,6 +1525,7 @@ mod tests {
             (ArchSpec::TorchResNet { depth: 18 }, [2, 3, 19, 17]),
             (ArchSpec::ResNet18_32x32, [1, 3, 6, 5]),
             (ArchSpec::WideResNet { depth: 10, width: 1 }, [2, 3, 7, 6]),
+            (ArchSpec::DmWideResNet { depth: 10, width: 1, activation: Activation::Swish }, [1, 3, 32, 32]),
         ];
         let losses = [Loss::NAC, Loss { target: Target::Label, temperature: 1.0 }, Loss { target: Target::Prediction, temperature: 7.0 }];
         for (case, (spec, shape)) in cases.into_iter().enumerate() {

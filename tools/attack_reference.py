@@ -6,7 +6,8 @@ same images, in one run:
 * FGSM against torchattacks' `FGSM`: the perturbations compared sign for sign; a sign that
   differs is counted, and counted again as "within rounding of 0" when |dL/dx| there is at most
   1e-6 of the sample's largest |dL/dx| (PyTorch's gradient at the clean image), and the largest
-  such relative |dL/dx| among the differing signs is reported;
+  such relative |dL/dx| among the differing signs is reported; both sets of signs are also
+  compared with the gradient in float64 (PyTorch on the same weights), away from the box;
 * PGD against torchattacks' `PGD` (random start, steps of 2.5·eps/steps as the spec grammar
   uses) and APGD-CE against AutoAttack's own `APGDAttack` (from a checkout of
   github.com/fra31/auto-attack given with --autoattack; 100 iterations, rho 0.75, one restart,
@@ -28,6 +29,7 @@ Requires torch, numpy, safetensors, torchattacks; prints and writes one JSON rep
 """
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -140,7 +142,16 @@ def fgsm(args, model, x, labels, clean, data, text, eps, tmp, row):
     differ = ours_sign != theirs_sign
     largest = np.abs(grad).reshape(len(grad), -1).max(1)[:, None, None, None]
     near_zero = np.abs(grad) <= 1e-6 * largest
+    # The same gradient in float64: where PyTorch's own float32 sign differs from it, the sign
+    # is decided by rounding (a ReLU or Swish input within rounding of 0, cancellation).
+    x64 = x.double().clone().requires_grad_(True)
+    model64 = copy.deepcopy(model).double()
+    torch.nn.functional.cross_entropy(model64(x64), labels, reduction="sum").backward()
+    sign64 = np.sign(x64.grad.numpy())
+    at_box = (ours_sign == 0) | (theirs_sign == 0)  # a pixel held at 0 or 1 by the box
     row.update(
+        fgsm_signs_nac_vs_float64=int(((ours_sign != sign64) & ~at_box).sum()),
+        fgsm_signs_reference_vs_float64=int(((theirs_sign != sign64) & ~at_box).sum()),
         fgsm_elements=int(differ.size),
         fgsm_signs_differ=int(differ.sum()),
         fgsm_signs_differ_near_zero_gradient=int((differ & near_zero).sum()),

@@ -23,19 +23,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from idx import read_idx  # noqa: E402
 from torch_bench import make_model  # noqa: E402
 from torch_reference import load_model  # noqa: E402
-from train import to_tensor  # noqa: E402
+from train import make_dm_model, parse_dm, to_tensor  # noqa: E402
 
 
 def torch_model(model_path, arch):
     """The PyTorch network of a shipped model, eval mode, its float16 weights widened to float32
-    as the engine widens them on load. A `vit-…` is torchvision's VisionTransformer
-    (`torch_bench.make_model`), loaded strictly."""
+    as the engine widens them on load, for inputs normalised as the engine's are. A `vit-…` is
+    torchvision's VisionTransformer (`torch_bench.make_model`), a `dm-wrn-…` RobustBench's
+    DMWideResNet with the activation its `activation` metadata names and no normalisation
+    inside; all loaded strictly."""
+    if parse_dm(arch):
+        with safe_open(str(model_path), framework="pt") as f:
+            activation = (f.metadata() or {}).get("activation")
+        if activation not in ("swish", "relu"):
+            raise SystemExit(f"{model_path}: metadata activation is {activation!r}, expected swish or relu")
+        model = make_dm_model(arch, activation, normalised_inputs=True)
+        model.load_state_dict({k: v.float() for k, v in load_file(str(model_path)).items()})
+        return model.eval()
     if arch.startswith("vit-"):
         model = make_model(arch)
         model.load_state_dict({k: v.float() for k, v in load_file(str(model_path)).items()})
@@ -53,7 +64,7 @@ def torch_logits(model_path, arch, x):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--arch", required=True, help="resnet18_32x32, wrn-DEPTH-WIDTH or vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP")
+    parser.add_argument("--arch", required=True, help="resnet18_32x32, wrn-DEPTH-WIDTH, dm-wrn-DEPTH-WIDTH or vit-iIMAGE-pPATCH-dDEPTH-wWIDTH-hHEADS-mMLP")
     parser.add_argument("--images", default="data/fashion-mnist/t10k-images-idx3-ubyte.gz")
     parser.add_argument("--first", type=int, default=0, help="only the first N images (0: all)")
     parser.add_argument("--nac", default="target/release/nac")

@@ -1,8 +1,9 @@
 //! The shipped weights (`weights/`) against PyTorch: the architecture is detected (a ViT's heads
-//! from the `num_heads` metadata), and the
-//! engine's logits on the first bundled Fashion-MNIST test
-//! images, preprocessed by the `fmnist` preset, equal PyTorch's (`tools/shipped_golden.py` →
-//! `tests/golden/shipped_models.json`) to a relative error of 1e-4, with the same predictions.
+//! from the `num_heads` metadata, a DMWideResNet's activation from `activation`), and the
+//! engine's logits on the first bundled Fashion-MNIST test images, preprocessed by the `fmnist`
+//! preset, equal PyTorch's (`tools/shipped_golden.py` → `tests/golden/shipped_models.json`, and
+//! `shipped_dm_models.json` for the standard and robust DMWideResNets, whose PyTorch side is
+//! RobustBench's class) to a relative error of 1e-4, with the same predictions.
 
 mod common;
 
@@ -12,9 +13,18 @@ use nac::data::{load_all, Dataset, Transform};
 
 #[test]
 fn shipped_models_match_pytorch_on_bundled_images() {
+    check_golden("shipped_models.json", 3);
+}
+
+#[test]
+fn shipped_dm_wide_resnets_match_robustbench_on_bundled_images() {
+    check_golden("shipped_dm_models.json", 2);
+}
+
+fn check_golden(file: &str, models: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("tests/golden/shipped_models.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(root.join("tests/golden").join(file)).unwrap()).unwrap();
     let count = golden["count"].as_u64().unwrap() as usize;
     let spec = format!("idx:{}[0:{count}]", root.join(golden["images"].as_str().unwrap()).display());
     let batch = load_all(&Dataset::open(&spec).unwrap(), &Transform::preset("fmnist").unwrap(), None, 2).unwrap();
@@ -23,12 +33,17 @@ fn shipped_models_match_pytorch_on_bundled_images() {
     assert_eq!(batch.labels.as_deref(), Some(&labels[..]));
 
     let engine = common::engine();
-    let models = golden["models"].as_array().unwrap();
-    assert_eq!(models.len(), 3, "all three shipped models are in the golden file");
-    for entry in models {
+    let entries = golden["models"].as_array().unwrap();
+    assert_eq!(entries.len(), models, "every shipped model of {file} is in it");
+    for entry in entries {
         let path = root.join(entry["path"].as_str().unwrap());
         let mut model = engine.load_model(&path, None).unwrap();
-        assert_eq!(model.network.spec.to_string(), entry["arch"].as_str().unwrap(), "{}: detected architecture", path.display());
+        // A DMWideResNet's name carries the activation the golden records.
+        let arch = match entry["activation"].as_str() {
+            Some(activation) => format!("{}-{activation}", entry["arch"].as_str().unwrap()),
+            None => entry["arch"].as_str().unwrap().to_string(),
+        };
+        assert_eq!(model.network.spec.to_string(), arch, "{}: detected architecture", path.display());
         let logits = engine.predict(&mut model, &batch.input, batch.shape).unwrap();
         let want: Vec<f64> = entry["logits"]
             .as_array()

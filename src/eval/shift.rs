@@ -914,9 +914,12 @@ fn draw_comparison(dir: &Path, report: &ShiftReport, scores: &[Vec<SetScores>]) 
     )?;
     let labelled: Vec<usize> = (0..first.sets.len()).filter(|&i| report.models.iter().all(|m| m.sets[i].accuracy.is_some())).collect();
     if !labelled.is_empty() {
-        let sets: Vec<&str> = labelled.iter().map(|&i| first.sets[i].name.as_str()).collect();
-        let accuracy: Vec<Vec<f64>> =
-            labelled.iter().map(|&i| report.models.iter().map(|m| 100.0 * m.sets[i].accuracy.unwrap_or_default()).collect()).collect();
+        // Clean first, as the reference each set's accuracy falls from.
+        let sets: Vec<&str> = std::iter::once("clean").chain(labelled.iter().map(|&i| first.sets[i].name.as_str())).collect();
+        let clean: Vec<f64> = report.models.iter().map(|m| 100.0 * m.clean.accuracy.unwrap_or_default()).collect();
+        let accuracy: Vec<Vec<f64>> = std::iter::once(clean)
+            .chain(labelled.iter().map(|&i| report.models.iter().map(|m| 100.0 * m.sets[i].accuracy.unwrap_or_default()).collect()))
+            .collect();
         plots::grouped_bars(
             &dir.join("models_accuracy.png"),
             "accuracy on each set (x100), per model",

@@ -72,6 +72,10 @@ def main():
     scores["mls"] = logits.max(1)
     t = 2.0
     scores["ebo:T=2"] = t * logsumexp(logits / t)
+    # ODIN's score (OpenOOD: softmax(output / T).max) of the logits it is given: the perturbed
+    # input's; the perturbation itself is checked against the f64 network reference
+    # (tests/detectors.rs, odin_perturbation_matches_the_reference).
+    scores["odin:T=10"] = softmax(logits / 10.0).max(1)
     gamma, m = 0.1, 3
     p = np.sort(softmax(logits), axis=1)[:, -m:]
     scores["gen:gamma=0.1,M=3"] = -np.sum(p**gamma * (1 - p) ** gamma, axis=1)
@@ -164,6 +168,21 @@ def main():
         log_p.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
     scores["ddu"] = logsumexp(np.stack(log_p, 1), axis=1)
 
+    # DDU+ip: DDU's score of the features it is given (the perturbed input's), and the gradient
+    # of its loss -score with respect to the features by autograd: what the perturbation
+    # backpropagates to the input (that part is checked against finite differences of the f64
+    # network reference in tests/input_gradient.rs).
+    scores["ddu+ip"] = scores["ddu"]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    log_p_t = []
+    for mu, lower in zip(means, chol):
+        lt = torch.from_numpy(lower)
+        y = torch.linalg.solve_triangular(lt, (xt - torch.from_numpy(mu)).T, upper=False)
+        log_det = 2 * torch.log(torch.diag(lt)).sum()
+        log_p_t.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
+    (-torch.logsumexp(torch.stack(log_p_t, 1), 1).sum()).backward()
+    feature_gradients = {"ddu+ip": xt.grad.numpy()}
+
     rows = lambda a: [float(v) for v in a.flatten()]
     golden = {
         "seed": SEED,
@@ -177,6 +196,7 @@ def main():
         "eval_features": rows(eval32),
         "ddu_jitter": float(jitter),
         "scores": {k: rows(v) for k, v in scores.items()},
+        "feature_gradients": {k: rows(v) for k, v in feature_gradients.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(golden))

@@ -16,9 +16,11 @@ pub(crate) mod linalg;
 mod logits;
 mod nac_ue;
 mod neighbours;
+pub mod perturb;
 mod vim;
 
 pub use nac_ue::NacUe;
+pub use perturb::InputLoss;
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +143,11 @@ pub trait Detector {
     }
     /// One score per sample of `set`.
     fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>>;
+    /// An input-perturbation method's loss ([`perturb`]): such a detector scores the sets
+    /// perturbed along its gradient, not the shared pass.
+    fn input_loss(&self) -> Option<InputLoss<'_>> {
+        None
+    }
 }
 
 /// Hyperparameter values of one detector, by name.
@@ -175,7 +182,8 @@ pub struct Dims {
     pub train_samples: usize,
 }
 
-/// A detector method: its key in configs, report name, parameters and constructor.
+/// A detector method: its key in configs, report name, parameters and constructor. A method
+/// with an [`perturb::EPS`] parameter perturbs its input and costs extra passes.
 pub struct Method {
     pub key: &'static str,
     pub name: &'static str,
@@ -183,6 +191,12 @@ pub struct Method {
     /// Refuses parameter values that cannot work for these sizes, naming them.
     pub check: fn(&Params, &Dims) -> Result<()>,
     pub build: fn(&Params) -> Box<dyn Detector>,
+}
+
+impl Method {
+    pub fn perturbs_input(&self) -> bool {
+        self.params.iter().any(|p| p.name == perturb::EPS)
+    }
 }
 
 fn no_check(_: &Params, _: &Dims) -> Result<()> {
@@ -221,6 +235,16 @@ pub const METHODS: &[Method] = &[
         ],
         check: |p, _| check_range(p, "gamma", 1e-6, 1e3, false).and(check_range(p, "M", 1.0, 1e9, true)),
         build: |p| Box::new(logits::Gen { gamma: p.get("gamma"), m: p.get("M") as usize }),
+    },
+    Method {
+        key: "odin",
+        name: "ODIN",
+        params: &[
+            ParamDef { name: "T", default: 1000.0, sweep: &[1.0, 10.0, 100.0, 1000.0] },
+            ParamDef { name: perturb::EPS, default: 0.0014, sweep: &[0.0014, 0.0028] },
+        ],
+        check: |p, _| check_range(p, "T", 1e-6, 1e6, false).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
+        build: |p| Box::new(logits::Odin { t: p.get("T") }),
     },
     Method { key: "gradnorm", name: "GradNorm", params: &[], check: no_check, build: |_| Box::new(logits::GradNorm) },
     Method {
@@ -268,6 +292,13 @@ pub const METHODS: &[Method] = &[
     Method { key: "rmds", name: "RMDS", params: &[], check: no_check, build: |_| Box::new(gaussian::Rmds::default()) },
     Method { key: "she", name: "SHE", params: &[], check: no_check, build: |_| Box::new(gaussian::She::default()) },
     Method { key: "ddu", name: "DDU (class Gaussians)", params: &[], check: no_check, build: |_| Box::new(gaussian::Ddu::default()) },
+    Method {
+        key: "ddu+ip",
+        name: "DDU+ip",
+        params: &[ParamDef { name: perturb::EPS, default: 0.0014, sweep: &[0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01] }],
+        check: |p, _| check_range(p, perturb::EPS, 0.0, 1.0, false),
+        build: |_| Box::new(gaussian::DduIp::default()),
+    },
     Method {
         key: "kde",
         name: "KDE",
@@ -363,6 +394,13 @@ pub struct Fitted {
     pub fit_seconds: f64,
 }
 
+/// `method` built with `p` and fitted.
+pub(crate) fn fit_one(cx: &Context, method: &Method, p: &Params, train: &PassSet, id_val: Option<&PassSet>) -> Result<Box<dyn Detector>> {
+    let mut d = (method.build)(p);
+    d.fit(cx, train, id_val).map_err(|e| Error::Input(format!("{} ({p}): fitting: {e}", method.name)))?;
+    Ok(d)
+}
+
 /// Fits `method` with `candidates`; with more than one, each is fitted and scored on
 /// (`criterion.0`, `criterion.1`) = (ID val, OOD val or outliers) and the first with the highest
 /// AUROC is kept ([`metrics::select_by_auroc`]).
@@ -375,11 +413,7 @@ pub fn fit_and_select(
     criterion: Option<(&PassSet, &PassSet)>,
 ) -> Result<Fitted> {
     let started = std::time::Instant::now();
-    let fit = |p: &Params| -> Result<Box<dyn Detector>> {
-        let mut d = (method.build)(p);
-        d.fit(cx, train, id_val).map_err(|e| Error::Input(format!("{} ({p}): fitting: {e}", method.name)))?;
-        Ok(d)
-    };
+    let fit = |p: &Params| fit_one(cx, method, p, train, id_val);
     if candidates.len() == 1 {
         let params = candidates.into_iter().next().expect("one candidate");
         return Ok(Fitted { detector: fit(&params)?, params, trials: Vec::new(), fit_seconds: started.elapsed().as_secs_f64() });

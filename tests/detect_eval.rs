@@ -134,6 +134,7 @@ alpha = [10.0]
         (r#""odin:T=1000,eps=0.0014|0.0028""#, 2 * (1 + 2) + 4 * 2, "ODIN (APS)"),
         // DDU+ip: one gradient pass seeded at the features, one forward per ε, the same way.
         (r#""ddu+ip""#, 5 * 2, "DDU+ip"),
+        (r#""kde+ip""#, 5 * 2, "KDE+ip"),
     ] {
         let (report, pooled, perturbed) = run_counted(&mut engine, detector, "odin");
         assert_eq!((pooled, perturbed), (7, extra), "{detector}");

@@ -121,6 +121,13 @@ def main():
     scores["knn:K=5"] = -np.sort(d2, axis=1)[:, kk - 1]
     h = 0.5
     scores["kde:bandwidth=0.5"] = logsumexp(-d2 / (2 * h * h)) - np.log(len(bank))
+    # KDE+ip: the same score of the features it is given; its loss gradient below.
+    scores["kde+ip:bandwidth=0.5"] = scores["kde:bandwidth=0.5"]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    qt = xt / torch.linalg.norm(xt, dim=-1, keepdim=True) + 1e-10
+    d2t = ((qt[:, None, :] - torch.from_numpy(bank)[None]) ** 2).sum(-1)
+    (-(torch.logsumexp(-d2t / (2 * h * h), 1) - np.log(len(bank))).sum()).backward()
+    kde_gradient = xt.grad.numpy()
 
     # ViM
     vim_dim = 8
@@ -181,7 +188,7 @@ def main():
         log_det = 2 * torch.log(torch.diag(lt)).sum()
         log_p_t.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
     (-torch.logsumexp(torch.stack(log_p_t, 1), 1).sum()).backward()
-    feature_gradients = {"ddu+ip": xt.grad.numpy()}
+    feature_gradients = {"ddu+ip": xt.grad.numpy(), "kde+ip:bandwidth=0.5": kde_gradient}
 
     rows = lambda a: [float(v) for v in a.flatten()]
     golden = {

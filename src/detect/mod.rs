@@ -295,7 +295,7 @@ pub const METHODS: &[Method] = &[
     Method {
         key: "ddu+ip",
         name: "DDU+ip",
-        params: &[ParamDef { name: perturb::EPS, default: 0.0014, sweep: &[0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01] }],
+        params: &[ParamDef { name: perturb::EPS, default: 0.0014, sweep: IP_EPS }],
         check: |p, _| check_range(p, perturb::EPS, 0.0, 1.0, false),
         build: |_| Box::new(gaussian::DduIp::default()),
     },
@@ -306,7 +306,22 @@ pub const METHODS: &[Method] = &[
         check: |p, _| check_range(p, "bandwidth", 1e-4, 1e4, false),
         build: |p| Box::new(neighbours::Kde::new(p.get("bandwidth"))),
     },
+    Method {
+        key: "kde+ip",
+        name: "KDE+ip",
+        params: &[
+            ParamDef { name: "bandwidth", default: 0.2, sweep: &[0.05, 0.1, 0.2, 0.5, 1.0] },
+            ParamDef { name: perturb::EPS, default: 0.0014, sweep: IP_EPS },
+        ],
+        check: |p, _| check_range(p, "bandwidth", 1e-4, 1e4, false).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
+        build: |p| Box::new(neighbours::Kde::with_input_perturbation(p.get("bandwidth"))),
+    },
 ];
+
+/// The "+ip" methods' ε sweep: 0 (no perturbation) and noise magnitudes of Lee et al. (2018)'s
+/// list around OpenOOD's MDSEns default 0.0014, cut to four to bound the passes (one forward
+/// pass per value on each criterion set).
+const IP_EPS: &[f64] = &[0.0, 0.0005, 0.0014, 0.005];
 
 /// A configured detector: `key`, `key:sweep` (OpenOOD's sweep lists) or
 /// `key:NAME=V[|V...],...` (values separated by `|` are swept).

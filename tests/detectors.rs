@@ -26,6 +26,8 @@ fn f32s(v: &Value) -> Vec<f32> {
 fn tolerance(key: &str) -> f64 {
     match key {
         k if k.starts_with("knn") || k.starts_with("kde") => 1e-5,
+        // The exact Weibull MLE here against libMR's (MATLAB wblfit's root finder, 1e-6 tolerance).
+        "openmax" => 1e-5,
         _ => 1e-6,
     }
 }
@@ -56,6 +58,16 @@ fn detectors_match_the_openood_reference() {
     }
     for m in METHODS {
         assert!(covered.contains(&m.key), "no golden for {}", m.key);
+    }
+    // OpenMax's Weibull fits: ours is the exact MLE; libMR and SciPy stop at their tolerances.
+    for (c, fit) in golden["openmax_weibull"].as_array().unwrap().iter().enumerate() {
+        let (scale, shape) = nac::detect::weibull_fit(&floats(&fit["y"])).unwrap();
+        for source in ["libmr", "scipy"] {
+            let want = floats(&fit[source]);
+            let error = ((scale - want[0]) / want[0]).abs().max(((shape - want[1]) / want[1]).abs());
+            println!("OpenMax class {c}: Weibull (scale, shape) within {error:.1e} of {source}");
+            assert!(error < 2e-5, "class {c}: ({scale}, {shape}) against {source} {want:?}");
+        }
     }
     // The "+ip" methods' loss gradients at the features (autograd), before any perturbation.
     let mut covered = Vec::new();
@@ -111,8 +123,16 @@ fn a_sweep_selects_by_validation_auroc() {
     assert!(err.contains("K=10000"), "{err}");
     let swept = DetectorSpec::parse("knn:sweep").unwrap().candidates(&dims, "knn:sweep").unwrap();
     assert_eq!(swept.len(), 3, "K = 50, 100 and 200 fit 240 profiling samples: {swept:?}");
+    // OpenMax's tail must fit every class's correctly classified samples (60 per class here).
+    let spec = DetectorSpec::parse("openmax:tail=70").unwrap();
+    let err = fit_and_select(&cx, spec.method, spec.candidates(&dims, "openmax").unwrap(), &train, None, None).err().unwrap().to_string();
+    assert!(err.contains("fewer than tail=70") && err.contains("class "), "{err}");
     for bad in ["nope", "gen:delta=1", "gen:gamma=x", "msp:T=1"] {
         assert!(DetectorSpec::parse(bad).is_err(), "{bad}");
+    }
+    for (bad, named) in [("openmax:alpha=9", "alpha=9"), ("odin:eps=2", "eps=2"), ("kde+ip:bandwidth=0", "bandwidth=0")] {
+        let err = DetectorSpec::parse(bad).unwrap().candidates(&dims, bad).unwrap_err().to_string();
+        assert!(err.contains(named), "{bad}: {err}");
     }
 }
 

@@ -7,7 +7,8 @@ every detector is then computed here in float64 following OpenOOD v1.5's postpro
 (openood/postprocessors/*_postprocessor.py, with its defaults scaled down to these sizes),
 using scikit-learn's EmpiricalCovariance where OpenOOD does, torch autograd for GradNorm's
 definition, and an exact NumPy K-nearest-neighbour search in place of faiss's IndexFlatL2
-(which returns squared L2 distances). DDU follows its authors' gmm_utils (float64, jitter loop).
+(which returns squared L2 distances). DDU follows its authors' gmm_utils (float64, jitter loop). OpenMax runs libMR (pip install
+cython; pip install --no-build-isolation libmr).
 
 One feature dimension is zero in every sample, so the covariances are singular and the
 pseudo-inverse (pinvh) is exercised. Run: python3 tools/detector_reference.py [out.json]
@@ -17,8 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+import libmr
 import numpy as np
 import scipy.linalg
+import scipy.spatial.distance as spd
+import scipy.stats
 import sklearn.covariance
 import torch
 import torch.nn.functional as F
@@ -190,6 +194,35 @@ def main():
     (-torch.logsumexp(torch.stack(log_p_t, 1), 1).sum()).backward()
     feature_gradients = {"ddu+ip": xt.grad.numpy(), "kde+ip:bandwidth=0.5": kde_gradient}
 
+    # OpenMax as OpenOOD's openmax_postprocessor computes it (libMR's FitHigh, 'euclidean',
+    # tail 20, alpha 3), on the logits; and each class's Weibull fit by libMR and by SciPy.
+    tail, om_alpha = 20, 3
+    pred = train_logits.argmax(1)
+    mavs, models, weibull = [], [], []
+    for c in range(CLASSES):
+        rows_c = train_logits[(labels == c) & (pred == c)]
+        mav = rows_c.mean(0)
+        tailtofit = np.sort([spd.euclidean(mav, r) for r in rows_c])[-tail:]
+        mr = libmr.MR()
+        mr.fit_high(tailtofit, len(tailtofit))
+        scale, shape, _, translate, small = mr.get_params()
+        assert translate == 1 and small == tailtofit.min()
+        y = tailtofit + translate - small
+        sp_shape, _, sp_scale = scipy.stats.weibull_min.fit(y, floc=0)
+        weibull.append({"y": [float(v) for v in y], "libmr": [scale, shape], "scipy": [float(sp_scale), float(sp_shape)]})
+        mavs.append(mav)
+        models.append(mr)
+    om = []
+    for l in logits:
+        ranked = l.argsort()[::-1][:om_alpha]
+        omega = np.zeros(CLASSES)
+        omega[ranked] = [((om_alpha + 1) - i) / float(om_alpha) for i in range(1, om_alpha + 1)]
+        wscore = np.array([models[c].w_score(spd.euclidean(l, mavs[c])) for c in range(CLASSES)])
+        modified = l * (1 - wscore * omega)
+        unknown = np.exp(np.sum(l - modified))
+        om.append(-unknown / (np.exp(modified).sum() + unknown))
+    scores["openmax"] = np.array(om)
+
     rows = lambda a: [float(v) for v in a.flatten()]
     golden = {
         "seed": SEED,
@@ -202,6 +235,7 @@ def main():
         "val_features": rows(val32),
         "eval_features": rows(eval32),
         "ddu_jitter": float(jitter),
+        "openmax_weibull": weibull,
         "scores": {k: rows(v) for k, v in scores.items()},
         "feature_gradients": {k: rows(v) for k, v in feature_gradients.items()},
     }

@@ -16,10 +16,12 @@ pub(crate) mod linalg;
 mod logits;
 mod nac_ue;
 mod neighbours;
+mod openmax;
 pub mod perturb;
 mod vim;
 
 pub use nac_ue::NacUe;
+pub use openmax::weibull_fit;
 pub use perturb::InputLoss;
 
 use serde::{Deserialize, Serialize};
@@ -245,6 +247,13 @@ pub const METHODS: &[Method] = &[
         ],
         check: |p, _| check_range(p, "T", 1e-6, 1e6, false).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
         build: |p| Box::new(logits::Odin { t: p.get("T") }),
+    },
+    Method {
+        key: "openmax",
+        name: "OpenMax",
+        params: &[ParamDef { name: "tail", default: 20.0, sweep: &[20.0] }, ParamDef { name: "alpha", default: 3.0, sweep: &[3.0] }],
+        check: |p, d| check_range(p, "tail", 2.0, d.train_samples as f64, true).and(check_range(p, "alpha", 1.0, d.classes as f64, true)),
+        build: |p| Box::new(openmax::OpenMax::new(p.get("tail") as usize, p.get("alpha") as usize)),
     },
     Method { key: "gradnorm", name: "GradNorm", params: &[], check: no_check, build: |_| Box::new(logits::GradNorm) },
     Method {

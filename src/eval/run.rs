@@ -290,6 +290,9 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
             Ok((text.clone(), spec, candidates))
         })
         .collect::<Result<Vec<_>>>()?;
+    if detectors.iter().any(|d| d.1.method.perturbs_input()) {
+        perturb::input_std(&transform.describe(), network.in_channels())?;
+    }
     Ok(Prepared { network, preset, defaults, grid, pooled_layers, profile, detectors })
 }
 

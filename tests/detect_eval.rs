@@ -5,6 +5,7 @@
 
 mod common;
 
+use nac::detect::perturb;
 use nac::eval::{EvalConfig, EvalOptions};
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
@@ -76,10 +77,15 @@ alpha = [10.0]
     };
     let config = |detectors: &str| config_for(detectors, (&model_path, "avgpool", "block1"));
     let mut engine = common::engine();
-    let run = |engine: &mut nac::Engine, detectors: &str, out: &str| {
-        let before = PooledStates::passes();
+    let run_counted = |engine: &mut nac::Engine, detectors: &str, out: &str| {
+        let before = (PooledStates::passes(), perturb::passes());
         let report = nac::eval::run(engine, &config(detectors), &EvalOptions { out: dir.join(out), threads: 2, progress: false }).unwrap();
-        (report, PooledStates::passes() - before)
+        (report, PooledStates::passes() - before.0, perturb::passes() - before.1)
+    };
+    let run = |engine: &mut nac::Engine, detectors: &str, out: &str| {
+        let (report, pooled, perturbed) = run_counted(engine, detectors, out);
+        assert_eq!(perturbed, 0, "{detectors}: no input perturbation");
+        (report, pooled)
     };
     let (_, one) = run(&mut engine, r#""msp""#, "one");
     // Every method but SHE, which needs a correctly classified profiling sample of every class
@@ -119,6 +125,24 @@ alpha = [10.0]
     assert!(csv.lines().any(|l| l.contains(",ViM (dim=8),checker,far,")), "{csv}");
     assert!(dir.join("all/pictures/auroc_methods.png").exists());
 
+    // An input-perturbation method costs a gradient pass per gradient setting (ODIN's T) and a forward pass per ε on each set
+    // it scores (ID test, ID val, sanity, two OOD sets: 5), and for a sweep on both criterion
+    // sets (ID val, OOD val) per candidate group, the winner's ID val reused.
+    for (detector, extra, name) in [
+        (r#""odin""#, 5 * 2, "ODIN"),
+        (r#""odin:T=1|1000""#, 2 * 2 * 2 + 4 * 2, "ODIN (APS)"),
+        (r#""odin:T=1000,eps=0.0014|0.0028""#, 2 * (1 + 2) + 4 * 2, "ODIN (APS)"),
+        // DDU+ip: one gradient pass seeded at the features, one forward per ε, the same way.
+        (r#""ddu+ip""#, 5 * 2, "DDU+ip"),
+        (r#""kde+ip""#, 5 * 2, "KDE+ip"),
+    ] {
+        let (report, pooled, perturbed) = run_counted(&mut engine, detector, "odin");
+        assert_eq!((pooled, perturbed), (7, extra), "{detector}");
+        let odin = report.models[0].methods.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} in {detector}"));
+        assert!(odin.sets.iter().all(|s| s.metrics.auroc.is_finite()) && odin.sanity_auroc.is_some(), "{detector}");
+        assert_eq!(odin.selection.as_ref().map_or(1, |s| s.combinations), if name.ends_with("(APS)") { 2 } else { 1 }, "{detector}");
+    }
+
     // A Vision Transformer: the same detectors on its class-token features, from the same passes.
     let before = PooledStates::passes();
     let options = EvalOptions { out: dir.join("vit"), threads: 2, progress: false };
@@ -144,7 +168,8 @@ data = "idx:train"
 test = "idx:test"
 "#;
     for (detectors, want) in [
-        (r#"detectors = ["msp", "odin"]"#, "detectors[1]: unknown detector `odin`"),
+        (r#"detectors = ["msp", "odim"]"#, "detectors[1]: unknown detector `odim`"),
+        (r#"detectors = ["odin:eps=0.001|0.002"]"#, "detectors[0]: `odin:eps=0.001|0.002` sweeps its parameters"),
         (r#"detectors = ["gen:gamma=0.1|1"]"#, "detectors[0]: `gen:gamma=0.1|1` sweeps its parameters, which needs a [search] section"),
         (r#"detectors = ["knn:k=5"]"#, "knn has no parameter `k` (it has: K)"),
         (r#"detectors = ["ebo:T=inf"]"#, "`inf` is not a finite number"),

@@ -23,8 +23,7 @@ fn shipped_dm_wide_resnets_match_robustbench_on_bundled_images() {
 
 fn check_golden(file: &str, models: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("tests/golden").join(file)).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("tests/golden").join(file)).unwrap()).unwrap();
     let count = golden["count"].as_u64().unwrap() as usize;
     let spec = format!("idx:{}[0:{count}]", root.join(golden["images"].as_str().unwrap()).display());
     let batch = load_all(&Dataset::open(&spec).unwrap(), &Transform::preset("fmnist").unwrap(), None, 2).unwrap();

@@ -7,7 +7,8 @@ every detector is then computed here in float64 following OpenOOD v1.5's postpro
 (openood/postprocessors/*_postprocessor.py, with its defaults scaled down to these sizes),
 using scikit-learn's EmpiricalCovariance where OpenOOD does, torch autograd for GradNorm's
 definition, and an exact NumPy K-nearest-neighbour search in place of faiss's IndexFlatL2
-(which returns squared L2 distances). DDU follows its authors' gmm_utils (float64, jitter loop).
+(which returns squared L2 distances). DDU follows its authors' gmm_utils (float64, jitter loop). OpenMax runs libMR (pip install
+cython; pip install --no-build-isolation libmr).
 
 One feature dimension is zero in every sample, so the covariances are singular and the
 pseudo-inverse (pinvh) is exercised. Run: python3 tools/detector_reference.py [out.json]
@@ -17,8 +18,11 @@ import json
 import sys
 from pathlib import Path
 
+import libmr
 import numpy as np
 import scipy.linalg
+import scipy.spatial.distance as spd
+import scipy.stats
 import sklearn.covariance
 import torch
 import torch.nn.functional as F
@@ -72,6 +76,10 @@ def main():
     scores["mls"] = logits.max(1)
     t = 2.0
     scores["ebo:T=2"] = t * logsumexp(logits / t)
+    # ODIN's score (OpenOOD: softmax(output / T).max) of the logits it is given: the perturbed
+    # input's; the perturbation itself is checked against the f64 network reference
+    # (tests/detectors.rs, odin_perturbation_matches_the_reference).
+    scores["odin:T=10"] = softmax(logits / 10.0).max(1)
     gamma, m = 0.1, 3
     p = np.sort(softmax(logits), axis=1)[:, -m:]
     scores["gen:gamma=0.1,M=3"] = -np.sum(p**gamma * (1 - p) ** gamma, axis=1)
@@ -117,6 +125,13 @@ def main():
     scores["knn:K=5"] = -np.sort(d2, axis=1)[:, kk - 1]
     h = 0.5
     scores["kde:bandwidth=0.5"] = logsumexp(-d2 / (2 * h * h)) - np.log(len(bank))
+    # KDE+ip: the same score of the features it is given; its loss gradient below.
+    scores["kde+ip:bandwidth=0.5"] = scores["kde:bandwidth=0.5"]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    qt = xt / torch.linalg.norm(xt, dim=-1, keepdim=True) + 1e-10
+    d2t = ((qt[:, None, :] - torch.from_numpy(bank)[None]) ** 2).sum(-1)
+    (-(torch.logsumexp(-d2t / (2 * h * h), 1) - np.log(len(bank))).sum()).backward()
+    kde_gradient = xt.grad.numpy()
 
     # ViM
     vim_dim = 8
@@ -164,6 +179,50 @@ def main():
         log_p.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
     scores["ddu"] = logsumexp(np.stack(log_p, 1), axis=1)
 
+    # DDU+ip: DDU's score of the features it is given (the perturbed input's), and the gradient
+    # of its loss -score with respect to the features by autograd: what the perturbation
+    # backpropagates to the input (that part is checked against finite differences of the f64
+    # network reference in tests/input_gradient.rs).
+    scores["ddu+ip"] = scores["ddu"]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    log_p_t = []
+    for mu, lower in zip(means, chol):
+        lt = torch.from_numpy(lower)
+        y = torch.linalg.solve_triangular(lt, (xt - torch.from_numpy(mu)).T, upper=False)
+        log_det = 2 * torch.log(torch.diag(lt)).sum()
+        log_p_t.append(-0.5 * ((y**2).sum(0) + DIM * np.log(2 * np.pi) + log_det))
+    (-torch.logsumexp(torch.stack(log_p_t, 1), 1).sum()).backward()
+    feature_gradients = {"ddu+ip": xt.grad.numpy(), "kde+ip:bandwidth=0.5": kde_gradient}
+
+    # OpenMax as OpenOOD's openmax_postprocessor computes it (libMR's FitHigh, 'euclidean',
+    # tail 20, alpha 3), on the logits; and each class's Weibull fit by libMR and by SciPy.
+    tail, om_alpha = 20, 3
+    pred = train_logits.argmax(1)
+    mavs, models, weibull = [], [], []
+    for c in range(CLASSES):
+        rows_c = train_logits[(labels == c) & (pred == c)]
+        mav = rows_c.mean(0)
+        tailtofit = np.sort([spd.euclidean(mav, r) for r in rows_c])[-tail:]
+        mr = libmr.MR()
+        mr.fit_high(tailtofit, len(tailtofit))
+        scale, shape, _, translate, small = mr.get_params()
+        assert translate == 1 and small == tailtofit.min()
+        y = tailtofit + translate - small
+        sp_shape, _, sp_scale = scipy.stats.weibull_min.fit(y, floc=0)
+        weibull.append({"y": [float(v) for v in y], "libmr": [scale, shape], "scipy": [float(sp_scale), float(sp_shape)]})
+        mavs.append(mav)
+        models.append(mr)
+    om = []
+    for l in logits:
+        ranked = l.argsort()[::-1][:om_alpha]
+        omega = np.zeros(CLASSES)
+        omega[ranked] = [((om_alpha + 1) - i) / float(om_alpha) for i in range(1, om_alpha + 1)]
+        wscore = np.array([models[c].w_score(spd.euclidean(l, mavs[c])) for c in range(CLASSES)])
+        modified = l * (1 - wscore * omega)
+        unknown = np.exp(np.sum(l - modified))
+        om.append(-unknown / (np.exp(modified).sum() + unknown))
+    scores["openmax"] = np.array(om)
+
     rows = lambda a: [float(v) for v in a.flatten()]
     golden = {
         "seed": SEED,
@@ -176,7 +235,9 @@ def main():
         "val_features": rows(val32),
         "eval_features": rows(eval32),
         "ddu_jitter": float(jitter),
+        "openmax_weibull": weibull,
         "scores": {k: rows(v) for k, v in scores.items()},
+        "feature_gradients": {k: rows(v) for k, v in feature_gradients.items()},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(golden))

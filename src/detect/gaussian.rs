@@ -1,8 +1,9 @@
 //! Detectors of class statistics of the profiling features: Mahalanobis (MDS), its relative
 //! form (RMDS), SHE's class means, and DDU's class-conditional Gaussians. Statistics in f64.
 
-use super::linalg::{cholesky, mat_vec, mean_cov, pinvh, whitened_norm2};
-use super::{logsumexp, per_row, Context, Detector, PassSet};
+use super::linalg::{backward_solve, cholesky, forward_solve, mat_vec, mean_cov, pinvh, whitened_norm2};
+use super::perturb::{FeatureLoss, InputLoss};
+use super::{logsumexp, per_row, softmax, Context, Detector, PassSet};
 use crate::error::{Error, Result};
 
 /// Profiling features in f64 grouped by label: `[class] → rows`, every class non-empty.
@@ -195,17 +196,60 @@ impl Detector for Ddu {
     }
 
     fn score(&self, _: &Context, set: &PassSet) -> Result<Vec<f32>> {
-        let n = set.dim;
-        per_row(set.feature_rows(), "DDU", |f| {
-            let log_p: Vec<f64> = self
-                .classes
-                .iter()
-                .map(|(mu, l, norm)| {
+        per_row(set.feature_rows(), "DDU", |f| logsumexp(&self.log_densities(f)))
+    }
+}
+
+impl Ddu {
+    /// `log N(f; μ_c, Σ_c + εI)` per class.
+    fn log_densities(&self, f: &[f32]) -> Vec<f64> {
+        let n = f.len();
+        self.classes
+            .iter()
+            .map(|(mu, l, norm)| {
+                let x: Vec<f64> = f.iter().zip(mu).map(|(&v, m)| v as f64 - m).collect();
+                norm - 0.5 * whitened_norm2(l, n, &x)
+            })
+            .collect()
+    }
+}
+
+/// DDU with input perturbation ("+ip"): DDU's score of `x' = x − ε·sign⁺(∇ₓ loss)/std` with
+/// the loss `−logsumexp_c log N(f(x); μ_c, Σ_c)`, whose feature gradient is
+/// `Σ_c w_c Σ_c⁻¹ (f − μ_c)`, `w = softmax_c log N` (Lee et al. 2018 perturb against the
+/// closest class's Mahalanobis distance; this is the same idea for DDU's mixture score).
+#[derive(Default)]
+pub struct DduIp(pub Ddu);
+
+impl FeatureLoss for Ddu {
+    fn gradient(&self, features: &[f32]) -> Result<Vec<f64>> {
+        let n = self.classes.first().map_or(1, |c| c.0.len());
+        Ok(features
+            .chunks(n)
+            .flat_map(|f| {
+                let w = softmax(&self.log_densities(f));
+                let mut g = vec![0f64; n];
+                for ((mu, l, _), w) in self.classes.iter().zip(w) {
                     let x: Vec<f64> = f.iter().zip(mu).map(|(&v, m)| v as f64 - m).collect();
-                    norm - 0.5 * whitened_norm2(l, n, &x)
-                })
-                .collect();
-            logsumexp(&log_p)
-        })
+                    let solved = backward_solve(l, n, &forward_solve(l, n, &x));
+                    g.iter_mut().zip(solved).for_each(|(g, s)| *g += w * s);
+                }
+                g
+            })
+            .collect())
+    }
+}
+
+impl Detector for DduIp {
+    fn fit(&mut self, cx: &Context, train: &PassSet, id_val: Option<&PassSet>) -> Result<()> {
+        self.0.fit(cx, train, id_val)
+    }
+
+    fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>> {
+        self.0.score(cx, set)
+    }
+
+    fn input_loss(&self) -> Option<InputLoss<'_>> {
+        Some(InputLoss::Features(&self.0))
     }
 }

@@ -109,14 +109,29 @@ pub fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
-/// `‖L⁻¹ x‖²` for a lower-triangular `L` (forward substitution).
-pub fn whitened_norm2(l: &[f64], n: usize, x: &[f64]) -> f64 {
+/// `L⁻¹ x` for a lower-triangular `L` (forward substitution).
+pub fn forward_solve(l: &[f64], n: usize, x: &[f64]) -> Vec<f64> {
     let mut y = vec![0f64; n];
     for i in 0..n {
         let s: f64 = x[i] - l[i * n..i * n + i].iter().zip(&y).map(|(a, b)| a * b).sum::<f64>();
         y[i] = s / l[i * n + i];
     }
-    y.iter().map(|v| v * v).sum()
+    y
+}
+
+/// `L⁻ᵀ y` for a lower-triangular `L` (back substitution): with [`forward_solve`], `(LLᵀ)⁻¹ x`.
+pub fn backward_solve(l: &[f64], n: usize, y: &[f64]) -> Vec<f64> {
+    let mut z = vec![0f64; n];
+    for i in (0..n).rev() {
+        let s: f64 = y[i] - (i + 1..n).map(|k| l[k * n + i] * z[k]).sum::<f64>();
+        z[i] = s / l[i * n + i];
+    }
+    z
+}
+
+/// `‖L⁻¹ x‖²` for a lower-triangular `L`.
+pub fn whitened_norm2(l: &[f64], n: usize, x: &[f64]) -> f64 {
+    forward_solve(l, n, x).iter().map(|v| v * v).sum()
 }
 
 /// `M x` for a row-major `n × n` matrix.

@@ -1,6 +1,8 @@
-//! Detectors of the logits alone (and GradNorm, of the logits and the feature norm).
+//! Detectors of the logits alone (and GradNorm, of the logits and the feature norm; ODIN, of
+//! the logits of its perturbed input).
 
-use super::{per_row, softmax, Context, Detector, PassSet};
+use super::{per_row, softmax, Context, Detector, InputLoss, PassSet};
+use crate::engine::{Loss, Target};
 use crate::error::Result;
 
 /// Maximum softmax probability.
@@ -24,6 +26,26 @@ pub struct Gen {
 /// ‖∂L/∂W_fc‖₁ with `L = −Σ_c log softmax(logits)_c` (OpenOOD's all-ones target, T = 1). Since
 /// `∂L/∂W_jk = (C·p_j − 1)·f_k`, the norm factors as `‖f‖₁ · Σ_j |C·p_j − 1|`: no backward pass.
 pub struct GradNorm;
+
+/// ODIN (OpenOOD's `odin_postprocessor`): the maximum of `softmax(f(x')/T)` with
+/// `x' = x − ε·sign⁺(∇ₓ CE(softmax(f(x)/T), argmax f(x)))/std` (see [`super::perturb`]).
+/// Deviations: the std is the configured preprocessing's (OpenOOD falls back to 0.5 per channel
+/// for a dataset outside its `normalization_dict`); the perturbed logits are `fc` of the
+/// perturbed features in f64 on the host (OpenOOD: the network's f32 logits), as for every
+/// other detector here.
+pub struct Odin {
+    pub t: f64,
+}
+
+impl Detector for Odin {
+    fn score(&self, _: &Context, set: &PassSet) -> Result<Vec<f32>> {
+        per_row(set.logit_rows(), "ODIN", |l| softmax(&l.iter().map(|v| v / self.t).collect::<Vec<_>>()).into_iter().fold(0.0, f64::max))
+    }
+
+    fn input_loss(&self) -> Option<InputLoss<'_>> {
+        Some(InputLoss::Logits(Loss { target: Target::Prediction, temperature: self.t as f32 }))
+    }
+}
 
 impl Detector for Msp {
     fn score(&self, _: &Context, set: &PassSet) -> Result<Vec<f32>> {

@@ -16,9 +16,13 @@ pub(crate) mod linalg;
 mod logits;
 mod nac_ue;
 mod neighbours;
+mod openmax;
+pub mod perturb;
 mod vim;
 
 pub use nac_ue::NacUe;
+pub use openmax::weibull_fit;
+pub use perturb::InputLoss;
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +145,11 @@ pub trait Detector {
     }
     /// One score per sample of `set`.
     fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>>;
+    /// An input-perturbation method's loss ([`perturb`]): such a detector scores the sets
+    /// perturbed along its gradient, not the shared pass.
+    fn input_loss(&self) -> Option<InputLoss<'_>> {
+        None
+    }
 }
 
 /// Hyperparameter values of one detector, by name.
@@ -175,7 +184,8 @@ pub struct Dims {
     pub train_samples: usize,
 }
 
-/// A detector method: its key in configs, report name, parameters and constructor.
+/// A detector method: its key in configs, report name, parameters and constructor. A method
+/// with an [`perturb::EPS`] parameter perturbs its input and costs extra passes.
 pub struct Method {
     pub key: &'static str,
     pub name: &'static str,
@@ -183,6 +193,12 @@ pub struct Method {
     /// Refuses parameter values that cannot work for these sizes, naming them.
     pub check: fn(&Params, &Dims) -> Result<()>,
     pub build: fn(&Params) -> Box<dyn Detector>,
+}
+
+impl Method {
+    pub fn perturbs_input(&self) -> bool {
+        self.params.iter().any(|p| p.name == perturb::EPS)
+    }
 }
 
 fn no_check(_: &Params, _: &Dims) -> Result<()> {
@@ -221,6 +237,23 @@ pub const METHODS: &[Method] = &[
         ],
         check: |p, _| check_range(p, "gamma", 1e-6, 1e3, false).and(check_range(p, "M", 1.0, 1e9, true)),
         build: |p| Box::new(logits::Gen { gamma: p.get("gamma"), m: p.get("M") as usize }),
+    },
+    Method {
+        key: "odin",
+        name: "ODIN",
+        params: &[
+            ParamDef { name: "T", default: 1000.0, sweep: &[1.0, 10.0, 100.0, 1000.0] },
+            ParamDef { name: perturb::EPS, default: 0.0014, sweep: &[0.0014, 0.0028] },
+        ],
+        check: |p, _| check_range(p, "T", 1e-6, 1e6, false).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
+        build: |p| Box::new(logits::Odin { t: p.get("T") }),
+    },
+    Method {
+        key: "openmax",
+        name: "OpenMax",
+        params: &[ParamDef { name: "tail", default: 20.0, sweep: &[20.0] }, ParamDef { name: "alpha", default: 3.0, sweep: &[3.0] }],
+        check: |p, d| check_range(p, "tail", 2.0, d.train_samples as f64, true).and(check_range(p, "alpha", 1.0, d.classes as f64, true)),
+        build: |p| Box::new(openmax::OpenMax::new(p.get("tail") as usize, p.get("alpha") as usize)),
     },
     Method { key: "gradnorm", name: "GradNorm", params: &[], check: no_check, build: |_| Box::new(logits::GradNorm) },
     Method {
@@ -269,13 +302,35 @@ pub const METHODS: &[Method] = &[
     Method { key: "she", name: "SHE", params: &[], check: no_check, build: |_| Box::new(gaussian::She::default()) },
     Method { key: "ddu", name: "DDU (class Gaussians)", params: &[], check: no_check, build: |_| Box::new(gaussian::Ddu::default()) },
     Method {
+        key: "ddu+ip",
+        name: "DDU+ip",
+        params: &[ParamDef { name: perturb::EPS, default: 0.0014, sweep: IP_EPS }],
+        check: |p, _| check_range(p, perturb::EPS, 0.0, 1.0, false),
+        build: |_| Box::new(gaussian::DduIp::default()),
+    },
+    Method {
         key: "kde",
         name: "KDE",
         params: &[ParamDef { name: "bandwidth", default: 0.2, sweep: &[0.05, 0.1, 0.2, 0.5, 1.0] }],
         check: |p, _| check_range(p, "bandwidth", 1e-4, 1e4, false),
         build: |p| Box::new(neighbours::Kde::new(p.get("bandwidth"))),
     },
+    Method {
+        key: "kde+ip",
+        name: "KDE+ip",
+        params: &[
+            ParamDef { name: "bandwidth", default: 0.2, sweep: &[0.05, 0.1, 0.2, 0.5, 1.0] },
+            ParamDef { name: perturb::EPS, default: 0.0014, sweep: IP_EPS },
+        ],
+        check: |p, _| check_range(p, "bandwidth", 1e-4, 1e4, false).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
+        build: |p| Box::new(neighbours::Kde::with_input_perturbation(p.get("bandwidth"))),
+    },
 ];
+
+/// The "+ip" methods' ε sweep: 0 (no perturbation) and noise magnitudes of Lee et al. (2018)'s
+/// list around OpenOOD's MDSEns default 0.0014, cut to four to bound the passes (one forward
+/// pass per value on each criterion set).
+const IP_EPS: &[f64] = &[0.0, 0.0005, 0.0014, 0.005];
 
 /// A configured detector: `key`, `key:sweep` (OpenOOD's sweep lists) or
 /// `key:NAME=V[|V...],...` (values separated by `|` are swept).
@@ -363,6 +418,13 @@ pub struct Fitted {
     pub fit_seconds: f64,
 }
 
+/// `method` built with `p` and fitted.
+pub(crate) fn fit_one(cx: &Context, method: &Method, p: &Params, train: &PassSet, id_val: Option<&PassSet>) -> Result<Box<dyn Detector>> {
+    let mut d = (method.build)(p);
+    d.fit(cx, train, id_val).map_err(|e| Error::Input(format!("{} ({p}): fitting: {e}", method.name)))?;
+    Ok(d)
+}
+
 /// Fits `method` with `candidates`; with more than one, each is fitted and scored on
 /// (`criterion.0`, `criterion.1`) = (ID val, OOD val or outliers) and the first with the highest
 /// AUROC is kept ([`metrics::select_by_auroc`]).
@@ -375,11 +437,7 @@ pub fn fit_and_select(
     criterion: Option<(&PassSet, &PassSet)>,
 ) -> Result<Fitted> {
     let started = std::time::Instant::now();
-    let fit = |p: &Params| -> Result<Box<dyn Detector>> {
-        let mut d = (method.build)(p);
-        d.fit(cx, train, id_val).map_err(|e| Error::Input(format!("{} ({p}): fitting: {e}", method.name)))?;
-        Ok(d)
-    };
+    let fit = |p: &Params| fit_one(cx, method, p, train, id_val);
     if candidates.len() == 1 {
         let params = candidates.into_iter().next().expect("one candidate");
         return Ok(Fitted { detector: fit(&params)?, params, trials: Vec::new(), fit_seconds: started.elapsed().as_secs_f64() });

@@ -1,21 +1,23 @@
 //! Detectors of distances to the profiling features, on the GPU (`shaders/distance.wgsl`, our
 //! own tiled kernel; no external index): KNN and a Gaussian KDE, both on L2-normalised features.
 
-use super::{logsumexp, per_row, Context, Detector, PassSet};
+use super::perturb::{FeatureLoss, InputLoss};
+use super::{logsumexp, per_row, softmax, Context, Detector, PassSet};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
 const DISTANCE_WGSL: &str = include_str!("../../shaders/distance.wgsl");
 const TILE: usize = 16;
 
-/// OpenOOD's normaliser `x / ‖x‖ + 1e-10` (the 1e-10 is added after the division).
+/// OpenOOD's normaliser `x / ‖x‖ + 1e-10` (the 1e-10 is added after the division), in f64,
+/// with `‖x‖`.
+fn normalised_row(f: &[f32]) -> (Vec<f64>, f64) {
+    let norm = f.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+    (f.iter().map(|&v| if norm > 0.0 { v as f64 / norm } else { 0.0 } + 1e-10).collect(), norm)
+}
+
 fn normalised(set: &PassSet) -> Vec<f32> {
-    set.feature_rows()
-        .flat_map(|f| {
-            let norm = f.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            f.iter().map(move |&v| (if norm > 0.0 { v as f64 / norm } else { 0.0 } + 1e-10) as f32).collect::<Vec<_>>()
-        })
-        .collect()
+    set.feature_rows().flat_map(|f| normalised_row(f).0.into_iter().map(|v| v as f32)).collect()
 }
 
 /// The normalised profiling features on the GPU and the distance kernel over them.
@@ -139,18 +141,61 @@ impl Detector for Knn {
 pub struct Kde {
     bandwidth: f64,
     bank: Option<Bank>,
+    /// The normalised profiling features in f64 on the host, for the "+ip" gradient only.
+    host_bank: Vec<f64>,
+    with_gradient: bool,
 }
 
 impl Kde {
     pub fn new(bandwidth: f64) -> Self {
-        Kde { bandwidth, bank: None }
+        Kde { bandwidth, bank: None, host_bank: Vec::new(), with_gradient: false }
+    }
+
+    /// KDE with input perturbation ("+ip"): the KDE score of `x' = x − ε·sign⁺(∇ₓ loss)/std`
+    /// with the loss `−score`, whose gradient at the normalised feature `q` is
+    /// `(q − Σ_i w_i x_i)/h²`, `w = softmax_i(−‖q − x_i‖²/(2h²))`, taken back through the
+    /// normalisation (`(I − q̂q̂ᵀ)/‖x‖`). Computed exactly in f64 on the host: O(N·D) per sample.
+    pub fn with_input_perturbation(bandwidth: f64) -> Self {
+        Kde { with_gradient: true, ..Kde::new(bandwidth) }
+    }
+}
+
+impl FeatureLoss for Kde {
+    fn gradient(&self, features: &[f32]) -> Result<Vec<f64>> {
+        let dim = self.bank.as_ref().expect("fitted").dim;
+        let scale = -0.5 / (self.bandwidth * self.bandwidth);
+        Ok(features
+            .chunks(dim)
+            .flat_map(|f| {
+                let (q, norm) = normalised_row(f);
+                let terms: Vec<f64> =
+                    self.host_bank.chunks(dim).map(|b| scale * b.iter().zip(&q).map(|(b, q)| (q - b).powi(2)).sum::<f64>()).collect();
+                let mut g_q: Vec<f64> = q.iter().map(|q| q / self.bandwidth.powi(2)).collect();
+                for (w, b) in softmax(&terms).into_iter().zip(self.host_bank.chunks(dim)) {
+                    g_q.iter_mut().zip(b).for_each(|(g, b)| *g -= w * b / self.bandwidth.powi(2));
+                }
+                if norm == 0.0 {
+                    return vec![0.0; dim];
+                }
+                let unit: Vec<f64> = f.iter().map(|&v| v as f64 / norm).collect();
+                let along: f64 = unit.iter().zip(&g_q).map(|(u, g)| u * g).sum();
+                g_q.iter().zip(&unit).map(|(g, u)| (g - u * along) / norm).collect()
+            })
+            .collect())
     }
 }
 
 impl Detector for Kde {
     fn fit(&mut self, cx: &Context, train: &PassSet, _: Option<&PassSet>) -> Result<()> {
         self.bank = Some(Bank::new(cx.engine, train)?);
+        if self.with_gradient {
+            self.host_bank = train.feature_rows().flat_map(|f| normalised_row(f).0).collect();
+        }
         Ok(())
+    }
+
+    fn input_loss(&self) -> Option<InputLoss<'_>> {
+        self.with_gradient.then_some(InputLoss::Features(self))
     }
 
     fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>> {

@@ -156,6 +156,10 @@ pub struct Graph {
     pub input_grad: Option<TensorId>,
     pub logits: TensorId,
     pub layers: Vec<LayerTensors>,
+    /// The calls before this index compute the forward pass and ∂L/∂feat at the feature layer;
+    /// the rest only read it (and forward activations): a pass seeded with a gradient of the
+    /// host's at the feature layer runs the two parts with that gradient written in between.
+    pub head_backward_end: usize,
     /// The stage the next pushed call belongs to.
     stage: String,
 }
@@ -384,7 +388,9 @@ impl Graph {
         let reads = vec![Input::Tensor(self.logits), Self::tensor_or_unused(self.labels), Input::Unused];
         let dlogits =
             self.push(Kernel::LossGrad, ParamTemplate::Linear { p, per_sample: 1 }, reads, TensorShape { h: 1, w: 1, c: head.classes });
-        self.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features)
+        let dfeat = self.linear_call(Kernel::LinearBackward, dlogits, head, head.in_features, head.in_features);
+        self.head_backward_end = self.calls.len();
+        dfeat
     }
 
     fn max_pool_backward(&mut self, dy: TensorId, x: TensorId) -> TensorId {

@@ -254,6 +254,59 @@ impl Engine {
         Ok(out)
     }
 
+    /// ∂L/∂input of a loss of the feature layer whose gradient the host computes (the "+ip"
+    /// perturbations of `crate::detect`): per chunk, the forward pass in one submission, the
+    /// features `[n][dim]` read back, `seed(features)` = ∂L/∂features written at the feature
+    /// layer, then the backward pass from there to the input in a second submission.
+    /// Returns ∂L/∂input in the input's NCHW layout.
+    pub fn input_gradient_from_features(
+        &self,
+        model: &mut Model,
+        input: &[f32],
+        shape: [usize; 4],
+        seed: &dyn Fn(&[f32]) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let feature = model.network.feature_layer();
+        let dim = model.network.fc.in_features;
+        let request = PassRequest { layers: &[feature], loss: Loss::NAC, input_gradient: true, labels: None };
+        let plan = self.plan_for(model, input, shape, &request)?;
+        let (split, calls, g) = (plan.graph.head_backward_end, plan.graph.calls.len(), plan.graph.layers[0].g);
+        let per_sample = shape[1] * shape[2] * shape[3];
+        let mut out = Vec::with_capacity(input.len());
+        for start in (0..shape[0]).step_by(plan.capacity) {
+            let n = plan.capacity.min(shape[0] - start);
+            plan.set_batch(&self.gpu, n);
+            self.gpu.queue.write_buffer(
+                plan.buffer(plan.graph.input),
+                0,
+                bytemuck::cast_slice(&input[start * per_sample..(start + n) * per_sample]),
+            );
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("features") });
+            plan.encode_calls(&mut encoder, 0..split);
+            let reads = plan.copy_outputs(&mut encoder, n);
+            self.gpu.queue.submit([encoder.finish()]);
+            let features = self.gpu.read_back(&reads)?.swap_remove(1);
+            if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NotFinite { sample: start + i / dim, message: NOT_FINITE_HELP.into() });
+            }
+            let grad: Vec<f32> = seed(&features)?;
+            if grad.len() != n * dim || grad.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Input(format!("a feature gradient of {} values (finite, {n} × {dim} expected)", grad.len())));
+            }
+            self.gpu.queue.write_buffer(plan.buffer(g), 0, bytemuck::cast_slice(&grad));
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("seeded backward") });
+            plan.encode_calls(&mut encoder, split..calls);
+            let reads = plan.copy_outputs(&mut encoder, n);
+            self.gpu.queue.submit([encoder.finish()]);
+            out.extend(self.gpu.read_back(&reads)?.pop().expect("the input gradient is read back last"));
+            self.tick(n);
+        }
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NotFinite { sample: i / per_sample, message: NOT_FINITE_HELP.into() });
+        }
+        Ok(out)
+    }
+
     /// Runs the pass chunk by chunk like [`Engine::forward_backward`], but instead of reading
     /// anything back hands each chunk's GPU buffers to `record`, which appends its own work
     /// (NAC kernels) to the chunk's encoder: one submit per chunk, nothing leaves the GPU.

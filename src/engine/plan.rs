@@ -195,8 +195,13 @@ impl Plan {
 
     /// Records every call of the pass into one compute pass.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        self.encode_calls(encoder, 0..self.graph.calls.len());
+    }
+
+    /// Records the calls in `calls` only, as one compute pass.
+    pub fn encode_calls(&self, encoder: &mut wgpu::CommandEncoder, calls: std::ops::Range<usize>) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac pass"), timestamp_writes: None });
-        self.dispatch(&mut pass, 0..self.graph.calls.len());
+        self.dispatch(&mut pass, calls);
     }
 
     /// The stages of the pass in call order, each with its range of calls.

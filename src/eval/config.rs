@@ -67,7 +67,8 @@ pub struct EvalConfig {
     pub nac: NacSettings,
     pub search: Option<SearchSettings>,
     /// Detectors scored beside NAC-UE from the same passes (`crate::detect::DetectorSpec`:
-    /// `key`, `key:sweep` or `key:NAME=V|V,...`); MSP and energy when absent.
+    /// `key`, `key:sweep` or `key:NAME=V|V,...`; the input-perturbation methods add passes of
+    /// their own, `crate::detect::perturb`); MSP and energy when absent.
     #[serde(default = "default_detectors")]
     pub detectors: Vec<String>,
     /// Write the PNG pictures (histograms, ROC curves, top/bottom grids).

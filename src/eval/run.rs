@@ -14,7 +14,7 @@ use super::config::{EvalConfig, Group, NacSetup};
 use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
 use crate::data::{self, Dataset, Image, Transform};
-use crate::detect::{self, Context, Detector, DetectorSpec, Dims, NacUe, Params, PassSet};
+use crate::detect::{self, perturb, Context, Detector, DetectorSpec, Dims, NacUe, Params, PassSet};
 use crate::engine::{Engine, Model};
 use crate::error::{check_writable, Error, Result};
 use crate::model::{self, Network};
@@ -325,6 +325,98 @@ struct Pools {
     outliers: Option<PassSet>,
 }
 
+/// The sets a fitted method scores.
+struct Scored<'a> {
+    id_test: &'a PassSet,
+    id_val: Option<&'a PassSet>,
+    sanity: Option<&'a PassSet>,
+    ood: Vec<&'a PassSet>,
+}
+
+impl Pools {
+    fn scored(&self) -> Scored<'_> {
+        Scored { id_test: &self.id_test, id_val: self.id_val.as_ref(), sanity: self.sanity.as_ref(), ood: self.ood.iter().collect() }
+    }
+}
+
+/// The scored sets perturbed for one input-perturbation method.
+struct PerturbedSets {
+    id_test: PassSet,
+    id_val: Option<PassSet>,
+    sanity: Option<PassSet>,
+    ood: Vec<PassSet>,
+}
+
+impl PerturbedSets {
+    fn scored(&self) -> Scored<'_> {
+        Scored { id_test: &self.id_test, id_val: self.id_val.as_ref(), sanity: self.sanity.as_ref(), ood: self.ood.iter().collect() }
+    }
+}
+
+/// An input-perturbation method (`detect::perturb`): fitted on the clean profiling pass,
+/// selected on the perturbed criterion sets (ID val, then OOD val or the outliers), then every
+/// scored set perturbed with the chosen setting. Returns the seconds of the scored sets' passes.
+#[allow(clippy::too_many_arguments)]
+fn perturbed_sets(
+    engine: &Engine,
+    model: &mut Model,
+    preprocessing: &str,
+    method: &detect::Method,
+    candidates: Vec<Params>,
+    pools: &Pools,
+    sets: &Sets,
+    criterion: Option<(&Dataset, &Dataset)>,
+    config: &EvalConfig,
+    transform: &Transform,
+    options: &EvalOptions,
+) -> Result<(detect::Fitted, (PerturbedSets, f64))> {
+    // The preprocessing's std per channel (its `normalize` steps together).
+    let std = transform.pixel_space().1;
+    let run = |model: &mut Model, what: &str, set: &Dataset, labelled: bool, detector: &dyn Detector, epsilons: &[f64]| {
+        let loss = detector.input_loss().expect("an input-perturbation method has an input loss");
+        let labels = if labelled { set.labels() } else { None };
+        let batches = data::batches(set, transform, None, config.batch, options.threads).map(|b| b.map(|b| (b.start, b.input, b.shape)));
+        perturb::perturbed_sets(engine, model, &loss, &std, epsilons, set.len(), labels, batches).map_err(|e| match e {
+            Error::NotFinite { .. } => Error::Input(format!("{what} set, perturbed: {}", e.locate_sample(|i| set.locate(i)))),
+            e => Error::Input(format!("{what} set `{}`, perturbed: {e}", set.spec())),
+        })
+    };
+    let (fitted, id_val) = perturb::fit_and_select_perturbed(
+        engine,
+        model,
+        preprocessing,
+        method,
+        candidates,
+        &pools.profile,
+        pools.id_val.as_ref(),
+        criterion.is_some(),
+        &mut |model, detector, epsilons, which| {
+            let (id, ood) = criterion.expect("perturbed for a search only with its criterion sets");
+            match which {
+                perturb::Criterion::IdVal => run(model, "ID val", id, true, detector, epsilons),
+                perturb::Criterion::OodVal => run(model, "OOD val", ood, false, detector, epsilons),
+            }
+        },
+    )?;
+    let started = Instant::now();
+    let epsilon = [fitted.params.get(perturb::EPS)];
+    let detector = fitted.detector.as_ref();
+    let mut one = |what: &str, set: &Dataset, labelled: bool| run(model, what, set, labelled, detector, &epsilon).map(|mut s| s.remove(0));
+    let id_val = match (id_val, &sets.id_val) {
+        (Some(done), _) => Some(done),
+        (None, Some(set)) => Some(one("ID val", set, true)?),
+        (None, None) => None,
+    };
+    let perturbed = PerturbedSets {
+        id_test: one("ID test", &sets.id_test, true)?,
+        id_val,
+        sanity: sets.sanity.as_ref().map(|s| one("sanity", s, true)).transpose()?,
+        ood: config.ood.iter().zip(&sets.ood).map(|(o, s)| one(&o.name, s, false)).collect::<Result<_>>()?,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((fitted, (perturbed, seconds)))
+}
+
 /// Scores of one method on every set.
 struct MethodScores {
     name: String,
@@ -412,8 +504,24 @@ fn evaluate_model(
     for (text, spec, candidates) in detectors {
         let method = spec.method;
         let swept = candidates.len() > 1;
-        let fitted = detect::fit_and_select(&cx, method, candidates, &pools.profile, pools.id_val.as_ref(), criterion.map(|c| (c.0, c.1)))
-            .map_err(|e| Error::Input(format!("detector `{text}`: {e}")))?;
+        let context = |e: Error| Error::Input(format!("detector `{text}`: {e}"));
+        let (fitted, perturbed) = if method.perturbs_input() {
+            let criterion_sets = match (&sets.id_val, &sets.ood_val, &sets.outliers) {
+                (Some(id), Some(ood), _) => Some((id, ood)),
+                (Some(id), None, Some(outliers)) => Some((id, outliers)),
+                _ => None,
+            };
+            let (fitted, sets) =
+                perturbed_sets(engine, model, &preprocessing, method, candidates, &pools, sets, criterion_sets, config, transform, options)
+                    .map_err(context)?;
+            (fitted, Some(sets))
+        } else {
+            let cx = Context { engine, network: &model.network, preprocessing: &preprocessing };
+            let fitted =
+                detect::fit_and_select(&cx, method, candidates, &pools.profile, pools.id_val.as_ref(), criterion.map(|c| (c.0, c.1)))
+                    .map_err(context)?;
+            (fitted, None)
+        };
         let defaults = Params(method.params.iter().map(|p| (p.name.to_string(), p.default)).collect());
         let name = match criterion {
             Some((.., tag, _)) if swept => format!("{} ({tag})", method.name),
@@ -427,7 +535,15 @@ fn evaluate_model(
             layer_evaluations: fitted.trials.len(),
             seconds: fitted.fit_seconds,
         });
-        let mut scores = scores_of(&cx, &name, fitted.detector.as_ref(), &pools)?;
+        let cx = Context { engine, network: &model.network, preprocessing: &preprocessing };
+        let mut scores = match &perturbed {
+            Some((perturbed, seconds)) => {
+                let mut scores = scores_of(&cx, &name, fitted.detector.as_ref(), &perturbed.scored(), &pools.ood_names)?;
+                scores.score_seconds += seconds;
+                scores
+            }
+            None => scores_of(&cx, &name, fitted.detector.as_ref(), &pools.scored(), &pools.ood_names)?,
+        };
         scores.settings = (!fitted.params.0.is_empty()).then(|| fitted.params.to_string());
         scores.selection = selection;
         scores.fit_seconds = fitted.fit_seconds;
@@ -502,7 +618,7 @@ fn nac_scores(cx: &Context, pools: &Pools, name: &str, params: Vec<LayerParams>,
     let mut nac = NacUe::new(params.clone());
     nac.fit(cx, &pools.profile, None)?;
     let fit_seconds = started.elapsed().as_secs_f64();
-    let mut scores = scores_of(cx, name, &nac, pools)?;
+    let mut scores = scores_of(cx, name, &nac, &pools.scored(), &pools.ood_names)?;
     scores.params = Some(params);
     scores.selection = selection;
     scores.fit_seconds = fit_seconds;
@@ -510,15 +626,15 @@ fn nac_scores(cx: &Context, pools: &Pools, name: &str, params: Vec<LayerParams>,
 }
 
 /// A fitted detector's scores of every set (and the time they took).
-fn scores_of(cx: &Context, name: &str, detector: &dyn Detector, pools: &Pools) -> Result<MethodScores> {
+fn scores_of(cx: &Context, name: &str, detector: &dyn Detector, sets: &Scored, ood_names: &[String]) -> Result<MethodScores> {
     let started = Instant::now();
     let score = |what: &str, set: &PassSet| detector.score(cx, set).map_err(|e| Error::Input(format!("{name} on the {what} set: {e}")));
     let mut scores = MethodScores {
         name: name.into(),
-        id_test: score("ID test", &pools.id_test)?,
-        id_val: pools.id_val.as_ref().map(|s| score("ID val", s)).transpose()?,
-        sanity: pools.sanity.as_ref().map(|s| score("sanity", s)).transpose()?,
-        ood: pools.ood_names.iter().zip(&pools.ood).map(|(n, s)| score(n, s)).collect::<Result<_>>()?,
+        id_test: score("ID test", sets.id_test)?,
+        id_val: sets.id_val.map(|s| score("ID val", s)).transpose()?,
+        sanity: sets.sanity.map(|s| score("sanity", s)).transpose()?,
+        ood: ood_names.iter().zip(&sets.ood).map(|(n, s)| score(n, s)).collect::<Result<_>>()?,
         params: None,
         settings: None,
         selection: None,

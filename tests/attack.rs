@@ -168,8 +168,9 @@ fn pgd_lowers_the_shipped_models_accuracy() {
 }
 
 /// AutoAttack's `attack_single_run` and `perturb` (L∞, CE, one restart) written out on the host
-/// in f32 over the engine's own gradients and logits, step for step.
-fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4], labels: &[usize], attack: &Attack) -> Vec<f32> {
+/// in f32 over the engine's own gradients and logits, step for step; also how many times a
+/// sample's step size was halved (and its point reset to its best).
+fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4], labels: &[usize], attack: &Attack) -> (Vec<f32>, usize) {
     let AttackKind::Apgd { iterations, rho, .. } = attack.kind else { unreachable!() };
     let eps = attack.epsilon;
     let per = shape[1] * shape[2] * shape[3];
@@ -202,6 +203,7 @@ fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4]
     let at_least_one = |f: f64| ((f * iterations as f64) as usize).max(1);
     let (mut k, k_min, decrease, mut counter) = (at_least_one(0.22), at_least_one(0.06), at_least_one(0.03), 0);
     let project = |v: f32, o: f32| v.clamp((o - eps).max(0.0), (o + eps).min(1.0));
+    let mut halvings = 0;
     for i in 0..iterations {
         let a = if i > 0 { 0.75 } else { 1.0 };
         for e in 0..x_adv.len() {
@@ -245,6 +247,7 @@ fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4]
                 reduced_at_check[s] = oscillating || stalled;
                 best_at_check[s] = loss_best[s];
                 if reduced_at_check[s] {
+                    halvings += 1;
                     step[s] /= 2.0;
                     let range = s * per..(s + 1) * per;
                     x_adv[range.clone()].copy_from_slice(&x_best[range.clone()]);
@@ -255,7 +258,7 @@ fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4]
             counter = 0;
         }
     }
-    (0..x.len())
+    let examples = (0..x.len())
         .map(|e| {
             let s = e / per;
             if clean_right[s] && fooled[s] {
@@ -264,7 +267,8 @@ fn apgd_on_host(engine: &Engine, model: &mut Model, x: &[f32], shape: [usize; 4]
                 x[e]
             }
         })
-        .collect()
+        .collect();
+    (examples, halvings)
 }
 
 #[test]
@@ -282,11 +286,14 @@ fn apgd_equals_autoattack_written_out_on_the_host() {
     for (iterations, eps) in [(30, 0.03), (9, 0.05)] {
         let attack = Attack { kind: AttackKind::Apgd { iterations, rho: 0.75, restarts: 1, seed: 7 }, epsilon: eps };
         let device = engine.attack(&mut model, &x, shape, &labels, &ids(8), &attack, &pixels(3)).unwrap();
-        let host = apgd_on_host(&engine, &mut model, &x, shape, &labels, &attack);
+        let (host, halvings) = apgd_on_host(&engine, &mut model, &x, shape, &labels, &attack);
         let worst = device.iter().zip(&host).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let changed = (0..8).filter(|&s| device[s * 192..(s + 1) * 192] != x[s * 192..(s + 1) * 192]).count();
-        eprintln!("APGD {iterations} iterations, ε {eps}: {changed} of 8 samples fooled, device − host ≤ {worst:e}");
+        eprintln!(
+            "APGD {iterations} iterations, ε {eps}: {changed} of 8 samples fooled, {halvings} step halvings, device − host ≤ {worst:e}"
+        );
         assert!(worst <= 1e-6, "{iterations} iterations: device and host differ by {worst}");
+        assert!(halvings > 0, "{iterations} iterations: the case should halve some step sizes");
         assert!(changed > 0 && changed < 6, "{changed} samples fooled: the case should mix fooled and robust samples");
     }
 }

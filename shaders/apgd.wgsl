@@ -67,6 +67,11 @@ fn flat_index(lid: vec3<u32>, wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return (wid.y * groups.x + wid.x) * 256u + lid.x;
 }
 
+// Where element i's sample state starts.
+fn state_of(i: u32) -> u32 {
+    return (i / p.per_sample) * STATE;
+}
+
 // in_a = logits [samples × classes], in_b = labels (as f32); out = the sample state.
 @compute @workgroup_size(256)
 fn apgd_track(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
@@ -156,7 +161,7 @@ fn apgd_commit(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_
     if (i >= p.total) {
         return;
     }
-    let s = (i / p.per_sample) * STATE;
+    let s = state_of(i);
     let base = i * POINTS;
     let current = out[base + X_CURRENT];
     if (in_b[s + ADVERSARIAL_NOW] == 1.0) {
@@ -182,7 +187,7 @@ fn apgd_step(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     if (i >= p.total) {
         return;
     }
-    let s = (i / p.per_sample) * STATE;
+    let s = state_of(i);
     let base = i * POINTS;
     let c = (i / p.hw) % p.channels;
     let origin = in_c[i] * in_d[p.channels + c] + in_d[c];
@@ -212,7 +217,7 @@ fn apgd_emit(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
         out[i] = (in_a[base + X_CURRENT] - in_d[c]) / in_d[p.channels + c];
         return;
     }
-    let s = (i / p.per_sample) * STATE;
+    let s = state_of(i);
     if (in_b[s + CLEAN_CORRECT] == 1.0 && in_b[s + FOOLED] == 1.0) {
         out[i] = (in_a[base + X_ADVERSARIAL] - in_d[c]) / in_d[p.channels + c];
     } else {

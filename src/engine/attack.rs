@@ -134,6 +134,14 @@ struct Run<'a> {
     pixels: &'a PixelSpace,
 }
 
+/// A run's buffers besides the plan: mean then std per channel, the clean input (normalised) and
+/// the staging buffer the examples come back through.
+struct Inputs {
+    stats: wgpu::Buffer,
+    clean: wgpu::Buffer,
+    staging: wgpu::Buffer,
+}
+
 /// APGD's checkpoints: for each iteration, the window k when the step size is checked there.
 /// AutoAttack: the first window is ⌊0.22·N⌋, each next one 3 % of N shorter, at least 6 %.
 fn apgd_checkpoints(iterations: usize) -> Vec<Option<usize>> {
@@ -255,6 +263,16 @@ impl Engine {
             .collect())
     }
 
+    /// What both kinds of run read and write besides the plan, for `elements` input values.
+    fn attack_inputs(&self, pixels: &PixelSpace, elements: usize) -> Inputs {
+        let stats: Vec<f32> = pixels.mean.iter().chain(&pixels.std).copied().collect();
+        Inputs {
+            stats: self.gpu.upload_f32("pixel space", &stats),
+            clean: self.gpu.storage_buffer("clean input", (elements * 4) as u64),
+            staging: self.gpu.readback_buffer((elements * 4) as u64),
+        }
+    }
+
     /// FGSM or one PGD run from the normalised `start`.
     fn pgd_run(&self, model: &mut Model, run: &Run, start: &[f32]) -> Result<Vec<f32>> {
         let Run { input, shape, label_values, request, attack, pixels } = *run;
@@ -268,14 +286,11 @@ impl Engine {
         let plan = self.plan_for(model, input, shape, request)?;
         let per_sample = channels * hw;
         let capacity = plan.capacity;
-        let stats: Vec<f32> = pixels.mean.iter().chain(&pixels.std).copied().collect();
-        let stats = self.gpu.upload_f32("pixel space", &stats);
-        let clean = self.gpu.storage_buffer("clean input", (capacity * per_sample * 4) as u64);
+        let Inputs { stats, clean, staging } = self.attack_inputs(pixels, capacity * per_sample);
         let uniform = self.gpu.uniform_buffer("attack params", bytemuck::bytes_of(&AttackParams::default()));
         let (x, grad) = (plan.graph.input, plan.graph.input_grad.expect("the plan computes the input gradient"));
         let bind_group =
             self.kernels.bind_group(&self.gpu, Kernel::AttackStep, &uniform, &[plan.buffer(grad), &clean, &stats], plan.buffer(x));
-        let staging = self.gpu.readback_buffer((capacity * per_sample * 4) as u64);
         let mut out = Vec::with_capacity(input.len());
         for first in (0..batch).step_by(capacity) {
             let n = capacity.min(batch - first);
@@ -331,9 +346,7 @@ impl Engine {
         let plan = self.plan_for(model, input, shape, request)?;
         let (hw, per_sample, capacity) = (h * w, channels * h * w, plan.capacity);
         let gpu = &self.gpu;
-        let stats: Vec<f32> = pixels.mean.iter().chain(&pixels.std).copied().collect();
-        let stats = gpu.upload_f32("pixel space", &stats);
-        let clean = gpu.storage_buffer("clean input", (capacity * per_sample * 4) as u64);
+        let Inputs { stats, clean, staging } = self.attack_inputs(pixels, capacity * per_sample);
         let points = gpu.storage_buffer("APGD points", (capacity * per_sample * POINTS * 4) as u64);
         let state = gpu.storage_buffer("APGD sample state", (capacity * STATE * 4) as u64);
         let (x, grad, logits) = (plan.graph.input, plan.graph.input_grad.expect("the plan computes the input gradient"), plan.graph.logits);
@@ -357,7 +370,6 @@ impl Engine {
         let commit = bind(Kernel::ApgdCommit, &commit_uniform, [plan.buffer(grad), &state, unused, unused], &points);
         let steps = step_uniforms.each_ref().map(|u| bind(Kernel::ApgdStep, u, [plan.buffer(grad), &state, &clean, &stats], &points));
         let emits = emit_uniforms.each_ref().map(|u| bind(Kernel::ApgdEmit, u, [&points, &state, &clean, &stats], plan.buffer(x)));
-        let staging = gpu.readback_buffer((capacity * per_sample * 4) as u64);
         let state_staging = gpu.readback_buffer((capacity * STATE * 4) as u64);
         let (mut out, mut fooled) = (Vec::with_capacity(input.len()), Vec::with_capacity(batch));
         for first in (0..batch).step_by(capacity) {

@@ -3,7 +3,8 @@
 // lookup reduced to a per-sample layer score (NAC-UE). z and g are NHWC activations of one
 // layer (`hw` positions × `neurons` channels per sample); or, with FROM_PAIRS, cached pooled
 // pairs (Σz, Σg) interleaved per neuron, so a parameter search re-bins without a network pass;
-// or, with GIVEN_STATES, the states themselves (computed elsewhere).
+// or, with GIVEN_STATES, the states themselves (computed elsewhere). `layer_stats` reads z
+// alone for the detectors that need more of a layer than Σz (channel means, Gram row sums).
 //
 // Bins: `edges` thresholds t_0 < … < t_{M−1} (f32, each the smallest f32 ≥ the official float64
 // edge, so `t ≤ s` in f32 equals the float64 comparison); bin i is [t_i, t_{i+1}); a state below
@@ -23,7 +24,7 @@ struct Params {
     total_samples: u32,  // samples in the whole set (row length of per-layer outputs)
     layer: u32,          // score: row of layer_scores; coverage: output index; combine: number of layers
     classes: u32,        // predict
-    _pad0: u32,
+    powers: u32,         // layer_stats: Gram powers 1..=powers
     _pad1: u32,
     _pad2: u32,
 }
@@ -266,4 +267,73 @@ fn predict(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
     out[4u * s + 1u] = 1.0 / denominator;
     out[4u * s + 2u] = correct;
     out[4u * s + 3u] = top + log(denominator);
+}
+
+// Layer statistics of a chunk into the set-wide buffer, per sample a row of (1 + powers)·C:
+// the channel means Σ_hw z_c / hw, then for each power q = 1..powers the Gram row sums of
+// F^q (F = the layer's C × hw map, taken elementwise to the q-th power) as OpenOOD's Gram
+// forms them, sign(r)·|r|^(1/q) with r_c = Σ_c' (F^q F^qᵀ)_cc' = Σ_hw z_c^q · S_q(hw) and
+// S_q(hw) = Σ_c' z_c'^q: no C × C matrix is formed. One workgroup per (sample, 256 channels);
+// the position sums S_q of 256 positions at a time go through workgroup memory.
+const MAX_POWERS: u32 = 10u;
+const STAT_TILE: u32 = 256u;
+var<workgroup> position_sums: array<f32, 2560>; // [power][position in tile]
+
+@compute @workgroup_size(256)
+fn layer_stats(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>,
+               @builtin(num_workgroups) groups: vec3<u32>) {
+    let blocks = (p.neurons + STAT_TILE - 1u) / STAT_TILE;
+    let w = wid.y * groups.x + wid.x;
+    let b = w / blocks;
+    if (b >= p.batch) {
+        return;
+    }
+    let c = (w % blocks) * STAT_TILE + t;
+    let powers = min(p.powers, MAX_POWERS);
+    let base = b * p.hw * p.neurons;
+    var acc: array<f32, 10>;
+    var sum = 0.0;
+    for (var tile = 0u; tile < p.hw; tile += STAT_TILE) {
+        let pos = tile + t;
+        if (pos < p.hw) {
+            var s: array<f32, 10>;
+            for (var k = 0u; k < p.neurons; k++) {
+                let v = z[base + pos * p.neurons + k];
+                var vq = 1.0;
+                for (var q = 0u; q < powers; q++) {
+                    vq *= v;
+                    s[q] += vq;
+                }
+            }
+            for (var q = 0u; q < powers; q++) {
+                position_sums[q * STAT_TILE + t] = s[q];
+            }
+        }
+        workgroupBarrier();
+        if (c < p.neurons) {
+            let n = min(STAT_TILE, p.hw - tile);
+            for (var i = 0u; i < n; i++) {
+                let v = z[base + (tile + i) * p.neurons + c];
+                sum += v;
+                var vq = 1.0;
+                for (var q = 0u; q < powers; q++) {
+                    vq *= v;
+                    acc[q] += vq * position_sums[q * STAT_TILE + i];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (c < p.neurons) {
+        let row = (p.sample_offset + b) * (1u + powers) * p.neurons;
+        out[row + c] = sum / f32(p.hw);
+        for (var q = 0u; q < powers; q++) {
+            let r = acc[q];
+            var root = r;
+            if (q > 0u && r != 0.0) {
+                root = sign(r) * pow(abs(r), 1.0 / f32(q + 1u));
+            }
+            out[row + (1u + q) * p.neurons + c] = root;
+        }
+    }
 }

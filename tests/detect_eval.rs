@@ -23,7 +23,7 @@ fn detectors_share_the_passes_and_fill_the_comparison_table() {
     let checker: Vec<u8> = (0..12 * 64).map(|i| if (i % 8 + i % 64 / 8 + i / 64) % 2 == 0 { 250 } else { 10 }).collect();
     let labels = |n: usize| (0..n).map(|i| (i % 3) as u8).collect::<Vec<_>>();
     let path = |name: &str| dir.join(format!("{name}-images-idx3-ubyte"));
-    common::write_idx(&path("train"), &smooth(40, 0), 40, &labels(40));
+    common::write_idx(&path("train"), &smooth(46, 0), 46, &labels(46));
     common::write_idx(&path("test"), &smooth(12, 40), 12, &labels(12));
     common::write_idx(&path("ood"), &checker, 12, &labels(12));
     let spec = |name: &str| format!("idx:{}", path(name).display());
@@ -40,11 +40,11 @@ detectors = [{detectors}]
 [[models]]
 path = "{model}"
 [profile]
-data = "{train}[0:24]"
+data = "{train}[0:30]"
 [id]
 test = "{test}"
-val = "{train}[24:32]"
-sanity = "{train}[32:40]"
+val = "{train}[30:38]"
+sanity = "{train}[38:46]"
 [[ood]]
 name = "checker"
 group = "far"
@@ -56,7 +56,7 @@ data = "corrupt:gaussian_blur:5:{test}"
 [nac]
 layers = ["{feature}", "{stage}"]
 [search]
-ood_val = "corrupt:invert:1:{train}[24:32]"
+ood_val = "corrupt:invert:1:{train}[30:38]"
 [[search.layers]]
 layer = "{stage}"
 o = [2.0]
@@ -89,8 +89,9 @@ alpha = [10.0]
     };
     let (_, one) = run(&mut engine, r#""msp""#, "one");
     // Every method but SHE, which needs a correctly classified profiling sample of every class
-    // (a random model has none for some; the golden test covers it).
-    let all = r#""msp", "mls", "ebo", "gen:gamma=0.1|1", "gradnorm", "react", "dice", "ash", "knn:K=3", "vim:dim=8", "mds", "rmds", "ddu", "kde""#;
+    // (a random model has none for some; the golden test covers it). Gram reads block1's
+    // statistics, computed in the same pass.
+    let all = r#""msp", "mls", "ebo", "gen:gamma=0.1|1", "gradnorm", "react", "dice", "ash", "knn:K=3", "vim:dim=8", "mds", "rmds", "ddu", "kde", "gram""#;
     let (report, many) = run(&mut engine, all, "all");
     // profile, ID test, ID val, sanity, two OOD sets, OOD val: one pass each, however many detectors.
     assert_eq!((one, many), (7, 7));
@@ -107,6 +108,7 @@ alpha = [10.0]
         "ViM (dim=8)",
         "DDU (class Gaussians)",
         "KDE",
+        "Gram",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
@@ -135,6 +137,9 @@ alpha = [10.0]
         // DDU+ip: one gradient pass seeded at the features, one forward per ε, the same way.
         (r#""ddu+ip""#, 5 * 2, "DDU+ip"),
         (r#""kde+ip""#, 5 * 2, "KDE+ip"),
+        // MDSEns: seeded at block1 (layer 0), whose means the forward pass reads.
+        (r#""mdsens""#, 5 * 2, "MDSEns"),
+        (r#""mdsens:layer=3""#, 5 * 2, "MDSEns (layer=3, eps=0.0014)"),
     ] {
         let (report, pooled, perturbed) = run_counted(&mut engine, detector, "odin");
         assert_eq!((pooled, perturbed), (7, extra), "{detector}");
@@ -152,6 +157,12 @@ alpha = [10.0]
     assert_eq!(methods.len(), names.len(), "{:?}", methods.iter().map(|m| &m.name).collect::<Vec<_>>());
     let csv = std::fs::read_to_string(dir.join("vit/results.csv")).unwrap();
     assert!(csv.lines().any(|l| l.contains(",ViM (dim=8),checker,far,")) && !csv.contains("NaN"), "{csv}");
+    // MDSEns on a ViT block is refused before any pass: its gradient cannot start there.
+    let before = PooledStates::passes();
+    let err =
+        nac::eval::run(&mut engine, &config_for(r#""mdsens""#, (&vit_path, "layer_norm", "layer_0")), &options).unwrap_err().to_string();
+    assert!(err.contains("detector `mdsens`") && err.contains("layer_0") && err.contains("layer=2"), "{err}");
+    assert_eq!(PooledStates::passes(), before);
 }
 
 /// Detector entries are checked with the config, before any file is opened, naming the entry.

@@ -8,7 +8,7 @@ use nac::detect::{fit_and_select, Context, DetectorSpec, Dims, InputLoss, PassSe
 use nac::model::arch::Linear;
 use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::model::{ArchSpec, Network, POOLED_LAYER};
-use nac::nac::PooledStates;
+use nac::nac::{LayerStats, PooledStates};
 use serde_json::Value;
 
 const ARCH: ArchSpec = ArchSpec::WideResNet { depth: 10, width: 1 };
@@ -39,12 +39,20 @@ fn detectors_match_the_openood_reference() {
     let mut network: Network = SyntheticModel::new(ARCH, classes, 1).unwrap().network;
     network.fc = Linear { out_features: classes, in_features: dim, weight: f32s(&golden["fc_weight"]), bias: f32s(&golden["fc_bias"]) };
     let labels: Vec<usize> = golden["train_labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-    let train = PassSet::from_features(&network, f32s(&golden["train_features"]), Some(labels)).unwrap();
-    let val = PassSet::from_features(&network, f32s(&golden["val_features"]), None).unwrap();
-    let eval = PassSet::from_features(&network, f32s(&golden["eval_features"]), None).unwrap();
+    let mut train = PassSet::from_features(&network, f32s(&golden["train_features"]), Some(labels)).unwrap();
+    let mut val = PassSet::from_features(&network, f32s(&golden["val_features"]), None).unwrap();
+    let mut eval = PassSet::from_features(&network, f32s(&golden["eval_features"]), None).unwrap();
+    // Gram and MDSEns read the statistics of two layers' maps (formed by the reference script).
+    for (set, key) in [(&mut train, "train"), (&mut val, "val"), (&mut eval, "eval")] {
+        for (layer, channels) in golden["layer_channels"].as_object().unwrap() {
+            let values = f32s(&golden["layer_stats"][layer][key]);
+            let (channels, powers) = (channels.as_u64().unwrap() as usize, golden["gram_powers"].as_u64().unwrap() as usize);
+            set.layer_stats.push(LayerStats { layer: layer.clone(), channels, powers, values });
+        }
+    }
     let engine = common::engine();
     let cx = Context { engine: &engine, network: &network, preprocessing: "none" };
-    let dims = Dims { dim, classes, train_samples: train.samples() };
+    let dims = Dims { dim, classes, train_samples: train.samples(), layers: 4 };
     let scores = golden["scores"].as_object().unwrap();
     let mut covered = Vec::new();
     for (key, want) in scores {
@@ -74,8 +82,15 @@ fn detectors_match_the_openood_reference() {
     for (key, want) in golden["feature_gradients"].as_object().unwrap() {
         let spec = DetectorSpec::parse(key).unwrap();
         let fitted = fit_and_select(&cx, spec.method, spec.candidates(&dims, key).unwrap(), &train, Some(&val), None).unwrap();
-        let Some(InputLoss::Features(loss)) = fitted.detector.input_loss() else { panic!("{key}: a feature loss") };
-        let got: Vec<f32> = loss.gradient(&eval.features).unwrap().into_iter().map(|v| v as f32).collect();
+        let Some(InputLoss::Layer { loss, layer }) = fitted.detector.input_loss() else { panic!("{key}: a layer loss") };
+        let rows: Vec<f32> = match layer {
+            None => eval.features.clone(),
+            Some(layer) => {
+                let stats = eval.layer_stats.iter().find(|s| s.layer == layer).unwrap();
+                (0..stats.samples()).flat_map(|i| stats.mean(i).to_vec()).collect()
+            }
+        };
+        let got: Vec<f32> = loss.gradient(&rows).unwrap().into_iter().map(|v| v as f32).collect();
         let error = common::assert_close(&format!("{key} ∂loss/∂f"), &got, &floats(want), 1e-6);
         println!("{key}: feature gradient within {error:.1e}");
         covered.push(spec.method.key);
@@ -101,7 +116,7 @@ fn a_sweep_selects_by_validation_auroc() {
     let ood = PassSet::from_features(&network, eval[half..].to_vec(), None).unwrap();
     let engine = common::engine();
     let cx = Context { engine: &engine, network: &network, preprocessing: "none" };
-    let dims = Dims { dim, classes, train_samples: train.samples() };
+    let dims = Dims { dim, classes, train_samples: train.samples(), layers: 4 };
     let spec = DetectorSpec::parse("knn:K=1|5|50|200").unwrap();
     let candidates = spec.candidates(&dims, "knn").unwrap();
     assert!(fit_and_select(&cx, spec.method, candidates.clone(), &train, None, None).is_err());
@@ -149,7 +164,7 @@ fn pooled_features_are_the_classifier_input() {
     let predicted = pooled.predictions();
     let set = PassSet::from_pooled(&engine, &model.network, pooled, None).unwrap();
     let cx = Context { engine: &engine, network: &model.network, preprocessing: "none" };
-    let dims = Dims { dim: set.dim, classes: 5, train_samples: n };
+    let dims = Dims { dim: set.dim, classes: 5, train_samples: n, layers: 4 };
     for (key, want) in [("ebo", &predicted.energy), ("msp", &predicted.max_softmax)] {
         let spec = DetectorSpec::parse(key).unwrap();
         let fitted = fit_and_select(&cx, spec.method, spec.candidates(&dims, key).unwrap(), &set, None, None).unwrap();
@@ -182,7 +197,7 @@ fn odin_perturbation_matches_the_reference() {
     let clean = reference::run(&synthetic.network, &input, shape, &[POOLED_LAYER]).unwrap().layers.remove(0).z;
     let cx = Context { engine: &engine, network: &synthetic.network, preprocessing: "none" };
     let spec = DetectorSpec::parse(&format!("odin:T={t}")).unwrap();
-    let dims = Dims { dim: sets[0].dim, classes: 4, train_samples: 5 };
+    let dims = Dims { dim: sets[0].dim, classes: 4, train_samples: 5, layers: 4 };
     let odin = fit_and_select(&cx, spec.method, spec.candidates(&dims, "odin").unwrap(), &sets[0], None, None).unwrap().detector;
     for (eps, set) in epsilons.iter().zip(&sets) {
         let moved: Vec<f32> = input
@@ -215,4 +230,180 @@ fn odin_perturbation_matches_the_reference() {
     // Missing or repeated samples are refused.
     let twice = [Ok((0, input[..432].to_vec(), [1, 3, 12, 12])), Ok((0, input[..432].to_vec(), [1, 3, 12, 12]))];
     assert!(perturbed_sets(&engine, &mut model, &InputLoss::Logits(loss), &std, &epsilons, 2, None, twice).is_err());
+}
+
+/// `[samples][(1 + powers)·C]` layer statistics in f64 from NCHW maps: channel means, then
+/// per power q the Gram row sums sign(r)|r|^(1/q) of F^q F^qᵀ (the C × C product formed in
+/// full, as OpenOOD's `G_p` forms it).
+fn reference_stats(z: &[f64], [n, c, h, w]: [usize; 4], powers: usize) -> Vec<f64> {
+    let hw = h * w;
+    let mut out = Vec::new();
+    for b in 0..n {
+        let map = &z[b * c * hw..(b + 1) * c * hw];
+        out.extend((0..c).map(|ch| map[ch * hw..(ch + 1) * hw].iter().sum::<f64>() / hw as f64));
+        for q in 1..=powers {
+            let fq: Vec<f64> = map.iter().map(|v| v.powi(q as i32)).collect();
+            for i in 0..c {
+                let r: f64 = (0..c).map(|j| (0..hw).map(|k| fq[i * hw + k] * fq[j * hw + k]).sum::<f64>()).sum();
+                out.push(r.signum() * r.abs().powf(1.0 / q as f64));
+            }
+        }
+    }
+    out
+}
+
+/// The layer-statistics kernel against the f64 reference on every layer of a WRN-10-5 (80 to
+/// 320 channels: one and two blocks of 256; 400 positions: two tiles of 256) and a ResNet with
+/// max-pool, five powers (normwise per layer and power, 2e-5: f32 sums of products of up to
+/// ten activations); and the statistics do not depend on how the set is batched.
+#[test]
+fn layer_statistics_match_the_reference_and_ignore_batching() {
+    let engine = common::engine();
+    let powers = 5;
+    for (spec, shape) in
+        [(ArchSpec::WideResNet { depth: 10, width: 5 }, [3, 3, 20, 20]), (ArchSpec::TorchResNet { depth: 18 }, [2, 3, 29, 35])]
+    {
+        let synthetic = SyntheticModel::new(spec, 4, 21).unwrap();
+        let mut model = engine.upload(synthetic.network.clone());
+        let names = synthetic.network.layer_names();
+        let layers: Vec<&str> = names.iter().map(String::as_str).collect();
+        let input = random_inputs(shape[0], 3, shape[2], shape[3], 5);
+        let whole = PooledStates::compute_streamed_with_stats(
+            &engine,
+            &mut model,
+            shape[0],
+            &layers,
+            None,
+            Some(powers),
+            [Ok((0, &input[..], shape))],
+        )
+        .unwrap()
+        .read_stats(&engine)
+        .unwrap();
+        let reference = nac::reference::run(&synthetic.network, &input, shape, &layers).unwrap();
+        for (stats, want) in whole.iter().zip(&reference.layers) {
+            let s = want.shape;
+            let expected = reference_stats(&want.z, [shape[0], s[1], s[2], s[3]], powers);
+            let row = (1 + powers) * stats.channels;
+            for part in 0..=powers {
+                let pick = |v: &[f32]| -> Vec<f32> {
+                    v.chunks(row).flat_map(|r| r[part * stats.channels..(part + 1) * stats.channels].to_vec()).collect()
+                };
+                let want: Vec<f64> =
+                    expected.chunks(row).flat_map(|r| r[part * stats.channels..(part + 1) * stats.channels].to_vec()).collect();
+                let what = format!("{spec} {} {}", stats.layer, if part == 0 { "means".to_string() } else { format!("Gram power {part}") });
+                let error = common::assert_close(&what, &pick(&stats.values), &want, 2e-5);
+                println!("{what} ({} channels, {}×{}): within {error:.1e}", stats.channels, s[2], s[3]);
+            }
+        }
+        // Batches of one, last first: the same values bit for bit.
+        let per = 3 * shape[2] * shape[3];
+        let singles: Vec<_> =
+            (0..shape[0]).rev().map(|i| Ok((i, input[i * per..(i + 1) * per].to_vec(), [1, 3, shape[2], shape[3]]))).collect();
+        let split = PooledStates::compute_streamed_with_stats(&engine, &mut model, shape[0], &layers, None, Some(powers), singles)
+            .unwrap()
+            .read_stats(&engine)
+            .unwrap();
+        for (a, b) in whole.iter().zip(&split) {
+            assert!(
+                a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{spec} {}: batching changed the statistics",
+                a.layer
+            );
+        }
+    }
+}
+
+/// MDSEns end to end on the GPU against the f64 reference: fitted on block1's channel means from
+/// the shared pass, the input moved by `ε·sign⁺(∂ ½ d_ĉ/∂x)/std` with the gradient seeded at
+/// block1 (the reference's: central differences of `⟨∂ ½ d_ĉ/∂mean, mean(x)⟩`, per input
+/// value), and the means of x' read by its forward pass (normwise 1e-5; a sign may differ only
+/// where the reference gradient is below 1e-4 of its largest).
+#[test]
+fn mdsens_perturbation_matches_the_reference() {
+    use nac::detect::perturb::perturbed_sets;
+    use nac::{reference, Loss};
+    let synthetic = SyntheticModel::new(ARCH, 4, 13).unwrap();
+    let network = &synthetic.network;
+    let engine = common::engine();
+    let mut model = engine.upload(network.clone());
+    let (n_train, n, h, w) = (40, 2, 8, 8);
+    let train_input = random_inputs(n_train, 3, h, w, 3);
+    let labels: Vec<usize> = (0..n_train).map(|i| i % 4).collect();
+    let layers = ["block1", POOLED_LAYER];
+    let batches = [Ok((0, &train_input[..], [n_train, 3, h, w]))];
+    let pooled = PooledStates::compute_streamed_with_stats(&engine, &mut model, n_train, &layers, Some(&labels), Some(0), batches).unwrap();
+    let train = PassSet::from_pooled(&engine, network, pooled, Some(labels)).unwrap();
+    let cx = Context { engine: &engine, network, preprocessing: "none" };
+    let dims = Dims { dim: train.dim, classes: 4, train_samples: n_train, layers: 4 };
+    let eps = 0.02;
+    let spec = DetectorSpec::parse(&format!("mdsens:eps={eps}")).unwrap();
+    let mds = fit_and_select(&cx, spec.method, spec.candidates(&dims, "mdsens").unwrap(), &train, None, None).unwrap().detector;
+    let Some(loss) = mds.input_loss() else { panic!("MDSEns perturbs its input") };
+    let InputLoss::Layer { layer: Some("block1"), loss: feature_loss } = loss else { panic!("MDSEns's loss is of block1's means") };
+    let std = [0.5f32, 0.25, 0.2];
+    let input = random_inputs(n, 3, h, w, 9);
+    let sets = perturbed_sets(&engine, &mut model, &loss, &std, &[eps], n, None, [Ok((0, input.clone(), [n, 3, h, w]))]).unwrap();
+
+    // The f64 reference: block1's channel means and the features, as a PassSet MDSEns scores.
+    let shape = [n, 3, h, w];
+    let run = |x: &[f64]| reference::run_with(network, x, shape, &layers, Loss::NAC, None, false).unwrap();
+    let means = |x: &[f64]| -> Vec<f64> {
+        let out = run(x);
+        let z = &out.layers[0].z;
+        let hw = out.layers[0].shape[2] * out.layers[0].shape[3];
+        z.chunks(hw).map(|c| c.iter().sum::<f64>() / hw as f64).collect()
+    };
+    let as_set = |x: &[f64]| {
+        let out = run(x);
+        let mut set = PassSet::from_features(network, out.layers[1].z.iter().map(|&v| v as f32).collect(), None).unwrap();
+        let values: Vec<f32> = means(x).iter().map(|&v| v as f32).collect();
+        set.layer_stats = vec![LayerStats { layer: "block1".into(), channels: values.len() / n, powers: 0, values }];
+        set
+    };
+    let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+    let m0: Vec<f32> = means(&x).iter().map(|&v| v as f32).collect();
+    let u = feature_loss.gradient(&m0).unwrap();
+    let directional = |x: &[f64]| -> f64 { means(x).iter().zip(&u).map(|(m, u)| m * u).sum() };
+    let step = 1e-4;
+    let g_ref: Vec<f64> = (0..x.len())
+        .map(|i| {
+            let mut moved = x.clone();
+            moved[i] = x[i] + step;
+            let up = directional(&moved);
+            moved[i] = x[i] - step;
+            (up - directional(&moved)) / (2.0 * step)
+        })
+        .collect();
+    let largest = g_ref.iter().fold(0f64, |m, g| m.max(g.abs()));
+    assert!(largest > 0.0, "the reference gradient vanishes");
+    let plane = h * w;
+    let sign = |g: f64| if g >= 0.0 { 1.0 } else { -1.0 };
+    let moved: Vec<f64> = x.iter().zip(&g_ref).enumerate().map(|(i, (&v, &g))| v - eps * sign(g) / std[i / plane % 3] as f64).collect();
+    // The engine's gradient seeded with the same loss at block1 has the reference's signs.
+    let seed = |z: &[f32], [_, c, lh, lw]: [usize; 4]| {
+        let g: Vec<f32> =
+            u.chunks(c).flat_map(|row| row.iter().flat_map(|&g| std::iter::repeat_n(g as f32 / (lh * lw) as f32, lh * lw))).collect();
+        assert_eq!(g.len(), z.len());
+        Ok(g)
+    };
+    let g_gpu = engine.input_gradient_from_layer(&mut model, &input, shape, "block1", &seed).unwrap();
+    let error = common::assert_close("MDSEns ∂L/∂x", &g_gpu, &g_ref, 1e-4);
+    println!("MDSEns: input gradient within {error:.1e} of central differences");
+    let flipped = g_gpu.iter().zip(&g_ref).filter(|(a, b)| sign(**a as f64) != sign(**b) && b.abs() > 1e-4 * largest).count();
+    assert_eq!(flipped, 0, "signs differ where the reference gradient is not ~0");
+    let want = as_set(&moved);
+    let got_means = &sets[0].layer_stats[0].values;
+    let error = common::assert_close("MDSEns perturbed block1 means", got_means, &means(&moved), 1e-5);
+    println!("MDSEns: perturbed block1 means within {error:.1e}");
+    let clean = mds.score(&cx, &as_set(&x)).unwrap();
+    let got = mds.score(&cx, &sets[0]).unwrap();
+    common::assert_close(
+        "MDSEns perturbed scores",
+        &got,
+        &mds.score(&cx, &want).unwrap().iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        1e-5,
+    );
+    // The step lowers the distance to the closest class (what MDSEns relies on).
+    assert!(got.iter().sum::<f32>() > clean.iter().sum::<f32>(), "{got:?} vs {clean:?}");
 }

@@ -81,12 +81,13 @@ fn bad_requests_are_refused() {
     }
 }
 
-/// The backward pass seeded at the feature layer with a gradient of the host's (the "+ip"
-/// perturbations): for `L = Σ_b a_b · feature_b(x)` with random `a`, ⟨∂L/∂x, v⟩ against central
-/// differences of the f64 reference along random directions v (relative 1e-3), on a WRN, a
-/// ResNet with max-pool and a ViT (whose feature is the class token after `encoder.ln`).
+/// The backward pass seeded with a gradient of the host's (the input perturbations): for
+/// `L = Σ a · z(x)` with random `a` over the maps of the feature layer and of the first stage,
+/// ⟨∂L/∂x, v⟩ against central differences of the f64 reference along random directions v
+/// (relative 1e-3), on a WRN, a ResNet with max-pool and a ViT (whose feature is the class
+/// token after `encoder.ln`, and which is seeded there only).
 #[test]
-fn a_feature_seeded_gradient_matches_finite_differences() {
+fn a_seeded_gradient_matches_finite_differences() {
     let engine = engine();
     let cases = [
         (ArchSpec::WideResNet { depth: 10, width: 1 }, [3, 3, 10, 9]),
@@ -98,31 +99,82 @@ fn a_feature_seeded_gradient_matches_finite_differences() {
         let mut model = engine.upload(synthetic.network.clone());
         let mut rng = Rng::new(50 + case as u64);
         let input = random_vec(&mut rng, shape.iter().product(), 1.0);
-        let dim = synthetic.network.fc.in_features;
-        let a = random_vec(&mut rng, shape[0] * dim, 1.0);
-        let feature = synthetic.network.feature_layer();
-        let seen = std::cell::Cell::new(0);
-        let seed = |f: &[f32]| {
-            seen.set(seen.get() + f.len());
-            Ok(a[..f.len()].to_vec())
-        };
-        let grad = engine.input_gradient_from_features(&mut model, &input, shape, &seed).unwrap();
-        assert_eq!((grad.len(), seen.get()), (input.len(), shape[0] * dim), "{spec}");
-        let objective = |x: &[f64]| -> f64 {
-            let out = reference::run_with(&synthetic.network, x, shape, &[feature], Loss::NAC, None, false).unwrap();
-            out.layers[0].z.iter().zip(&a).map(|(z, &a)| z * a as f64).sum()
-        };
-        let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
-        for _ in 0..3 {
-            let v = random_vec(&mut rng, input.len(), 1.0);
-            let h = 1e-5;
-            let along = |s: f64| x.iter().zip(&v).map(|(x, &v)| x + s * v as f64).collect::<Vec<_>>();
-            let fd = (objective(&along(h)) - objective(&along(-h))) / (2.0 * h);
-            let got: f64 = grad.iter().zip(&v).map(|(g, v)| *g as f64 * *v as f64).sum();
-            assert!((got - fd).abs() <= 1e-3 * fd.abs().max(1e-3), "{spec}: ⟨∂L/∂x, v⟩ = {got}, finite differences {fd}");
+        let names = synthetic.network.layer_names();
+        let layers = [synthetic.network.feature_layer(), names[0].as_str()];
+        for layer in layers.into_iter().filter(|l| synthetic.network.seeds_backward_at(l)) {
+            let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+            let maps =
+                |x: &[f64]| reference::run_with(&synthetic.network, x, shape, &[layer], Loss::NAC, None, false).unwrap().layers.remove(0).z;
+            let a = random_vec(&mut rng, maps(&x).len(), 1.0);
+            let seen = std::cell::Cell::new(0);
+            let seed = |z: &[f32], s: [usize; 4]| {
+                assert_eq!(z.len(), s.iter().product::<usize>(), "{spec} {layer}: the seed's shape");
+                seen.set(seen.get() + z.len());
+                Ok(a[..z.len()].to_vec())
+            };
+            let grad = engine.input_gradient_from_layer(&mut model, &input, shape, layer, &seed).unwrap();
+            assert_eq!((grad.len(), seen.get()), (input.len(), a.len()), "{spec} {layer}");
+            let objective = |x: &[f64]| -> f64 { maps(x).iter().zip(&a).map(|(z, &a)| z * a as f64).sum() };
+            for _ in 0..3 {
+                let v = random_vec(&mut rng, input.len(), 1.0);
+                let h = 1e-5;
+                let along = |s: f64| x.iter().zip(&v).map(|(x, &v)| x + s * v as f64).collect::<Vec<_>>();
+                let fd = (objective(&along(h)) - objective(&along(-h))) / (2.0 * h);
+                let got: f64 = grad.iter().zip(&v).map(|(g, v)| *g as f64 * *v as f64).sum();
+                assert!((got - fd).abs() <= 1e-3 * fd.abs().max(1e-3), "{spec} {layer}: ⟨∂L/∂x, v⟩ = {got}, finite differences {fd}");
+            }
+            // A seed of the wrong size is refused, not written.
+            let short = |f: &[f32], _: [usize; 4]| Ok(vec![0.0; f.len() - 1]);
+            assert!(engine.input_gradient_from_layer(&mut model, &input, shape, layer, &short).is_err(), "{spec} {layer}");
         }
-        // A seed of the wrong size is refused, not written.
-        let short = |f: &[f32]| Ok(vec![0.0; f.len() - 1]);
-        assert!(engine.input_gradient_from_features(&mut model, &input, shape, &short).is_err(), "{spec}");
+    }
+}
+
+/// Seeding at any layer with twice the gradient the full pass computes there continues that
+/// pass: the input gradient is exactly twice the one-submission pass's (the same kernels in the
+/// same order; backpropagation is linear in the seed and doubling is exact in f32; a seed
+/// overwritten by the layers above would give once),
+/// at every layer of a ResNet with max-pool, a WRN and a Swish DMWideResNet (the WRN with two
+/// samples per chunk, so the seed is asked for chunk by chunk); a ViT is seeded at its feature
+/// layer only, and other layers are refused by name.
+#[test]
+fn a_gradient_seeded_at_any_layer_continues_the_pass() {
+    let cases = [
+        (ArchSpec::TorchResNet { depth: 18 }, [3, 3, 33, 30], None),
+        (ArchSpec::WideResNet { depth: 10, width: 1 }, [5, 3, 10, 9], Some(2)),
+        (ArchSpec::DmWideResNet { depth: 10, width: 1, activation: nac::model::arch::Activation::Swish }, [2, 3, 32, 32], None),
+        (ArchSpec::VisionTransformer(VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 20 }), [2, 3, 12, 12], None),
+    ];
+    for (case, (spec, shape, max_batch)) in cases.into_iter().enumerate() {
+        let engine = common::engine_with(nac::EngineOptions { max_batch: max_batch.unwrap_or(64), ..Default::default() });
+        let synthetic = SyntheticModel::new(spec, 4, 60 + case as u64).unwrap();
+        let network = &synthetic.network;
+        let mut rng = Rng::new(70 + case as u64);
+        let input = random_vec(&mut rng, shape.iter().product(), 1.0);
+        let vit = matches!(spec, ArchSpec::VisionTransformer(_));
+        for layer in network.layer_names() {
+            let mut model = engine.upload(network.clone());
+            let layers = [layer.as_str()];
+            let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: true, labels: None };
+            let whole = engine.pass(&mut model, &input, shape, &request).unwrap();
+            let (z, g) = (&whole.layers[0].z, &whole.layers[0].g);
+            let done = std::cell::Cell::new(0);
+            let seed = |chunk: &[f32], _: [usize; 4]| {
+                let at = done.get();
+                assert_eq!(chunk, &z[at..at + chunk.len()], "{spec} {layer}: the seed sees the pass's activation, NCHW");
+                done.set(at + chunk.len());
+                Ok(g[at..at + chunk.len()].iter().map(|v| 2.0 * v).collect())
+            };
+            let result = engine.input_gradient_from_layer(&mut model, &input, shape, &layer, &seed);
+            if vit && layer != network.feature_layer() {
+                let e = result.unwrap_err().to_string();
+                assert!(e.contains(&layer) && e.contains("feature layer"), "{e}");
+                continue;
+            }
+            let seeded = result.unwrap();
+            assert_eq!(done.get(), z.len(), "{spec} {layer}: every sample seeded");
+            let differ = seeded.iter().zip(&whole.input_grad).filter(|(a, b)| a.to_bits() != (2.0 * *b).to_bits()).count();
+            assert_eq!(differ, 0, "{spec} {layer}: {differ} of {} values differ", seeded.len());
+        }
     }
 }

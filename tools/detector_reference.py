@@ -11,7 +11,14 @@ definition, and an exact NumPy K-nearest-neighbour search in place of faiss's In
 cython; pip install --no-build-isolation libmr).
 
 One feature dimension is zero in every sample, so the covariances are singular and the
-pseudo-inverse (pinvh) is exercised. Run: python3 tools/detector_reference.py [out.json]
+pseudo-inverse (pinvh) is exercised.
+
+Gram and MDSEns read layer maps: two small random layers (`block1`, `block2`) per sample, from
+which this script forms the layer statistics the engine's `layer_stats` kernel computes (channel
+means; Gram row sums by OpenOOD's `G_p`: elementwise power, F F^T, sum over the rows, signed
+p-th root) and hands them to the test. Gram's held-out tenth per class is the first L // 10 of
+np.random.RandomState(0).permutation(L), classes in order (OpenOOD draws it unseeded with
+random.sample). Run: python3 tools/detector_reference.py [out.json]
 """
 
 import json
@@ -52,6 +59,46 @@ def draw():
     eval_id = features(half, rng.integers(0, CLASSES, half), 0.0)
     eval_ood = features(N_EVAL - half, rng.integers(0, CLASSES, N_EVAL - half), rng.uniform(-1.0, 1.5, DIM))
     return w, b, train, train_labels, val, np.concatenate([eval_id, eval_ood])
+
+
+GRAM_POWERS = 5
+GRAM_SPLIT_SEED = 0
+# (name, channels, height, width) of the layer maps.
+MAPS = [("block1", 6, 4, 4), ("block2", 5, 2, 3)]
+
+
+def draw_maps(train_labels, n_val, n_eval):
+    """Per layer, NCHW maps of the profiling, validation and evaluation sets: a per-class
+    pattern plus noise (the second half of the evaluation set shifted), with negative values
+    in `block2` so odd powers keep their sign."""
+    rng = np.random.default_rng(SEED + 1)
+    out = {}
+    for name, c, h, w in MAPS:
+        pattern = rng.uniform(0.0, 1.5, (CLASSES, c, h, w))
+        low = -0.5 if name == "block2" else 0.0
+
+        def maps(labels, shift):
+            x = pattern[labels] + shift + 0.4 * rng.standard_normal((len(labels), c, h, w))
+            return np.maximum(x, low).astype(np.float32)
+
+        half = n_eval // 2
+        eval_maps = np.concatenate([maps(rng.integers(0, CLASSES, half), 0.0), maps(rng.integers(0, CLASSES, n_eval - half), 0.7)])
+        out[name] = {"train": maps(train_labels, 0.0), "val": maps(rng.integers(0, CLASSES, n_val), 0.0), "eval": eval_maps}
+    return out
+
+
+def gram_rows(maps, p):
+    """OpenOOD's G_p in float64: row sums of the Gram matrix of the p-th power, signed root."""
+    t = torch.from_numpy(maps.astype(np.float64)) ** p
+    t = t.reshape(t.shape[0], t.shape[1], -1)
+    t = torch.matmul(t, t.transpose(2, 1)).sum(dim=2)
+    return (t.sign() * torch.abs(t) ** (1 / p)).numpy()
+
+
+def layer_stats(maps):
+    """The engine's layout per sample: channel means, then each power's Gram row sums."""
+    means = maps.astype(np.float64).mean(axis=(2, 3))
+    return np.concatenate([means] + [gram_rows(maps, p) for p in range(1, GRAM_POWERS + 1)], axis=1)
 
 
 def logsumexp(x, axis=-1):
@@ -223,6 +270,53 @@ def main():
         om.append(-unknown / (np.exp(modified).sum() + unknown))
     scores["openmax"] = np.array(om)
 
+    # Gram: bounds per (layer, power, class) on all but a held-out tenth per class, each layer
+    # normalised by the held-out samples' mean deviation; score -sum(dev / norm) / max softmax.
+    maps = draw_maps(labels, N_VAL, N_EVAL)
+    stats = {name: {k: layer_stats(v) for k, v in sets.items()} for name, sets in maps.items()}
+    # The statistics pass through float32, as the engine's do.
+    stats = {name: {k: v.astype(np.float32).astype(np.float64) for k, v in sets.items()} for name, sets in stats.items()}
+    split_rng = np.random.RandomState(GRAM_SPLIT_SEED)
+    members = [np.flatnonzero(labels == c) for c in range(CLASSES)]
+    held, fitted = [], []
+    for m in members:
+        order = split_rng.permutation(len(m))
+        held.append(m[order[: len(m) // 10]])
+        fitted.append(m[order[len(m) // 10 :]])
+
+    def delta(lo, hi, x):
+        return (np.maximum(lo - x, 0) / np.abs(lo + 1e-6)).sum(1) + (np.maximum(x - hi, 0) / np.abs(hi + 1e-6)).sum(1)
+
+    probs = softmax(logits)
+    pred, conf = probs.argmax(1), probs.max(1)
+    deviation = np.zeros(len(x))
+    for name, c, _, _ in MAPS:
+        train_stats, eval_stats = stats[name]["train"], stats[name]["eval"]
+        gram = lambda a, p: a[:, p * c : (p + 1) * c]
+        bounds = {(p, k): (gram(train_stats[fitted[k]], p).min(0), gram(train_stats[fitted[k]], p).max(0)) for p in range(1, GRAM_POWERS + 1) for k in range(CLASSES)}
+        held_dev = np.concatenate([sum(delta(*bounds[p, k], gram(train_stats[held[k]], p)) for p in range(1, GRAM_POWERS + 1)) for k in range(CLASSES)])
+        norm = held_dev.mean()
+        for k in range(CLASSES):
+            sel = pred == k
+            deviation[sel] += sum(delta(*bounds[p, k], gram(eval_stats[sel], p)) for p in range(1, GRAM_POWERS + 1)) / norm
+    scores["gram"] = -deviation / conf
+
+    # MDSEns (OpenOOD's config: the first layer's channel means, no reduction, weight 1): class
+    # means, sklearn's shared precision, and max_k -0.5 (f - mu_k)^T P (f - mu_k) of the
+    # features it is given; its loss 0.5 d to the closest class, differentiated by autograd.
+    c1 = MAPS[0][1]
+    f_train, f_eval = stats["block1"]["train"][:, :c1], stats["block1"]["eval"][:, :c1]
+    mds_mean = np.stack([f_train[labels == k].mean(0) for k in range(CLASSES)])
+    centred = np.concatenate([f_train[labels == k] - mds_mean[k] for k in range(CLASSES)])
+    mds_precision = sklearn.covariance.EmpiricalCovariance(assume_centered=False).fit(centred).precision_
+    gauss = np.stack([-0.5 * maha(f_eval, mds_mean[k], mds_precision) for k in range(CLASSES)], 1)
+    scores["mdsens"] = gauss.max(1)
+    ft = torch.from_numpy(f_eval).requires_grad_(True)
+    closest = torch.from_numpy(mds_mean[gauss.argmax(1)])
+    zero_f = ft - closest
+    (0.5 * torch.einsum("ij,jk,ik->i", zero_f, torch.from_numpy(mds_precision), zero_f)).sum().backward()
+    feature_gradients["mdsens"] = ft.grad.numpy()
+
     rows = lambda a: [float(v) for v in a.flatten()]
     golden = {
         "seed": SEED,
@@ -236,6 +330,9 @@ def main():
         "eval_features": rows(eval32),
         "ddu_jitter": float(jitter),
         "openmax_weibull": weibull,
+        "layer_stats": {name: {k: rows(v) for k, v in sets.items()} for name, sets in stats.items()},
+        "layer_channels": {name: c for name, c, _, _ in MAPS},
+        "gram_powers": GRAM_POWERS,
         "scores": {k: rows(v) for k, v in scores.items()},
         "feature_gradients": {k: rows(v) for k, v in feature_gradients.items()},
     }

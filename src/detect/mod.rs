@@ -12,6 +12,7 @@
 
 mod clip;
 mod gaussian;
+mod gram;
 pub(crate) mod linalg;
 mod logits;
 mod nac_ue;
@@ -30,7 +31,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Trial};
 use crate::model::Network;
-use crate::nac::PooledStates;
+use crate::nac::{LayerStats, PooledStates};
 
 /// One set after its pass: the pooled cache (for NAC) and the host copies detectors read.
 pub struct PassSet {
@@ -42,6 +43,9 @@ pub struct PassSet {
     pub labels: Option<Vec<usize>>,
     pub dim: usize,
     pub classes: usize,
+    /// Channel means and Gram row sums of the pooled layers, for the methods that read them
+    /// (MDSEns, Gram); empty unless the pass computed them.
+    pub layer_stats: Vec<LayerStats>,
 }
 
 impl PassSet {
@@ -50,13 +54,14 @@ impl PassSet {
         let pairs = pooled.read_values(engine, network.feature_layer())?;
         let features: Vec<f32> = pairs.iter().step_by(2).copied().collect();
         let mut set = PassSet::from_features(network, features, labels)?;
+        set.layer_stats = pooled.read_stats(engine)?;
         set.pooled = Some(pooled);
         Ok(set)
     }
 
     /// A set that only NAC-UE reads (no detector configured): no features are read back.
     pub fn pooled_only(pooled: PooledStates, labels: Option<Vec<usize>>) -> Self {
-        PassSet { pooled: Some(pooled), features: Vec::new(), logits: Vec::new(), labels, dim: 1, classes: 1 }
+        PassSet { pooled: Some(pooled), features: Vec::new(), logits: Vec::new(), labels, dim: 1, classes: 1, layer_stats: Vec::new() }
     }
 
     /// A set from host features `[samples][fc.in_features]` (tests, goldens).
@@ -73,7 +78,29 @@ impl PassSet {
             }
         }
         let logits = features.chunks_exact(dim).flat_map(|f| linear(network, f)).collect();
-        Ok(PassSet { pooled: None, features, logits, labels, dim, classes: fc.out_features })
+        Ok(PassSet { pooled: None, features, logits, labels, dim, classes: fc.out_features, layer_stats: Vec::new() })
+    }
+
+    /// The statistics of `layer`, with at least `powers` Gram powers, or an error naming
+    /// what the method needs.
+    pub(crate) fn stats(&self, layer: &str, powers: usize, method: &str) -> Result<&LayerStats> {
+        self.layer_stats.iter().find(|s| s.layer == layer && s.powers >= powers).ok_or_else(|| {
+            let have: Vec<String> = self.layer_stats.iter().map(|s| format!("{} ({} powers)", s.layer, s.powers)).collect();
+            Error::Input(format!(
+                "{method} reads the statistics of layer `{layer}` with {powers} Gram powers, which this pass did not compute (it has: {})",
+                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+            ))
+        })
+    }
+
+    /// The same samples with `layer`'s channel means as their features (no logits): the view
+    /// the class statistics of [`gaussian`] fit and score for a layer other than the feature
+    /// layer.
+    pub(crate) fn layer_view(&self, layer: &str, method: &str) -> Result<PassSet> {
+        let stats = self.stats(layer, 0, method)?;
+        let features = (0..stats.samples()).flat_map(|i| stats.mean(i).to_vec()).collect();
+        let (dim, classes, labels) = (stats.channels, self.classes, self.labels.clone());
+        Ok(PassSet { pooled: None, features, logits: Vec::new(), labels, dim, classes, layer_stats: Vec::new() })
     }
 
     pub fn samples(&self) -> usize {
@@ -182,6 +209,8 @@ pub struct Dims {
     pub dim: usize,
     pub classes: usize,
     pub train_samples: usize,
+    /// The network's layers (stages and the feature layer).
+    pub layers: usize,
 }
 
 /// A detector method: its key in configs, report name, parameters and constructor. A method
@@ -199,7 +228,25 @@ impl Method {
     pub fn perturbs_input(&self) -> bool {
         self.params.iter().any(|p| p.name == perturb::EPS)
     }
+
+    /// The Gram powers of the [`LayerStats`] a setting reads from the shared pass (0: the
+    /// channel means only), or `None` if it reads none: a method with a [`POWERS`] parameter
+    /// reads that many, one with a [`LAYER`] parameter the means.
+    pub fn stats_powers(&self, p: &Params) -> Option<usize> {
+        let has = |name: &str| self.params.iter().any(|d| d.name == name);
+        if has(POWERS) {
+            Some(p.get(POWERS) as usize)
+        } else {
+            has(LAYER).then_some(0)
+        }
+    }
 }
+
+/// The parameter of a method that reads Gram row sums of powers 1..=P.
+pub const POWERS: &str = "powers";
+/// The parameter of a method that reads one layer's channel means: an index into the
+/// network's layers.
+pub const LAYER: &str = "layer";
 
 fn no_check(_: &Params, _: &Dims) -> Result<()> {
     Ok(())
@@ -307,6 +354,23 @@ pub const METHODS: &[Method] = &[
         params: &[ParamDef { name: perturb::EPS, default: 0.0014, sweep: IP_EPS }],
         check: |p, _| check_range(p, perturb::EPS, 0.0, 1.0, false),
         build: |_| Box::new(gaussian::DduIp::default()),
+    },
+    Method {
+        key: "mdsens",
+        name: "MDSEns",
+        params: &[
+            ParamDef { name: LAYER, default: 0.0, sweep: &[0.0] },
+            ParamDef { name: perturb::EPS, default: 0.0014, sweep: &[0.0014] },
+        ],
+        check: |p, d| check_range(p, LAYER, 0.0, d.layers as f64 - 1.0, true).and(check_range(p, perturb::EPS, 0.0, 1.0, false)),
+        build: |p| Box::new(gaussian::MdsEnsemble::new(p.get(LAYER) as usize)),
+    },
+    Method {
+        key: "gram",
+        name: "Gram",
+        params: &[ParamDef { name: POWERS, default: 5.0, sweep: &[5.0] }],
+        check: |p, _| check_range(p, POWERS, 1.0, crate::kernels::MAX_GRAM_POWERS as f64, true),
+        build: |p| Box::new(gram::Gram::new(p.get(POWERS) as usize)),
     },
     Method {
         key: "kde",

@@ -195,7 +195,7 @@ impl Detector for Kde {
     }
 
     fn input_loss(&self) -> Option<InputLoss<'_>> {
-        self.with_gradient.then_some(InputLoss::Features(self))
+        self.with_gradient.then_some(InputLoss::Layer { layer: None, loss: self })
     }
 
     fn score(&self, cx: &Context, set: &PassSet) -> Result<Vec<f32>> {

@@ -14,6 +14,7 @@ use super::{fit_one, Context, Detector, Fitted, Method, Params, PassSet};
 use crate::engine::{Engine, Loss, Model, PassRequest};
 use crate::error::{Error, Result};
 use crate::metrics;
+use crate::nac::LayerStats;
 
 /// The parameter that makes a method an input-perturbation method: ε, in pixel units.
 pub const EPS: &str = "eps";
@@ -22,25 +23,35 @@ pub const EPS: &str = "eps";
 pub enum InputLoss<'a> {
     /// A loss of the logits the engine differentiates itself (ODIN: CE to the prediction at T).
     Logits(Loss),
-    /// A loss of the feature rows (the density model's negative score).
-    Features(&'a dyn FeatureLoss),
+    /// A loss of one layer's channel means `Σ_hw z / hw` (`None`: the feature layer, whose
+    /// means are the features), whose gradient the host computes: a density model's negative
+    /// score ("+ip"), MDSEns's Mahalanobis distance.
+    Layer { layer: Option<&'a str>, loss: &'a dyn FeatureLoss },
 }
 
-/// A loss of the penultimate features whose gradient the host computes.
+/// A loss of feature rows (a layer's channel means) whose gradient the host computes.
 pub trait FeatureLoss {
     /// `∂loss/∂features` of rows `[n][dim]`, in f64.
     fn gradient(&self, features: &[f32]) -> Result<Vec<f64>>;
 }
 
-/// The feature gradient for the engine: each row scaled to a largest magnitude of 1 (only the
-/// sign of ∂L/∂x is used, and backpropagation is linear per sample, so this changes nothing but
-/// keeps a sharp density's gradient inside f32).
-fn seed_rows(loss: &dyn FeatureLoss, features: &[f32], dim: usize) -> Result<Vec<f32>> {
-    let g = loss.gradient(features)?;
-    Ok(g.chunks(dim)
+/// Channel means `[n][c]` of NCHW maps, summed in f64.
+fn channel_means(z: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let hw = h * w;
+    (0..n * c).map(|i| (z[i * hw..(i + 1) * hw].iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32).collect()
+}
+
+/// The layer gradient for the engine from the loss of the channel means of the NCHW maps `z`:
+/// `∂loss/∂mean / hw` at every position, each sample's rows scaled to a largest magnitude of 1
+/// (only the sign of ∂L/∂x is used, and backpropagation is linear per sample, so this changes
+/// nothing but keeps a sharp density's gradient inside f32).
+fn seed_maps(loss: &dyn FeatureLoss, z: &[f32], shape: [usize; 4]) -> Result<Vec<f32>> {
+    let [_, c, h, w] = shape;
+    let g = loss.gradient(&channel_means(z, shape))?;
+    Ok(g.chunks(c)
         .flat_map(|row| {
             let m = row.iter().fold(0f64, |m, v| m.max(v.abs()));
-            row.iter().map(move |v| if m > 0.0 { (v / m) as f32 } else { 0.0 })
+            row.iter().flat_map(move |v| std::iter::repeat_n(if m > 0.0 { (v / m) as f32 } else { 0.0 }, h * w))
         })
         .collect())
 }
@@ -82,7 +93,17 @@ pub fn perturbed_sets<I: AsRef<[f32]>>(
     PASSES.fetch_add(1 + epsilons.len(), Ordering::Relaxed);
     let feature = model.network.feature_layer();
     let dim = model.network.fc.in_features;
+    // The layer whose channel means a layer loss reads, when it is not the feature layer.
+    let read = match loss {
+        InputLoss::Layer { layer: Some(layer), .. } => {
+            let channels = model.network.layer_channels();
+            let c = channels.iter().find(|(n, _)| n == layer).map(|l| l.1).ok_or_else(|| Error::Input(format!("no layer `{layer}`")))?;
+            Some((*layer, c))
+        }
+        _ => None,
+    };
     let mut features = vec![vec![0f32; total * dim]; epsilons.len()];
+    let mut means = vec![vec![0f32; read.map_or(0, |r| total * r.1)]; epsilons.len()];
     let mut seen = vec![false; total];
     for batch in batches {
         let (start, input, shape) = batch?;
@@ -98,18 +119,36 @@ pub fn perturbed_sets<I: AsRef<[f32]>>(
             InputLoss::Logits(loss) => {
                 engine.pass(model, input, shape, &PassRequest { layers: &[], loss: *loss, input_gradient: true, labels: None })?.input_grad
             }
-            InputLoss::Features(loss) => engine.input_gradient_from_features(model, input, shape, &|f| seed_rows(*loss, f, dim))?,
+            InputLoss::Layer { layer, loss } => {
+                engine.input_gradient_from_layer(model, input, shape, layer.unwrap_or(feature), &|z, s| seed_maps(*loss, z, s))?
+            }
         };
-        for (eps, out) in epsilons.iter().zip(&mut features) {
+        for ((eps, out), out_means) in epsilons.iter().zip(&mut features).zip(&mut means) {
             let moved = perturb(input, &grad, shape, std, *eps);
-            let pass = engine.pass(model, &moved, shape, &PassRequest::nac(&[feature]))?;
-            out[start * dim..(start + n) * dim].copy_from_slice(&pass.layers[0].z);
+            let layers: Vec<&str> = read.iter().map(|r| r.0).filter(|&l| l != feature).chain([feature]).collect();
+            let pass = engine.pass(model, &moved, shape, &PassRequest::nac(&layers))?;
+            let last = pass.layers.last().expect("the feature layer is read");
+            out[start * dim..(start + n) * dim].copy_from_slice(&last.z);
+            if let Some((layer, c)) = read {
+                let maps = pass.layers.iter().find(|l| l.name == layer).expect("the layer is read");
+                out_means[start * c..(start + n) * c].copy_from_slice(&channel_means(&maps.z, maps.shape));
+            }
         }
     }
     if let Some(missing) = seen.iter().position(|&s| !s) {
         return Err(Error::Input(format!("sample {missing} of {total} never came")));
     }
-    features.into_iter().map(|f| PassSet::from_features(&model.network, f, labels.map(<[usize]>::to_vec))).collect()
+    features
+        .into_iter()
+        .zip(means)
+        .map(|(f, values)| {
+            let mut set = PassSet::from_features(&model.network, f, labels.map(<[usize]>::to_vec))?;
+            if let Some((layer, channels)) = read {
+                set.layer_stats = vec![LayerStats { layer: layer.to_string(), channels, powers: 0, values }];
+            }
+            Ok(set)
+        })
+        .collect()
 }
 
 /// Which criterion set a perturbation is asked for.

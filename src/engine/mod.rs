@@ -66,6 +66,10 @@ struct PlanKey {
     input_gradient: bool,
 }
 
+/// ∂L/∂z of a layer's NCHW activation `z` of shape `[n, c, h, w]`, computed by the host
+/// ([`Engine::input_gradient_from_layer`]).
+pub type LayerSeed<'a> = dyn Fn(&[f32], [usize; 4]) -> Result<Vec<f32>> + 'a;
+
 /// The cross-entropy target of a pass's loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -254,23 +258,36 @@ impl Engine {
         Ok(out)
     }
 
-    /// ∂L/∂input of a loss of the feature layer whose gradient the host computes (the "+ip"
-    /// perturbations of `crate::detect`): per chunk, the forward pass in one submission, the
-    /// features `[n][dim]` read back, `seed(features)` = ∂L/∂features written at the feature
-    /// layer, then the backward pass from there to the input in a second submission.
-    /// Returns ∂L/∂input in the input's NCHW layout.
-    pub fn input_gradient_from_features(
+    /// ∂L/∂input of a loss of one layer's activation whose gradient the host computes (the
+    /// input perturbations of `crate::detect`): per chunk, the forward pass in one submission,
+    /// the layer's z read back (NCHW `[n][c][h][w]`; `[n][dim]` for the feature layer),
+    /// `seed(z, [n, c, h, w])` = ∂L/∂z (same layout) written as the layer's gradient, then the backward pass
+    /// from there to the input in a second submission. Returns ∂L/∂input in the input's NCHW
+    /// layout. A ViT takes its feature layer only (`Network::seeds_backward_at`).
+    pub fn input_gradient_from_layer(
         &self,
         model: &mut Model,
         input: &[f32],
         shape: [usize; 4],
-        seed: &dyn Fn(&[f32]) -> Result<Vec<f32>>,
+        layer: &str,
+        seed: &LayerSeed,
     ) -> Result<Vec<f32>> {
-        let feature = model.network.feature_layer();
-        let dim = model.network.fc.in_features;
-        let request = PassRequest { layers: &[feature], loss: Loss::NAC, input_gradient: true, labels: None };
+        let net = &model.network;
+        let feature = net.feature_layer();
+        if !net.seeds_backward_at(layer) {
+            return Err(Error::Input(format!(
+                "a gradient seeded at `{layer}` of {}: a Vision Transformer is seeded at its feature layer `{feature}` only",
+                net.spec
+            )));
+        }
+        let layers = [layer];
+        let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: true, labels: None };
         let plan = self.plan_for(model, input, shape, &request)?;
-        let (split, calls, g) = (plan.graph.head_backward_end, plan.graph.calls.len(), plan.graph.layers[0].g);
+        let graph = &plan.graph;
+        let (forward_end, calls, g) = (graph.head_backward_end, graph.calls.len(), graph.layers[0].g);
+        let seeded_from = graph.calls.iter().position(|c| c.output == g).expect("the pass computes the layer's gradient") + 1;
+        let z_shape = graph.tensors[graph.layers[0].z];
+        let (c, lh, lw) = (z_shape.c, z_shape.h, z_shape.w);
         let per_sample = shape[1] * shape[2] * shape[3];
         let mut out = Vec::with_capacity(input.len());
         for start in (0..shape[0]).step_by(plan.capacity) {
@@ -281,21 +298,24 @@ impl Engine {
                 0,
                 bytemuck::cast_slice(&input[start * per_sample..(start + n) * per_sample]),
             );
-            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("features") });
-            plan.encode_calls(&mut encoder, 0..split);
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            plan.encode_calls(&mut encoder, 0..forward_end);
             let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
-            let features = self.gpu.read_back(&reads)?.swap_remove(1);
-            if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NotFinite { sample: start + i / dim, message: NOT_FINITE_HELP.into() });
+            let z = nhwc_to_nchw(&self.gpu.read_back(&reads)?.swap_remove(1), n, c, lh, lw);
+            if let Some(i) = z.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NotFinite { sample: start + i / (c * lh * lw), message: NOT_FINITE_HELP.into() });
             }
-            let grad: Vec<f32> = seed(&features)?;
-            if grad.len() != n * dim || grad.iter().any(|v| !v.is_finite()) {
-                return Err(Error::Input(format!("a feature gradient of {} values (finite, {n} × {dim} expected)", grad.len())));
+            let grad: Vec<f32> = seed(&z, [n, c, lh, lw])?;
+            if grad.len() != z.len() || grad.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Input(format!(
+                    "a gradient at `{layer}` of {} values (finite, {n} × {c} × {lh} × {lw} expected)",
+                    grad.len()
+                )));
             }
-            self.gpu.queue.write_buffer(plan.buffer(g), 0, bytemuck::cast_slice(&grad));
+            self.gpu.queue.write_buffer(plan.buffer(g), 0, bytemuck::cast_slice(&nchw_to_nhwc(&grad, n, c, lh, lw)));
             let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("seeded backward") });
-            plan.encode_calls(&mut encoder, split..calls);
+            plan.encode_calls(&mut encoder, seeded_from..calls);
             let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
             out.extend(self.gpu.read_back(&reads)?.pop().expect("the input gradient is read back last"));
@@ -565,6 +585,20 @@ fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
             for xx in 0..w {
                 for ch in 0..c {
                     out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for b in 0..n {
+        for y in 0..h {
+            for xx in 0..w {
+                for ch in 0..c {
+                    out[((b * h + y) * w + xx) * c + ch] = x[((b * c + ch) * h + y) * w + xx];
                 }
             }
         }

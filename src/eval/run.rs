@@ -210,6 +210,8 @@ pub(crate) struct Prepared {
     pub profile: Dataset,
     /// (config text, spec, candidate settings) of each detector.
     detectors: Vec<(String, DetectorSpec, Vec<Params>)>,
+    /// The Gram powers of the layer statistics the detectors read, if any does.
+    stats_powers: Option<usize>,
 }
 
 /// Checks the config against `network` and the sets (layer names, parameters, the grid,
@@ -247,6 +249,43 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
         }
         None => sets.profile.clone(),
     };
+    let names = network.layer_names();
+    let dims = Dims { dim: network.fc.in_features, classes, train_samples: profile.len(), layers: names.len() };
+    let detectors = config
+        .detectors
+        .iter()
+        .map(|text| {
+            let spec = DetectorSpec::parse(text)?;
+            let candidates = spec.candidates(&dims, text)?;
+            Ok((text.clone(), spec, candidates))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The layers whose statistics a detector reads are pooled too.
+    let mut stats_powers = None;
+    for (text, spec, candidates) in &detectors {
+        for p in candidates {
+            let Some(powers) = spec.method.stats_powers(p) else { continue };
+            stats_powers = stats_powers.max(Some(powers));
+            if spec.method.params.iter().any(|d| d.name == detect::LAYER) {
+                let layer = &names[p.get(detect::LAYER) as usize];
+                if spec.method.perturbs_input() && !network.seeds_backward_at(layer) {
+                    return Err(Error::Input(format!(
+                        "detector `{text}`: layer {} (`{layer}`) of {} cannot start its input gradient; a Vision Transformer's is its feature layer `{feature_layer}` (layer={})",
+                        p.get(detect::LAYER),
+                        network.spec,
+                        names.len() - 1
+                    )));
+                }
+                if !pooled_layers.contains(layer) {
+                    pooled_layers.push(layer.clone());
+                }
+            } else if !pooled_layers.iter().any(|l| l != feature_layer) {
+                return Err(Error::Input(format!(
+                    "detector `{text}` reads the maps of the layers before `{feature_layer}`, and none is pooled: add one to [nac] layers"
+                )));
+            }
+        }
+    }
     let channels = network.layer_channels();
     let limit = engine.gpu.max_binding_bytes();
     for (what, set, labelled) in std::iter::once(("profile".to_string(), &profile, true)).chain(sets.pooled(config)) {
@@ -270,27 +309,19 @@ pub(crate) fn prepare(engine: &Engine, network: Network, config: &EvalConfig, se
         }
         for layer in &pooled_layers {
             let neurons = channels.iter().find(|(n, _)| n == layer).map_or(0, |c| c.1);
-            let bytes = (set.len() as u64).saturating_mul(neurons as u64 * 8);
+            // Pairs: 8 bytes per neuron; statistics: 4 per neuron and value.
+            let per_neuron = stats_powers.map_or(8, |p| (4 * (1 + p) as u64).max(8));
+            let bytes = (set.len() as u64).saturating_mul(neurons as u64 * per_neuron);
             if bytes > limit {
                 return Err(Error::Input(format!(
-                    "{what} set `{}`: the pooled pairs of layer `{layer}` for its {} samples need {bytes} bytes, over this adapter's binding limit of {limit}; use fewer samples",
+                    "{what} set `{}`: the pooled pairs (and statistics) of layer `{layer}` for its {} samples need {bytes} bytes, over this adapter's binding limit of {limit}; use fewer samples",
                     set.spec(),
                     set.len()
                 )));
             }
         }
     }
-    let dims = Dims { dim: network.fc.in_features, classes, train_samples: profile.len() };
-    let detectors = config
-        .detectors
-        .iter()
-        .map(|text| {
-            let spec = DetectorSpec::parse(text)?;
-            let candidates = spec.candidates(&dims, text)?;
-            Ok((text.clone(), spec, candidates))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Prepared { network, preset, defaults, grid, pooled_layers, profile, detectors })
+    Ok(Prepared { network, preset, defaults, grid, pooled_layers, profile, detectors, stats_powers })
 }
 
 /// Refuses OOD set names whose pictures would share a file name (with each other, or with the
@@ -442,7 +473,7 @@ fn evaluate_model(
     options: &EvalOptions,
     pictures: Option<&Path>,
 ) -> Result<ModelReport> {
-    let Prepared { network, preset, defaults, grid, pooled_layers, profile: profile_set, detectors } = prepared;
+    let Prepared { network, preset, defaults, grid, pooled_layers, profile: profile_set, detectors, stats_powers } = prepared;
     let model = &mut engine.upload(network);
     let preprocessing = transform.describe();
     let search_settings = config.search.as_ref();
@@ -450,7 +481,7 @@ fn evaluate_model(
     let layer_refs: Vec<&str> = pooled_layers.iter().map(String::as_str).collect();
     let with_features = !detectors.is_empty();
     let mut pool = |what: &str, set: &Dataset, labelled: bool| -> Result<PassSet> {
-        let pooled = pool_set(engine, model, what, set, labelled, transform, &layer_refs, config.batch, options)?;
+        let pooled = pool_set(engine, model, what, set, labelled, transform, (&layer_refs, stats_powers), config.batch, options)?;
         let labels = if labelled { set.labels().map(<[usize]>::to_vec) } else { None };
         if with_features {
             PassSet::from_pooled(engine, &model.network, pooled, labels).map_err(|e| Error::Input(format!("{what} set: {e}")))
@@ -574,7 +605,8 @@ fn evaluate_model(
 }
 
 /// One network pass over `set` (decoded on worker threads while the GPU runs), keeping the
-/// pooled pairs of `layers`; `labelled` marks predictions correct against the set's labels.
+/// pooled pairs of `layers` (and their statistics with `stats_powers`); `labelled` marks
+/// predictions correct against the set's labels.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pool_set(
     engine: &mut Engine,
@@ -583,7 +615,7 @@ pub(crate) fn pool_set(
     set: &Dataset,
     labelled: bool,
     transform: &Transform,
-    layers: &[&str],
+    (layers, stats_powers): (&[&str], Option<usize>),
     batch: usize,
     options: &EvalOptions,
 ) -> Result<PooledStates> {
@@ -603,10 +635,11 @@ pub(crate) fn pool_set(
         }
         Ok((b.start, b.input, b.shape))
     });
-    let pooled = PooledStates::compute_streamed(engine, model, set.len(), layers, labels, batches).map_err(|e| match e {
-        Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
-        e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),
-    });
+    let pooled =
+        PooledStates::compute_streamed_with_stats(engine, model, set.len(), layers, labels, stats_powers, batches).map_err(|e| match e {
+            Error::NotFinite { .. } => Error::Input(format!("{what} set: {}", e.locate_sample(|i| set.locate(i)))),
+            e => Error::Input(format!("{what} set `{}`: {e}", set.spec())),
+        });
     engine.set_progress(None);
     bar.finish_and_clear();
     pooled

@@ -556,7 +556,7 @@ fn evaluate_model(
     let mut pooling = 0.0;
     let mut pooled = |engine: &mut Engine, model: &mut crate::engine::Model, what: &str, set: &Dataset| -> Result<PooledStates> {
         let t = Instant::now();
-        let p = run::pool_set(engine, model, what, set, set.labels().is_some(), transform, &layers, config.batch, options);
+        let p = run::pool_set(engine, model, what, set, set.labels().is_some(), transform, (&layers, None), config.batch, options);
         pooling += t.elapsed().as_secs_f64();
         p
     };

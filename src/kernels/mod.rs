@@ -47,6 +47,7 @@ pub enum Kernel {
     NacPairs,
     NacCombine,
     NacPredict,
+    NacLayerStats,
     PeakFma,
     AttackStep,
     ApgdTrack,
@@ -67,7 +68,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 38] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
         Kernel::NchwToNhwc,
@@ -88,6 +89,7 @@ impl Kernel {
         Kernel::NacPairs,
         Kernel::NacCombine,
         Kernel::NacPredict,
+        Kernel::NacLayerStats,
         Kernel::PeakFma,
         Kernel::AttackStep,
         Kernel::ApgdTrack,
@@ -130,6 +132,7 @@ impl Kernel {
             Kernel::NacPairs => (NAC_WGSL, "pairs", &[]),
             Kernel::NacCombine => (NAC_WGSL, "combine", &[]),
             Kernel::NacPredict => (NAC_WGSL, "predict", &[]),
+            Kernel::NacLayerStats => (NAC_WGSL, "layer_stats", &[]),
             Kernel::PeakFma => (PEAK_WGSL, "peak_fma", &[]),
             Kernel::AttackStep => (ATTACK_WGSL, "attack_step", &[]),
             Kernel::ApgdTrack => (APGD_WGSL, "apgd_track", &[]),
@@ -172,7 +175,13 @@ impl Kernel {
     pub fn read_bindings(self) -> usize {
         match self {
             Kernel::ConvForward | Kernel::ConvBackwardData => 5,
-            Kernel::NacHistogram | Kernel::NacScore | Kernel::NacCoverage | Kernel::NacPairs | Kernel::NacCombine | Kernel::NacPredict => 4,
+            Kernel::NacHistogram
+            | Kernel::NacScore
+            | Kernel::NacCoverage
+            | Kernel::NacPairs
+            | Kernel::NacCombine
+            | Kernel::NacPredict
+            | Kernel::NacLayerStats => 4,
             k if k.is_transformer() => 4,
             Kernel::ApgdTrack | Kernel::ApgdCommit | Kernel::ApgdStep | Kernel::ApgdEmit => 4,
             _ => 3,
@@ -347,7 +356,9 @@ pub struct NacParams {
     pub total_samples: u32,
     pub layer: u32,
     pub classes: u32,
-    pub _pad: [u32; 3],
+    /// Layer statistics: powers 1..=`powers` of the Gram row sums.
+    pub powers: u32,
+    pub _pad: [u32; 2],
 }
 
 /// NAC kernel flags.
@@ -363,6 +374,9 @@ pub mod nac_flags {
     /// The z binding holds states `[sample][neuron]` computed elsewhere.
     pub const GIVEN_STATES: u32 = 16;
 }
+
+/// Most Gram powers the layer-statistics kernel computes (`MAX_POWERS` in `shaders/nac.wgsl`).
+pub const MAX_GRAM_POWERS: usize = 10;
 
 /// Histogram slots in workgroup memory (`LOCAL_SLOTS` in `shaders/nac.wgsl`).
 pub const NAC_LOCAL_SLOTS: u32 = 4096;

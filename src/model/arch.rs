@@ -456,6 +456,13 @@ impl Network {
     }
 
     /// `(layer name, channels)` of every hookable layer (`layer_names()` order).
+    /// Whether a backward pass can start at `layer` with a gradient of the host's alone: any
+    /// layer of a CNN; a ViT's feature layer only, because its blocks' backward also reads the
+    /// residual gradient from the blocks above, which a loss of one block's output lacks.
+    pub fn seeds_backward_at(&self, layer: &str) -> bool {
+        layer == self.feature_layer() || !matches!(self.body, Body::VisionTransformer { .. })
+    }
+
     pub fn layer_channels(&self) -> Vec<(String, usize)> {
         let mut channels = self.stage_channels();
         channels.push(self.fc.in_features);

@@ -42,6 +42,7 @@ impl NacCall {
             Kernel::NacPairs => flat_workgroups(p.batch * p.neurons, max),
             Kernel::NacCombine => flat_workgroups(p.total_samples, max),
             Kernel::NacPredict => flat_workgroups(p.batch, max),
+            Kernel::NacLayerStats => flat_workgroups(p.batch * p.neurons.div_ceil(FLAT_WORKGROUP) * FLAT_WORKGROUP, max),
             other => unreachable!("{other:?} is not a NAC kernel"),
         }
     }

@@ -15,7 +15,7 @@ pub use bins::BinEdges;
 pub use file::{Binning, Counted, ProfileData, ProfileHeader, Shard};
 pub use me::{evaluate_checkpoints, nac_me, nac_me_pooled, pearson, spearman, CheckpointReport, LabelledImages, MeResult, MeSettings};
 pub use params::{LayerParams, Preset};
-pub use pooled::{CachedValues, PooledStates, Predicted};
+pub use pooled::{CachedValues, LayerStats, PooledStates, Predicted};
 pub use profile::{ModelIdentity, Profile, Scores};
 pub use search::{search, Grid, LayerGrid, SearchResult, SearchSets, Trial};
 pub use select::class_balanced_subset;

@@ -7,7 +7,7 @@ use super::gpu::{run_set, NacCall, PlanCalls, SetBatch};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model};
 use crate::error::{Error, Result, NOT_FINITE_HELP};
-use crate::kernels::{nac_flags, Kernel, NacParams};
+use crate::kernels::{nac_flags, Kernel, NacParams, MAX_GRAM_POWERS};
 
 /// Sets pooled by a network pass in this process (see [`PooledStates::passes`]).
 static PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -83,6 +83,10 @@ struct Pooling {
     classes: usize,
     calls: PlanCalls,
     caches: Vec<(String, usize, wgpu::Buffer)>,
+    /// Gram powers of the layer statistics, when asked for.
+    stats_powers: Option<usize>,
+    /// Per layer: the statistics buffer `[samples][(1 + powers) · neurons]`.
+    stats: Vec<wgpu::Buffer>,
 }
 
 impl Pooling {
@@ -100,14 +104,29 @@ impl Pooling {
                 }
                 let out = engine.gpu.upload_f32(&format!("{} pairs", lb.name), &vec![f32::NAN; total * neurons * 2]);
                 self.caches.push((lb.name.to_string(), neurons, out));
+                if let Some(powers) = self.stats_powers {
+                    let values = total * neurons * (1 + powers);
+                    if (values * 4) as u64 > engine.gpu.max_binding_bytes() {
+                        return Err(Error::Input(format!(
+                            "statistics of layer `{}` for {total} samples need {} bytes, over this adapter's binding limit; use fewer samples",
+                            lb.name,
+                            values * 4
+                        )));
+                    }
+                    self.stats.push(engine.gpu.upload_f32(&format!("{} statistics", lb.name), &vec![f32::NAN; values]));
+                }
             }
         }
-        let (predictions, caches, classes) = (&self.predictions, &self.caches, self.classes);
+        let (predictions, caches, classes, stats) = (&self.predictions, &self.caches, self.classes, &self.stats);
+        let powers = self.stats_powers.unwrap_or(0) as u32;
         self.calls.record(engine, encoder, chunk, |chunk| {
             let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
-            for (lb, (_, neurons, out)) in chunk.layers.iter().zip(caches) {
-                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: *neurons as u32, ..Default::default() };
+            for (i, (lb, (_, neurons, out))) in chunk.layers.iter().zip(caches).enumerate() {
+                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: *neurons as u32, powers, ..Default::default() };
                 calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], out));
+                if let Some(stats) = stats.get(i) {
+                    calls.push(NacCall::new(engine, Kernel::NacLayerStats, params, [Some(lb.z), None, None, None], stats));
+                }
             }
             Ok(calls)
         })
@@ -135,6 +154,40 @@ pub struct PooledStates {
     labelled: bool,
     /// The prediction summary on the host, read back (and checked finite) once when pooled.
     summary: Vec<f32>,
+    /// Gram powers and per layer the statistics buffer, when computed.
+    stats: Option<(usize, Vec<wgpu::Buffer>)>,
+}
+
+/// What the detectors beyond Σz read of one layer, per sample: the channel means and the Gram
+/// row sums of powers 1..=`powers` (see `layer_stats` in `shaders/nac.wgsl`).
+#[derive(Clone, Debug)]
+pub struct LayerStats {
+    pub layer: String,
+    pub channels: usize,
+    pub powers: usize,
+    /// `[samples][(1 + powers) · channels]`: means, then each power's row sums.
+    pub values: Vec<f32>,
+}
+
+impl LayerStats {
+    fn row(&self, sample: usize) -> &[f32] {
+        let len = (1 + self.powers) * self.channels;
+        &self.values[sample * len..(sample + 1) * len]
+    }
+
+    pub fn samples(&self) -> usize {
+        self.values.len() / ((1 + self.powers) * self.channels).max(1)
+    }
+
+    /// The channel means `Σ_hw z / hw` of one sample.
+    pub fn mean(&self, sample: usize) -> &[f32] {
+        &self.row(sample)[..self.channels]
+    }
+
+    /// The Gram row sums of power `q` (1-based) of one sample.
+    pub fn gram(&self, sample: usize, q: usize) -> &[f32] {
+        &self.row(sample)[q * self.channels..(q + 1) * self.channels]
+    }
 }
 
 impl PooledStates {
@@ -163,12 +216,36 @@ impl PooledStates {
         labels: Option<&[usize]>,
         batches: impl IntoIterator<Item = SetBatch<I>>,
     ) -> Result<Self> {
+        Self::compute_streamed_with_stats(engine, model, total, layers, labels, None, batches)
+    }
+
+    /// Like [`PooledStates::compute_streamed`], and with `stats_powers` also every layer's
+    /// [`LayerStats`] with that many Gram powers (0: channel means only), from the same pass.
+    pub fn compute_streamed_with_stats<I: AsRef<[f32]>>(
+        engine: &Engine,
+        model: &mut Model,
+        total: usize,
+        layers: &[&str],
+        labels: Option<&[usize]>,
+        stats_powers: Option<usize>,
+        batches: impl IntoIterator<Item = SetBatch<I>>,
+    ) -> Result<Self> {
         let classes = model.network.num_classes();
         if let Some(l) = labels {
             check_labels(l, total, classes)?;
         }
-        let mut pooling =
-            Pooling { predictions: Predictions::new(engine, total, labels), total, classes, calls: PlanCalls::new(), caches: Vec::new() };
+        if let Some(p) = stats_powers.filter(|&p| p > MAX_GRAM_POWERS) {
+            return Err(Error::Input(format!("{p} Gram powers: at most {MAX_GRAM_POWERS}")));
+        }
+        let mut pooling = Pooling {
+            predictions: Predictions::new(engine, total, labels),
+            total,
+            classes,
+            calls: PlanCalls::new(),
+            caches: Vec::new(),
+            stats_powers,
+            stats: Vec::new(),
+        };
         PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder))?;
         engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
@@ -181,6 +258,7 @@ impl PooledStates {
             layers: pooling.caches,
             predictions: pooling.predictions,
             labelled: labels.is_some(),
+            stats: stats_powers.map(|p| (p, pooling.stats)),
         })
     }
 
@@ -227,6 +305,7 @@ impl PooledStates {
             predictions: Predictions { summary: engine.gpu.upload_f32("predictions", &summary), labels: None },
             labelled: predictions.is_some(),
             summary,
+            stats: None,
         })
     }
 
@@ -270,6 +349,24 @@ impl PooledStates {
         let neurons = self.neurons(layer);
         let per_neuron = if self.values == CachedValues::Pairs { 2 } else { 1 };
         engine.gpu.read_f32(self.pairs(layer)?, self.samples * neurons * per_neuron)
+    }
+
+    /// Every pooled layer's statistics read back (checked finite), or none if they were not
+    /// computed.
+    pub fn read_stats(&self, engine: &Engine) -> Result<Vec<LayerStats>> {
+        let Some((powers, buffers)) = &self.stats else { return Ok(Vec::new()) };
+        self.layers
+            .iter()
+            .zip(buffers)
+            .map(|((layer, channels, _), buffer)| {
+                let values = engine.gpu.read_f32(buffer, self.samples * channels * (1 + powers))?;
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    let message = format!("a non-finite Gram statistic of layer `{layer}` (activations too large for its powers in f32)");
+                    return Err(Error::NotFinite { sample: i / (channels * (1 + powers)), message });
+                }
+                Ok(LayerStats { layer: layer.clone(), channels: *channels, powers: *powers, values })
+            })
+            .collect()
     }
 
     /// The predictions, as read back once when the set was pooled.

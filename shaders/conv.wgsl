@@ -124,7 +124,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let kw = k0 + kb;
             var w = 0.0;
             if (n < p.n_total && kw < p.k_total) {
-                w = weights[kw * p.n_total + n];
+                w = f32(weights[kw * p.n_total + n]);
             }
             tile_b[kb * BN + nn] = w;
         }

@@ -9,7 +9,11 @@
 // Weights are packed on the host as [K][N] (N contiguous) for each direction.
 //
 // This file is shared by the variants (`conv.wgsl`: workgroup-memory tiles; `conv_direct.wgsl`:
-// register tiles); the engine prepends it to each.
+// register tiles); the engine prepends it to each. The weights' storage type is `WEIGHT`: f32,
+// or f16 when the engine stores weights in half precision (it then enables f16 and rewrites
+// the alias below); every weight is widened to f32 where it is read, and all arithmetic is f32.
+
+alias WEIGHT = f32;
 
 override BACKWARD: bool = false;
 
@@ -46,7 +50,7 @@ const FLAG_MASK_SWISH: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read> weights: array<f32>;
+@group(0) @binding(2) var<storage, read> weights: array<WEIGHT>;
 @group(0) @binding(3) var<storage, read> channel: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read> mask: array<f32>;

@@ -96,7 +96,7 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 let row = (k0 + c) * p.n_total + n0;
                 for (var v = 0u; v < VECS; v++) {
                     let i = row + 4u * v;
-                    let w = vec4<f32>(weights[i], weights[i + 1u], weights[i + 2u], weights[i + 3u]);
+                    let w = vec4<f32>(f32(weights[i]), f32(weights[i + 1u]), f32(weights[i + 2u]), f32(weights[i + 3u]));
                     for (var r = 0u; r < ROWS; r++) {
                         acc[r * VECS + v] = fma(vec4<f32>(a[r]), w, acc[r * VECS + v]);
                     }

@@ -77,6 +77,8 @@ pub struct BenchReport {
     pub peak_gflops: Option<f64>,
     /// `fixed` (`--no-tune`) or `measured`, and the variant of each conv call of the NAC pass.
     pub tuning: String,
+    /// How conv weights are stored: `f32`, or `f16` with `--f16-weights`.
+    pub weights: String,
     pub conv_variants: Vec<ConvChoice>,
 }
 
@@ -186,6 +188,7 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
         pass_gflops: pass_gpu_s.map(|s| pass_gflop / s.max(1e-12)),
         peak_gflops,
         tuning: tuning.into(),
+        weights: engine.weight_storage().name().into(),
         conv_variants,
     })
 }

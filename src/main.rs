@@ -13,6 +13,7 @@ use nac::error::{check_writable, write_atomic};
 use nac::eval::adversarial::Attacker;
 use nac::gpu::{describe_adapter, list_adapters, GpuOptions};
 use nac::kernels::tune::Tuning;
+use nac::kernels::WeightStorage;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::ArchSpec;
 use nac::nac::{
@@ -58,6 +59,10 @@ struct Cli {
     /// adapter (measured once per shape and cached: README, "Kernel tuning").
     #[arg(long, global = true)]
     no_tune: bool,
+    /// Store conv weights on the GPU in f16 (half the memory and weight traffic; arithmetic
+    /// stays f32); needs the adapter's SHADER_F16. Off by default: README, "f16 weights".
+    #[arg(long, global = true)]
+    f16_weights: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -464,6 +469,7 @@ fn main() -> ExitCode {
     let gpu = Device {
         adapter: GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone()),
         tuning: if cli.no_tune { Tuning::Fixed } else { Tuning::measured() },
+        weights: if cli.f16_weights { WeightStorage::F16 } else { WeightStorage::F32 },
     };
     let result = match cli.command {
         Command::Info => info(&gpu.adapter),
@@ -510,11 +516,12 @@ fn main() -> ExitCode {
 struct Device {
     adapter: GpuOptions,
     tuning: Tuning,
+    weights: WeightStorage,
 }
 
 impl Device {
     fn engine(self, max_batch: usize) -> Result<Engine> {
-        Engine::new(EngineOptions { gpu: self.adapter, max_batch, max_binding_bytes: None, tuning: self.tuning })
+        Engine::new(EngineOptions { gpu: self.adapter, max_batch, max_binding_bytes: None, tuning: self.tuning, weights: self.weights })
     }
 }
 

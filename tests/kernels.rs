@@ -9,7 +9,7 @@ use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
     conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
-    PoolParams, TransformerParams, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
+    PoolParams, TransformerParams, WeightStorage, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
 };
 use nac::model::arch::{Conv, LayerNorm, Linear, LN_EPS};
 use nac::reference;
@@ -665,5 +665,36 @@ fn attention_kernels() {
             let want = vit::attention_backward(&to_f64(&d_out), &to_f64(&qkv), &want_probs, b, t, d, heads);
             assert_close(&format!("attention backward {what}"), &d_qkv, &want, tol);
         }
+    }
+}
+
+/// With f16 weight storage every conv variant, in both directions, computes exactly the f32
+/// arithmetic on the f16-rounded weights: against the f64 reference with those rounded weights
+/// at the f32 kernel tolerance, on every conv case, the variants agreeing bit for bit. What
+/// the rounding itself costs a whole pass is measured in `tests/network.rs`.
+#[test]
+fn conv_with_f16_weights_is_f32_arithmetic_on_rounded_weights() {
+    let engine = engine();
+    let kernels = Kernels::with_weights(&engine.gpu, WeightStorage::F16).unwrap();
+    let mut s = Setup { engine, kernels, rng: Rng::new(13) };
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    for (case, &(b, cin, h, w, cout, k, stride, pad)) in CONV_CASES.iter().enumerate() {
+        let mut conv = s.random_conv(cin, cout, k, stride, pad);
+        let packed_forward = pack_forward(&conv, &vec![1.0; cout]);
+        let packed_backward = pack_backward(&conv, &vec![1.0; cout]);
+        conv.weight = round(&conv.weight);
+        let x = to_f64(&random_vec(&mut s.rng, b * cin * h * w, 1.0));
+        let (y, yshape) = reference::conv2d(&x, [b, cin, h, w], &conv);
+        let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
+        let p = conv_params(b, cin, h, w, cout, k, stride, pad, 0, false);
+        let reads = [Some(&xin[..]), Some(&packed_forward[..]), None, None, None];
+        check_variants(&s, false, &p, &reads, &nchw_to_nhwc(&y, yshape), &format!("f16 conv forward case {case}"));
+        let [_, _, oh, ow] = yshape;
+        let dy = to_f64(&random_vec(&mut s.rng, b * cout * oh * ow, 1.0));
+        let dx = reference::conv2d_backward_data(&dy, [b, cout, oh, ow], &conv, (h, w));
+        let dy_nhwc = to_f32(&nchw_to_nhwc(&dy, [b, cout, oh, ow]));
+        let p = conv_params(b, cin, h, w, cout, k, stride, pad, 0, true);
+        let reads = [Some(&dy_nhwc[..]), Some(&packed_backward[..]), None, None, None];
+        check_variants(&s, true, &p, &reads, &nchw_to_nhwc(&dx, [b, cin, h, w]), &format!("f16 conv backward case {case}"));
     }
 }

@@ -14,14 +14,14 @@ use std::path::Path;
 use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::kernels::tune::{Tuner, Tuning};
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, WeightStorage};
 use crate::model::{self, ArchSpec, Network};
 
 pub use graph::TensorShape;
 use graph::{Graph, ParamTemplate};
 use plan::Plan;
 use weights::GpuWeights;
-pub use weights::{pack_backward, pack_forward};
+pub use weights::{as_stored, pack_backward, pack_forward};
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -35,11 +35,19 @@ pub struct EngineOptions {
     /// How conv kernel variants are chosen: fixed per adapter type (the default, deterministic)
     /// or measured once per shape and cached (the CLI's default; `--no-tune` fixes them).
     pub tuning: Tuning,
+    /// How conv weights are stored on the GPU (f32 by default; f16 needs `SHADER_F16`).
+    pub weights: WeightStorage,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { gpu: GpuOptions::from_env(), max_batch: 64, max_binding_bytes: None, tuning: Tuning::Fixed }
+        EngineOptions {
+            gpu: GpuOptions::from_env(),
+            max_batch: 64,
+            max_binding_bytes: None,
+            tuning: Tuning::Fixed,
+            weights: WeightStorage::F32,
+        }
     }
 }
 
@@ -191,7 +199,7 @@ impl PassOutput {
 impl Engine {
     pub fn new(options: EngineOptions) -> Result<Self> {
         let gpu = Gpu::new(&options.gpu)?;
-        let kernels = Kernels::new(&gpu)?;
+        let kernels = Kernels::with_weights(&gpu, options.weights)?;
         let tuner = Tuner::new(options.tuning.clone());
         Ok(Engine { gpu, kernels, tuner, options, progress: None, in_flight: Default::default() })
     }
@@ -202,7 +210,7 @@ impl Engine {
     }
 
     pub fn upload(&self, network: Network) -> Model {
-        let weights = GpuWeights::upload(&self.gpu, &network);
+        let weights = GpuWeights::upload(&self.gpu, &network, self.kernels.weights);
         Model { fingerprint: network.fingerprint(), network, weights, plans: HashMap::new() }
     }
 
@@ -450,6 +458,11 @@ impl Engine {
     /// How this engine chooses conv variants.
     pub fn tuning(&self) -> &Tuning {
         self.tuner.tuning()
+    }
+
+    /// How this engine stores conv weights.
+    pub fn weight_storage(&self) -> WeightStorage {
+        self.kernels.weights
     }
 
     /// Sets the variant of every conv call (measured at up to `batch` samples when tuning).

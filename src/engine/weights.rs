@@ -2,6 +2,7 @@
 //! that is exact, conv weights re-packed once for the forward and the data-gradient GEMMs.
 
 use crate::gpu::Gpu;
+use crate::kernels::WeightStorage;
 use crate::model::arch::{Activation, BatchNorm, Body, Conv, LayerNorm, Linear, Network, VitSpec};
 
 /// Shape of a convolution, as the kernels see it.
@@ -130,17 +131,17 @@ fn pack(conv: &Conv, scale: &[f64], index: impl Fn(usize, usize, usize) -> usize
 }
 
 /// Folds `bn` (if any) into `conv` in f64 and packs the weights for both GEMM directions.
-fn upload_conv(gpu: &Gpu, conv: &Conv, bn: Option<&BatchNorm>, with_backward: bool) -> GpuConv {
+fn upload_conv(gpu: &Gpu, w: WeightStorage, conv: &Conv, bn: Option<&BatchNorm>, with_backward: bool) -> GpuConv {
     let (scale, shift) = match bn {
         Some(bn) => bn.scale_shift(),
         None => (vec![1.0; conv.out_channels], vec![0.0; conv.out_channels]),
     };
     let bias: Vec<f32> = shift.iter().map(|&b| b as f32).collect();
-    upload_packed(gpu, conv, &scale, bn.map(|_| bias.as_slice()), with_backward)
+    upload_packed(gpu, w, conv, &scale, bn.map(|_| bias.as_slice()), with_backward)
 }
 
 /// A linear layer over tokens: a 1×1 convolution with its bias.
-fn upload_linear(gpu: &Gpu, name: &str, linear: &Linear) -> GpuConv {
+fn upload_linear(gpu: &Gpu, w: WeightStorage, name: &str, linear: &Linear) -> GpuConv {
     let conv = Conv {
         name: name.to_string(),
         out_channels: linear.out_features,
@@ -151,7 +152,7 @@ fn upload_linear(gpu: &Gpu, name: &str, linear: &Linear) -> GpuConv {
         padding_end: 0,
         weight: linear.weight.clone(),
     };
-    upload_packed(gpu, &conv, &vec![1.0; linear.out_features], Some(&linear.bias), true)
+    upload_packed(gpu, w, &conv, &vec![1.0; linear.out_features], Some(&linear.bias), true)
 }
 
 fn upload_layer_norm(gpu: &Gpu, ln: &LayerNorm) -> GpuLayerNorm {
@@ -161,7 +162,7 @@ fn upload_layer_norm(gpu: &Gpu, ln: &LayerNorm) -> GpuLayerNorm {
     }
 }
 
-fn upload_packed(gpu: &Gpu, conv: &Conv, scale: &[f64], bias: Option<&[f32]>, with_backward: bool) -> GpuConv {
+fn upload_packed(gpu: &Gpu, w: WeightStorage, conv: &Conv, scale: &[f64], bias: Option<&[f32]>, with_backward: bool) -> GpuConv {
     GpuConv {
         geometry: ConvGeometry {
             in_c: conv.in_channels,
@@ -171,8 +172,8 @@ fn upload_packed(gpu: &Gpu, conv: &Conv, scale: &[f64], bias: Option<&[f32]>, wi
             pad: conv.padding,
             pad_end: conv.padding_end,
         },
-        forward: gpu.upload_f32(&format!("{}.forward", conv.name), &pack_forward(conv, scale)),
-        backward: with_backward.then(|| gpu.upload_f32(&format!("{}.backward", conv.name), &pack_backward(conv, scale))),
+        forward: w.upload(gpu, &format!("{}.forward", conv.name), &pack_forward(conv, scale)),
+        backward: with_backward.then(|| w.upload(gpu, &format!("{}.backward", conv.name), &pack_backward(conv, scale))),
         bias: bias.map(|b| gpu.upload_f32(&format!("{}.bias", conv.name), b)),
     }
 }
@@ -187,20 +188,21 @@ fn upload_scale_shift(gpu: &Gpu, bn: &BatchNorm) -> GpuScaleShift {
 }
 
 impl GpuWeights {
-    /// Uploads every parameter. Data-gradient weights are packed for all convolutions after
-    /// the stem too (the gradient to the input goes through it).
-    pub fn upload(gpu: &Gpu, net: &Network) -> Self {
+    /// Uploads every parameter, the conv weights stored as `w`. Data-gradient weights are
+    /// packed for all convolutions after the stem too (the gradient to the input goes through
+    /// it).
+    pub fn upload(gpu: &Gpu, net: &Network, w: WeightStorage) -> Self {
         let body = match &net.body {
             Body::ResNet { stem, max_pool, stages } => {
-                let stem = upload_conv(gpu, &stem.0, Some(&stem.1), true);
+                let stem = upload_conv(gpu, w, &stem.0, Some(&stem.1), true);
                 let stages = stages
                     .iter()
                     .map(|stage| {
                         stage
                             .iter()
                             .map(|b| GpuResBlock {
-                                convs: b.convs.iter().map(|(c, bn)| upload_conv(gpu, c, Some(bn), true)).collect(),
-                                projection: b.projection.as_ref().map(|(c, bn)| upload_conv(gpu, c, Some(bn), true)),
+                                convs: b.convs.iter().map(|(c, bn)| upload_conv(gpu, w, c, Some(bn), true)).collect(),
+                                projection: b.projection.as_ref().map(|(c, bn)| upload_conv(gpu, w, c, Some(bn), true)),
                             })
                             .collect()
                     })
@@ -208,7 +210,7 @@ impl GpuWeights {
                 GpuBody::ResNet { stem, max_pool: *max_pool, stages }
             }
             Body::WideResNet { stem, stages, final_bn, activation } => {
-                let stem = upload_conv(gpu, stem, None, true);
+                let stem = upload_conv(gpu, w, stem, None, true);
                 let stages = stages
                     .iter()
                     .map(|stage| {
@@ -216,9 +218,9 @@ impl GpuWeights {
                             .iter()
                             .map(|b| GpuWrnBlock {
                                 bn1: upload_scale_shift(gpu, &b.bn1),
-                                conv1: upload_conv(gpu, &b.conv1, Some(&b.bn2), true),
-                                conv2: upload_conv(gpu, &b.conv2, None, true),
-                                shortcut: b.shortcut.as_ref().map(|c| upload_conv(gpu, c, None, true)),
+                                conv1: upload_conv(gpu, w, &b.conv1, Some(&b.bn2), true),
+                                conv2: upload_conv(gpu, w, &b.conv2, None, true),
+                                shortcut: b.shortcut.as_ref().map(|c| upload_conv(gpu, w, c, None, true)),
                             })
                             .collect()
                     })
@@ -228,18 +230,18 @@ impl GpuWeights {
             Body::VisionTransformer { spec, conv_proj, conv_proj_bias, class_token, pos_embedding, blocks, ln } => {
                 GpuBody::VisionTransformer {
                     spec: *spec,
-                    conv_proj: upload_packed(gpu, conv_proj, &vec![1.0; conv_proj.out_channels], Some(conv_proj_bias), true),
+                    conv_proj: upload_packed(gpu, w, conv_proj, &vec![1.0; conv_proj.out_channels], Some(conv_proj_bias), true),
                     class_token: gpu.upload_f32("class_token", class_token),
                     pos_embedding: gpu.upload_f32("encoder.pos_embedding", pos_embedding),
                     blocks: blocks
                         .iter()
                         .map(|b| GpuEncoderBlock {
                             ln_1: upload_layer_norm(gpu, &b.ln_1),
-                            in_proj: upload_linear(gpu, &format!("{}.self_attention.in_proj", b.name), &b.in_proj),
-                            out_proj: upload_linear(gpu, &format!("{}.self_attention.out_proj", b.name), &b.out_proj),
+                            in_proj: upload_linear(gpu, w, &format!("{}.self_attention.in_proj", b.name), &b.in_proj),
+                            out_proj: upload_linear(gpu, w, &format!("{}.self_attention.out_proj", b.name), &b.out_proj),
                             ln_2: upload_layer_norm(gpu, &b.ln_2),
-                            mlp_1: upload_linear(gpu, &b.mlp_names[0], &b.mlp_1),
-                            mlp_2: upload_linear(gpu, &b.mlp_names[1], &b.mlp_2),
+                            mlp_1: upload_linear(gpu, w, &b.mlp_names[0], &b.mlp_1),
+                            mlp_2: upload_linear(gpu, w, &b.mlp_names[1], &b.mlp_2),
                         })
                         .collect(),
                     ln: upload_layer_norm(gpu, ln),
@@ -254,4 +256,54 @@ impl GpuWeights {
         };
         GpuWeights { body, head }
     }
+}
+
+/// The network whose weights an engine storing conv weights as `w` computes with, in f32: each
+/// conv's (and linear layer's) weights replaced by the stored value of its folded weights
+/// divided back by the BatchNorm scale folded into it, so that folding them again gives the
+/// stored values to f32 precision. For f32 storage, the network itself. Lets tests hold an f16
+/// engine to the f64 reference at the f32 tolerances.
+pub fn as_stored(net: &Network, w: WeightStorage) -> Network {
+    let mut net = net.clone();
+    if w == WeightStorage::F32 {
+        return net;
+    }
+    let round = |weights: &mut [f32], per_out: usize, scale: &[f64]| {
+        for (i, v) in weights.iter_mut().enumerate() {
+            let s = scale.get(i / per_out).copied().unwrap_or(1.0);
+            let stored = half::f16::from_f32((*v as f64 * s) as f32).to_f64();
+            *v = (stored / s) as f32;
+        }
+    };
+    let conv = |c: &mut Conv, bn: Option<&BatchNorm>| {
+        let scale = bn.map_or_else(|| vec![1.0; c.out_channels], |bn| bn.scale_shift().0);
+        let per_out = c.weight.len() / c.out_channels;
+        round(&mut c.weight, per_out, &scale);
+    };
+    let linear = |l: &mut Linear| round(&mut l.weight, l.in_features, &[]);
+    match &mut net.body {
+        Body::ResNet { stem, stages, .. } => {
+            conv(&mut stem.0, Some(&stem.1));
+            for b in stages.iter_mut().flatten() {
+                b.convs.iter_mut().chain(b.projection.as_mut()).for_each(|(c, bn)| conv(c, Some(bn)));
+            }
+        }
+        Body::WideResNet { stem, stages, .. } => {
+            conv(stem, None);
+            for b in stages.iter_mut().flatten() {
+                conv(&mut b.conv1, Some(&b.bn2));
+                conv(&mut b.conv2, None);
+                if let Some(s) = b.shortcut.as_mut() {
+                    conv(s, None);
+                }
+            }
+        }
+        Body::VisionTransformer { conv_proj, blocks, .. } => {
+            conv(conv_proj, None);
+            for b in blocks {
+                [&mut b.in_proj, &mut b.out_proj, &mut b.mlp_1, &mut b.mlp_2].into_iter().for_each(linear);
+            }
+        }
+    }
+    net
 }

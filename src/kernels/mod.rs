@@ -395,7 +395,51 @@ pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
 
 /// All pipelines, built once per device; conv variants other than the tiled one are built on
 /// first use.
+/// How conv weights are stored on the GPU: f32, or f16 (half the memory and bandwidth; every
+/// weight is widened to f32 where it is read, so only the rounding of the weights differs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    #[default]
+    F32,
+    F16,
+}
+
+impl WeightStorage {
+    /// The WGSL of a conv source for this storage: the f16 form enables f16 and stores
+    /// `WEIGHT` as f16.
+    fn conv_source(self, source: &str) -> std::borrow::Cow<'_, str> {
+        match self {
+            WeightStorage::F32 => source.into(),
+            WeightStorage::F16 => format!("enable f16;\n{}", source.replacen("alias WEIGHT = f32;", "alias WEIGHT = f16;", 1)).into(),
+        }
+    }
+
+    /// Packed weights as the conv kernels' `weights` binding holds them.
+    pub fn upload(self, gpu: &Gpu, label: &str, packed: &[f32]) -> wgpu::Buffer {
+        match self {
+            WeightStorage::F32 => gpu.upload_f32(label, packed),
+            WeightStorage::F16 => {
+                // Whole 4-byte words: an odd count is padded with a zero.
+                let mut half: Vec<u16> = packed.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+                if half.len() % 2 == 1 {
+                    half.push(0);
+                }
+                gpu.upload(label, &half)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightStorage::F32 => "f32",
+            WeightStorage::F16 => "f16",
+        }
+    }
+}
+
 pub struct Kernels {
+    /// How the conv kernels read their weights.
+    pub weights: WeightStorage,
     pipelines: Vec<(Kernel, wgpu::ComputePipeline, wgpu::BindGroupLayout)>,
     /// Bound where a call leaves a read binding unused.
     placeholder: wgpu::Buffer,
@@ -429,17 +473,27 @@ fn layout_for(gpu: &Gpu, reads: usize) -> wgpu::BindGroupLayout {
 }
 
 impl Kernels {
+    /// Every kernel with f32 weights.
     pub fn new(gpu: &Gpu) -> Result<Self> {
+        Self::with_weights(gpu, WeightStorage::F32)
+    }
+
+    /// Every kernel, the convs reading weights stored as `weights`; f16 needs the adapter's
+    /// `SHADER_F16`.
+    pub fn with_weights(gpu: &Gpu, weights: WeightStorage) -> Result<Self> {
+        if weights == WeightStorage::F16 && !gpu.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Gpu(format!("f16 weights need the SHADER_F16 feature, which {} does not offer", gpu.info.name)));
+        }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules: Vec<(&'static str, wgpu::ShaderModule)> = Vec::new();
         let mut pipelines = Vec::new();
         for kernel in Kernel::ALL {
             let (source, entry, constants) = kernel.source();
             if !modules.iter().any(|(s, _)| std::ptr::eq(*s, source)) {
-                let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(entry),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
+                let code = if std::ptr::eq(source, CONV_WGSL) { weights.conv_source(source) } else { source.into() };
+                let module = gpu
+                    .device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(code) });
                 modules.push((source, module));
             }
             let module = &modules.iter().find(|(s, _)| std::ptr::eq(*s, source)).unwrap().1;
@@ -463,6 +517,7 @@ impl Kernels {
             return Err(Error::Gpu(format!("compiling kernels: {e}")));
         }
         Ok(Kernels {
+            weights,
             pipelines,
             placeholder: gpu.storage_buffer("unused binding", 16),
             direct_module: OnceLock::new(),
@@ -484,7 +539,7 @@ impl Kernels {
         let module = self.direct_module.get_or_init(|| {
             gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("conv direct"),
-                source: wgpu::ShaderSource::Wgsl(CONV_DIRECT_WGSL.into()),
+                source: wgpu::ShaderSource::Wgsl(self.weights.conv_source(CONV_DIRECT_WGSL)),
             })
         });
         let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -557,7 +612,7 @@ impl Kernels {
     }
 
     /// [`Kernels::run_single`] for one conv variant (reads: source, weights, channel, residual,
-    /// mask), with the variant's own dispatch size.
+    /// mask; the weights stored as [`Kernels::weights`]), with the variant's own dispatch size.
     pub fn run_conv(
         &self,
         gpu: &Gpu,
@@ -584,7 +639,16 @@ impl Kernels {
         output_len: usize,
     ) -> Result<Vec<f32>> {
         let uniform = gpu.uniform_buffer("params", params);
-        let inputs: Vec<wgpu::Buffer> = reads.iter().map(|r| gpu.upload_f32("input", r.unwrap_or(&[0.0; 4]))).collect();
+        // A conv's second read is its weights, stored as the kernels read them.
+        let is_conv = matches!(kernel, Kernel::ConvForward | Kernel::ConvBackwardData);
+        let inputs: Vec<wgpu::Buffer> = reads
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(w) if is_conv && i == 1 => self.weights.upload(gpu, "weights", w),
+                r => gpu.upload_f32("input", r.unwrap_or(&[0.0; 4])),
+            })
+            .collect();
         let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
         let refs: Vec<&wgpu::Buffer> = inputs.iter().collect();
         let bind_group = self.bind_group(gpu, kernel, &uniform, &refs, &output);

@@ -91,7 +91,7 @@ impl Tuner {
         if self.tuning == Tuning::Fixed {
             return Ok(ConvVariant::default_for(gpu.info.device_type));
         }
-        let key = shape_key(p, backward);
+        let key = format!("{} w{}", shape_key(p, backward), kernels.weights.name());
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let cache = state.get_or_insert_with(|| self.load(gpu));
         if let Some(variant) = cache.choices.get(&key).and_then(|name| ConvVariant::parse(name)) {
@@ -191,7 +191,7 @@ fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: 
     let mut rng = crate::rng::Rng::new(0x7475_6e65);
     let mut random = |len: u32| -> Vec<f32> { (0..len).map(|_| rng.uniform(-0.5, 0.5)).collect() };
     let source = gpu.upload_f32("tuning source", &random(source_len));
-    let weights = gpu.upload_f32("tuning weights", &random(p.k_total * p.n_total));
+    let weights = kernels.weights.upload(gpu, "tuning weights", &random(p.k_total * p.n_total));
     let output = gpu.storage_buffer("tuning output", p.m_total as u64 * p.n_total as u64 * 4);
     let uniform = gpu.uniform_buffer("tuning params", bytemuck::bytes_of(&p));
     let unused = kernels.placeholder();

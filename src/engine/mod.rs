@@ -592,26 +592,23 @@ pub struct LayerBuffers<'a> {
 }
 
 fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    for b in 0..n {
-        for y in 0..h {
-            for xx in 0..w {
-                for ch in 0..c {
-                    out[((b * c + ch) * h + y) * w + xx] = x[((b * h + y) * w + xx) * c + ch];
-                }
-            }
-        }
-    }
-    out
+    relayout(x, [n, c, h, w], true)
 }
 
 fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    relayout(x, [n, c, h, w], false)
+}
+
+/// NHWC → NCHW (`to_nchw`) or NCHW → NHWC for `n` samples of `c × h × w`.
+fn relayout(x: &[f32], [n, c, h, w]: [usize; 4], to_nchw: bool) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     for b in 0..n {
         for y in 0..h {
             for xx in 0..w {
                 for ch in 0..c {
-                    out[((b * h + y) * w + xx) * c + ch] = x[((b * c + ch) * h + y) * w + xx];
+                    let (nchw, nhwc) = (((b * c + ch) * h + y) * w + xx, ((b * h + y) * w + xx) * c + ch);
+                    let (to, from) = if to_nchw { (nchw, nhwc) } else { (nhwc, nchw) };
+                    out[to] = x[from];
                 }
             }
         }

@@ -220,11 +220,18 @@ fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: 
             continue;
         }
         let pipeline = kernels.conv_pipeline(gpu, backward, variant)?;
-        let first = time(&pipeline, workgroups, 1)?;
-        if best.is_some_and(|(t, _)| first > PRUNE * t) {
-            continue;
+        // The fastest of several runs: on a shared CPU adapter a run can be slowed by anything
+        // else on the machine, and the choice is cached for good. A candidate is dropped only
+        // when two runs are both much slower than the best so far.
+        let slower = |t: f64| best.is_some_and(|(b, _)| t > PRUNE * b);
+        let mut t = time(&pipeline, workgroups, 1)?;
+        if slower(t) {
+            t = t.min(time(&pipeline, workgroups, 1)?);
+            if slower(t) {
+                continue;
+            }
         }
-        let t = first.min(time(&pipeline, workgroups, 2)?);
+        let t = t.min(time(&pipeline, workgroups, 2)?);
         if best.is_none_or(|(b, _)| t < b) {
             best = Some((t, variant));
         }

@@ -1,7 +1,8 @@
-//! Input perturbation before scoring (ODIN; the density models' "+ip"): per batch one gradient
-//! pass to the input, then `x' = x − ε·sign⁺(∇ₓL)/std` (sign⁺(0) = +1, OpenOOD's
+//! Input perturbation before scoring (ODIN; the density models' "+ip"; MDSEns): per batch one
+//! gradient pass to the input, then `x' = x − ε·sign⁺(∇ₓL)/std` (sign⁺(0) = +1, OpenOOD's
 //! `ge(grad, 0)`; `std` the preprocessing's per-channel standard deviation, so ε is in pixel
-//! units), and one forward pass per ε that reads the features of `x'`. The perturbed sets are
+//! units), and one forward pass per ε that reads the features of `x'` (and the channel means of
+//! the layer a layer loss is of). The perturbed sets are
 //! ordinary [`PassSet`]s, scored by the method's detector. Batches are streamed: one batch of
 //! images is on the host at a time.
 //!
@@ -97,7 +98,11 @@ pub fn perturbed_sets<I: AsRef<[f32]>>(
     let read = match loss {
         InputLoss::Layer { layer: Some(layer), .. } => {
             let channels = model.network.layer_channels();
-            let c = channels.iter().find(|(n, _)| n == layer).map(|l| l.1).ok_or_else(|| Error::Input(format!("no layer `{layer}`")))?;
+            let c = channels
+                .iter()
+                .find(|(n, _)| n == layer)
+                .map(|l| l.1)
+                .ok_or_else(|| Error::Input(format!("{} has no layer `{layer}`", model.network.spec)))?;
             Some((*layer, c))
         }
         _ => None,

@@ -136,7 +136,8 @@ fn a_seeded_gradient_matches_finite_differences() {
 /// overwritten by the layers above would give once),
 /// at every layer of a ResNet with max-pool, a WRN and a Swish DMWideResNet (the WRN with two
 /// samples per chunk, so the seed is asked for chunk by chunk); a ViT is seeded at its feature
-/// layer only, and other layers are refused by name.
+/// layer only, and other layers are refused by name. The forward pass alone
+/// (`Engine::forward_to_layer`) reads the same activations and features.
 #[test]
 fn a_gradient_seeded_at_any_layer_continues_the_pass() {
     let cases = [
@@ -165,6 +166,12 @@ fn a_gradient_seeded_at_any_layer_continues_the_pass() {
                 done.set(at + chunk.len());
                 Ok(g[at..at + chunk.len()].iter().map(|v| 2.0 * v).collect())
             };
+            // The forward pass alone reads the same activation and features, bit for bit.
+            let (maps, features) = engine.forward_to_layer(&mut model, &input, shape, &layer).unwrap();
+            let feature = network.feature_layer();
+            let want_features = engine.pass(&mut model, &input, shape, &PassRequest::nac(&[feature])).unwrap().layers.remove(0).z;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&maps), bits(&features)), (bits(z), bits(&want_features)), "{spec} {layer}: forward_to_layer");
             let result = engine.input_gradient_from_layer(&mut model, &input, shape, &layer, &seed);
             if vit && layer != network.feature_layer() {
                 let e = result.unwrap_err().to_string();

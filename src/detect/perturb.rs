@@ -130,13 +130,12 @@ pub fn perturbed_sets<I: AsRef<[f32]>>(
         };
         for ((eps, out), out_means) in epsilons.iter().zip(&mut features).zip(&mut means) {
             let moved = perturb(input, &grad, shape, std, *eps);
-            let layers: Vec<&str> = read.iter().map(|r| r.0).filter(|&l| l != feature).chain([feature]).collect();
-            let pass = engine.pass(model, &moved, shape, &PassRequest::nac(&layers))?;
-            let last = pass.layers.last().expect("the feature layer is read");
-            out[start * dim..(start + n) * dim].copy_from_slice(&last.z);
-            if let Some((layer, c)) = read {
-                let maps = pass.layers.iter().find(|l| l.name == layer).expect("the layer is read");
-                out_means[start * c..(start + n) * c].copy_from_slice(&channel_means(&maps.z, maps.shape));
+            // The forward pass alone, reading the features and the layer (if any).
+            let (maps, f) = engine.forward_to_layer(model, &moved, shape, read.map_or(feature, |r| r.0))?;
+            out[start * dim..(start + n) * dim].copy_from_slice(&f);
+            if let Some((_, c)) = read {
+                let hw = maps.len() / (n * c);
+                out_means[start * c..(start + n) * c].copy_from_slice(&channel_means(&maps, [n, c, hw, 1]));
             }
         }
     }

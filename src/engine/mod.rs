@@ -288,7 +288,7 @@ impl Engine {
                 net.spec
             )));
         }
-        let layers = [layer];
+        let layers = seeded_layers(layer, feature);
         let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: true, labels: None };
         let plan = self.plan_for(model, input, shape, &request)?;
         let graph = &plan.graph;
@@ -333,6 +333,47 @@ impl Engine {
             return Err(Error::NotFinite { sample: i / per_sample, message: NOT_FINITE_HELP.into() });
         }
         Ok(out)
+    }
+
+    /// The forward pass alone, reading one layer's activation (NCHW) and the features
+    /// (`[n][dim]`), so a perturbed input is read without a backward pass. Below the feature
+    /// layer it runs the forward part of [`Engine::input_gradient_from_layer`]'s plan (no second
+    /// plan); at the feature layer, that of the small plan whose backward stops there.
+    pub fn forward_to_layer(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layer: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+        let feature = model.network.feature_layer();
+        let layers = seeded_layers(layer, feature);
+        let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: layer != feature, labels: None };
+        let plan = self.plan_for(model, input, shape, &request)?;
+        let graph = &plan.graph;
+        let forward_end = graph.head_backward_end;
+        let shapes: Vec<TensorShape> = graph.layers.iter().map(|l| graph.tensors[l.z]).collect();
+        let per_sample = shape[1] * shape[2] * shape[3];
+        let (mut maps, mut features) = (Vec::new(), Vec::new());
+        for start in (0..shape[0]).step_by(plan.capacity) {
+            let n = plan.capacity.min(shape[0] - start);
+            plan.set_batch(&self.gpu, n);
+            self.gpu.queue.write_buffer(
+                plan.buffer(plan.graph.input),
+                0,
+                bytemuck::cast_slice(&input[start * per_sample..(start + n) * per_sample]),
+            );
+            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+            plan.encode_calls(&mut encoder, 0..forward_end);
+            let reads = plan.copy_outputs(&mut encoder, n);
+            self.gpu.queue.submit([encoder.finish()]);
+            // Logits, then z and g of each layer: the layer's z, and the features' z (the same
+            // when the layer is the feature layer).
+            let values = self.gpu.read_back(&reads)?;
+            let s = shapes[0];
+            maps.extend(nhwc_to_nchw(&values[1], n, s.c, s.h, s.w));
+            features.extend_from_slice(&values[if layers.len() > 1 { 3 } else { 1 }]);
+            self.tick(n);
+        }
+        if let Some(i) = maps.iter().chain(&features).position(|v| !v.is_finite()) {
+            let sample = if i < maps.len() { i / (maps.len() / shape[0]) } else { (i - maps.len()) / (features.len() / shape[0]) };
+            return Err(Error::NotFinite { sample, message: NOT_FINITE_HELP.into() });
+        }
+        Ok((maps, features))
     }
 
     /// Runs the pass chunk by chunk like [`Engine::forward_backward`], but instead of reading
@@ -589,6 +630,15 @@ pub struct LayerBuffers<'a> {
     pub shape: TensorShape,
     pub z: &'a wgpu::Buffer,
     pub g: &'a wgpu::Buffer,
+}
+
+/// The layers a seeded pass keeps: the seeded layer, and the feature layer if it is another.
+fn seeded_layers<'a>(layer: &'a str, feature: &'a str) -> Vec<&'a str> {
+    if layer == feature {
+        vec![layer]
+    } else {
+        vec![layer, feature]
+    }
 }
 
 fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<f32> {

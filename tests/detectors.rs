@@ -407,3 +407,45 @@ fn mdsens_perturbation_matches_the_reference() {
     // The step lowers the distance to the closest class (what MDSEns relies on).
     assert!(got.iter().sum::<f32>() > clean.iter().sum::<f32>(), "{got:?} vs {clean:?}");
 }
+
+/// Gram's and MDSEns's fitting problems are errors naming what is missing: no layer maps in
+/// the pass, too few profiling samples per class to hold a tenth out, held-out samples that
+/// never leave the bounds (a normaliser of 0, which OpenOOD divides by), a layer index past the
+/// network's.
+#[test]
+fn gram_and_mdsens_fitting_problems_are_named() {
+    let golden: Value = serde_json::from_str(include_str!("golden/detectors/case.json")).unwrap();
+    let (classes, dim) = (golden["classes"].as_u64().unwrap() as usize, golden["dim"].as_u64().unwrap() as usize);
+    let mut network: Network = SyntheticModel::new(ARCH, classes, 1).unwrap().network;
+    network.fc = Linear { out_features: classes, in_features: dim, weight: f32s(&golden["fc_weight"]), bias: f32s(&golden["fc_bias"]) };
+    let engine = common::engine();
+    let cx = Context { engine: &engine, network: &network, preprocessing: "none" };
+    let features = f32s(&golden["train_features"]);
+    let set = |n: usize, stats: Option<f32>| {
+        let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
+        let mut s = PassSet::from_features(&network, features[..n * dim].to_vec(), Some(labels)).unwrap();
+        if let Some(v) = stats {
+            let mut rng = nac::rng::Rng::new(3);
+            let values = (0..n * 6 * 3).map(|_| if v == 0.0 { 1.0 } else { rng.normal() * v }).collect();
+            s.layer_stats = vec![LayerStats { layer: "block1".into(), channels: 3, powers: 5, values }];
+        }
+        s
+    };
+    let dims = Dims { dim, classes, train_samples: 80, layers: 4 };
+    let fit = |key: &str, train: &PassSet| {
+        let spec = DetectorSpec::parse(key).unwrap();
+        fit_and_select(&cx, spec.method, spec.candidates(&dims, key).unwrap(), train, None, None).err().map(|e| e.to_string())
+    };
+    for (key, train, want) in [
+        ("gram", set(80, None), "reads the maps of layers before `avgpool`"),
+        ("gram", set(36, Some(1.0)), "no class has 10 profiling samples"),
+        ("gram", set(80, Some(0.0)), "within the bounds at layer `block1`"),
+        ("mdsens", set(80, None), "statistics of layer `block1`"),
+    ] {
+        let err = fit(key, &train).unwrap_or_else(|| panic!("{key}: expected an error containing {want}"));
+        assert!(err.contains(want), "{key}: {err}");
+    }
+    assert_eq!(fit("gram", &set(80, Some(1.0))), None, "a healthy Gram fit");
+    let err = DetectorSpec::parse("mdsens:layer=4").unwrap().candidates(&dims, "mdsens:layer=4").unwrap_err().to_string();
+    assert!(err.contains("layer=4"), "{err}");
+}

@@ -18,7 +18,7 @@ use crate::kernels::{Kernels, WeightStorage};
 use crate::model::{self, ArchSpec, Network};
 
 pub use graph::TensorShape;
-use graph::{Graph, ParamTemplate};
+use graph::{Graph, ParamTemplate, TensorId};
 use plan::Plan;
 use weights::GpuWeights;
 pub use weights::{as_stored, pack_backward, pack_forward};
@@ -292,25 +292,16 @@ impl Engine {
         let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: true, labels: None };
         let plan = self.plan_for(model, input, shape, &request)?;
         let graph = &plan.graph;
-        let (forward_end, calls, g) = (graph.head_backward_end, graph.calls.len(), graph.layers[0].g);
+        let (calls, z, g) = (graph.calls.len(), graph.layers[0].z, graph.layers[0].g);
+        let dx = graph.input_grad.expect("the plan computes the input gradient");
         let seeded_from = graph.calls.iter().position(|c| c.output == g).expect("the pass computes the layer's gradient") + 1;
-        let z_shape = graph.tensors[graph.layers[0].z];
+        let z_shape = graph.tensors[z];
         let (c, lh, lw) = (z_shape.c, z_shape.h, z_shape.w);
         let per_sample = shape[1] * shape[2] * shape[3];
         let mut out = Vec::with_capacity(input.len());
         for start in (0..shape[0]).step_by(plan.capacity) {
             let n = plan.capacity.min(shape[0] - start);
-            plan.set_batch(&self.gpu, n);
-            self.gpu.queue.write_buffer(
-                plan.buffer(plan.graph.input),
-                0,
-                bytemuck::cast_slice(&input[start * per_sample..(start + n) * per_sample]),
-            );
-            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-            plan.encode_calls(&mut encoder, 0..forward_end);
-            let reads = plan.copy_outputs(&mut encoder, n);
-            self.gpu.queue.submit([encoder.finish()]);
-            let z = nhwc_to_nchw(&self.gpu.read_back(&reads)?.swap_remove(1), n, c, lh, lw);
+            let z = nhwc_to_nchw(&self.forward_chunk(plan, input, shape, start, n, &[z])?.swap_remove(0), n, c, lh, lw);
             if let Some(i) = z.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NotFinite { sample: start + i / (c * lh * lw), message: NOT_FINITE_HELP.into() });
             }
@@ -324,9 +315,9 @@ impl Engine {
             self.gpu.queue.write_buffer(plan.buffer(g), 0, bytemuck::cast_slice(&nchw_to_nhwc(&grad, n, c, lh, lw)));
             let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("seeded backward") });
             plan.encode_calls(&mut encoder, seeded_from..calls);
-            let reads = plan.copy_outputs(&mut encoder, n);
+            let reads = plan.copy_outputs_of(&mut encoder, n, &[dx]);
             self.gpu.queue.submit([encoder.finish()]);
-            out.extend(self.gpu.read_back(&reads)?.pop().expect("the input gradient is read back last"));
+            out.extend(self.gpu.read_back(&reads)?.swap_remove(0));
             self.tick(n);
         }
         if let Some(i) = out.iter().position(|v| !v.is_finite()) {
@@ -345,28 +336,15 @@ impl Engine {
         let request = PassRequest { layers: &layers, loss: Loss::NAC, input_gradient: layer != feature, labels: None };
         let plan = self.plan_for(model, input, shape, &request)?;
         let graph = &plan.graph;
-        let forward_end = graph.head_backward_end;
-        let shapes: Vec<TensorShape> = graph.layers.iter().map(|l| graph.tensors[l.z]).collect();
-        let per_sample = shape[1] * shape[2] * shape[3];
+        // The layer's z, and the features' z (the same tensor at the feature layer).
+        let zs: Vec<TensorId> = graph.layers.iter().map(|l| l.z).collect();
+        let s = graph.tensors[zs[0]];
         let (mut maps, mut features) = (Vec::new(), Vec::new());
         for start in (0..shape[0]).step_by(plan.capacity) {
             let n = plan.capacity.min(shape[0] - start);
-            plan.set_batch(&self.gpu, n);
-            self.gpu.queue.write_buffer(
-                plan.buffer(plan.graph.input),
-                0,
-                bytemuck::cast_slice(&input[start * per_sample..(start + n) * per_sample]),
-            );
-            let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-            plan.encode_calls(&mut encoder, 0..forward_end);
-            let reads = plan.copy_outputs(&mut encoder, n);
-            self.gpu.queue.submit([encoder.finish()]);
-            // Logits, then z and g of each layer: the layer's z, and the features' z (the same
-            // when the layer is the feature layer).
-            let values = self.gpu.read_back(&reads)?;
-            let s = shapes[0];
-            maps.extend(nhwc_to_nchw(&values[1], n, s.c, s.h, s.w));
-            features.extend_from_slice(&values[if layers.len() > 1 { 3 } else { 1 }]);
+            let values = self.forward_chunk(plan, input, shape, start, n, &zs)?;
+            maps.extend(nhwc_to_nchw(&values[0], n, s.c, s.h, s.w));
+            features.extend_from_slice(values.last().expect("the features are read"));
             self.tick(n);
         }
         if let Some(i) = maps.iter().chain(&features).position(|v| !v.is_finite()) {
@@ -533,6 +511,33 @@ impl Engine {
 
     /// Writes chunk `[start, start + n)` of the input and records the pass over it (timed per
     /// stage into `timestamps`, see [`Plan::encode_timed`]).
+    /// Points `plan` at the `n` samples of `input` from `start` and writes them to its input.
+    fn load_chunk(&self, plan: &mut Plan, input: &[f32], shape: [usize; 4], start: usize, n: usize) {
+        let per_sample = shape[1] * shape[2] * shape[3];
+        plan.set_batch(&self.gpu, n);
+        let chunk = &input[start * per_sample..(start + n) * per_sample];
+        self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
+    }
+
+    /// The forward part of a chunk's pass (through the head's loss gradient) in one
+    /// submission; returns the tensors among `wanted` read back, in output order.
+    fn forward_chunk(
+        &self,
+        plan: &mut Plan,
+        input: &[f32],
+        shape: [usize; 4],
+        start: usize,
+        n: usize,
+        wanted: &[TensorId],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.load_chunk(plan, input, shape, start, n);
+        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        plan.encode_calls(&mut encoder, 0..plan.graph.head_backward_end);
+        let reads = plan.copy_outputs_of(&mut encoder, n, wanted);
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.read_back(&reads)
+    }
+
     fn encode_chunk(
         &self,
         plan: &mut Plan,
@@ -542,10 +547,7 @@ impl Engine {
         n: usize,
         timestamps: Option<&wgpu::QuerySet>,
     ) -> wgpu::CommandEncoder {
-        let per_sample = shape[1] * shape[2] * shape[3];
-        plan.set_batch(&self.gpu, n);
-        let chunk = &input[start * per_sample..(start + n) * per_sample];
-        self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
+        self.load_chunk(plan, input, shape, start, n);
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
         match timestamps {
             Some(queries) => plan.encode_timed(&mut encoder, queries),

@@ -181,11 +181,17 @@ impl Plan {
     /// Records copies of the outputs of a `batch`-sample chunk into the readback buffers;
     /// returns each buffer with its length in f32 values, for `Gpu::read_back` after the submit.
     pub fn copy_outputs(&self, encoder: &mut wgpu::CommandEncoder, batch: usize) -> Vec<(&wgpu::Buffer, usize)> {
-        let outputs = self.graph.outputs();
-        outputs
-            .iter()
+        self.copy_outputs_of(encoder, batch, &self.graph.outputs())
+    }
+
+    /// [`Plan::copy_outputs`] for the outputs among `wanted` only, in output order.
+    pub fn copy_outputs_of(&self, encoder: &mut wgpu::CommandEncoder, batch: usize, wanted: &[TensorId]) -> Vec<(&wgpu::Buffer, usize)> {
+        self.graph
+            .outputs()
+            .into_iter()
             .zip(&self.readback)
-            .map(|(&t, staging)| {
+            .filter(|(t, _)| wanted.contains(t))
+            .map(|(t, staging)| {
                 let len = self.graph.tensors[t].elements() * batch;
                 encoder.copy_buffer_to_buffer(self.buffer(t), 0, staging, 0, (len * 4) as u64);
                 (staging, len)

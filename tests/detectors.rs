@@ -32,12 +32,19 @@ fn tolerance(key: &str) -> f64 {
     }
 }
 
-#[test]
-fn detectors_match_the_openood_reference() {
+/// The reference script's case: the golden, and a network whose head is its fc (its classes
+/// and feature dimension).
+fn golden_case() -> (Value, Network, usize, usize) {
     let golden: Value = serde_json::from_str(include_str!("golden/detectors/case.json")).unwrap();
     let (classes, dim) = (golden["classes"].as_u64().unwrap() as usize, golden["dim"].as_u64().unwrap() as usize);
     let mut network: Network = SyntheticModel::new(ARCH, classes, 1).unwrap().network;
     network.fc = Linear { out_features: classes, in_features: dim, weight: f32s(&golden["fc_weight"]), bias: f32s(&golden["fc_bias"]) };
+    (golden, network, classes, dim)
+}
+
+#[test]
+fn detectors_match_the_openood_reference() {
+    let (golden, network, classes, dim) = golden_case();
     let labels: Vec<usize> = golden["train_labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let mut train = PassSet::from_features(&network, f32s(&golden["train_features"]), Some(labels)).unwrap();
     let mut val = PassSet::from_features(&network, f32s(&golden["val_features"]), None).unwrap();
@@ -104,10 +111,7 @@ fn detectors_match_the_openood_reference() {
 /// a swept setting without a criterion set is an error, not a silent default.
 #[test]
 fn a_sweep_selects_by_validation_auroc() {
-    let golden: Value = serde_json::from_str(include_str!("golden/detectors/case.json")).unwrap();
-    let (classes, dim) = (golden["classes"].as_u64().unwrap() as usize, golden["dim"].as_u64().unwrap() as usize);
-    let mut network: Network = SyntheticModel::new(ARCH, classes, 1).unwrap().network;
-    network.fc = Linear { out_features: classes, in_features: dim, weight: f32s(&golden["fc_weight"]), bias: f32s(&golden["fc_bias"]) };
+    let (golden, network, classes, dim) = golden_case();
     let labels: Vec<usize> = golden["train_labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let train = PassSet::from_features(&network, f32s(&golden["train_features"]), Some(labels)).unwrap();
     let eval = f32s(&golden["eval_features"]);
@@ -318,7 +322,8 @@ fn layer_statistics_match_the_reference_and_ignore_batching() {
 /// the shared pass, the input moved by `ε·sign⁺(∂ ½ d_ĉ/∂x)/std` with the gradient seeded at
 /// block1 (the reference's: central differences of `⟨∂ ½ d_ĉ/∂mean, mean(x)⟩`, per input
 /// value), and the means of x' read by its forward pass (normwise 1e-5; a sign may differ only
-/// where the reference gradient is below 1e-4 of its largest).
+/// where the reference gradient is below 1e-4 of its largest); batches of one, in reverse order,
+/// give the same perturbed sets bit for bit.
 #[test]
 fn mdsens_perturbation_matches_the_reference() {
     use nac::detect::perturb::perturbed_sets;
@@ -344,6 +349,13 @@ fn mdsens_perturbation_matches_the_reference() {
     let std = [0.5f32, 0.25, 0.2];
     let input = random_inputs(n, 3, h, w, 9);
     let sets = perturbed_sets(&engine, &mut model, &loss, &std, &[eps], n, None, [Ok((0, input.clone(), [n, 3, h, w]))]).unwrap();
+    // Batches of one, last first: the same perturbed features and means, bit for bit.
+    let per = 3 * h * w;
+    let singles: Vec<_> = (0..n).rev().map(|i| Ok((i, input[i * per..(i + 1) * per].to_vec(), [1, 3, h, w]))).collect();
+    let split = perturbed_sets(&engine, &mut model, &loss, &std, &[eps], n, None, singles).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&split[0].features), bits(&sets[0].features), "batching changed the perturbed features");
+    assert_eq!(bits(&split[0].layer_stats[0].values), bits(&sets[0].layer_stats[0].values), "batching changed the perturbed means");
 
     // The f64 reference: block1's channel means and the features, as a PassSet MDSEns scores.
     let shape = [n, 3, h, w];
@@ -409,15 +421,12 @@ fn mdsens_perturbation_matches_the_reference() {
 }
 
 /// Gram's and MDSEns's fitting problems are errors naming what is missing: no layer maps in
-/// the pass, too few profiling samples per class to hold a tenth out, held-out samples that
+/// the pass, statistics that are not one row per sample, too few profiling samples per class to hold a tenth out, held-out samples that
 /// never leave the bounds (a normaliser of 0, which OpenOOD divides by), a layer index past the
 /// network's.
 #[test]
 fn gram_and_mdsens_fitting_problems_are_named() {
-    let golden: Value = serde_json::from_str(include_str!("golden/detectors/case.json")).unwrap();
-    let (classes, dim) = (golden["classes"].as_u64().unwrap() as usize, golden["dim"].as_u64().unwrap() as usize);
-    let mut network: Network = SyntheticModel::new(ARCH, classes, 1).unwrap().network;
-    network.fc = Linear { out_features: classes, in_features: dim, weight: f32s(&golden["fc_weight"]), bias: f32s(&golden["fc_bias"]) };
+    let (golden, network, classes, dim) = golden_case();
     let engine = common::engine();
     let cx = Context { engine: &engine, network: &network, preprocessing: "none" };
     let features = f32s(&golden["train_features"]);
@@ -436,11 +445,14 @@ fn gram_and_mdsens_fitting_problems_are_named() {
         let spec = DetectorSpec::parse(key).unwrap();
         fit_and_select(&cx, spec.method, spec.candidates(&dims, key).unwrap(), train, None, None).err().map(|e| e.to_string())
     };
+    let mut short = set(80, Some(1.0));
+    short.layer_stats[0].values.truncate(79 * 18);
     for (key, train, want) in [
         ("gram", set(80, None), "reads the maps of layers before `avgpool`"),
         ("gram", set(36, Some(1.0)), "no class has 10 profiling samples"),
         ("gram", set(80, Some(0.0)), "within the bounds at layer `block1`"),
         ("mdsens", set(80, None), "statistics of layer `block1`"),
+        ("gram", short, "not whole rows for the set's 80 samples"),
     ] {
         let err = fit(key, &train).unwrap_or_else(|| panic!("{key}: expected an error containing {want}"));
         assert!(err.contains(want), "{key}: {err}");

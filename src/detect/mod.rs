@@ -84,7 +84,15 @@ impl PassSet {
     /// The statistics of `layer`, with at least `powers` Gram powers, or an error naming
     /// what the method needs.
     pub(crate) fn stats(&self, layer: &str, powers: usize, method: &str) -> Result<&LayerStats> {
-        self.layer_stats.iter().find(|s| s.layer == layer && s.powers >= powers).ok_or_else(|| {
+        let found = self.layer_stats.iter().find(|s| s.layer == layer && s.powers >= powers);
+        if let Some(s) = found.filter(|s| s.samples() != self.samples() || s.values.len() != s.samples() * (1 + s.powers) * s.channels) {
+            return Err(Error::Input(format!(
+                "{method}: the statistics of layer `{layer}` hold {} values, not whole rows for the set's {} samples",
+                s.values.len(),
+                self.samples()
+            )));
+        }
+        found.ok_or_else(|| {
             let have: Vec<String> = self.layer_stats.iter().map(|s| format!("{} ({} powers)", s.layer, s.powers)).collect();
             Error::Input(format!(
                 "{method} reads the statistics of layer `{layer}` with {powers} Gram powers, which this pass did not compute (it has: {})",

@@ -1,5 +1,6 @@
 // Tiled variant of the conv GEMM (see conv_common.wgsl): 64 (m) × 64 (n) outputs per workgroup,
-// K in steps of 32 through workgroup memory, 16×16 threads with 4×4 outputs each.
+// K in steps of 32 through workgroup memory, 16×16 threads with 4×4 outputs each; workgroup z is
+// the split of K (see `split_range`).
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -78,6 +79,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = lid.y * 16u + lid.x;
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
+    let split = wid.z;
+    let range = split_range(split);
     // Four output rows × four columns in vec4 registers (no dynamically indexed private
     // arrays: those spill to memory on several compilers).
     var acc0 = vec4<f32>(0.0);
@@ -100,15 +103,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (BACKWARD) {
         channels = p.out_c;
     }
-    var ch = lane % channels;
-    var kx = (lane / channels) % p.kernel;
-    var ky = lane / (channels * p.kernel);
+    let first = range.x + lane;
+    var ch = first % channels;
+    var kx = (first / channels) % p.kernel;
+    var ky = first / (channels * p.kernel);
 
-    for (var k0 = 0u; k0 < p.k_total; k0 += BK) {
+    for (var k0 = range.x; k0 < range.y; k0 += BK) {
         let k = k0 + lane;
         for (var i = 0u; i < LOADS; i++) {
             var a = 0.0;
-            if (row_valid[i] && k < p.k_total) {
+            if (row_valid[i] && k < range.y) {
                 if (BACKWARD) {
                     a = gather_backward(rows[i], ky, kx, ch);
                 } else {
@@ -123,7 +127,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let n = n0 + nn;
             let kw = k0 + kb;
             var w = 0.0;
-            if (n < p.n_total && kw < p.k_total) {
+            if (n < p.n_total && kw < range.y) {
                 w = f32(weights[kw * p.n_total + n]);
             }
             tile_b[kb * BN + nn] = w;
@@ -155,8 +159,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
     let m = m0 + lid.y * 4u;
     let n = n0 + lid.x * 4u;
-    store_row(m, n, acc0);
-    store_row(m + 1u, n, acc1);
-    store_row(m + 2u, n, acc2);
-    store_row(m + 3u, n, acc3);
+    store_result(split, m, n, acc0);
+    store_result(split, m + 1u, n, acc1);
+    store_result(split, m + 2u, n, acc2);
+    store_result(split, m + 3u, n, acc3);
 }

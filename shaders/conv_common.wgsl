@@ -32,7 +32,7 @@ struct Params {
     n_total: u32,
     k_total: u32,
     flags: u32,
-    _pad0: u32,
+    splits: u32,  // split K into this many parts (0 or 1: no split)
     _pad1: u32,
 }
 
@@ -61,6 +61,61 @@ const FLAG_MASK_SWISH: u32 = 64u;
 fn swish_grad(u: f32) -> f32 {
     let s = 1.0 / (1.0 + exp(min(-u, 80.0)));
     return s * (1.0 + u * (1.0 - s));
+}
+
+// Split K (p.splits > 1), for grids too small to fill a device: the dispatch's workgroup z is
+// phase · splits + split; split i sums the K range `split_range(i)` and writes its raw partial
+// sums to dst[(i · m_total + m) · n_total + n]; `split_reduce` adds the partials in split order
+// and applies the epilogue. Unsplit calls sum all of K in one part, in the same order as before.
+fn split_count() -> u32 {
+    return max(p.splits, 1u);
+}
+
+// [begin, end) of the K indices split `i` sums: equal parts rounded up to whole steps of 32.
+fn split_range(i: u32) -> vec2<u32> {
+    let part = (((p.k_total + split_count() - 1u) / split_count() + 31u) / 32u) * 32u;
+    let begin = min(i * part, p.k_total);
+    return vec2<u32>(begin, min(begin + part, p.k_total));
+}
+
+// The end of every variant: the epilogue and store, or (split K) this split's partial sums.
+fn store_result(split: u32, m: u32, n0: u32, acc: vec4<f32>) {
+    if (p.splits <= 1u) {
+        store_row(m, n0, acc);
+        return;
+    }
+    if (m >= p.m_total) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if (n0 + j >= p.n_total) {
+            return;
+        }
+        dst[(split * p.m_total + m) * p.n_total + n0 + j] = acc[j];
+    }
+}
+
+// Split K's second dispatch: one invocation per (row, four columns); `src` holds the partials.
+@compute @workgroup_size(256)
+fn split_reduce(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) groups: vec3<u32>) {
+    let quads = (p.n_total + 3u) / 4u;
+    let i = (wid.y * groups.x + wid.x) * 256u + lid.x;
+    if (i >= p.m_total * quads) {
+        return;
+    }
+    let m = i / quads;
+    let n0 = (i - m * quads) * 4u;
+    var acc = vec4<f32>(0.0);
+    for (var s = 0u; s < split_count(); s++) {
+        let row = (s * p.m_total + m) * p.n_total + n0;
+        for (var j = 0u; j < 4u; j++) {
+            if (n0 + j < p.n_total) {
+                acc[j] += src[row + j];
+            }
+        }
+    }
+    store_row(m, n0, acc);
 }
 
 // Applies the epilogue to four consecutive columns of row m and stores those in range.

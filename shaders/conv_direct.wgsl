@@ -7,7 +7,8 @@
 //
 // The data gradient with stride s > 1 is split into s² phases (iy mod s, ix mod s), one per
 // workgroup z: within a phase a tap either always or never lands on an output pixel, so no
-// invocation multiplies the structural zeros of the transposed convolution.
+// invocation multiplies the structural zeros of the transposed convolution. With split K,
+// workgroup z is phase · splits + split (see `split_range`).
 
 override LANES: u32 = 8u;
 override ROWS: u32 = 6u;
@@ -20,6 +21,8 @@ const MAX_ACC: u32 = 64u;
 @compute @workgroup_size(LANES, 1, 1)
 fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let n0 = wid.x * 4u * VECS;
+    let split = wid.z % split_count();
+    let range = split_range(split);
     // The grid of GEMM rows: output pixels forward; backward, the input pixels of this phase.
     var step = 1u;
     var py = 0u;
@@ -31,8 +34,9 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     var channels = p.in_c;
     if (BACKWARD) {
         step = p.stride;
-        py = wid.z / step;
-        px = wid.z % step;
+        let phase = wid.z / split_count();
+        py = phase / step;
+        px = phase % step;
         grid_h = (p.in_h + step - 1u - py) / step;
         grid_w = (p.in_w + step - 1u - px) / step;
         src_h = p.out_h;
@@ -66,6 +70,13 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             if (BACKWARD && ((py + p.pad + step * p.kernel - ky) % step != 0u || (px + p.pad + step * p.kernel - kx) % step != 0u)) {
                 continue;
             }
+            // This split's channels of the tap: K index k0 + c for c in [c_begin, c_end).
+            let k0 = (ky * p.kernel + kx) * channels;
+            let c_begin = clamp(range.x, k0, k0 + channels) - k0;
+            let c_end = clamp(range.y, k0, k0 + channels) - k0;
+            if (c_begin >= c_end) {
+                continue;
+            }
             for (var r = 0u; r < ROWS; r++) {
                 var sy: i32;
                 var sx: i32;
@@ -84,8 +95,7 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                     base[r] = i32(((pos[r].x * src_h + u32(sy)) * src_w + u32(sx)) * channels);
                 }
             }
-            let k0 = (ky * p.kernel + kx) * channels;
-            for (var c = 0u; c < channels; c++) {
+            for (var c = c_begin; c < c_end; c++) {
                 var a: array<f32, MAX_ROWS>;
                 for (var r = 0u; r < ROWS; r++) {
                     a[r] = select(0.0, src[u32(max(base[r], 0)) + c], base[r] >= 0);
@@ -114,7 +124,7 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             m = (pos[r].x * p.in_h + pos[r].y) * p.in_w + pos[r].z;
         }
         for (var v = 0u; v < VECS; v++) {
-            store_row(m, n0 + 4u * v, acc[r * VECS + v]);
+            store_result(split, m, n0 + 4u * v, acc[r * VECS + v]);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine_with, temp_dir};
+use common::{assert_close, engine_with, temp_dir};
 use nac::kernels::tune::Tuning;
 use nac::kernels::ConvVariant;
 use nac::model::synthetic::{random_inputs, SyntheticModel};
@@ -16,8 +16,8 @@ fn tuned(dir: &std::path::Path) -> Engine {
     engine_with(EngineOptions { tuning: Tuning::Measure { cache_dir: Some(dir.to_path_buf()) }, ..EngineOptions::default() })
 }
 
-/// Logits and the conv variants of a small WideResNet's forward + backward pass (strided convs
-/// and shortcuts in both directions).
+/// Logits, every layer's z and g, and the conv variants of a small WideResNet's forward +
+/// backward pass (strided convs and shortcuts in both directions).
 fn run(engine: &Engine) -> (Vec<f32>, Vec<String>) {
     let synthetic = SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 10, 3).unwrap();
     let mut model = engine.upload(synthetic.network);
@@ -25,7 +25,23 @@ fn run(engine: &Engine) -> (Vec<f32>, Vec<String>) {
     let input = random_inputs(SHAPE[0], SHAPE[1], SHAPE[2], SHAPE[3], 9);
     let out = engine.forward_backward(&mut model, &input, SHAPE, &layers).unwrap();
     let variants = engine.conv_variants(&mut model, SHAPE, &layers).unwrap().into_iter().map(|(_, v)| v).collect();
-    (out.logits, variants)
+    let mut values = out.logits;
+    for layer in out.layers {
+        values.extend(layer.z);
+        values.extend(layer.g);
+    }
+    (values, variants)
+}
+
+/// A pass under some choice of variants against the fixed default's: bit for bit unless a
+/// split-K variant was chosen (which only reorders the additions), then within 1e-5.
+fn assert_same(what: &str, got: &[f32], variants: &[String], fixed: &[f32]) {
+    if variants.iter().any(|v| ConvVariant::parse(v).is_some_and(|v| v.splits() > 1)) {
+        let want: Vec<f64> = fixed.iter().map(|&v| v as f64).collect();
+        assert_close(what, got, &want, 1e-5);
+    } else {
+        assert!(got == fixed, "{what}: a variant's choice changed the pass ({variants:?})");
+    }
 }
 
 fn cache_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -44,7 +60,7 @@ fn tuning_cache_round_trip_and_fallbacks() {
     // Measured: every shape gets a candidate, the file records them, results are unchanged.
     let dir = temp_dir("tune");
     let (logits, variants) = run(&tuned(&dir));
-    assert_eq!(logits, fixed_logits, "a variant's choice changed the logits");
+    assert_same("tuned", &logits, &variants, &fixed_logits);
     assert!(variants.iter().all(|v| ConvVariant::parse(v).is_some()));
     let path = cache_file(&dir);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -53,32 +69,37 @@ fn tuning_cache_round_trip_and_fallbacks() {
     assert!(choices.len() >= 6, "forward and backward shapes are tuned: {choices:?}");
 
     // Round trip: a cache naming another candidate for every shape is used as it is.
-    let forced = ConvVariant::CANDIDATES.iter().map(|v| v.name()).find(|n| *n != default).unwrap();
-    for (_, v) in file["choices"].as_object_mut().unwrap().iter_mut() {
-        *v = forced.clone().into();
+    // Split-K candidates too: their reduction calls are inserted into the plan in both
+    // directions.
+    let unsplit = ConvVariant::CANDIDATES.iter().map(|v| v.name()).find(|n| *n != default).unwrap();
+    for forced in [unsplit, "tiled-k4".to_string(), "direct-8x4x4-k4".to_string()] {
+        for (_, v) in file["choices"].as_object_mut().unwrap().iter_mut() {
+            *v = forced.clone().into();
+        }
+        std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+        let (logits, variants) = run(&tuned(&dir));
+        assert!(variants.iter().all(|v| *v == forced), "the cache was not read: {variants:?}");
+        assert_same(&forced, &logits, &variants, &fixed_logits);
     }
-    std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
-    let (logits, variants) = run(&tuned(&dir));
-    assert!(variants.iter().all(|v| *v == forced), "the cache was not read: {variants:?}");
-    assert_eq!(logits, fixed_logits);
 
     // Stale (another adapter, driver or kernel source): ignored and rewritten.
     file["identity"] = "another adapter | kernels 0".into();
     std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
-    let (logits, _) = run(&tuned(&dir));
-    assert_eq!(logits, fixed_logits);
+    let (logits, variants) = run(&tuned(&dir));
+    assert_same("retuned", &logits, &variants, &fixed_logits);
     let rewritten: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_ne!(rewritten["identity"], "another adapter | kernels 0");
     assert_eq!(rewritten["choices"].as_object().unwrap().len(), choices.len());
 
     // Unreadable: ignored and rewritten, never an error.
     std::fs::write(&path, b"{ not json").unwrap();
-    let (logits, _) = run(&tuned(&dir));
-    assert_eq!(logits, fixed_logits);
+    let (logits, variants) = run(&tuned(&dir));
+    assert_same("unreadable cache", &logits, &variants, &fixed_logits);
     assert!(serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&path).unwrap()).is_ok());
 
     // No cache folder: still tuned, nothing written.
     let none = engine_with(EngineOptions { tuning: Tuning::Measure { cache_dir: None }, ..EngineOptions::default() });
-    assert_eq!(run(&none).0, fixed_logits);
+    let (logits, variants) = run(&none);
+    assert_same("no cache folder", &logits, &variants, &fixed_logits);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -40,11 +40,32 @@ pub enum Input {
 /// for flat kernels.
 #[derive(Clone, Copy, Debug)]
 pub enum ParamTemplate {
-    Conv { p: ConvParams, backward: bool },
-    Elementwise { p: ElementwiseParams, per_sample: u32 },
-    Pool { p: PoolParams, per_sample: u32 },
-    Linear { p: LinearParams, per_sample: u32 },
-    Transformer { p: TransformerParams, per_sample: u32 },
+    Conv {
+        p: ConvParams,
+        backward: bool,
+    },
+    /// The reduction of a split-K conv call (see [`Graph::split_conv_calls`]): one invocation
+    /// per output row and four columns.
+    ConvReduce {
+        p: ConvParams,
+        backward: bool,
+    },
+    Elementwise {
+        p: ElementwiseParams,
+        per_sample: u32,
+    },
+    Pool {
+        p: PoolParams,
+        per_sample: u32,
+    },
+    Linear {
+        p: LinearParams,
+        per_sample: u32,
+    },
+    Transformer {
+        p: TransformerParams,
+        per_sample: u32,
+    },
 }
 
 impl ParamTemplate {
@@ -56,6 +77,11 @@ impl ParamTemplate {
                 p.batch = batch;
                 p.m_total = batch * if backward { p.in_h * p.in_w } else { p.out_h * p.out_w };
                 (bytemuck::bytes_of(&p).to_vec(), Dispatch::Conv { p, backward })
+            }
+            ParamTemplate::ConvReduce { p, backward } => {
+                let (bytes, dispatch) = ParamTemplate::Conv { p, backward }.at_batch(batch);
+                let Dispatch::Conv { p, .. } = dispatch else { unreachable!("a conv template dispatches as a conv") };
+                (bytes, Dispatch::Flat(p.m_total * p.n_total.div_ceil(4)))
             }
             ParamTemplate::Elementwise { mut p, per_sample } => {
                 p.batch = batch;
@@ -165,6 +191,39 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Gives each conv call whose (chosen) variant splits K its reduction: the call writes its
+    /// partial sums to a scratch tensor, and a [`Kernel::ConvSplitReduce`] call right after it
+    /// adds them and applies the epilogue into the original output. Run once, after the
+    /// variants are chosen and before the graph is bound.
+    pub fn split_conv_calls(&mut self) {
+        let mut i = 0;
+        while i < self.calls.len() {
+            let splits = self.calls[i].variant.splits();
+            if let (ParamTemplate::Conv { mut p, backward }, true) = (self.calls[i].params, splits > 1) {
+                p.splits = splits;
+                let out = self.tensors[self.calls[i].output];
+                let scratch = self.tensor(TensorShape { c: out.c * splits as usize, ..out });
+                let mut reduce = self.calls[i].clone();
+                reduce.kernel = Kernel::ConvSplitReduce;
+                reduce.params = ParamTemplate::ConvReduce { p, backward };
+                reduce.reads[0] = Input::Tensor(scratch);
+                reduce.reads[1] = Input::Unused;
+                let partial = &mut self.calls[i];
+                partial.params = ParamTemplate::Conv { p, backward };
+                partial.output = scratch;
+                // The epilogue's reads belong to the reduction.
+                partial.reads.truncate(2);
+                partial.reads.extend([Input::Unused, Input::Unused, Input::Unused]);
+                self.calls.insert(i + 1, reduce);
+                if self.head_backward_end > i {
+                    self.head_backward_end += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        }
+    }
+
     fn tensor(&mut self, shape: TensorShape) -> TensorId {
         self.tensors.push(shape);
         self.tensors.len() - 1
@@ -172,7 +231,7 @@ impl Graph {
 
     fn push(&mut self, kernel: Kernel, params: ParamTemplate, reads: Vec<Input>, out: TensorShape) -> TensorId {
         let output = self.tensor(out);
-        self.calls.push(Call { kernel, params, reads, output, variant: ConvVariant::Tiled, stage: self.stage.clone() });
+        self.calls.push(Call { kernel, params, reads, output, variant: ConvVariant::TILED, stage: self.stage.clone() });
         output
     }
 

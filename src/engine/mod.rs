@@ -492,6 +492,7 @@ impl Engine {
             }
         }
         self.tuner.save(&self.gpu);
+        graph.split_conv_calls();
         Ok(())
     }
 

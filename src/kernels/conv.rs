@@ -3,49 +3,63 @@
 
 use super::ConvParams;
 
-/// One way of running the conv GEMM. Every variant computes the same sums in the same K order
-/// per output (tap by tap, channels ascending), so results agree to float rounding of the
-/// accumulation, and all are tested against the f64 reference on the same shapes.
+/// One way of running the conv GEMM. Every unsplit variant computes the same sums in the same
+/// K order per output (tap by tap, channels ascending), so their results agree bit for bit; a
+/// variant that splits K sums each part in that order and then adds the parts, which changes
+/// only the rounding. All are tested against the f64 reference on the same shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConvVariant {
     /// 64 × 64 output tiles staged through workgroup memory by 16 × 16 threads of 4 × 4
     /// outputs (`shaders/conv.wgsl`): what suits GPUs with fast shared memory.
-    Tiled,
+    Tiled { splits: u32 },
     /// Register tiles without workgroup memory or barriers (`shaders/conv_direct.wgsl`):
     /// `lanes` invocations per workgroup, each with `rows` pixels × `4·vecs` channels; the
     /// strided data gradient is split into phases without structural zeros.
-    Direct { lanes: u32, rows: u32, vecs: u32 },
+    Direct { lanes: u32, rows: u32, vecs: u32, splits: u32 },
 }
 
 impl ConvVariant {
+    pub const TILED: ConvVariant = ConvVariant::Tiled { splits: 1 };
+
     /// The family the tuner measures. Small on purpose: every candidate is compiled and timed
-    /// once per shape on first use.
-    pub const CANDIDATES: [ConvVariant; 8] = [
-        ConvVariant::Tiled,
-        ConvVariant::Direct { lanes: 8, rows: 4, vecs: 4 },
-        ConvVariant::Direct { lanes: 8, rows: 6, vecs: 4 },
-        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4 },
-        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 2 },
-        ConvVariant::Direct { lanes: 8, rows: 16, vecs: 2 },
-        ConvVariant::Direct { lanes: 64, rows: 2, vecs: 4 },
-        ConvVariant::Direct { lanes: 64, rows: 4, vecs: 2 },
+    /// once per shape on first use. The split-K ones (`splits > 1`: `splits` workgroups share
+    /// each output tile's K range and a second dispatch adds their partial sums) are timed only
+    /// where the unsplit grid is too small to fill the adapter ([`ConvVariant::worth_splitting`]).
+    pub const CANDIDATES: [ConvVariant; 12] = [
+        ConvVariant::TILED,
+        ConvVariant::Direct { lanes: 8, rows: 4, vecs: 4, splits: 1 },
+        ConvVariant::Direct { lanes: 8, rows: 6, vecs: 4, splits: 1 },
+        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4, splits: 1 },
+        ConvVariant::Direct { lanes: 8, rows: 8, vecs: 2, splits: 1 },
+        ConvVariant::Direct { lanes: 8, rows: 16, vecs: 2, splits: 1 },
+        ConvVariant::Direct { lanes: 64, rows: 2, vecs: 4, splits: 1 },
+        ConvVariant::Direct { lanes: 64, rows: 4, vecs: 2, splits: 1 },
+        ConvVariant::Tiled { splits: 4 },
+        ConvVariant::Tiled { splits: 16 },
+        ConvVariant::Direct { lanes: 8, rows: 4, vecs: 4, splits: 4 },
+        ConvVariant::Direct { lanes: 64, rows: 2, vecs: 4, splits: 4 },
     ];
 
     /// The untuned choice (`--no-tune`): register tiles on CPU adapters, where workgroup
     /// memory and barriers are emulated (measured fastest on lavapipe, see `benches/NOTES.md`);
-    /// shared-memory tiles elsewhere.
+    /// shared-memory tiles elsewhere. Never split.
     pub fn default_for(device: wgpu::DeviceType) -> ConvVariant {
         match device {
-            wgpu::DeviceType::Cpu => ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4 },
-            _ => ConvVariant::Tiled,
+            wgpu::DeviceType::Cpu => ConvVariant::Direct { lanes: 8, rows: 8, vecs: 4, splits: 1 },
+            _ => ConvVariant::TILED,
         }
     }
 
-    /// Stable name, used in the tuning cache and in `nac bench`.
+    /// Stable name, used in the tuning cache and in `nac bench`: `tiled`, `direct-8x8x4`, and
+    /// with split K a `-kS` suffix.
     pub fn name(self) -> String {
-        match self {
-            ConvVariant::Tiled => "tiled".into(),
-            ConvVariant::Direct { lanes, rows, vecs } => format!("direct-{lanes}x{rows}x{vecs}"),
+        let base = match self {
+            ConvVariant::Tiled { .. } => "tiled".to_string(),
+            ConvVariant::Direct { lanes, rows, vecs, .. } => format!("direct-{lanes}x{rows}x{vecs}"),
+        };
+        match self.splits() {
+            1 => base,
+            s => format!("{base}-k{s}"),
         }
     }
 
@@ -54,24 +68,52 @@ impl ConvVariant {
         Self::CANDIDATES.into_iter().find(|v| v.name() == name)
     }
 
+    /// Parts K is split into (1: not split).
+    pub fn splits(self) -> u32 {
+        match self {
+            ConvVariant::Tiled { splits } | ConvVariant::Direct { splits, .. } => splits.max(1),
+        }
+    }
+
+    /// The same kernel without split K: what a pipeline is compiled for (the split count is a
+    /// call parameter).
+    pub fn unsplit(self) -> ConvVariant {
+        match self {
+            ConvVariant::Tiled { .. } => ConvVariant::TILED,
+            ConvVariant::Direct { lanes, rows, vecs, .. } => ConvVariant::Direct { lanes, rows, vecs, splits: 1 },
+        }
+    }
+
+    /// Whether split-K candidates are worth timing for a call whose unsplit dispatch (of this
+    /// variant) has `workgroups`: fewer than the adapter can run at once, estimated as 4 per
+    /// CPU thread on a CPU adapter (its invocations run on the host's threads) and 1024 on a
+    /// GPU (a hundred-odd compute units with several workgroups each).
+    pub fn worth_splitting(workgroups: [u32; 3], device: wgpu::DeviceType) -> bool {
+        let total: u64 = workgroups.iter().map(|&n| n as u64).product();
+        let fills = match device {
+            wgpu::DeviceType::Cpu => 4 * std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
+            _ => 1024,
+        };
+        total < fills
+    }
+
     /// Pipeline-overridable constants besides `BACKWARD`.
     pub(super) fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
-            ConvVariant::Tiled => Vec::new(),
-            ConvVariant::Direct { lanes, rows, vecs } => vec![("LANES", lanes as f64), ("ROWS", rows as f64), ("VECS", vecs as f64)],
+            ConvVariant::Tiled { .. } => Vec::new(),
+            ConvVariant::Direct { lanes, rows, vecs, .. } => vec![("LANES", lanes as f64), ("ROWS", rows as f64), ("VECS", vecs as f64)],
         }
     }
 
     /// (GEMM rows, GEMM columns) one workgroup covers.
     fn tile(self) -> (u32, u32) {
         match self {
-            ConvVariant::Tiled => (super::CONV_TILE, super::CONV_TILE),
-            ConvVariant::Direct { lanes, rows, vecs } => (lanes * rows, 4 * vecs),
+            ConvVariant::Tiled { .. } => (super::CONV_TILE, super::CONV_TILE),
+            ConvVariant::Direct { lanes, rows, vecs, .. } => (lanes * rows, 4 * vecs),
         }
     }
 
-    /// Phases of the dispatch (workgroup z): the direct data gradient runs one per
-    /// `(iy mod s, ix mod s)`.
+    /// Phases of the dispatch: the direct data gradient runs one per `(iy mod s, ix mod s)`.
     fn phases(self, p: &ConvParams, backward: bool) -> u32 {
         match self {
             ConvVariant::Direct { .. } if backward => p.stride * p.stride,
@@ -92,7 +134,8 @@ impl ConvVariant {
     pub fn workgroups(self, p: &ConvParams, backward: bool) -> [u32; 3] {
         let (tile_m, tile_n) = self.tile();
         let rows = self.rows_per_sample(p, backward) * p.batch as u64;
-        [p.n_total.div_ceil(tile_n), rows.div_ceil(tile_m as u64) as u32, self.phases(p, backward)]
+        // Workgroup z: phase · splits + split.
+        [p.n_total.div_ceil(tile_n), rows.div_ceil(tile_m as u64) as u32, self.phases(p, backward) * self.splits()]
     }
 
     /// The most samples whose dispatch keeps within `max_per_dim` workgroups per dimension.
@@ -114,6 +157,12 @@ mod tests {
             assert!(!names[..i].contains(&names[i]), "duplicate name {}", names[i]);
         }
         assert_eq!(ConvVariant::parse("direct-8x99x4"), None);
+        assert_eq!(ConvVariant::parse("tiled-k4"), Some(ConvVariant::Tiled { splits: 4 }));
+        assert_eq!(ConvVariant::parse("direct-8x4x4-k4").map(ConvVariant::unsplit), ConvVariant::parse("direct-8x4x4"));
         assert!(ConvVariant::CANDIDATES.contains(&ConvVariant::default_for(wgpu::DeviceType::Cpu)));
+        // Every split candidate's kernel is an unsplit candidate (the tuner times both).
+        for v in ConvVariant::CANDIDATES {
+            assert!(ConvVariant::CANDIDATES.contains(&v.unsplit()), "{}", v.name());
+        }
     }
 }

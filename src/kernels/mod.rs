@@ -29,6 +29,7 @@ const TRANSFORMER_WGSL: &str = include_str!("../../shaders/transformer.wgsl");
 pub enum Kernel {
     ConvForward,
     ConvBackwardData,
+    ConvSplitReduce,
     NchwToNhwc,
     ScaleShift,
     Swish,
@@ -68,9 +69,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 38] = [
+    pub const ALL: [Kernel; 39] = [
         Kernel::ConvForward,
         Kernel::ConvBackwardData,
+        Kernel::ConvSplitReduce,
         Kernel::NchwToNhwc,
         Kernel::ScaleShift,
         Kernel::Swish,
@@ -114,6 +116,7 @@ impl Kernel {
         match self {
             Kernel::ConvForward => (CONV_WGSL, "main", &[("BACKWARD", 0.0)]),
             Kernel::ConvBackwardData => (CONV_WGSL, "main", &[("BACKWARD", 1.0)]),
+            Kernel::ConvSplitReduce => (CONV_WGSL, "split_reduce", &[]),
             Kernel::NchwToNhwc => (ELEMENTWISE_WGSL, "nchw_to_nhwc", &[]),
             Kernel::ScaleShift => (ELEMENTWISE_WGSL, "scale_shift", &[]),
             Kernel::Swish => (ELEMENTWISE_WGSL, "swish_forward", &[]),
@@ -174,7 +177,7 @@ impl Kernel {
     /// Read-only storage bindings after the uniform; one read-write output follows them.
     pub fn read_bindings(self) -> usize {
         match self {
-            Kernel::ConvForward | Kernel::ConvBackwardData => 5,
+            Kernel::ConvForward | Kernel::ConvBackwardData | Kernel::ConvSplitReduce => 5,
             Kernel::NacHistogram
             | Kernel::NacScore
             | Kernel::NacCoverage
@@ -262,7 +265,9 @@ pub struct ConvParams {
     pub n_total: u32,
     pub k_total: u32,
     pub flags: u32,
-    pub _pad: [u32; 2],
+    /// Parts K is split into by a split-K variant (0 or 1: one); set from the variant.
+    pub splits: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -528,7 +533,8 @@ impl Kernels {
     /// The pipeline of a conv variant in one direction, compiled on first use. Conv calls of
     /// every variant share the bind group layout of [`Kernel::ConvForward`].
     pub fn conv_pipeline(&self, gpu: &Gpu, backward: bool, variant: ConvVariant) -> Result<wgpu::ComputePipeline> {
-        if variant == ConvVariant::Tiled {
+        let variant = variant.unsplit();
+        if variant == ConvVariant::TILED {
             return Ok(self.pipeline(if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward }).clone());
         }
         let mut built = self.conv_pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -608,11 +614,17 @@ impl Kernels {
         reads: &[Option<&[f32]>],
         output_len: usize,
     ) -> Result<Vec<f32>> {
-        self.run_with(gpu, kernel, self.pipeline(kernel), params, workgroups, reads, output_len)
+        let uniform = gpu.uniform_buffer("params", params);
+        let inputs = self.upload_reads(gpu, kernel, reads);
+        let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
+        let refs: Vec<&wgpu::Buffer> = inputs.iter().collect();
+        let bind_group = self.bind_group(gpu, kernel, &uniform, &refs, &output);
+        let dispatch = (self.pipeline(kernel).clone(), bind_group, workgroups);
+        self.submit_and_read(gpu, &[dispatch], &format!("running kernel {kernel:?}"), &output, output_len)
     }
 
     /// [`Kernels::run_single`] for one conv variant (reads: source, weights, channel, residual,
-    /// mask; the weights stored as [`Kernels::weights`]), with the variant's own dispatch size.
+    /// mask; the weights stored as [`Kernels::weights`]), with the variant's own dispatches.
     pub fn run_conv(
         &self,
         gpu: &Gpu,
@@ -622,45 +634,88 @@ impl Kernels {
         reads: &[Option<&[f32]>],
         output_len: usize,
     ) -> Result<Vec<f32>> {
-        let pipeline = self.conv_pipeline(gpu, backward, variant)?;
-        let kernel = if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward };
-        self.run_with(gpu, kernel, &pipeline, bytemuck::bytes_of(params), variant.workgroups(params, backward), reads, output_len)
+        let inputs = self.upload_reads(gpu, Kernel::ConvForward, reads);
+        let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
+        let refs: Vec<&wgpu::Buffer> = inputs.iter().collect();
+        let dispatches = self.conv_dispatches(gpu, variant, backward, params, &refs, &output)?;
+        self.submit_and_read(gpu, &dispatches, "running a conv variant", &output, output_len)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_with(
+    /// The dispatches of one conv call outside a plan (tuning, tests): the variant's, and for
+    /// split K the reduction, through a scratch buffer of partial sums. `p.splits` is set from
+    /// the variant. (In a plan, [`crate::engine`] makes the reduction a call of its own.)
+    pub fn conv_dispatches(
         &self,
         gpu: &Gpu,
-        kernel: Kernel,
-        pipeline: &wgpu::ComputePipeline,
-        params: &[u8],
-        workgroups: [u32; 3],
-        reads: &[Option<&[f32]>],
-        output_len: usize,
-    ) -> Result<Vec<f32>> {
-        let uniform = gpu.uniform_buffer("params", params);
-        // A conv's second read is its weights, stored as the kernels read them.
+        variant: ConvVariant,
+        backward: bool,
+        p: &ConvParams,
+        reads: &[&wgpu::Buffer],
+        output: &wgpu::Buffer,
+    ) -> Result<Vec<BoundDispatch>> {
+        let mut p = *p;
+        p.splits = variant.splits();
+        let uniform = gpu.uniform_buffer("conv params", bytemuck::bytes_of(&p));
+        let kernel = if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward };
+        let pipeline = self.conv_pipeline(gpu, backward, variant)?;
+        if p.splits == 1 {
+            return Ok(vec![(pipeline, self.bind_group(gpu, kernel, &uniform, reads, output), variant.workgroups(&p, backward))]);
+        }
+        let scratch = gpu.storage_buffer("split-K partials", p.splits as u64 * p.m_total as u64 * p.n_total as u64 * 4);
+        let unused = self.placeholder();
+        let partial = self.bind_group(gpu, kernel, &uniform, &[reads[0], reads[1], unused, unused, unused], &scratch);
+        let reduce = self.bind_group(gpu, Kernel::ConvSplitReduce, &uniform, &[&scratch, unused, reads[2], reads[3], reads[4]], output);
+        let reduce_threads = p.m_total * p.n_total.div_ceil(4);
+        Ok(vec![
+            (pipeline, partial, variant.workgroups(&p, backward)),
+            (self.pipeline(Kernel::ConvSplitReduce).clone(), reduce, flat_workgroups(reduce_threads, gpu.max_workgroups_per_dim())),
+        ])
+    }
+
+    /// Host data as the read bindings of `kernel` (a conv's second read is its weights, stored
+    /// as the kernels read them; `None` binds a small zero buffer).
+    fn upload_reads(&self, gpu: &Gpu, kernel: Kernel, reads: &[Option<&[f32]>]) -> Vec<wgpu::Buffer> {
         let is_conv = matches!(kernel, Kernel::ConvForward | Kernel::ConvBackwardData);
-        let inputs: Vec<wgpu::Buffer> = reads
+        reads
             .iter()
             .enumerate()
             .map(|(i, r)| match r {
                 Some(w) if is_conv && i == 1 => self.weights.upload(gpu, "weights", w),
                 r => gpu.upload_f32("input", r.unwrap_or(&[0.0; 4])),
             })
-            .collect();
-        let output = gpu.upload_f32("output", &vec![f32::NAN; output_len]);
-        let refs: Vec<&wgpu::Buffer> = inputs.iter().collect();
-        let bind_group = self.bind_group(gpu, kernel, &uniform, &refs, &output);
+            .collect()
+    }
+
+    /// Runs `dispatches` in one compute pass and reads `output` back.
+    fn submit_and_read(
+        &self,
+        gpu: &Gpu,
+        dispatches: &[BoundDispatch],
+        what: &str,
+        output: &wgpu::Buffer,
+        output_len: usize,
+    ) -> Result<Vec<f32>> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            encode_dispatches(&mut pass, dispatches, 1);
         }
         gpu.queue.submit([encoder.finish()]);
-        gpu.check_while(&format!("running kernel {kernel:?}"))?;
-        gpu.read_f32(&output, output_len)
+        gpu.check_while(what)?;
+        gpu.read_f32(output, output_len)
+    }
+}
+
+/// A pipeline, its bind group and its workgroup counts.
+pub type BoundDispatch = (wgpu::ComputePipeline, wgpu::BindGroup, [u32; 3]);
+
+/// Records `dispatches` in order, `repeats` times over.
+pub fn encode_dispatches(pass: &mut wgpu::ComputePass, dispatches: &[BoundDispatch], repeats: u32) {
+    for _ in 0..repeats {
+        for (pipeline, bind_group, [x, y, z]) in dispatches {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(*x, *y, *z);
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConvParams, ConvVariant, Kernel, Kernels};
+use super::{encode_dispatches, BoundDispatch, ConvParams, ConvVariant, Kernels};
 use crate::error::Result;
 use crate::fingerprint::Fnv64;
 use crate::gpu::Gpu;
@@ -193,19 +193,13 @@ fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: 
     let source = gpu.upload_f32("tuning source", &random(source_len));
     let weights = kernels.weights.upload(gpu, "tuning weights", &random(p.k_total * p.n_total));
     let output = gpu.storage_buffer("tuning output", p.m_total as u64 * p.n_total as u64 * 4);
-    let uniform = gpu.uniform_buffer("tuning params", bytemuck::bytes_of(&p));
     let unused = kernels.placeholder();
-    let kernel = if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward };
-    let bind_group = kernels.bind_group(gpu, kernel, &uniform, &[&source, &weights, unused, unused, unused], &output);
-    let time = |pipeline: &wgpu::ComputePipeline, workgroups: [u32; 3], repeats: u32| -> Result<f64> {
+    let reads = [&source, &weights, unused, unused, unused];
+    let time = |dispatches: &[BoundDispatch], repeats: u32| -> Result<f64> {
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            for _ in 0..repeats {
-                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-            }
+            encode_dispatches(&mut pass, dispatches, repeats);
         }
         let start = Instant::now();
         gpu.queue.submit([encoder.finish()]);
@@ -213,28 +207,32 @@ fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: 
         gpu.check_while("timing a conv variant")?;
         Ok(start.elapsed().as_secs_f64() / repeats as f64)
     };
+    let device = gpu.info.device_type;
     let mut best: Option<(f64, ConvVariant)> = None;
     for variant in ConvVariant::CANDIDATES {
         let workgroups = variant.workgroups(&p, backward);
         if workgroups.iter().any(|&n| n > gpu.max_workgroups_per_dim()) {
             continue;
         }
-        let pipeline = kernels.conv_pipeline(gpu, backward, variant)?;
+        if variant.splits() > 1 && !ConvVariant::worth_splitting(variant.unsplit().workgroups(&p, backward), device) {
+            continue;
+        }
+        let dispatches = kernels.conv_dispatches(gpu, variant, backward, &p, &reads, &output)?;
         // The fastest of several runs: on a shared CPU adapter a run can be slowed by anything
         // else on the machine, and the choice is cached for good. A candidate is dropped only
         // when two runs are both much slower than the best so far.
         let slower = |t: f64| best.is_some_and(|(b, _)| t > PRUNE * b);
-        let mut t = time(&pipeline, workgroups, 1)?;
+        let mut t = time(&dispatches, 1)?;
         if slower(t) {
-            t = t.min(time(&pipeline, workgroups, 1)?);
+            t = t.min(time(&dispatches, 1)?);
             if slower(t) {
                 continue;
             }
         }
-        let t = t.min(time(&pipeline, workgroups, 2)?);
+        let t = t.min(time(&dispatches, 2)?);
         if best.is_none_or(|(b, _)| t < b) {
             best = Some((t, variant));
         }
     }
-    Ok(best.map_or(ConvVariant::Tiled, |(_, v)| v))
+    Ok(best.map_or(ConvVariant::TILED, |(_, v)| v))
 }

@@ -33,6 +33,29 @@ fn run(engine: &Engine) -> (Vec<f32>, Vec<String>) {
     (values, variants)
 }
 
+/// [`run`]'s values with the samples passed one at a time, last first, reassembled in order.
+fn run_one_at_a_time(engine: &Engine) -> Vec<f32> {
+    let synthetic = SyntheticModel::new(ArchSpec::WideResNet { depth: 10, width: 1 }, 10, 3).unwrap();
+    let mut model = engine.upload(synthetic.network);
+    let layers = ["block1", "block2", "block3"];
+    let input = random_inputs(SHAPE[0], SHAPE[1], SHAPE[2], SHAPE[3], 9);
+    let per_sample = input.len() / SHAPE[0];
+    let mut passes: Vec<_> = (0..SHAPE[0])
+        .rev()
+        .map(|s| {
+            let one = &input[s * per_sample..(s + 1) * per_sample];
+            (s, engine.forward_backward(&mut model, one, [1, SHAPE[1], SHAPE[2], SHAPE[3]], &layers).unwrap())
+        })
+        .collect();
+    passes.sort_by_key(|(s, _)| *s);
+    let mut values: Vec<f32> = passes.iter().flat_map(|(_, p)| p.logits.clone()).collect();
+    for l in 0..layers.len() {
+        values.extend(passes.iter().flat_map(|(_, p)| p.layers[l].z.clone()));
+        values.extend(passes.iter().flat_map(|(_, p)| p.layers[l].g.clone()));
+    }
+    values
+}
+
 /// A pass under some choice of variants against the fixed default's: bit for bit unless a
 /// split-K variant was chosen (which only reorders the additions), then within 1e-5.
 fn assert_same(what: &str, got: &[f32], variants: &[String], fixed: &[f32]) {
@@ -80,6 +103,9 @@ fn tuning_cache_round_trip_and_fallbacks() {
         let (logits, variants) = run(&tuned(&dir));
         assert!(variants.iter().all(|v| *v == forced), "the cache was not read: {variants:?}");
         assert_same(&forced, &logits, &variants, &fixed_logits);
+        // Variants (split K too) depend on the shape, not the batch: the same bits one sample
+        // at a time, last first.
+        assert!(run_one_at_a_time(&tuned(&dir)) == logits, "{forced}: batches of one, last first, changed the pass");
     }
 
     // Stale (another adapter, driver or kernel source): ignored and rewritten.

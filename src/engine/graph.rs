@@ -37,35 +37,16 @@ pub enum Input {
 }
 
 /// Parameters of a call with the batch left open; `per_sample` is the thread count per sample
-/// for flat kernels.
+/// for flat kernels. `ConvReduce` is the reduction of a split-K conv call (see
+/// [`Graph::split_conv_calls`]).
 #[derive(Clone, Copy, Debug)]
 pub enum ParamTemplate {
-    Conv {
-        p: ConvParams,
-        backward: bool,
-    },
-    /// The reduction of a split-K conv call (see [`Graph::split_conv_calls`]): one invocation
-    /// per output row and four columns.
-    ConvReduce {
-        p: ConvParams,
-        backward: bool,
-    },
-    Elementwise {
-        p: ElementwiseParams,
-        per_sample: u32,
-    },
-    Pool {
-        p: PoolParams,
-        per_sample: u32,
-    },
-    Linear {
-        p: LinearParams,
-        per_sample: u32,
-    },
-    Transformer {
-        p: TransformerParams,
-        per_sample: u32,
-    },
+    Conv { p: ConvParams, backward: bool },
+    ConvReduce { p: ConvParams, backward: bool },
+    Elementwise { p: ElementwiseParams, per_sample: u32 },
+    Pool { p: PoolParams, per_sample: u32 },
+    Linear { p: LinearParams, per_sample: u32 },
+    Transformer { p: TransformerParams, per_sample: u32 },
 }
 
 impl ParamTemplate {
@@ -81,7 +62,7 @@ impl ParamTemplate {
             ParamTemplate::ConvReduce { p, backward } => {
                 let (bytes, dispatch) = ParamTemplate::Conv { p, backward }.at_batch(batch);
                 let Dispatch::Conv { p, .. } = dispatch else { unreachable!("a conv template dispatches as a conv") };
-                (bytes, Dispatch::Flat(p.m_total * p.n_total.div_ceil(4)))
+                (bytes, Dispatch::Flat(p.split_reduce_threads()))
             }
             ParamTemplate::Elementwise { mut p, per_sample } => {
                 p.batch = batch;

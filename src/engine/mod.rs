@@ -247,7 +247,7 @@ impl Engine {
             if let Some(t) = plan.graph.labels {
                 self.gpu.queue.write_buffer(plan.buffer(t), 0, bytemuck::cast_slice(&labels[start..start + n]));
             }
-            let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n, Record::Pass);
             let reads = plan.copy_outputs(&mut encoder, n);
             self.gpu.queue.submit([encoder.finish()]);
             let mut values = self.gpu.read_back(&reads)?.into_iter();
@@ -371,7 +371,7 @@ impl Engine {
         let plan = self.plan_for(model, input, shape, &PassRequest::nac(layers))?;
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
-            let mut encoder = self.encode_chunk(plan, input, shape, start, n, None);
+            let mut encoder = self.encode_chunk(plan, input, shape, start, n, Record::Pass);
             let chunk = ChunkBuffers {
                 plan: plan.id,
                 start,
@@ -510,8 +510,6 @@ impl Engine {
             .collect())
     }
 
-    /// Writes chunk `[start, start + n)` of the input and records the pass over it (timed per
-    /// stage into `timestamps`, see [`Plan::encode_timed`]).
     /// Points `plan` at the `n` samples of `input` from `start` and writes them to its input.
     fn load_chunk(&self, plan: &mut Plan, input: &[f32], shape: [usize; 4], start: usize, n: usize) {
         let per_sample = shape[1] * shape[2] * shape[3];
@@ -531,14 +529,13 @@ impl Engine {
         n: usize,
         wanted: &[TensorId],
     ) -> Result<Vec<Vec<f32>>> {
-        self.load_chunk(plan, input, shape, start, n);
-        let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
-        plan.encode_calls(&mut encoder, 0..plan.graph.head_backward_end);
+        let mut encoder = self.encode_chunk(plan, input, shape, start, n, Record::Forward);
         let reads = plan.copy_outputs_of(&mut encoder, n, wanted);
         self.gpu.queue.submit([encoder.finish()]);
         self.gpu.read_back(&reads)
     }
 
+    /// Writes chunk `[start, start + n)` of the input and records `what` of the pass over it.
     fn encode_chunk(
         &self,
         plan: &mut Plan,
@@ -546,13 +543,14 @@ impl Engine {
         shape: [usize; 4],
         start: usize,
         n: usize,
-        timestamps: Option<&wgpu::QuerySet>,
+        what: Record,
     ) -> wgpu::CommandEncoder {
         self.load_chunk(plan, input, shape, start, n);
         let mut encoder = self.gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("nac batch") });
-        match timestamps {
-            Some(queries) => plan.encode_timed(&mut encoder, queries),
-            None => plan.encode(&mut encoder),
+        match what {
+            Record::Pass => plan.encode(&mut encoder),
+            Record::Timed(queries) => plan.encode_timed(&mut encoder, queries),
+            Record::Forward => plan.encode_calls(&mut encoder, 0..plan.graph.head_backward_end),
         }
         encoder
     }
@@ -583,7 +581,7 @@ impl Engine {
             mapped_at_creation: false,
         });
         let staging = self.gpu.readback_buffer(count as u64 * 8);
-        let mut encoder = self.encode_chunk(plan, input, shape, 0, samples, Some(&queries));
+        let mut encoder = self.encode_chunk(plan, input, shape, 0, samples, Record::Timed(&queries));
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, count as u64 * 8);
         self.gpu.queue.submit([encoder.finish()]);
@@ -633,6 +631,16 @@ pub struct LayerBuffers<'a> {
     pub shape: TensorShape,
     pub z: &'a wgpu::Buffer,
     pub g: &'a wgpu::Buffer,
+}
+
+/// What [`Engine::encode_chunk`] records of a plan's pass.
+enum Record<'q> {
+    /// Every call.
+    Pass,
+    /// Every call, stage `i` writing its start and end to queries `2i`, `2i + 1` ([`Plan::encode_timed`]).
+    Timed(&'q wgpu::QuerySet),
+    /// The forward part, through the head's loss gradient.
+    Forward,
 }
 
 /// The layers a seeded pass keeps: the seeded layer, and the feature layer if it is another.

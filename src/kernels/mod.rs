@@ -270,6 +270,18 @@ pub struct ConvParams {
     pub _pad: u32,
 }
 
+impl ConvParams {
+    /// Bytes of the partial sums of a call split into `splits` parts: `[split][m][n]` f32.
+    pub fn partial_sums_bytes(&self, splits: u32) -> u64 {
+        splits as u64 * self.m_total as u64 * self.n_total as u64 * 4
+    }
+
+    /// Invocations of the split-K reduction: one per output row and four columns.
+    pub fn split_reduce_threads(&self) -> u32 {
+        self.m_total * self.n_total.div_ceil(4)
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ElementwiseParams {
@@ -661,14 +673,14 @@ impl Kernels {
         if p.splits == 1 {
             return Ok(vec![(pipeline, self.bind_group(gpu, kernel, &uniform, reads, output), variant.workgroups(&p, backward))]);
         }
-        let scratch = gpu.storage_buffer("split-K partials", p.splits as u64 * p.m_total as u64 * p.n_total as u64 * 4);
+        let scratch = gpu.storage_buffer("split-K partials", p.partial_sums_bytes(p.splits));
         let unused = self.placeholder();
         let partial = self.bind_group(gpu, kernel, &uniform, &[reads[0], reads[1], unused, unused, unused], &scratch);
         let reduce = self.bind_group(gpu, Kernel::ConvSplitReduce, &uniform, &[&scratch, unused, reads[2], reads[3], reads[4]], output);
-        let reduce_threads = p.m_total * p.n_total.div_ceil(4);
+        let reduce_workgroups = flat_workgroups(p.split_reduce_threads(), gpu.max_workgroups_per_dim());
         Ok(vec![
             (pipeline, partial, variant.workgroups(&p, backward)),
-            (self.pipeline(Kernel::ConvSplitReduce).clone(), reduce, flat_workgroups(reduce_threads, gpu.max_workgroups_per_dim())),
+            (self.pipeline(Kernel::ConvSplitReduce).clone(), reduce, reduce_workgroups),
         ])
     }
 

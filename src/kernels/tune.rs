@@ -214,11 +214,9 @@ fn measure(gpu: &Gpu, kernels: &Kernels, p: &ConvParams, backward: bool, batch: 
         if workgroups.iter().any(|&n| n > gpu.max_workgroups_per_dim()) {
             continue;
         }
-        if variant.splits() > 1 {
-            let partials = variant.splits() as u64 * p.m_total as u64 * p.n_total as u64 * 4;
-            if !ConvVariant::worth_splitting(variant.unsplit().workgroups(&p, backward), device) || partials > gpu.max_binding_bytes() {
-                continue;
-            }
+        let small_grid = || ConvVariant::worth_splitting(variant.unsplit().workgroups(&p, backward), device);
+        if variant.splits() > 1 && (!small_grid() || p.partial_sums_bytes(variant.splits()) > gpu.max_binding_bytes()) {
+            continue;
         }
         let dispatches = kernels.conv_dispatches(gpu, variant, backward, &p, &reads, &output)?;
         // The fastest of several runs: on a shared CPU adapter a run can be slowed by anything

@@ -9,8 +9,8 @@ const BK: u32 = 32u;
 const LOADS: u32 = 8u;
 const THREADS: u32 = 256u;
 
-var<workgroup> tile_a: array<f32, 2048>; // [BK][BM]
-var<workgroup> tile_b: array<f32, 2048>; // [BK][BN]
+var<workgroup> tile_a: array<REAL, 2048>; // [BK][BM]
+var<workgroup> tile_b: array<REAL, 2048>; // [BK][BN]
 
 // The A tile is gathered without integer division in the K loop (division is slow on many
 // GPUs and scalarised on CPU rasterisers): each thread owns 4 fixed rows, decomposed once, and a
@@ -83,10 +83,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let range = split_range(split);
     // Four output rows × four columns in vec4 registers (no dynamically indexed private
     // arrays: those spill to memory on several compilers).
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc0 = vec4<REAL>(0.0);
+    var acc1 = vec4<REAL>(0.0);
+    var acc2 = vec4<REAL>(0.0);
+    var acc3 = vec4<REAL>(0.0);
 
     // This thread stages A rows mm = tid / BK + (THREADS / BK)·i at K lane kk = tid % BK, and
     // B columns nn = tid % BN at K rows kb = tid / BN + (THREADS / BN)·i.
@@ -119,16 +119,16 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                     a = gather_forward(rows[i], ky, kx, ch);
                 }
             }
-            tile_a[lane * BM + tid / BK + (THREADS / BK) * i] = a;
+            tile_a[lane * BM + tid / BK + (THREADS / BK) * i] = REAL(a);
 
             let e = tid + THREADS * i;
             let nn = e % BN;
             let kb = e / BN;
             let n = n0 + nn;
             let kw = k0 + kb;
-            var w = 0.0;
+            var w = REAL(0.0);
             if (n < p.n_total && kw < range.y) {
-                w = f32(weights[kw * p.n_total + n]);
+                w = REAL(weights[kw * p.n_total + n]);
             }
             tile_b[kb * BN + nn] = w;
         }
@@ -147,20 +147,20 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var kk = 0u; kk < BK; kk++) {
             let ia = kk * BM + lid.y * 4u;
             let ib = kk * BN + lid.x * 4u;
-            let a = vec4<f32>(tile_a[ia], tile_a[ia + 1u], tile_a[ia + 2u], tile_a[ia + 3u]);
-            let b = vec4<f32>(tile_b[ib], tile_b[ib + 1u], tile_b[ib + 2u], tile_b[ib + 3u]);
-            acc0 = fma(vec4<f32>(a.x), b, acc0);
-            acc1 = fma(vec4<f32>(a.y), b, acc1);
-            acc2 = fma(vec4<f32>(a.z), b, acc2);
-            acc3 = fma(vec4<f32>(a.w), b, acc3);
+            let a = vec4<REAL>(tile_a[ia], tile_a[ia + 1u], tile_a[ia + 2u], tile_a[ia + 3u]);
+            let b = vec4<REAL>(tile_b[ib], tile_b[ib + 1u], tile_b[ib + 2u], tile_b[ib + 3u]);
+            acc0 = fma(vec4<REAL>(a.x), b, acc0);
+            acc1 = fma(vec4<REAL>(a.y), b, acc1);
+            acc2 = fma(vec4<REAL>(a.z), b, acc2);
+            acc3 = fma(vec4<REAL>(a.w), b, acc3);
         }
         workgroupBarrier();
     }
 
     let m = m0 + lid.y * 4u;
     let n = n0 + lid.x * 4u;
-    store_result(split, m, n, acc0);
-    store_result(split, m + 1u, n, acc1);
-    store_result(split, m + 2u, n, acc2);
-    store_result(split, m + 3u, n, acc3);
+    store_result(split, m, n, vec4<f32>(acc0));
+    store_result(split, m + 1u, n, vec4<f32>(acc1));
+    store_result(split, m + 2u, n, vec4<f32>(acc2));
+    store_result(split, m + 3u, n, vec4<f32>(acc3));
 }

@@ -9,11 +9,14 @@
 // Weights are packed on the host as [K][N] (N contiguous) for each direction.
 //
 // This file is shared by the variants (`conv.wgsl`: workgroup-memory tiles; `conv_direct.wgsl`:
-// register tiles); the engine prepends it to each. The weights' storage type is `WEIGHT`: f32,
-// or f16 when the engine stores weights in half precision (it then enables f16 and rewrites
-// the alias below); every weight is widened to f32 where it is read, and all arithmetic is f32.
+// register tiles); the engine prepends it to each. The weights' storage type is `WEIGHT` and
+// the type of the K loops' operands, products and sums is `REAL`: both f32, or with f16 weights
+// WEIGHT = f16 (each weight widened to f32 where it is read), or with f16 arithmetic both f16
+// (activations rounded to f16 where they are read, the sums widened to f32 for the epilogue).
+// The engine enables f16 and rewrites the aliases below.
 
 alias WEIGHT = f32;
+alias REAL = f32;
 
 override BACKWARD: bool = false;
 

@@ -45,9 +45,9 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     }
     let rows_total = p.batch * grid_h * grid_w;
 
-    var acc: array<vec4<f32>, MAX_ACC>;
+    var acc: array<vec4<REAL>, MAX_ACC>;
     for (var i = 0u; i < ROWS * VECS; i++) {
-        acc[i] = vec4<f32>(0.0);
+        acc[i] = vec4<REAL>(0.0);
     }
     // (sample, y, x) of each row in the full pixel grid, and whether it exists.
     var pos: array<vec3<u32>, MAX_ROWS>;
@@ -96,19 +96,20 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
                 }
             }
             for (var c = c_begin; c < c_end; c++) {
-                var a: array<f32, MAX_ROWS>;
+                var a: array<REAL, MAX_ROWS>;
                 for (var r = 0u; r < ROWS; r++) {
-                    a[r] = select(0.0, src[u32(max(base[r], 0)) + c], base[r] >= 0);
+                    a[r] = select(REAL(0.0), REAL(src[u32(max(base[r], 0)) + c]), base[r] >= 0);
                 }
                 // Unconditional loads: a branch here stops the compiler unrolling the loops over
                 // rows and columns (measured 4x slower on lavapipe). Columns past N read the
-                // next row's weights (bounds-checked at the buffer's end) and are never stored.
+                // next row's weights (the last row's, the zeros the engine appends to every
+                // weight buffer: `CONV_WEIGHT_TAIL`) and are never stored.
                 let row = (k0 + c) * p.n_total + n0;
                 for (var v = 0u; v < VECS; v++) {
                     let i = row + 4u * v;
-                    let w = vec4<f32>(f32(weights[i]), f32(weights[i + 1u]), f32(weights[i + 2u]), f32(weights[i + 3u]));
+                    let w = vec4<REAL>(REAL(weights[i]), REAL(weights[i + 1u]), REAL(weights[i + 2u]), REAL(weights[i + 3u]));
                     for (var r = 0u; r < ROWS; r++) {
-                        acc[r * VECS + v] = fma(vec4<f32>(a[r]), w, acc[r * VECS + v]);
+                        acc[r * VECS + v] = fma(vec4<REAL>(a[r]), w, acc[r * VECS + v]);
                     }
                 }
             }
@@ -124,7 +125,7 @@ fn direct(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             m = (pos[r].x * p.in_h + pos[r].y) * p.in_w + pos[r].z;
         }
         for (var v = 0u; v < VECS; v++) {
-            store_result(split, m, n0 + 4u * v, acc[r * VECS + v]);
+            store_result(split, m, n0 + 4u * v, vec4<f32>(acc[r * VECS + v]));
         }
     }
 }

@@ -1,10 +1,12 @@
-// NAC on the GPU: per (sample, neuron) the spatial sums Σz and Σg, the state
-// s = sigmoid(α·Σz·Σg), its bin, and then either a histogram update (profiling) or a coverage
-// lookup reduced to a per-sample layer score (NAC-UE). z and g are NHWC activations of one
-// layer (`hw` positions × `neurons` channels per sample); or, with FROM_PAIRS, cached pooled
-// pairs (Σz, Σg) interleaved per neuron, so a parameter search re-bins without a network pass;
-// or, with GIVEN_STATES, the states themselves (computed elsewhere). `layer_stats` reads z
-// alone for the detectors that need more of a layer than Σz (channel means, Gram row sums).
+// NAC on the GPU: per (sample, neuron) the spatial sums Σz and Σg (`pairs`, a parallel
+// reduction over positions), then from those pairs the state s = sigmoid(α·Σz·Σg), its bin, and
+// either a histogram update (profiling) or a coverage lookup reduced to a per-sample layer score
+// (NAC-UE). z and g are NHWC activations of one layer (`hw` positions × `neurons` channels per
+// sample). The binning kernels read pairs (Σz, Σg) interleaved per neuron: a chunk's own
+// (CHUNK_PAIRS, indexed by the sample's place in the chunk) or a set-wide cache, so a
+// parameter search re-bins without a network pass; or, with GIVEN_STATES, the states themselves
+// (computed elsewhere). `layer_stats` reads z alone for the detectors that need more of a layer
+// than Σz (channel means, Gram row sums).
 //
 // Bins: `edges` thresholds t_0 < … < t_{M−1} (f32, each the smallest f32 ≥ the official float64
 // edge, so `t ≤ s` in f32 equals the float64 comparison); bin i is [t_i, t_{i+1}); a state below
@@ -29,7 +31,7 @@ struct Params {
     _pad2: u32,
 }
 
-const FROM_PAIRS: u32 = 1u;     // z holds interleaved (Σz, Σg) pairs; g is unused
+const CHUNK_PAIRS: u32 = 1u;    // pairs are indexed by chunk sample b, not set-wide sample_offset + b
 const MASKED: u32 = 2u;         // histogram: count only samples whose prediction summary says correct
 const GLOBAL_ATOMICS: u32 = 4u; // histogram: too many bins for workgroup memory
 const HAS_LABELS: u32 = 8u;     // predict: compare with labels
@@ -51,22 +53,21 @@ const LOCAL_SLOTS: u32 = 4096u;
 
 var<workgroup> local_counts: array<atomic<u32>, LOCAL_SLOTS>;
 var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial_g: array<f32, 256>;
 
-// Σ_hw z and Σ_hw g of neuron `n` of chunk sample `b`, summed in order of position.
+// Index of the pair of neuron `n` of chunk sample `b` in a pairs buffer.
+fn pair_index(b: u32, n: u32) -> u32 {
+    var s = p.sample_offset + b;
+    if ((p.flags & CHUNK_PAIRS) != 0u) {
+        s = b;
+    }
+    return 2u * (s * p.neurons + n);
+}
+
+// The pooled pair (Σz, Σg) of neuron `n` of chunk sample `b`, from the pairs in z.
 fn pooled(b: u32, n: u32) -> vec2<f32> {
-    if ((p.flags & FROM_PAIRS) != 0u) {
-        let i = 2u * ((p.sample_offset + b) * p.neurons + n);
-        return vec2<f32>(z[i], z[i + 1u]);
-    }
-    var sz = 0.0;
-    var sg = 0.0;
-    var i = b * p.hw * p.neurons + n;
-    for (var k = 0u; k < p.hw; k++) {
-        sz += z[i];
-        sg += g[i];
-        i += p.neurons;
-    }
-    return vec2<f32>(sz, sg);
+    let i = pair_index(b, n);
+    return vec2<f32>(z[i], z[i + 1u]);
 }
 
 fn state(v: vec2<f32>) -> f32 {
@@ -203,20 +204,49 @@ fn flat_index(lid: u32, wid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return (wid.y * groups.x + wid.x) * 256u + lid;
 }
 
-// Pooled pairs of a chunk into the set-wide cache: out[2·((sample_offset + b)·N + n) + {0, 1}].
+// Pooled pairs of a chunk: out[pair_index(b, n) + {0, 1}] = (Σ_hw z, Σ_hw g). One workgroup per
+// (sample, 32 neurons): 8 lanes of 32 threads, each thread reading neighbouring neurons of one
+// position (NHWC: adjacent words) and summing every 8th position in order; the 8 lane sums are
+// then added as a fixed tree (lanes 0+4, …, then 0+2, 1+3, then 0+1), so the result depends on
+// hw alone, never on the batch or the chunk. (A subgroup reduction would add across neurons,
+// the coalesced direction, not across positions.)
+const POOL_NEURONS: u32 = 32u;
+const POOL_LANES: u32 = 8u;
+
 @compute @workgroup_size(256)
 fn pairs(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>,
          @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_index(t, wid, groups);
-    if (i >= p.batch * p.neurons) {
-        return;
+    let blocks = (p.neurons + POOL_NEURONS - 1u) / POOL_NEURONS;
+    let w = wid.y * groups.x + wid.x;
+    let b = w / blocks;
+    let n = (w % blocks) * POOL_NEURONS + t % POOL_NEURONS;
+    let lane = t / POOL_NEURONS;
+    let inside = b < p.batch && n < p.neurons;
+    var sz = 0.0;
+    var sg = 0.0;
+    if (inside) {
+        let step = POOL_LANES * p.neurons;
+        var i = (b * p.hw + lane) * p.neurons + n;
+        for (var k = lane; k < p.hw; k += POOL_LANES) {
+            sz += z[i];
+            sg += g[i];
+            i += step;
+        }
     }
-    let b = i / p.neurons;
-    let n = i - b * p.neurons;
-    let v = pooled(b, n);
-    let o = 2u * ((p.sample_offset + b) * p.neurons + n);
-    out[o] = v.x;
-    out[o + 1u] = v.y;
+    partial[t] = sz;
+    partial_g[t] = sg;
+    for (var width = POOL_LANES / 2u; width > 0u; width >>= 1u) {
+        workgroupBarrier();
+        if (lane < width) {
+            partial[t] += partial[t + width * POOL_NEURONS];
+            partial_g[t] += partial_g[t + width * POOL_NEURONS];
+        }
+    }
+    if (inside && lane == 0u) {
+        let o = pair_index(b, n);
+        out[o] = partial[t];
+        out[o + 1u] = partial_g[t];
+    }
 }
 
 // Final score per sample: the mean of its `layer` (= number of layers) layer scores.

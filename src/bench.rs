@@ -139,7 +139,7 @@ pub fn run_bench(engine: &Engine, settings: &BenchSettings) -> Result<BenchRepor
     let mut runs: Vec<Vec<StageTime>> = Vec::new();
     if timed {
         for _ in 0..settings.repeats.max(1) + 1 {
-            runs.push(engine.time_stages(&mut model, &input, shape, &refs)?);
+            runs.push(PooledStates::time_stages(engine, &mut model, &input, shape, &refs)?);
         }
         runs.remove(0); // warm-up
     }

@@ -63,6 +63,11 @@ struct Cli {
     /// stays f32); needs the adapter's SHADER_F16. Off by default: README, "f16 weights".
     #[arg(long, global = true)]
     f16_weights: bool,
+    /// Store conv weights in f16 and run the conv kernels' K loops in f16 (activations rounded
+    /// to f16 where read, products and sums in f16); needs SHADER_F16. Off by default: its
+    /// accuracy cost is in the README, "f16 arithmetic".
+    #[arg(long, global = true, conflicts_with = "f16_weights")]
+    f16_compute: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -469,7 +474,11 @@ fn main() -> ExitCode {
     let gpu = Device {
         adapter: GpuOptions::from_env().with_overrides(cli.backend.clone(), cli.adapter.clone()),
         tuning: if cli.no_tune { Tuning::Fixed } else { Tuning::measured() },
-        weights: if cli.f16_weights { WeightStorage::F16 } else { WeightStorage::F32 },
+        weights: match (cli.f16_weights, cli.f16_compute) {
+            (_, true) => WeightStorage::F16Compute,
+            (true, false) => WeightStorage::F16,
+            (false, false) => WeightStorage::F32,
+        },
     };
     let result = match cli.command {
         Command::Info => info(&gpu.adapter),

@@ -8,6 +8,7 @@ use nac::kernels::{ElementwiseParams, Kernel, Kernels};
 use nac::model::arch::{Body, Conv, VitSpec};
 use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::model::ArchSpec;
+use nac::nac::PooledStates;
 
 /// Forward FLOP (`2 · out pixels · out channels · in channels · k²` per conv) of a WideResNet
 /// on `side × side` inputs, from the network description alone.
@@ -36,13 +37,24 @@ fn stage_times_cover_the_pass_and_count_its_convolutions() {
     let mut model = engine.upload(network);
     let n = 3;
     let input = random_inputs(n, 3, 12, 12, 9);
-    let stages = engine.time_stages(&mut model, &input, [n, 3, 12, 12], &["avgpool", "block1"]).unwrap();
+    let stages = PooledStates::time_stages(&engine, &mut model, &input, [n, 3, 12, 12], &["avgpool", "block1"]).unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        ["input", "stem", "block1 forward", "block2 forward", "block3 forward", "head", "block3 backward", "block2 backward"]
+        [
+            "input",
+            "stem",
+            "block1 forward",
+            "block2 forward",
+            "block3 forward",
+            "head",
+            "block3 backward",
+            "block2 backward",
+            "NAC kernels"
+        ]
     );
     assert!(stages.iter().all(|s| s.samples == n && s.seconds >= 0.0 && s.seconds < 60.0), "{stages:?}");
+    assert!(stages.last().unwrap().seconds > 0.0 && stages.last().unwrap().flop == 0, "{stages:?}");
     assert!(stages.iter().filter(|s| s.name.contains("forward") || s.name.contains("backward")).all(|s| s.seconds > 0.0), "{stages:?}");
     let forward: u64 = stages.iter().filter(|s| s.name == "stem" || s.name.ends_with("forward")).map(|s| s.flop).sum();
     assert_eq!(forward, want_forward * n as u64);
@@ -62,7 +74,7 @@ fn vit_stage_times_count_its_gemms_and_attention() {
     let mut model = engine.upload(SyntheticModel::new(ArchSpec::VisionTransformer(v), 5, 4).unwrap().network);
     let n = 2;
     let input = random_inputs(n, 3, 12, 12, 9);
-    let stages = engine.time_stages(&mut model, &input, [n, 3, 12, 12], &["layer_norm", "layer_0"]).unwrap();
+    let stages = engine.time_stages(&mut model, &input, [n, 3, 12, 12], &["layer_norm", "layer_0"], None).unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["input", "stem", "layer_0 forward", "layer_1 forward", "head", "layer_1 backward", "layer_0 backward"]);
     let (t, d) = (v.tokens() as u64, v.width as u64);

@@ -14,6 +14,13 @@ use nac::nac::{class_balanced_subset, evaluate_checkpoints, LabelledImages, Laye
 use nac::npy::NpyArray;
 use nac::rng::Rng;
 
+/// The engine the command line builds: conv variants tuned, from the same cache
+/// (`NAC_TUNE_DIR`, `.cargo/config.toml`), so the library computes bit for bit what the CLI does
+/// even where a split-K variant was chosen.
+fn cli_engine() -> nac::Engine {
+    common::engine_with(nac::EngineOptions { tuning: nac::kernels::tune::Tuning::measured(), ..nac::EngineOptions::default() })
+}
+
 fn nac() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nac"))
 }
@@ -45,7 +52,7 @@ fn predict_writes_the_library_logits() {
     assert_eq!(out.shape, vec![5, 6]);
     let got = out.to_f32(&out_path).unwrap();
 
-    let engine = common::engine();
+    let engine = cli_engine();
     let mut model = engine.load_model(&model_path, None).unwrap();
     let want = engine.predict(&mut model, &input, shape).unwrap();
     assert_eq!(got, want, "the CLI writes exactly what the library computes");
@@ -158,7 +165,7 @@ fn profile_score_merge_and_me_match_the_library() {
             .arg(p("scores.csv")),
     );
 
-    let engine = common::engine();
+    let engine = cli_engine();
     let mut model = engine.load_model(&model_path, None).unwrap();
     let settings = vec![
         LayerParams::new("avgpool", 50.0, 50, 100.0),
@@ -272,7 +279,7 @@ fn vit_profiles_take_the_vit_preset_and_me_the_feature_layer() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("preset imagenet-vit") && stderr.contains("instead of cifar10"), "{stderr}");
-    let engine = common::engine();
+    let engine = cli_engine();
     let mut model = engine.load_model(&vit_path, None).unwrap();
     let settings =
         [("layer_norm", 500.0, 50, 100.0), ("layer_3", 50.0, 500, 1.0), ("layer_2", 10.0, 500, 10.0), ("layer_1", 10.0, 1000, 1.0)]

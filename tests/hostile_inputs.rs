@@ -107,6 +107,14 @@ fn flags_past_the_limits_name_the_limit() {
     }
 }
 
+/// The two f16 modes exclude each other: asking for both is refused by name, not resolved.
+#[test]
+fn f16_weights_and_f16_arithmetic_together_are_refused() {
+    let (code, err) = nac(&["--f16-weights", "--f16-compute", "info"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--f16-compute") && err.contains("--f16-weights"), "{err}");
+}
+
 /// A grid whose Cartesian product is astronomically large is refused with its size, before a
 /// single candidate list is built; a layer with too many candidates, too.
 #[test]

@@ -8,8 +8,9 @@ mod common;
 use common::{assert_close, engine, random_vec};
 use nac::engine::{pack_backward, pack_forward};
 use nac::kernels::{
-    conv_flags, flat_workgroups, loss_targets, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel, Kernels, LinearParams,
-    PoolParams, TransformerParams, WeightStorage, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU, ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
+    conv_flags, flat_workgroups, loss_targets, nac_flags, pairs_workgroups, pool_flags, ConvParams, ConvVariant, ElementwiseParams, Kernel,
+    Kernels, LinearParams, NacParams, PoolParams, TransformerParams, WeightStorage, ATTENTION_TOKENS_PER_THREAD, ELEMENTWISE_RELU,
+    ELEMENTWISE_SWISH, TRANSFORMER_RESIDUAL,
 };
 use nac::model::arch::{Conv, LayerNorm, Linear, LN_EPS};
 use nac::reference;
@@ -130,10 +131,15 @@ fn conv_params(
 /// only add zeros), so they must agree exactly. Split-K variants add their parts' sums at the
 /// end, so they agree with the reference at the same tolerance but not bit for bit.
 fn check_variants(s: &Setup, backward: bool, p: &ConvParams, reads: &[Option<&[f32]>], want: &[f64], what: &str) {
+    check_variants_within(s, backward, p, reads, want, what, KERNEL_TOL);
+}
+
+/// [`check_variants`] at another tolerance.
+fn check_variants_within(s: &Setup, backward: bool, p: &ConvParams, reads: &[Option<&[f32]>], want: &[f64], what: &str, tol: f64) {
     let first = s.conv(ConvVariant::CANDIDATES[0], backward, p, reads, want.len());
     for variant in ConvVariant::CANDIDATES {
         let got = s.conv(variant, backward, p, reads, want.len());
-        assert_close(&format!("{what} {}", variant.name()), &got, want, KERNEL_TOL);
+        assert_close(&format!("{what} {}", variant.name()), &got, want, tol);
         if variant.splits() > 1 {
             continue;
         }
@@ -141,6 +147,19 @@ fn check_variants(s: &Setup, backward: bool, p: &ConvParams, reads: &[Option<&[f
             panic!("{what}: {} differs from {} at {i}: {} vs {}", variant.name(), ConvVariant::CANDIDATES[0].name(), got[i], first[i]);
         }
     }
+}
+
+/// The kernels run without runtime checks, their private arrays sized for the family: a conv
+/// variant outside it is refused by name, never compiled.
+#[test]
+fn conv_variants_outside_the_family_are_refused() {
+    let mut s = setup(18);
+    let x = random_vec(&mut s.rng, 3 * 7 * 9, 1.0);
+    let weights = random_vec(&mut s.rng, 27 * 5, 1.0);
+    let p = conv_params(1, 3, 7, 9, 5, 3, 1, 1, 0, false);
+    let odd = ConvVariant::Direct { lanes: 8, rows: 32, vecs: 4, splits: 1 };
+    let err = s.kernels.run_conv(&s.engine.gpu, odd, false, &p, &[Some(&x), Some(&weights), None, None, None], 63 * 5).unwrap_err();
+    assert!(err.to_string().contains("direct-8x32x4") && err.to_string().contains("CANDIDATES"), "{err}");
 }
 
 #[test]
@@ -475,6 +494,57 @@ fn pooling_kernels() {
     }
 }
 
+/// The pooling kernel of NAC (`pairs`): (Σ_hw z, Σ_hw g) per sample and neuron, into a chunk's
+/// own pairs or at set-wide positions of a cache (the slots before the chunk stay poisoned),
+/// and a sample's pairs bit for bit the same in a batch as alone.
+#[test]
+fn nac_pooling_kernel() {
+    let mut s = setup(15);
+    // (batch, positions, neurons): one position; positions not a multiple of the 8 lanes;
+    // neurons below, around and well above the 32-neuron block.
+    for (b, hw, n) in [(1, 1, 1), (3, 7, 31), (2, 9, 33), (5, 1000, 3), (2, 16, 512), (4, 63, 65)] {
+        let z = random_vec(&mut s.rng, b * hw * n, 1.0);
+        let g = random_vec(&mut s.rng, b * hw * n, 1.0);
+        let mut want = Vec::with_capacity(2 * b * n);
+        for sample in 0..b {
+            for neuron in 0..n {
+                let sum = |v: &[f32]| (0..hw).map(|k| v[(sample * hw + k) * n + neuron] as f64).sum::<f64>();
+                want.extend([sum(&z), sum(&g)]);
+            }
+        }
+        let max = s.engine.gpu.max_workgroups_per_dim();
+        let run = |samples: usize, z: &[f32], g: &[f32], flags: u32, offset: usize| {
+            let p = NacParams {
+                batch: samples as u32,
+                hw: hw as u32,
+                neurons: n as u32,
+                flags,
+                sample_offset: offset as u32,
+                ..Default::default()
+            };
+            let workgroups = pairs_workgroups(samples as u32, n as u32, max);
+            s.run(Kernel::NacPairs, bytemuck::bytes_of(&p), workgroups, &[Some(z), Some(g), None, None], 2 * (offset + samples) * n)
+        };
+        let what = format!("pairs b {b} hw {hw} neurons {n}");
+        let chunk = run(b, &z, &g, nac_flags::CHUNK_PAIRS, 3);
+        assert_close(&format!("{what}, chunk"), &chunk[..2 * b * n], &want, KERNEL_TOL);
+        assert!(chunk[2 * b * n..].iter().all(|v| v.is_nan()), "{what}: wrote past the chunk's pairs");
+        let cached = run(b, &z, &g, 0, 3);
+        assert!(cached[..6 * n].iter().all(|v| v.is_nan()), "{what}: wrote before the chunk's set-wide slots");
+        assert_eq!(
+            cached[6 * n..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            chunk[..2 * b * n].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        let last = (b - 1) * hw * n..b * hw * n;
+        let alone = run(1, &z[last.clone()], &g[last], nac_flags::CHUNK_PAIRS, 0);
+        assert_eq!(
+            alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            chunk[2 * (b - 1) * n..2 * b * n].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{what}: alone"
+        );
+    }
+}
+
 #[test]
 fn classifier_head_kernels() {
     let mut s = setup(15);
@@ -679,27 +749,46 @@ fn attention_kernels() {
 /// the rounding itself costs a whole pass is measured in `tests/network.rs`.
 #[test]
 fn conv_with_f16_weights_is_f32_arithmetic_on_rounded_weights() {
+    check_f16_convs(WeightStorage::F16, |_| KERNEL_TOL);
+}
+
+/// With f16 arithmetic every conv variant, in both directions, computes the conv of the
+/// f16-rounded activations and weights to within f16 accumulation: normwise relative error
+/// ≤ 2⁻¹¹·√K against the f64 reference on the rounded operands (K = the GEMM's depth: the
+/// rounding errors of K sums add up like a random walk), the unsplit variants agreeing bit for
+/// bit (the same f16 operations in the same order).
+#[test]
+fn conv_with_f16_arithmetic_is_within_f16_accumulation_error() {
+    check_f16_convs(WeightStorage::F16Compute, |k| 2f64.powi(-11) * (k as f64).sqrt());
+}
+
+/// Every conv case in both directions with f16 `storage`, against the f64 reference on the
+/// f16-rounded weights (and, with f16 arithmetic, activations) at `tolerance(K)`.
+fn check_f16_convs(storage: WeightStorage, tolerance: impl Fn(u32) -> f64) {
     let engine = engine();
-    let kernels = Kernels::with_weights(&engine.gpu, WeightStorage::F16).unwrap();
+    let kernels = Kernels::with_weights(&engine.gpu, storage).unwrap();
     let mut s = Setup { engine, kernels, rng: Rng::new(13) };
     let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    let operand = |v: Vec<f32>| if storage == WeightStorage::F16Compute { round(&v) } else { v };
     for (case, &(b, cin, h, w, cout, k, stride, pad)) in CONV_CASES.iter().enumerate() {
         let mut conv = s.random_conv(cin, cout, k, stride, pad);
         let packed_forward = pack_forward(&conv, &vec![1.0; cout]);
         let packed_backward = pack_backward(&conv, &vec![1.0; cout]);
         conv.weight = round(&conv.weight);
-        let x = to_f64(&random_vec(&mut s.rng, b * cin * h * w, 1.0));
+        let x = to_f64(&operand(random_vec(&mut s.rng, b * cin * h * w, 1.0)));
         let (y, yshape) = reference::conv2d(&x, [b, cin, h, w], &conv);
         let xin = to_f32(&nchw_to_nhwc(&x, [b, cin, h, w]));
         let p = conv_params(b, cin, h, w, cout, k, stride, pad, 0, false);
         let reads = [Some(&xin[..]), Some(&packed_forward[..]), None, None, None];
-        check_variants(&s, false, &p, &reads, &nchw_to_nhwc(&y, yshape), &format!("f16 conv forward case {case}"));
+        let what = format!("{} conv forward case {case}", storage.name());
+        check_variants_within(&s, false, &p, &reads, &nchw_to_nhwc(&y, yshape), &what, tolerance(p.k_total));
         let [_, _, oh, ow] = yshape;
-        let dy = to_f64(&random_vec(&mut s.rng, b * cout * oh * ow, 1.0));
+        let dy = to_f64(&operand(random_vec(&mut s.rng, b * cout * oh * ow, 1.0)));
         let dx = reference::conv2d_backward_data(&dy, [b, cout, oh, ow], &conv, (h, w));
         let dy_nhwc = to_f32(&nchw_to_nhwc(&dy, [b, cout, oh, ow]));
         let p = conv_params(b, cin, h, w, cout, k, stride, pad, 0, true);
         let reads = [Some(&dy_nhwc[..]), Some(&packed_backward[..]), None, None, None];
-        check_variants(&s, true, &p, &reads, &nchw_to_nhwc(&dx, [b, cin, h, w]), &format!("f16 conv backward case {case}"));
+        let what = format!("{} conv backward case {case}", storage.name());
+        check_variants_within(&s, true, &p, &reads, &nchw_to_nhwc(&dx, [b, cin, h, w]), &what, tolerance(p.k_total));
     }
 }

@@ -11,6 +11,7 @@
 mod common;
 
 use common::{assert_close, engine, engine_with, random_vec, rel_err};
+use nac::kernels::WeightStorage;
 use nac::model::arch::VitSpec;
 use nac::model::synthetic::SyntheticModel;
 use nac::model::weights::StorageDtype;
@@ -231,6 +232,37 @@ fn dm_wide_resnet_batch_is_per_sample() {
     }
 }
 
+/// Kernels compiled without the shader compiler's runtime bounds checks (the default) compute
+/// bit for bit what they compute with them (`GpuOptions::shader_checks`): the checks only clamp
+/// indices, and no kernel indexes outside its bindings. On a ResNet, a DMWideResNet with Swish
+/// and a ViT, with every NAC layer and the input gradient; `tests/kernels.rs` runs every conv
+/// variant unchecked against the f64 reference.
+#[test]
+fn kernels_without_runtime_checks_equal_kernels_with_them() {
+    use nac::gpu::GpuOptions;
+    let options =
+        |checks: bool| EngineOptions { gpu: GpuOptions { shader_checks: checks, ..GpuOptions::from_env() }, ..EngineOptions::default() };
+    let (checked, unchecked) = (engine_with(options(true)), engine_with(options(false)));
+    for (spec, shape, seed) in [
+        (ArchSpec::ResNet18_32x32, [2, 3, 32, 32], 41),
+        (ArchSpec::DmWideResNet { depth: 16, width: 1, activation: nac::model::arch::Activation::Swish }, [2, 3, 32, 32], 42),
+        (ArchSpec::VisionTransformer(VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 20 }), [2, 3, 12, 12], 43),
+    ] {
+        let synthetic = SyntheticModel::new(spec, 10, seed).unwrap();
+        let input = random_vec(&mut Rng::new(seed), shape.iter().product(), 1.0);
+        let names = synthetic.network.layer_names();
+        let layers: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let request = nac::PassRequest { input_gradient: true, ..nac::PassRequest::nac(&layers) };
+        let run = |engine: &nac::Engine| engine.pass(&mut engine.upload(synthetic.network.clone()), &input, shape, &request).unwrap();
+        let (a, b) = (run(&checked), run(&unchecked));
+        assert_eq!(a.logits, b.logits, "{spec} logits");
+        assert_eq!(a.input_grad, b.input_grad, "{spec} input gradient");
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            assert!(x.z == y.z && x.g == y.g, "{spec} {}", x.name);
+        }
+    }
+}
+
 /// Conv weights stored in f16 (`--f16-weights`): the whole pass computes the f32 arithmetic of
 /// the network with those stored weights, so it meets the f32 tolerances against the f64
 /// reference of that network (`engine::as_stored`), on a ResNet, a WRN and a ViT. How far the
@@ -239,16 +271,65 @@ fn dm_wide_resnet_batch_is_per_sample() {
 /// are measured in the README).
 #[test]
 fn f16_weights_compute_the_network_with_its_stored_weights() {
-    use nac::kernels::WeightStorage;
-    let engine = engine_with(EngineOptions { weights: WeightStorage::F16, ..EngineOptions::default() });
+    check_against_stored_weights(WeightStorage::F16, |vit| if vit { (VIT_TOL, VIT_TOL) } else { (LOGITS_TOL, LAYER_TOL) });
+}
+
+/// f16 arithmetic in the conv K loops (`--f16-compute`): against the f64 reference of the
+/// network with its stored weights, on random models and on the shipped WRN-16-2 with two
+/// bundled images. Logits and z stay within 3e-2 normwise (measured ≤ 1e-2; one conv alone is
+/// ≤ 2⁻¹¹·√K, `tests/kernels.rs`). The NAC gradients g are not continuous in z: where a ReLU's
+/// input is near 0, f16's error flips its mask and the element's whole gradient appears or
+/// vanishes (on the shipped model 12 flips of 16,384 elements are 55 % of block3's normwise
+/// error, the rest 1e-5). So the shipped model's g is held to the reference where both agree
+/// on the mask, within 1e-1 (measured ≤ 6e-2), with masks differing on at most 0.5 % of the
+/// elements (measured ≤ 0.1 %). What this does to NAC scores is measured in the README, "f16 arithmetic".
+#[test]
+fn f16_arithmetic_stays_within_f16_precision_of_the_network() {
+    // Random models' gradients are too ill conditioned to bound (measured up to 25 % where the
+    // masks agree; rounding the weights alone moves them by up to 13 %): printed only.
+    check_against_stored_weights(WeightStorage::F16Compute, |_| (3e-2, f64::INFINITY));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = format!("idx:{}[0:2]", root.join("demo/fmnist-test-images-idx3-ubyte.gz").display());
+    let batch =
+        nac::data::load_all(&nac::data::Dataset::open(&spec).unwrap(), &nac::data::Transform::preset("fmnist").unwrap(), None, 2).unwrap();
+    let engine = engine_with(EngineOptions { weights: WeightStorage::F16Compute, ..EngineOptions::default() });
+    let mut model = engine.load_model(&root.join("weights/fmnist_wrn-16-2.safetensors"), None).unwrap();
+    let stored = nac::engine::as_stored(&model.network, WeightStorage::F16Compute);
+    let layers = ["block1", "block2", "block3", "avgpool"];
+    let got = engine.forward_backward(&mut model, &batch.input, batch.shape, &layers).unwrap();
+    let want = reference::run(&stored, &batch.input, batch.shape, &layers).unwrap();
+    assert_close("shipped wrn-16-2 f16-compute logits", &got.logits, &want.logits, 3e-2);
+    for (g, w) in got.layers.iter().zip(&want.layers) {
+        assert_close(&format!("shipped wrn-16-2 f16-compute {} z", g.name), &g.z, &w.z, 3e-2);
+        assert_gradient_close(&format!("shipped wrn-16-2 f16-compute {} g", g.name), &g.g, &w.g, 1e-1);
+    }
+}
+
+/// g against the reference where both are non-zero or both zero (the same ReLU mask), and the
+/// fraction of elements whose mask differs at most 0.5 %.
+fn assert_gradient_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let (same, flipped): (Vec<_>, Vec<_>) = got.iter().zip(want).partition(|(a, b)| (**a == 0.0) == (**b == 0.0));
+    let fraction = flipped.len() as f64 / want.len() as f64;
+    assert!(fraction <= 5e-3, "{what}: {} of {} elements change their ReLU mask", flipped.len(), want.len());
+    let (got, want): (Vec<f32>, Vec<f64>) = same.into_iter().map(|(a, b)| (*a, *b)).unzip();
+    let e = assert_close(&format!("{what} (same mask)"), &got, &want, tol);
+    eprintln!("{what}: {} mask flips ({:.3} %), {e:.2e} where the masks agree", flipped.len(), 100.0 * fraction);
+}
+
+/// A ResNet, a WRN and a ViT with conv weights as `storage`, against the f64 reference of the
+/// network with those stored weights: logits and z within `tolerances(is_vit).0`, g within `.1`
+/// (for f16 arithmetic, where the ReLU masks agree: [`assert_gradient_close`]).
+fn check_against_stored_weights(storage: WeightStorage, tolerances: impl Fn(bool) -> (f64, f64)) {
+    let engine = engine_with(EngineOptions { weights: storage, ..EngineOptions::default() });
+    let what = storage.name();
     for (spec, shape, seed) in [
         (ArchSpec::ResNet18_32x32, [2, 3, 32, 32], 31),
         (ArchSpec::WideResNet { depth: 16, width: 2 }, [3, 3, 32, 32], 32),
         (ArchSpec::VisionTransformer(VitSpec { image: 12, patch: 4, depth: 2, width: 16, heads: 2, mlp: 20 }), [2, 3, 12, 12], 33),
     ] {
-        let tol = if matches!(spec, ArchSpec::VisionTransformer(_)) { (VIT_TOL, VIT_TOL) } else { (LOGITS_TOL, LAYER_TOL) };
+        let (tol, g_tol) = tolerances(matches!(spec, ArchSpec::VisionTransformer(_)));
         let synthetic = SyntheticModel::new(spec, 10, seed).unwrap();
-        let stored = nac::engine::as_stored(&synthetic.network, WeightStorage::F16);
+        let stored = nac::engine::as_stored(&synthetic.network, storage);
         let mut model = engine.upload(synthetic.network.clone());
         let names = model.network.layer_names();
         let layers: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
@@ -256,11 +337,15 @@ fn f16_weights_compute_the_network_with_its_stored_weights() {
         let got = engine.forward_backward(&mut model, &input, shape, &layers).unwrap();
         let want = reference::run(&stored, &input, shape, &layers).unwrap();
         let unrounded = reference::run(&synthetic.network, &input, shape, &layers).unwrap();
-        let e = assert_close(&format!("{spec} f16 logits"), &got.logits, &want.logits, tol.0);
-        eprintln!("{spec} f16 weights: logits rel err {e:.2e} (from the unrounded model: {:.2e})", rel_err(&got.logits, &unrounded.logits));
+        let e = assert_close(&format!("{spec} {what} logits"), &got.logits, &want.logits, tol);
+        eprintln!("{spec} {what}: logits rel err {e:.2e} (from the unrounded model: {:.2e})", rel_err(&got.logits, &unrounded.logits));
         for ((g, w), u) in got.layers.iter().zip(&want.layers).zip(&unrounded.layers) {
-            assert_close(&format!("{spec} f16 {} z", g.name), &g.z, &w.z, tol.1);
-            assert_close(&format!("{spec} f16 {} g", g.name), &g.g, &w.g, tol.1);
+            assert_close(&format!("{spec} {what} {} z", g.name), &g.z, &w.z, tol);
+            if storage == WeightStorage::F16Compute {
+                assert_gradient_close(&format!("{spec} {what} {} g", g.name), &g.g, &w.g, g_tol);
+            } else {
+                assert_close(&format!("{spec} {what} {} g", g.name), &g.g, &w.g, g_tol);
+            }
             eprintln!("  {:8} from the unrounded model: z {:.2e}, g {:.2e}", g.name, rel_err(&g.z, &u.z), rel_err(&g.g, &u.g));
         }
     }

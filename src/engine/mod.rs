@@ -372,19 +372,7 @@ impl Engine {
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
             let mut encoder = self.encode_chunk(plan, input, shape, start, n, Record::Pass);
-            let chunk = ChunkBuffers {
-                plan: plan.id,
-                start,
-                len: n,
-                logits: plan.buffer(plan.graph.logits),
-                layers: plan
-                    .graph
-                    .layers
-                    .iter()
-                    .map(|l| LayerBuffers { name: &l.name, shape: plan.graph.tensors[l.z], z: plan.buffer(l.z), g: plan.buffer(l.g) })
-                    .collect(),
-            };
-            record(&chunk, &mut encoder)?;
+            record(&ChunkBuffers::of(plan, start, n), &mut encoder)?;
             let submitted = self.gpu.queue.submit([encoder.finish()]);
             // Keep at most two chunks in flight: bounds queued uploads and makes progress real.
             let previous = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).replace((submitted, n));
@@ -556,9 +544,17 @@ impl Engine {
     }
 
     /// GPU time of each stage of one pass (forward, and backward to `layers`) over the first
-    /// chunk of `input`, from timestamp queries, with the stage's floating-point work. Fails on
-    /// an adapter without `TIMESTAMP_QUERY`.
-    pub fn time_stages(&self, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<Vec<StageTime>> {
+    /// chunk of `input`, from timestamp queries, with the stage's floating-point work; `after`,
+    /// the work recorded after the pass (NAC kernels), is timed as one more stage. Fails on an
+    /// adapter without `TIMESTAMP_QUERY`.
+    pub fn time_stages(
+        &self,
+        model: &mut Model,
+        input: &[f32],
+        shape: [usize; 4],
+        layers: &[&str],
+        after: Option<TimedWork>,
+    ) -> Result<Vec<StageTime>> {
         if !self.gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Err(Error::Input(format!(
                 "{} has no timestamp queries (TIMESTAMP_QUERY): per-stage GPU times are not available",
@@ -567,8 +563,8 @@ impl Engine {
         }
         let plan = self.plan_for(model, input, shape, &PassRequest::nac(layers))?;
         let samples = plan.capacity.min(shape[0]);
-        let stages = plan.stages();
-        let count = 2 * stages.len() as u32;
+        let mut stages = plan.stages();
+        let count = 2 * (stages.len() + after.is_some() as usize) as u32;
         let queries = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("stage times"),
             ty: wgpu::QueryType::Timestamp,
@@ -582,6 +578,16 @@ impl Engine {
         });
         let staging = self.gpu.readback_buffer(count as u64 * 8);
         let mut encoder = self.encode_chunk(plan, input, shape, 0, samples, Record::Timed(&queries));
+        if let Some(work) = after {
+            let timestamps = wgpu::ComputePassTimestampWrites {
+                query_set: &queries,
+                beginning_of_pass_write_index: Some(count - 2),
+                end_of_pass_write_index: Some(count - 1),
+            };
+            (work.record)(&ChunkBuffers::of(plan, 0, samples), &mut encoder, timestamps)?;
+            // No calls of the plan: no convolution work.
+            stages.push((work.name.to_string(), 0..0));
+        }
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, count as u64 * 8);
         self.gpu.queue.submit([encoder.finish()]);
@@ -601,6 +607,14 @@ impl Engine {
     }
 }
 
+/// Work timed after a pass as a stage of its own (see [`Engine::time_stages`]): its name, and
+/// what records it over the chunk's buffers in one compute pass with the given timestamp writes.
+pub struct TimedWork<'a> {
+    pub name: &'a str,
+    #[allow(clippy::type_complexity)]
+    pub record: &'a mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder, wgpu::ComputePassTimestampWrites) -> Result<()>,
+}
+
 /// GPU time of one stage of a pass (see [`Engine::time_stages`]).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StageTime {
@@ -618,10 +632,31 @@ pub struct StageTime {
 /// rebuilt with more capacity, hands out other buffers under another id.
 pub struct ChunkBuffers<'a> {
     pub plan: u64,
+    /// The most samples a chunk of this plan holds.
+    pub capacity: usize,
     pub start: usize,
     pub len: usize,
     pub logits: &'a wgpu::Buffer,
     pub layers: Vec<LayerBuffers<'a>>,
+}
+
+impl<'a> ChunkBuffers<'a> {
+    /// The buffers of samples `start .. start + len` of `plan`'s pass.
+    fn of(plan: &'a Plan, start: usize, len: usize) -> Self {
+        ChunkBuffers {
+            plan: plan.id,
+            capacity: plan.capacity,
+            start,
+            len,
+            logits: plan.buffer(plan.graph.logits),
+            layers: plan
+                .graph
+                .layers
+                .iter()
+                .map(|l| LayerBuffers { name: &l.name, shape: plan.graph.tensors[l.z], z: plan.buffer(l.z), g: plan.buffer(l.g) })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -261,8 +261,8 @@ impl GpuWeights {
 /// The network whose weights an engine storing conv weights as `w` computes with, in f32: each
 /// conv's (and linear layer's) weights replaced by the stored value of its folded weights
 /// divided back by the BatchNorm scale folded into it, so that folding them again gives the
-/// stored values to f32 precision. For f32 storage, the network itself. Lets tests hold an f16
-/// engine to the f64 reference at the f32 tolerances.
+/// stored values to f32 precision. For f32 storage, the network itself. Lets tests hold an
+/// engine with f16 weights to the f64 reference at the f32 tolerances.
 pub fn as_stored(net: &Network, w: WeightStorage) -> Network {
     let mut net = net.clone();
     if w == WeightStorage::F32 {

@@ -32,11 +32,11 @@ pub struct DemoSize {
 impl DemoSize {
     /// Everything bundled: 1000 profile, 1000 test, 1000 MNIST, 250 + 250 validation.
     pub const FULL: DemoSize = DemoSize { profile: 1000, test: 1000, val: 250 };
-    /// What a CPU rasteriser finishes in under three minutes: lavapipe (Mesa 25) on 2 cores
+    /// What a CPU rasteriser finishes in about three minutes: lavapipe (Mesa 25) on 2 fast cores
     /// runs about 8 ResNet-18 NAC passes per second (with the register-tiled conv kernels), and
-    /// the demo makes about 1,000 of them at this size (2.5 minutes, tuning included), 200 ID
-    /// test images being the fewest whose AUROCs mean something.
-    pub const CPU: DemoSize = DemoSize { profile: 200, test: 200, val: 60 };
+    /// the demo makes about 1,000 of them at this size, 200 ID test images being the fewest
+    /// whose AUROCs mean something; 10× the 30 profile and 20 test images it once took.
+    pub const CPU: DemoSize = DemoSize { profile: 300, test: 200, val: 60 };
 }
 
 /// The demo's configuration for a checkout at `root`.

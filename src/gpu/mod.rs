@@ -11,13 +11,22 @@ pub struct GpuOptions {
     pub backend: Option<String>,
     /// Case-insensitive substring of the adapter name (e.g. `nvidia`, `llvmpipe`).
     pub adapter: Option<String>,
+    /// Compile the kernels with the shader compiler's runtime bounds checks. Off by default:
+    /// the kernels are validated to stay in bounds (every read guarded or within a padded
+    /// buffer, tested against the CPU reference), and the checks cost 1.3-1.45× on lavapipe
+    /// (`benches/NOTES.md`, version 6). On for debugging a kernel.
+    pub shader_checks: bool,
 }
 
 impl GpuOptions {
-    /// Reads `NAC_BACKEND` and `NAC_ADAPTER`.
+    /// Reads `NAC_BACKEND`, `NAC_ADAPTER` and `NAC_SHADER_CHECKS` (set and not `0`: checks on).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        GpuOptions { backend: var("NAC_BACKEND"), adapter: var("NAC_ADAPTER") }
+        GpuOptions {
+            backend: var("NAC_BACKEND"),
+            adapter: var("NAC_ADAPTER"),
+            shader_checks: var("NAC_SHADER_CHECKS").is_some_and(|v| v.trim() != "0"),
+        }
     }
 
     /// Flags given on the command line win over the environment.
@@ -112,6 +121,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// See [`GpuOptions::shader_checks`].
+    shader_checks: bool,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -159,7 +170,7 @@ impl Gpu {
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| lock(&sink).push(e.to_string())));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, message| lock(&sink).push(format!("the device was lost ({reason:?}): {message}")));
-        Ok(Gpu { device, queue, info, limits, features, errors })
+        Ok(Gpu { device, queue, info, limits, features, shader_checks: options.shader_checks, errors })
     }
 
     /// Returns the first GPU error recorded since the last check, saying it happened while
@@ -209,6 +220,19 @@ impl Gpu {
 
     pub fn max_workgroups_per_dim(&self) -> u32 {
         self.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// A WGSL module of the engine's kernels, with runtime checks only if
+    /// [`GpuOptions::shader_checks`] asked for them.
+    pub fn shader_module(&self, label: &str, code: std::borrow::Cow<'_, str>) -> wgpu::ShaderModule {
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(code) };
+        if self.shader_checks {
+            return self.device.create_shader_module(desc);
+        }
+        // SAFETY: every read and write of the engine's kernels is guarded by its bounds or falls
+        // inside a buffer padded for it (the direct conv's weight tail), so no invocation
+        // indexes past a binding; the kernel tests hold every kernel to the CPU reference.
+        unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
     }
 
     /// A storage buffer of `bytes` (at least 16), usable as copy source and destination.

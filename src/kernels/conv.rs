@@ -18,6 +18,19 @@ pub enum ConvVariant {
     Direct { lanes: u32, rows: u32, vecs: u32, splits: u32 },
 }
 
+// The direct kernel's private arrays (`MAX_ROWS`, `MAX_ACC` in `shaders/conv_direct.wgsl`) and
+// the zeros after every weight buffer (`CONV_WEIGHT_TAIL`) bound its candidates; with shader
+// runtime checks off these are the only guard.
+const _: () = {
+    let mut i = 0;
+    while i < ConvVariant::CANDIDATES.len() {
+        if let ConvVariant::Direct { rows, vecs, .. } = ConvVariant::CANDIDATES[i] {
+            assert!(rows <= 16 && rows * vecs <= 64 && 4 * vecs as usize <= super::CONV_WEIGHT_TAIL);
+        }
+        i += 1;
+    }
+};
+
 impl ConvVariant {
     pub const TILED: ConvVariant = ConvVariant::Tiled { splits: 1 };
 
@@ -39,6 +52,12 @@ impl ConvVariant {
         ConvVariant::Direct { lanes: 8, rows: 4, vecs: 4, splits: 4 },
         ConvVariant::Direct { lanes: 64, rows: 2, vecs: 4, splits: 4 },
     ];
+
+    /// Whether the kernel is one of the family's (any split count): only those are compiled, since
+    /// the shaders run without runtime checks and size private arrays for them.
+    pub fn is_known(self) -> bool {
+        Self::CANDIDATES.iter().any(|c| c.unsplit() == self.unsplit())
+    }
 
     /// The untuned choice (`--no-tune`): register tiles on CPU adapters, where workgroup
     /// memory and barriers are emulated (measured fastest on lavapipe, see `benches/NOTES.md`);

@@ -380,8 +380,9 @@ pub struct NacParams {
 
 /// NAC kernel flags.
 pub mod nac_flags {
-    /// The z binding holds cached `(Σz, Σg)` pairs instead of NHWC activations.
-    pub const FROM_PAIRS: u32 = 1;
+    /// Pairs are indexed by the sample's place in the chunk (a chunk's own pairs), not by its
+    /// set-wide index `sample_offset + b` (a set-wide cache).
+    pub const CHUNK_PAIRS: u32 = 1;
     /// Histogram: count only samples the prediction summary marks correct.
     pub const MASKED: u32 = 2;
     /// Histogram: more bins than fit workgroup memory; update global counts directly.
@@ -402,6 +403,19 @@ pub const NAC_LOCAL_SLOTS: u32 = 4096;
 pub const CONV_TILE: u32 = 64;
 /// Threads per workgroup of the flat (one thread per element) kernels.
 pub const FLAT_WORKGROUP: u32 = 256;
+/// Zero weights after a conv's packed weights: the direct variants read the weights of a whole
+/// block of 4·VECS ≤ 16 columns unconditionally, so the last K row's block may reach up to 15
+/// elements past the packed end (`shaders/conv_direct.wgsl`); the tail keeps those reads inside
+/// the buffer with shader runtime checks off.
+pub const CONV_WEIGHT_TAIL: usize = 16;
+/// Neurons per workgroup of the pooling kernel `pairs` (`POOL_NEURONS` in `shaders/nac.wgsl`).
+pub const POOL_NEURONS: u32 = 32;
+
+/// Workgroups of the pooling kernel `pairs` over `batch` samples of `neurons`: one per (sample,
+/// block of [`POOL_NEURONS`]), folded like [`flat_workgroups`].
+pub fn pairs_workgroups(batch: u32, neurons: u32, max_per_dim: u32) -> [u32; 3] {
+    flat_workgroups(batch * neurons.div_ceil(POOL_NEURONS) * FLAT_WORKGROUP, max_per_dim)
+}
 
 /// Workgroup counts for `threads` flat threads, folded into 2-D to respect `max_per_dim`.
 pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
@@ -410,34 +424,43 @@ pub fn flat_workgroups(threads: u32, max_per_dim: u32) -> [u32; 3] {
     [x, groups.div_ceil(x), 1]
 }
 
-/// All pipelines, built once per device; conv variants other than the tiled one are built on
-/// first use.
-/// How conv weights are stored on the GPU: f32, or f16 (half the memory and bandwidth; every
-/// weight is widened to f32 where it is read, so only the rounding of the weights differs).
+/// How conv weights are stored on the GPU, and in what precision the conv kernels' K loops
+/// compute (`WEIGHT` and `REAL` in `shaders/conv_common.wgsl`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WeightStorage {
     #[default]
     F32,
+    /// Weights stored in f16 (half the memory and bandwidth); every weight is widened to f32
+    /// where it is read, so only the rounding of the weights differs.
     F16,
+    /// Weights stored in f16 and the K loops in f16: activations rounded to f16 where they are
+    /// read, products and sums in f16, the sums widened to f32 for the epilogue.
+    F16Compute,
 }
 
 impl WeightStorage {
-    /// The WGSL of a conv source for this storage: the f16 form enables f16 and stores
-    /// `WEIGHT` as f16.
+    /// The WGSL of a conv source for this storage: the f16 forms enable f16 and rewrite the
+    /// `WEIGHT` (and for f16 arithmetic the `REAL`) alias.
     fn conv_source(self, source: &str) -> std::borrow::Cow<'_, str> {
+        let weights_f16 = |s: &str| s.replacen("alias WEIGHT = f32;", "alias WEIGHT = f16;", 1);
         match self {
             WeightStorage::F32 => source.into(),
-            WeightStorage::F16 => format!("enable f16;\n{}", source.replacen("alias WEIGHT = f32;", "alias WEIGHT = f16;", 1)).into(),
+            WeightStorage::F16 => format!("enable f16;\n{}", weights_f16(source)).into(),
+            WeightStorage::F16Compute => {
+                format!("enable f16;\n{}", weights_f16(source).replacen("alias REAL = f32;", "alias REAL = f16;", 1)).into()
+            }
         }
     }
 
-    /// Packed weights as the conv kernels' `weights` binding holds them.
+    /// Packed weights as the conv kernels' `weights` binding holds them, followed by
+    /// [`CONV_WEIGHT_TAIL`] zeros.
     pub fn upload(self, gpu: &Gpu, label: &str, packed: &[f32]) -> wgpu::Buffer {
+        let tail = [0.0; CONV_WEIGHT_TAIL];
         match self {
-            WeightStorage::F32 => gpu.upload_f32(label, packed),
-            WeightStorage::F16 => {
+            WeightStorage::F32 => gpu.upload_f32(label, &[packed, &tail].concat()),
+            WeightStorage::F16 | WeightStorage::F16Compute => {
                 // Whole 4-byte words: an odd count is padded with a zero.
-                let mut half: Vec<u16> = packed.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+                let mut half: Vec<u16> = packed.iter().chain(&tail).map(|&v| half::f16::from_f32(v).to_bits()).collect();
                 if half.len() % 2 == 1 {
                     half.push(0);
                 }
@@ -450,10 +473,13 @@ impl WeightStorage {
         match self {
             WeightStorage::F32 => "f32",
             WeightStorage::F16 => "f16",
+            WeightStorage::F16Compute => "f16-compute",
         }
     }
 }
 
+/// All pipelines, built once per device; conv variants other than the tiled one are built on
+/// first use.
 pub struct Kernels {
     /// How the conv kernels read their weights.
     pub weights: WeightStorage,
@@ -498,8 +524,12 @@ impl Kernels {
     /// Every kernel, the convs reading weights stored as `weights`; f16 needs the adapter's
     /// `SHADER_F16`.
     pub fn with_weights(gpu: &Gpu, weights: WeightStorage) -> Result<Self> {
-        if weights == WeightStorage::F16 && !gpu.device.features().contains(wgpu::Features::SHADER_F16) {
-            return Err(Error::Gpu(format!("f16 weights need the SHADER_F16 feature, which {} does not offer", gpu.info.name)));
+        if weights != WeightStorage::F32 && !gpu.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::Gpu(format!(
+                "{} conv weights need the SHADER_F16 feature, which {} does not offer",
+                weights.name(),
+                gpu.info.name
+            )));
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules: Vec<(&'static str, wgpu::ShaderModule)> = Vec::new();
@@ -508,9 +538,7 @@ impl Kernels {
             let (source, entry, constants) = kernel.source();
             if !modules.iter().any(|(s, _)| std::ptr::eq(*s, source)) {
                 let code = if std::ptr::eq(source, CONV_WGSL) { weights.conv_source(source) } else { source.into() };
-                let module = gpu
-                    .device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(code) });
+                let module = gpu.shader_module(entry, code);
                 modules.push((source, module));
             }
             let module = &modules.iter().find(|(s, _)| std::ptr::eq(*s, source)).unwrap().1;
@@ -545,6 +573,9 @@ impl Kernels {
     /// The pipeline of a conv variant in one direction, compiled on first use. Conv calls of
     /// every variant share the bind group layout of [`Kernel::ConvForward`].
     pub fn conv_pipeline(&self, gpu: &Gpu, backward: bool, variant: ConvVariant) -> Result<wgpu::ComputePipeline> {
+        if !variant.is_known() {
+            return Err(Error::Input(format!("conv variant {} is not one of ConvVariant::CANDIDATES", variant.name())));
+        }
         let variant = variant.unsplit();
         if variant == ConvVariant::TILED {
             return Ok(self.pipeline(if backward { Kernel::ConvBackwardData } else { Kernel::ConvForward }).clone());
@@ -554,12 +585,7 @@ impl Kernels {
             return Ok(pipeline.clone());
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.direct_module.get_or_init(|| {
-            gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("conv direct"),
-                source: wgpu::ShaderSource::Wgsl(self.weights.conv_source(CONV_DIRECT_WGSL)),
-            })
-        });
+        let module = self.direct_module.get_or_init(|| gpu.shader_module("conv direct", self.weights.conv_source(CONV_DIRECT_WGSL)));
         let layout = gpu.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: None,
             bind_group_layouts: &[Some(&self.entry(Kernel::ConvForward).2)],

@@ -1,9 +1,9 @@
 //! Recording the NAC kernels (`shaders/nac.wgsl`): one uniform and one bind group per call,
 //! created once per batch run and re-parameterised per chunk.
 
-use crate::engine::{ChunkBuffers, Engine, Model};
+use crate::engine::{ChunkBuffers, Engine, LayerBuffers, Model};
 use crate::error::{Error, Result};
-use crate::kernels::{flat_workgroups, nac_flags, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
+use crate::kernels::{flat_workgroups, nac_flags, pairs_workgroups, Kernel, NacParams, FLAT_WORKGROUP, NAC_LOCAL_SLOTS};
 
 /// A bound NAC kernel call.
 pub(crate) struct NacCall {
@@ -39,7 +39,7 @@ impl NacCall {
             Kernel::NacHistogram => [p.neurons.div_ceil(p.block_neurons), p.batch.div_ceil(p.block_samples), 1],
             Kernel::NacScore => flat_workgroups(p.batch * FLAT_WORKGROUP, max),
             Kernel::NacCoverage => [1, 1, 1],
-            Kernel::NacPairs => flat_workgroups(p.batch * p.neurons, max),
+            Kernel::NacPairs => pairs_workgroups(p.batch, p.neurons, max),
             Kernel::NacCombine => flat_workgroups(p.total_samples, max),
             Kernel::NacPredict => flat_workgroups(p.batch, max),
             Kernel::NacLayerStats => flat_workgroups(p.batch * p.neurons.div_ceil(FLAT_WORKGROUP) * FLAT_WORKGROUP, max),
@@ -53,6 +53,26 @@ impl NacCall {
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
     }
+}
+
+/// The pooling call of one layer of a chunk into pairs of its own, sized for the plan's capacity,
+/// and those pairs, for binning calls that read them with `CHUNK_PAIRS`. (The calls' bind
+/// groups keep the buffer alive.)
+pub(crate) fn chunk_pairs(engine: &Engine, chunk: &ChunkBuffers, layer: &LayerBuffers) -> (NacCall, wgpu::Buffer) {
+    let neurons = layer.shape.c;
+    let pairs = engine.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(&format!("{} chunk pairs", layer.name)),
+        size: (chunk.capacity * neurons * 2 * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let params = NacParams {
+        hw: (layer.shape.h * layer.shape.w) as u32,
+        neurons: neurons as u32,
+        flags: nac_flags::CHUNK_PAIRS,
+        ..Default::default()
+    };
+    (NacCall::new(engine, Kernel::NacPairs, params, [Some(layer.z), Some(layer.g), None, None], &pairs), pairs)
 }
 
 /// NAC calls bound to the buffers of the plan that ran each chunk. A call's bind group names a
@@ -78,6 +98,18 @@ impl PlanCalls {
         chunk: &ChunkBuffers,
         build: impl FnOnce(&ChunkBuffers) -> Result<Vec<NacCall>>,
     ) -> Result<()> {
+        self.record_timed(engine, encoder, chunk, None, build)
+    }
+
+    /// [`PlanCalls::record`] with the compute pass writing `timestamps`.
+    pub fn record_timed(
+        &mut self,
+        engine: &Engine,
+        encoder: &mut wgpu::CommandEncoder,
+        chunk: &ChunkBuffers,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+        build: impl FnOnce(&ChunkBuffers) -> Result<Vec<NacCall>>,
+    ) -> Result<()> {
         let at = match self.bound.iter().position(|(plan, _)| *plan == chunk.plan) {
             Some(at) => at,
             None => {
@@ -89,7 +121,7 @@ impl PlanCalls {
         for call in calls.iter_mut() {
             call.set_chunk(engine, chunk.len, chunk.start);
         }
-        record(engine, encoder, calls);
+        record_pass(engine, encoder, calls, timestamps);
         Ok(())
     }
 }
@@ -131,7 +163,16 @@ pub(crate) fn run_set<I: AsRef<[f32]>>(
 
 /// Records `calls` into one compute pass.
 pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls: &[NacCall]) {
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac"), timestamp_writes: None });
+    record_pass(engine, encoder, calls, None);
+}
+
+fn record_pass(
+    engine: &Engine,
+    encoder: &mut wgpu::CommandEncoder,
+    calls: &[NacCall],
+    timestamp_writes: Option<wgpu::ComputePassTimestampWrites>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("nac"), timestamp_writes });
     for call in calls {
         call.dispatch(engine, &mut pass);
     }
@@ -140,12 +181,11 @@ pub(crate) fn record(engine: &Engine, encoder: &mut wgpu::CommandEncoder, calls:
 /// Histogram parameters for a layer of `neurons` with `edges` thresholds: blocks of neurons
 /// whose `bins × neurons` counts fit workgroup memory, ~1024 (sample, neuron) pairs per
 /// workgroup; global atomics when even one neuron's bins do not fit.
-pub(crate) fn histogram_params(neurons: usize, hw: usize, edges: usize, alpha: f64, flags: u32) -> NacParams {
+pub(crate) fn histogram_params(neurons: usize, edges: usize, alpha: f64, flags: u32) -> NacParams {
     let bins = (edges - 1) as u32;
     let (block_neurons, flags) =
         if bins <= NAC_LOCAL_SLOTS { ((NAC_LOCAL_SLOTS / bins).clamp(1, 64), flags) } else { (64, flags | nac_flags::GLOBAL_ATOMICS) };
     NacParams {
-        hw: hw as u32,
         neurons: neurons as u32,
         edges: edges as u32,
         alpha: alpha as f32,

@@ -5,7 +5,7 @@
 
 use super::gpu::{run_set, NacCall, PlanCalls, SetBatch};
 use super::profile::check_labels;
-use crate::engine::{ChunkBuffers, Engine, Model};
+use crate::engine::{ChunkBuffers, Engine, Model, StageTime, TimedWork};
 use crate::error::{Error, Result, NOT_FINITE_HELP};
 use crate::kernels::{nac_flags, Kernel, NacParams, MAX_GRAM_POWERS};
 
@@ -90,7 +90,25 @@ struct Pooling {
 }
 
 impl Pooling {
-    fn record(&mut self, engine: &Engine, chunk: &ChunkBuffers, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+    fn new(engine: &Engine, total: usize, classes: usize, labels: Option<&[usize]>, stats_powers: Option<usize>) -> Self {
+        Pooling {
+            predictions: Predictions::new(engine, total, labels),
+            total,
+            classes,
+            calls: PlanCalls::new(),
+            caches: Vec::new(),
+            stats_powers,
+            stats: Vec::new(),
+        }
+    }
+
+    fn record(
+        &mut self,
+        engine: &Engine,
+        chunk: &ChunkBuffers,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamps: Option<wgpu::ComputePassTimestampWrites>,
+    ) -> Result<()> {
         let total = self.total;
         if self.caches.is_empty() {
             for lb in &chunk.layers {
@@ -119,7 +137,7 @@ impl Pooling {
         }
         let (predictions, caches, classes, stats) = (&self.predictions, &self.caches, self.classes, &self.stats);
         let powers = self.stats_powers.unwrap_or(0) as u32;
-        self.calls.record(engine, encoder, chunk, |chunk| {
+        self.calls.record_timed(engine, encoder, chunk, timestamps, |chunk| {
             let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
             for (i, (lb, (_, neurons, out))) in chunk.layers.iter().zip(caches).enumerate() {
                 let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: *neurons as u32, powers, ..Default::default() };
@@ -204,6 +222,16 @@ impl PooledStates {
         Self::compute_streamed(engine, model, shape[0], layers, labels, [Ok((0, input, shape))])
     }
 
+    /// [`Engine::time_stages`] of the pass that pooling an NCHW batch makes, its NAC kernels
+    /// (predictions and pooled pairs) timed as a last stage, `NAC kernels`.
+    pub fn time_stages(engine: &Engine, model: &mut Model, input: &[f32], shape: [usize; 4], layers: &[&str]) -> Result<Vec<StageTime>> {
+        let mut pooling = Pooling::new(engine, shape[0], model.network.num_classes(), None, None);
+        let mut record = |chunk: &ChunkBuffers, encoder: &mut wgpu::CommandEncoder, timestamps: wgpu::ComputePassTimestampWrites<'_>| {
+            pooling.record(engine, chunk, encoder, Some(timestamps))
+        };
+        engine.time_stages(model, input, shape, layers, Some(TimedWork { name: "NAC kernels", record: &mut record }))
+    }
+
     /// Like [`PooledStates::compute`] for `total` samples that arrive as NCHW batches
     /// `(first sample, input, shape)` in any order, e.g. from the prefetching loader
     /// ([`crate::data::batches`]): while the GPU works on one batch, the next is decoded, and at
@@ -237,17 +265,9 @@ impl PooledStates {
         if let Some(p) = stats_powers.filter(|&p| p > MAX_GRAM_POWERS) {
             return Err(Error::Input(format!("{p} Gram powers: at most {MAX_GRAM_POWERS}")));
         }
-        let mut pooling = Pooling {
-            predictions: Predictions::new(engine, total, labels),
-            total,
-            classes,
-            calls: PlanCalls::new(),
-            caches: Vec::new(),
-            stats_powers,
-            stats: Vec::new(),
-        };
+        let mut pooling = Pooling::new(engine, total, classes, labels, stats_powers);
         PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder))?;
+        run_set(engine, model, total, layers, batches, &mut |chunk, encoder| pooling.record(engine, chunk, encoder, None))?;
         engine.gpu.check_while(&format!("pooling layers {}", layers.join(", ")))?;
         let summary = pooling.predictions.read_checked(engine, total)?;
         Ok(PooledStates {
@@ -318,7 +338,7 @@ impl PooledStates {
     /// The kernel flag that tells how to read this cache.
     pub(crate) fn source_flag(&self) -> u32 {
         match self.values {
-            CachedValues::Pairs => nac_flags::FROM_PAIRS,
+            CachedValues::Pairs => 0,
             CachedValues::States => nac_flags::GIVEN_STATES,
         }
     }

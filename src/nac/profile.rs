@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::bins::BinEdges;
 use super::file::{push_index_ranges, Binning, Counted, LayerHeader, ProfileData, ProfileHeader, Shard, PROFILE_FORMAT, PROFILE_VERSION};
-use super::gpu::{histogram_params, record, run_set, NacCall, PlanCalls, SetBatch};
+use super::gpu::{chunk_pairs, histogram_params, record, run_set, NacCall, PlanCalls, SetBatch};
 use super::params::LayerParams;
 use super::pooled::{PooledStates, Predictions, SUMMARY_STRIDE};
 use crate::engine::{ChunkBuffers, Engine, Model};
@@ -281,13 +281,15 @@ impl Profile {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for ((layer, gpu_layer), lb) in header.layers.iter().zip(layers).zip(&chunk.layers) {
-                    let params = histogram_params(layer.neurons, lb.shape.h * lb.shape.w, layer.m, layer.alpha, flags);
+                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb);
+                    let params = histogram_params(layer.neurons, layer.m, layer.alpha, flags | nac_flags::CHUNK_PAIRS);
                     let summary = labels.is_some().then_some(&predictions.summary);
+                    calls.push(pooling);
                     calls.push(NacCall::new(
                         engine,
                         Kernel::NacHistogram,
                         params,
-                        [Some(lb.z), Some(lb.g), Some(&gpu_layer.thresholds), summary],
+                        [Some(&pairs), None, Some(&gpu_layer.thresholds), summary],
                         &gpu_layer.counts,
                     ));
                 }
@@ -309,7 +311,7 @@ impl Profile {
         }
         let flags = pooled.source_flag() | if masked { nac_flags::MASKED } else { 0 };
         let calls = self.pooled_calls(pooled, |_, layer, gpu_layer, pairs| {
-            let mut params = histogram_params(layer.neurons, 1, layer.m, layer.alpha, flags);
+            let mut params = histogram_params(layer.neurons, layer.m, layer.alpha, flags);
             params.batch = pooled.samples as u32;
             let summary = masked.then_some(&pooled.predictions.summary);
             NacCall::new(engine, Kernel::NacHistogram, params, [Some(pairs), None, Some(&gpu_layer.thresholds), summary], &gpu_layer.counts)
@@ -379,8 +381,9 @@ impl Profile {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for (l, ((layer, gpu_layer), lb)) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers).enumerate() {
-                    let params = score_params(layer, lb.shape.h * lb.shape.w, l, total, 0);
-                    calls.push(outputs.score_call(engine, params, [Some(lb.z), Some(lb.g)], gpu_layer));
+                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb);
+                    calls.push(pooling);
+                    calls.push(outputs.score_call(engine, score_params(layer, l, total, nac_flags::CHUNK_PAIRS), &pairs, gpu_layer));
                 }
                 Ok(calls)
             })
@@ -392,9 +395,9 @@ impl Profile {
     pub fn score_pooled(&self, engine: &Engine, pooled: &PooledStates) -> Result<Scores> {
         let outputs = ScoreOutputs::new(engine, self.layers.len(), pooled.samples);
         let calls = self.pooled_calls(pooled, |l, layer, gpu_layer, pairs| {
-            let mut params = score_params(layer, 1, l, pooled.samples, pooled.source_flag());
+            let mut params = score_params(layer, l, pooled.samples, pooled.source_flag());
             params.batch = pooled.samples as u32;
-            outputs.score_call(engine, params, [Some(pairs), None], gpu_layer)
+            outputs.score_call(engine, params, pairs, gpu_layer)
         })?;
         let mut encoder = engine.gpu.device.create_command_encoder(&Default::default());
         record(engine, &mut encoder, &calls);
@@ -506,9 +509,8 @@ pub(crate) fn check_labels(labels: &[usize], samples: usize, classes: usize) -> 
     Ok(())
 }
 
-fn score_params(layer: &LayerHeader, hw: usize, index: usize, total: usize, flags: u32) -> NacParams {
+fn score_params(layer: &LayerHeader, index: usize, total: usize, flags: u32) -> NacParams {
     NacParams {
-        hw: hw as u32,
         neurons: layer.neurons as u32,
         edges: layer.m as u32,
         alpha: layer.alpha as f32,
@@ -538,8 +540,15 @@ impl ScoreOutputs {
         }
     }
 
-    fn score_call(&self, engine: &Engine, params: NacParams, zg: [Option<&wgpu::Buffer>; 2], layer: &GpuLayer) -> NacCall {
-        NacCall::new(engine, Kernel::NacScore, params, [zg[0], zg[1], Some(&layer.thresholds), Some(&layer.counts)], &self.layer_scores)
+    /// The score call of one layer, binning `pairs` (or states).
+    fn score_call(&self, engine: &Engine, params: NacParams, pairs: &wgpu::Buffer, layer: &GpuLayer) -> NacCall {
+        NacCall::new(
+            engine,
+            Kernel::NacScore,
+            params,
+            [Some(pairs), None, Some(&layer.thresholds), Some(&layer.counts)],
+            &self.layer_scores,
+        )
     }
 
     /// Means over layers on the GPU (recorded after whatever `encoder` holds), then the one

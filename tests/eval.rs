@@ -169,9 +169,17 @@ alpha = [0.01, 1.0]
     assert_eq!(selection.combinations, 8);
     assert_eq!(aps.params.as_ref().unwrap().len(), 2, "searched scores use the grid's layers");
     assert_eq!(model.methods[0].params.as_ref().unwrap().len(), 3);
+    // The host side of the pooling passes: parts of its time, the GPU waited on (lavapipe is
+    // the same CPU, so that is where pooling's time goes).
+    let host = model.pooling_host;
+    let parts = [host.batch_wait_s, host.upload_s, host.gpu_wait_s];
+    assert!(parts.iter().all(|&s| s >= 0.0) && parts.iter().sum::<f64>() <= model.pooling_seconds, "{host:?}, {} s", model.pooling_seconds);
+    assert!(host.gpu_wait_s > 0.0 && host.upload_s > 0.0, "{host:?}");
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    for needle in ["| OOD set | FPR@95", "**near (mean)**", "**far (mean)**", "## NAC-UE (APS)", "## Energy", "Selected by"] {
+    for needle in
+        ["| OOD set | FPR@95", "**near (mean)**", "**far (mean)**", "## NAC-UE (APS)", "## Energy", "Selected by", "for decoded batches"]
+    {
         assert!(md.contains(needle), "results.md lacks `{needle}`:\n{md}");
     }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();

@@ -60,6 +60,8 @@ pub struct Engine {
     /// The last chunk [`Engine::run_chunks`] submitted and nobody has waited for yet, with its
     /// sample count: kept across calls, so consecutive batches keep two chunks in flight.
     in_flight: std::sync::Mutex<Option<(wgpu::SubmissionIndex, usize)>>,
+    /// The host side of the streamed passes since [`Engine::take_host_times`].
+    host: std::sync::Mutex<HostTimes>,
 }
 
 /// What a plan is built for: input size, kept layers, the loss and whether the gradient
@@ -201,7 +203,7 @@ impl Engine {
         let gpu = Gpu::new(&options.gpu)?;
         let kernels = Kernels::with_weights(&gpu, options.weights)?;
         let tuner = Tuner::new(options.tuning.clone());
-        Ok(Engine { gpu, kernels, tuner, options, progress: None, in_flight: Default::default() })
+        Ok(Engine { gpu, kernels, tuner, options, progress: None, in_flight: Default::default(), host: Default::default() })
     }
 
     /// Loads a safetensors checkpoint (architecture detected unless given) and uploads it.
@@ -377,10 +379,12 @@ impl Engine {
             // Keep at most two chunks in flight: bounds queued uploads and makes progress real.
             let previous = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).replace((submitted, n));
             if let Some((index, len)) = previous {
+                let waiting = std::time::Instant::now();
                 self.gpu
                     .device
                     .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
                     .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+                self.add_host_time(|t| &mut t.gpu_wait_s, waiting);
                 self.tick(len);
             }
         }
@@ -390,11 +394,24 @@ impl Engine {
     /// Waits for everything submitted, including the chunk [`Engine::run_chunks`] left in flight.
     pub fn finish(&self) -> Result<()> {
         let last = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let waiting = std::time::Instant::now();
         self.gpu.wait()?;
+        self.add_host_time(|t| &mut t.gpu_wait_s, waiting);
         if let Some((_, len)) = last {
             self.tick(len);
         }
         Ok(())
+    }
+
+    /// What the host spent on the streamed passes ([`Engine::run_chunks`], e.g. pooling a set in
+    /// `nac eval`) since the last call, and starts counting afresh.
+    pub fn take_host_times(&self) -> HostTimes {
+        std::mem::take(&mut *self.host.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds the time since `since` to one of the host times.
+    pub(crate) fn add_host_time(&self, field: impl FnOnce(&mut HostTimes) -> &mut f64, since: std::time::Instant) {
+        *field(&mut self.host.lock().unwrap_or_else(|p| p.into_inner())) += since.elapsed().as_secs_f64();
     }
 
     fn tick(&self, samples: usize) {
@@ -503,7 +520,9 @@ impl Engine {
         let per_sample = shape[1] * shape[2] * shape[3];
         plan.set_batch(&self.gpu, n);
         let chunk = &input[start * per_sample..(start + n) * per_sample];
+        let writing = std::time::Instant::now();
         self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
+        self.add_host_time(|t| &mut t.upload_s, writing);
     }
 
     /// The forward part of a chunk's pass (through the head's loss gradient) in one
@@ -613,6 +632,18 @@ pub struct TimedWork<'a> {
     pub name: &'a str,
     #[allow(clippy::type_complexity)]
     pub record: &'a mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder, wgpu::ComputePassTimestampWrites) -> Result<()>,
+}
+
+/// Where the host's time goes while it streams passes ([`Engine::take_host_times`]), in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostTimes {
+    /// Waiting for the next batch from the loader (decoded and transformed on worker threads,
+    /// attacked where the set is adversarial).
+    pub batch_wait_s: f64,
+    /// Writing input chunks to the GPU.
+    pub upload_s: f64,
+    /// Waiting for the GPU to finish submitted chunks.
+    pub gpu_wait_s: f64,
 }
 
 /// GPU time of one stage of a pass (see [`Engine::time_stages`]).

@@ -77,7 +77,13 @@ pub fn markdown(report: &EvalReport) -> String {
     out.push_str("\n## Overview (AUROC)\n\n");
     out.push_str(&overview(report));
     if let Some(first) = report.models.first() {
-        let _ = writeln!(out, "\n## Time per method on top of the shared passes ({:.1} s pooling, first model)\n", first.pooling_seconds);
+        let host = &first.pooling_host;
+        let _ = writeln!(
+            out,
+            "\n## Time per method on top of the shared passes ({:.1} s pooling, first model: the host waited {:.1} s for decoded batches, \
+             {:.1} s writing inputs to the GPU and {:.1} s for the GPU)\n",
+            first.pooling_seconds, host.batch_wait_s, host.upload_s, host.gpu_wait_s
+        );
         out.push_str("| method | settings | fit s | score s |\n|---|---|---|---|\n");
         for m in &first.methods {
             let settings = m.settings.clone().unwrap_or_default();

@@ -15,7 +15,7 @@ use super::metrics::{self, IdOnlyThreshold, OodMetrics};
 use super::{plots, report};
 use crate::data::{self, Dataset, Image, Transform};
 use crate::detect::{self, perturb, Context, Detector, DetectorSpec, Dims, NacUe, Params, PassSet};
-use crate::engine::{Engine, Model};
+use crate::engine::{Engine, HostTimes, Model};
 use crate::error::{check_writable, Error, Result};
 use crate::model::{self, Network};
 use crate::nac::search::{search, Grid, SearchSets};
@@ -53,6 +53,9 @@ pub struct ModelReport {
     pub accuracy: Option<f64>,
     pub samples: SetSizes,
     pub pooling_seconds: f64,
+    /// The host side of the pooling passes: waiting for decoded batches, uploads, GPU waits.
+    #[serde(default)]
+    pub pooling_host: HostTimes,
     pub methods: Vec<MethodReport>,
 }
 
@@ -478,6 +481,7 @@ fn evaluate_model(
     let preprocessing = transform.describe();
     let search_settings = config.search.as_ref();
     let pool_started = Instant::now();
+    engine.take_host_times();
     let layer_refs: Vec<&str> = pooled_layers.iter().map(String::as_str).collect();
     let with_features = !detectors.is_empty();
     let mut pool = |what: &str, set: &Dataset, labelled: bool| -> Result<PassSet> {
@@ -500,6 +504,7 @@ fn evaluate_model(
         outliers: sets.outliers.as_ref().map(|s| pool("outliers", s, false)).transpose()?,
     };
     let pooling_seconds = pool_started.elapsed().as_secs_f64();
+    let pooling_host = engine.take_host_times();
     let engine: &Engine = engine;
 
     let cx = Context { engine, network: &model.network, preprocessing: &preprocessing };
@@ -600,6 +605,7 @@ fn evaluate_model(
             ood: config.ood.iter().zip(&pools.ood).map(|(o, s)| Ok((o.name.clone(), s.pooled()?.samples))).collect::<Result<_>>()?,
         },
         pooling_seconds,
+        pooling_host,
         methods: reports,
     })
 }

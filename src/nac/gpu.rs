@@ -143,7 +143,11 @@ pub(crate) fn run_set<I: AsRef<[f32]>>(
     record: &mut dyn FnMut(&ChunkBuffers, &mut wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<()> {
     let mut seen = vec![false; total];
-    for batch in batches {
+    let mut batches = batches.into_iter();
+    loop {
+        let waiting = std::time::Instant::now();
+        let Some(batch) = batches.next() else { break };
+        engine.add_host_time(|t| &mut t.batch_wait_s, waiting);
         let (first, input, shape) = batch?;
         let range = first..first.saturating_add(shape[0]);
         if range.end > total || seen[range.clone()].iter().any(|&s| s) {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use nac::kernels::WeightStorage;
 use nac::model::synthetic::{random_inputs, SyntheticModel};
 use nac::model::ArchSpec;
 use nac::nac::{LayerParams, PooledStates, Profile};
@@ -90,9 +91,20 @@ fn per_sample_of(engine: &Engine, pooled: &PooledStates, layers: &[&str]) -> Vec
 /// it alone gives.
 #[test]
 fn pooled_pairs_do_not_depend_on_batching_order_or_input_sizes() {
-    let mut rng = Rng::new(7);
+    check_pooling_invariance(WeightStorage::F32, 7);
+}
+
+/// The same with f16 arithmetic in the conv kernels: each output's f16 sum runs in the same
+/// order whatever the batch.
+#[test]
+fn f16_arithmetic_pooled_pairs_do_not_depend_on_batching() {
+    check_pooling_invariance(WeightStorage::F16Compute, 8);
+}
+
+fn check_pooling_invariance(weights: WeightStorage, seed: u64) {
+    let mut rng = Rng::new(seed);
     let set = samples(&mut rng, 13);
-    let alone_engine = common::engine();
+    let alone_engine = common::engine_with(EngineOptions { weights, ..EngineOptions::default() });
     let mut alone_model = model(&alone_engine);
     let alone: Vec<_> = set
         .iter()
@@ -104,7 +116,7 @@ fn pooled_pairs_do_not_depend_on_batching_order_or_input_sizes() {
     assert!(alone.windows(2).any(|w| w[0].0 != w[1].0), "samples must differ, or the test proves nothing");
 
     for (trial, max_batch) in [64, 3, 2, 5].into_iter().enumerate() {
-        let engine = common::engine_with(EngineOptions { max_batch, ..EngineOptions::default() });
+        let engine = common::engine_with(EngineOptions { max_batch, weights, ..EngineOptions::default() });
         let mut model = model(&engine);
         let ranges = shuffled_batches(&mut rng, &set);
         let batches: Vec<_> = ranges.iter().map(|r| Ok(batch_of(&set, r.clone()))).collect();
@@ -112,7 +124,8 @@ fn pooled_pairs_do_not_depend_on_batching_order_or_input_sizes() {
         for (i, (got, want)) in per_sample(&engine, &pooled).iter().zip(&alone).enumerate() {
             assert!(
                 got == want,
-                "trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} of side {} differs from pooling it alone",
+                "{} trial {trial} (max batch {max_batch}, batches {ranges:?}): sample {i} of side {} differs from pooling it alone",
+                weights.name(),
                 set[i].side
             );
         }

@@ -172,9 +172,9 @@ alpha = [0.01, 1.0]
     // The host side of the pooling passes: parts of its time, the GPU waited on (lavapipe is
     // the same CPU, so that is where pooling's time goes).
     let host = model.pooling_host;
-    let parts = [host.batch_wait_s, host.upload_s, host.gpu_wait_s];
+    let parts = [host.batch_wait_s, host.submit_s, host.gpu_wait_s];
     assert!(parts.iter().all(|&s| s >= 0.0) && parts.iter().sum::<f64>() <= model.pooling_seconds, "{host:?}, {} s", model.pooling_seconds);
-    assert!(host.gpu_wait_s > 0.0 && host.upload_s > 0.0, "{host:?}");
+    assert!(host.gpu_wait_s > 0.0 && host.submit_s > 0.0, "{host:?}");
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     for needle in

@@ -373,9 +373,11 @@ impl Engine {
         let plan = self.plan_for(model, input, shape, &PassRequest::nac(layers))?;
         for start in (0..batch).step_by(plan.capacity) {
             let n = plan.capacity.min(batch - start);
+            let submitting = std::time::Instant::now();
             let mut encoder = self.encode_chunk(plan, input, shape, start, n, Record::Pass);
             record(&ChunkBuffers::of(plan, start, n), &mut encoder)?;
             let submitted = self.gpu.queue.submit([encoder.finish()]);
+            self.add_host_time(|t| &mut t.submit_s, submitting);
             // Keep at most two chunks in flight: bounds queued uploads and makes progress real.
             let previous = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).replace((submitted, n));
             if let Some((index, len)) = previous {
@@ -520,9 +522,7 @@ impl Engine {
         let per_sample = shape[1] * shape[2] * shape[3];
         plan.set_batch(&self.gpu, n);
         let chunk = &input[start * per_sample..(start + n) * per_sample];
-        let writing = std::time::Instant::now();
         self.gpu.queue.write_buffer(plan.buffer(plan.graph.input), 0, bytemuck::cast_slice(chunk));
-        self.add_host_time(|t| &mut t.upload_s, writing);
     }
 
     /// The forward part of a chunk's pass (through the head's loss gradient) in one
@@ -640,8 +640,8 @@ pub struct HostTimes {
     /// Waiting for the next batch from the loader (decoded and transformed on worker threads,
     /// attacked where the set is adversarial).
     pub batch_wait_s: f64,
-    /// Writing input chunks to the GPU.
-    pub upload_s: f64,
+    /// Writing each chunk's input to the GPU, recording its work and submitting it.
+    pub submit_s: f64,
     /// Waiting for the GPU to finish submitted chunks.
     pub gpu_wait_s: f64,
 }

@@ -81,8 +81,8 @@ pub fn markdown(report: &EvalReport) -> String {
         let _ = writeln!(
             out,
             "\n## Time per method on top of the shared passes ({:.1} s pooling, first model: the host waited {:.1} s for decoded batches, \
-             {:.1} s writing inputs to the GPU and {:.1} s for the GPU)\n",
-            first.pooling_seconds, host.batch_wait_s, host.upload_s, host.gpu_wait_s
+             spent {:.1} s writing inputs and submitting work, and waited {:.1} s for the GPU)\n",
+            first.pooling_seconds, host.batch_wait_s, host.submit_s, host.gpu_wait_s
         );
         out.push_str("| method | settings | fit s | score s |\n|---|---|---|---|\n");
         for m in &first.methods {

@@ -53,7 +53,8 @@ pub struct ModelReport {
     pub accuracy: Option<f64>,
     pub samples: SetSizes,
     pub pooling_seconds: f64,
-    /// The host side of the pooling passes: waiting for decoded batches, uploads, GPU waits.
+    /// The host side of the pooling passes: waiting for decoded batches, writing and submitting
+    /// chunks, waiting for the GPU.
     #[serde(default)]
     pub pooling_host: HostTimes,
     pub methods: Vec<MethodReport>,

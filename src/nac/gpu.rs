@@ -55,24 +55,26 @@ impl NacCall {
     }
 }
 
+/// The pooling call of one layer of a chunk: its pairs `(Σz, Σg)` into `out`, at set-wide
+/// sample positions (a cache), or at the chunk's own with `CHUNK_PAIRS` in `flags`.
+pub(crate) fn pairs_call(engine: &Engine, layer: &LayerBuffers, out: &wgpu::Buffer, flags: u32) -> NacCall {
+    let params = NacParams { hw: (layer.shape.h * layer.shape.w) as u32, neurons: layer.shape.c as u32, flags, ..Default::default() };
+    NacCall::new(engine, Kernel::NacPairs, params, [Some(layer.z), Some(layer.g), None, None], out)
+}
+
 /// The pooling call of one layer of a chunk into pairs of its own, sized for the plan's capacity,
 /// and those pairs, for binning calls that read them with `CHUNK_PAIRS`. (The calls' bind
 /// groups keep the buffer alive.)
-pub(crate) fn chunk_pairs(engine: &Engine, chunk: &ChunkBuffers, layer: &LayerBuffers) -> (NacCall, wgpu::Buffer) {
-    let neurons = layer.shape.c;
-    let pairs = engine.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(&format!("{} chunk pairs", layer.name)),
-        size: (chunk.capacity * neurons * 2 * 4) as u64,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let params = NacParams {
-        hw: (layer.shape.h * layer.shape.w) as u32,
-        neurons: neurons as u32,
-        flags: nac_flags::CHUNK_PAIRS,
-        ..Default::default()
-    };
-    (NacCall::new(engine, Kernel::NacPairs, params, [Some(layer.z), Some(layer.g), None, None], &pairs), pairs)
+pub(crate) fn chunk_pairs(engine: &Engine, chunk: &ChunkBuffers, layer: &LayerBuffers) -> Result<(NacCall, wgpu::Buffer)> {
+    let bytes = (chunk.capacity * layer.shape.c * 2 * 4) as u64;
+    if bytes > engine.gpu.max_binding_bytes() {
+        return Err(Error::Input(format!(
+            "pooled pairs of layer `{}` for a chunk of {} samples need {bytes} bytes, over this adapter's binding limit; use a smaller batch",
+            layer.name, chunk.capacity
+        )));
+    }
+    let pairs = engine.gpu.storage_buffer(&format!("{} chunk pairs", layer.name), bytes);
+    Ok((pairs_call(engine, layer, &pairs, nac_flags::CHUNK_PAIRS), pairs))
 }
 
 /// NAC calls bound to the buffers of the plan that ran each chunk. A call's bind group names a

@@ -3,7 +3,7 @@
 //! from the cache is a re-binning (parameter search, parity checks). A cache can also hold
 //! pairs or finished states computed elsewhere (`from_host`).
 
-use super::gpu::{run_set, NacCall, PlanCalls, SetBatch};
+use super::gpu::{pairs_call, run_set, NacCall, PlanCalls, SetBatch};
 use super::profile::check_labels;
 use crate::engine::{ChunkBuffers, Engine, Model, StageTime, TimedWork};
 use crate::error::{Error, Result, NOT_FINITE_HELP};
@@ -139,10 +139,11 @@ impl Pooling {
         let powers = self.stats_powers.unwrap_or(0) as u32;
         self.calls.record_timed(engine, encoder, chunk, timestamps, |chunk| {
             let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
-            for (i, (lb, (_, neurons, out))) in chunk.layers.iter().zip(caches).enumerate() {
-                let params = NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: *neurons as u32, powers, ..Default::default() };
-                calls.push(NacCall::new(engine, Kernel::NacPairs, params, [Some(lb.z), Some(lb.g), None, None], out));
+            for (i, (lb, (_, _, out))) in chunk.layers.iter().zip(caches).enumerate() {
+                calls.push(pairs_call(engine, lb, out, 0));
                 if let Some(stats) = stats.get(i) {
+                    let params =
+                        NacParams { hw: (lb.shape.h * lb.shape.w) as u32, neurons: lb.shape.c as u32, powers, ..Default::default() };
                     calls.push(NacCall::new(engine, Kernel::NacLayerStats, params, [Some(lb.z), None, None, None], stats));
                 }
             }

@@ -281,7 +281,7 @@ impl Profile {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for ((layer, gpu_layer), lb) in header.layers.iter().zip(layers).zip(&chunk.layers) {
-                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb);
+                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb)?;
                     let params = histogram_params(layer.neurons, layer.m, layer.alpha, flags | nac_flags::CHUNK_PAIRS);
                     let summary = labels.is_some().then_some(&predictions.summary);
                     calls.push(pooling);
@@ -381,7 +381,7 @@ impl Profile {
             calls.record(engine, encoder, chunk, |chunk| {
                 let mut calls = vec![predictions.call(engine, chunk.logits, classes)];
                 for (l, ((layer, gpu_layer), lb)) in self.header.layers.iter().zip(&self.layers).zip(&chunk.layers).enumerate() {
-                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb);
+                    let (pooling, pairs) = chunk_pairs(engine, chunk, lb)?;
                     calls.push(pooling);
                     calls.push(outputs.score_call(engine, score_params(layer, l, total, nac_flags::CHUNK_PAIRS), &pairs, gpu_layer));
                 }
